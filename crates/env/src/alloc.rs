@@ -300,28 +300,46 @@ impl Block {
     }
 }
 
-/// Finds what `addr` is, rejecting pointers we did not hand out.
-#[inline]
-fn block_of(env: &Env, addr: usize) -> Result<Block> {
-    let Some((heap_id, heap)) = env.heap_of(addr) else {
-        return Err(EnvError::InvalidArgument(format!(
-            "{addr:#x} was not allocated by dma_malloc: it is outside every DMA heap"
-        )));
-    };
+/// Finds what `addr` is; `None` for pointers we did not hand out. Kept
+/// small and inlined: it is on every free.
+#[inline(always)]
+fn lookup_block(env: &Env, addr: usize) -> Option<Block> {
+    let (heap_id, heap) = env.heap_of(addr)?;
     let tag = heap.unit_tag(addr);
     if tag & TAG_SLAB != 0 {
         let class = (tag & 0xff) as usize;
         if addr % class_size(class) == 0 {
-            return Ok(Block::Small { heap_id, class });
+            return Some(Block::Small { heap_id, class });
         }
     } else if let Some(len) = Heap::large_len(tag) {
         if addr % UNIT == 0 {
-            return Ok(Block::Large { heap_id, len });
+            return Some(Block::Large { heap_id, len });
         }
     }
-    Err(EnvError::InvalidArgument(format!(
-        "{addr:#x} is not the start of a DMA buffer (free, or inside one)"
-    )))
+    None
+}
+
+/// Like [`lookup_block`], with an error that says what is wrong.
+#[inline(always)]
+fn block_of(env: &Env, addr: usize) -> Result<Block> {
+    match lookup_block(env, addr) {
+        Some(b) => Ok(b),
+        None => Err(not_ours(env, addr)),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn not_ours(env: &Env, addr: usize) -> EnvError {
+    if env.heap_of(addr).is_none() {
+        EnvError::InvalidArgument(format!(
+            "{addr:#x} was not allocated by dma_malloc: it is outside every DMA heap"
+        ))
+    } else {
+        EnvError::InvalidArgument(format!(
+            "{addr:#x} is not the start of a DMA buffer (free, or inside one)"
+        ))
+    }
 }
 
 #[inline]

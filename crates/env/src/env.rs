@@ -52,7 +52,7 @@ impl Default for EnvOpts {
             no_huge: false,
             iova_mode: IovaMode::Auto,
             base_virtaddr: DEFAULT_BASE_VIRTADDR,
-            retain_free_mb: 64,
+            retain_free_mb: 16,
         }
     }
 }

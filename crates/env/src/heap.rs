@@ -244,7 +244,7 @@ impl Heap {
     }
 
     /// Maps a new segment of at least `need` bytes (caller holds the lock).
-    fn grow(&self, st: &mut HeapState, need: usize, permanent: bool) -> Result<()> {
+    fn grow(&self, st: &mut HeapState, need: usize, permanent: bool) -> Result<usize> {
         let page = self.config.backing.page_size().max(UNIT);
         let len = need.max(if permanent { 0 } else { self.config.grow_min });
         let len = len.checked_add(page - 1).ok_or_else(too_big)? & !(page - 1);
@@ -287,7 +287,7 @@ impl Heap {
         st.segments.insert(addr, Segment { len, permanent });
         st.committed += len;
         st.free.insert(addr, len);
-        Ok(())
+        Ok(addr)
     }
 
     /// Takes `len` bytes (a multiple of [`UNIT`]) aligned to `align`,
@@ -300,14 +300,13 @@ impl Heap {
         // Enough for the request at any alignment within the new segment.
         let page = self.config.backing.page_size().max(UNIT);
         let slack = if align > page { align } else { 0 };
-        self.grow(&mut st, len.checked_add(slack).ok_or_else(too_big)?, false)?;
-        st.free.alloc(len, align).ok_or_else(|| {
-            EnvError::NoMemory(format!(
-                "no {} block aligned to {} after growing",
-                human_size(len),
-                human_size(align)
-            ))
-        })
+        let segment = self.grow(&mut st, len.checked_add(slack).ok_or_else(too_big)?, false)?;
+        // Carve the request from the new segment itself rather than let
+        // first-fit straddle older memory: a buffer that owns its segment
+        // lets the segment go back to the kernel when it is freed.
+        let at = (segment + align - 1) & !(align - 1);
+        st.free.remove(at, len);
+        Ok(at)
     }
 
     /// A slab of `len` bytes for size class `class`, tagged as such.

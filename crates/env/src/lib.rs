@@ -27,6 +27,7 @@ pub mod hugepages;
 pub mod memmap;
 pub mod mempool;
 pub mod memzone;
+pub mod pci;
 pub mod ring;
 pub mod sys;
 pub mod vtophys;

@@ -48,10 +48,12 @@ impl Drop for Region {
     }
 }
 
+type Log = Arc<Mutex<Vec<(MemMapAction, usize, usize)>>>;
+
 /// Records notifications inside one address window, failing on request.
 struct Recorder {
     window: (usize, usize),
-    log: Arc<Mutex<Vec<(MemMapAction, usize, usize)>>>,
+    log: Log,
     fail_on: Option<usize>,
 }
 
@@ -80,7 +82,7 @@ impl MemMapNotify for Recorder {
 fn recorder(
     r: &Region,
     fail_on: Option<usize>,
-) -> (Box<Recorder>, Arc<Mutex<Vec<(MemMapAction, usize, usize)>>>) {
+) -> (Box<Recorder>, Log) {
     let log = Arc::new(Mutex::new(Vec::new()));
     (
         Box::new(Recorder {
