@@ -1,0 +1,2 @@
+//! rspdk_rpc CLI (placeholder).
+fn main() {}
