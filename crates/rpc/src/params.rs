@@ -19,7 +19,9 @@ pub fn parse_params<T: DeserializeOwned>(params: Option<Value>) -> Result<T, Rpc
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        if path == "." || path.is_empty() {
+        // serde's own message already names a top-level unknown field.
+        let named = inner.to_string().contains(&format!("`{path}`"));
+        if path == "." || path.is_empty() || named {
             RpcError::invalid_params(format!("invalid params: {inner}"))
         } else {
             RpcError::invalid_params(format!("invalid params: {path}: {inner}"))
