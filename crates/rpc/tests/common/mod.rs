@@ -34,6 +34,13 @@ struct AddParams {
     b: i64,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // decoded for validation only
+struct LevelParams {
+    level: String,
+}
+
 /// Register the methods the tests call.
 pub fn register_test_methods(registry: &RpcRegistry) {
     let parked: Rc<RefCell<Vec<Responder>>> = Rc::default();
@@ -65,6 +72,43 @@ pub fn register_test_methods(registry: &RpcRegistry) {
     registry
         .register("startup_only", StateMask::STARTUP, |_, r| {
             r.success(&"startup")
+        })
+        .unwrap();
+    registry
+        .register(
+            "spdk_get_version",
+            StateMask::ALL,
+            |params, r| match rspdk_rpc::expect_no_params("spdk_get_version", &params) {
+                Ok(()) => r.success(&json!({"version": "rspdk test", "fields": {"major": 0}})),
+                Err(e) => r.error(e),
+            },
+        )
+        .unwrap();
+    registry
+        .register(
+            "log_set_level",
+            StateMask::ALL,
+            |params, r| match parse_params::<LevelParams>(params) {
+                Ok(_) => r.success(&true),
+                Err(e) => r.error(e),
+            },
+        )
+        .unwrap();
+    registry
+        .register("framework_get_subsystems", StateMask::ALL, |_, r| {
+            r.success(&json!([
+                {"subsystem": "alpha", "depends_on": []},
+                {"subsystem": "beta", "depends_on": ["alpha"]},
+            ]))
+        })
+        .unwrap();
+    registry
+        .register("framework_get_config", StateMask::ALL, |params, r| {
+            let name = params
+                .as_ref()
+                .and_then(|p| p["name"].as_str())
+                .unwrap_or("?");
+            r.success(&json!([{"method": "echo", "params": {"from": name}}]))
         })
         .unwrap();
     let state = registry.clone();
