@@ -26,7 +26,7 @@
 //!   maps method names to handlers and the [`StateMask`] in which each may be
 //!   called, and holds the current [`RpcState`] (startup until the owner,
 //!   typically the `framework_start_init` handler, calls
-//!   [`RpcRegistry::set_state`]). Calling a method outside its states gets
+//!   [`RpcRegistry::set_state`] or a captured [`StateHandle`]). Calling a method outside its states gets
 //!   SPDK's error: code -1 (`SPDK_JSONRPC_ERROR_INVALID_STATE`) with SPDK's
 //!   exact message. Deprecated aliases: [`RpcRegistry::register_alias`].
 //!   `rpc_get_methods` (`current`, `include_aliases`) is built in.
@@ -53,10 +53,11 @@
 //! struct LogSetLevel { level: String }
 //!
 //! let registry = RpcRegistry::new();
-//! let state = registry.clone();
+//! // Capture a state handle, not a registry clone (that would be an Rc cycle).
+//! let state = registry.state_handle();
 //! registry.register("framework_start_init", StateMask::STARTUP, move |_params, responder| {
 //!     // ... start subsystems; when done (possibly later):
-//!     state.set_state(RpcState::Runtime);
+//!     state.set(RpcState::Runtime);
 //!     responder.success(&true);
 //! }).unwrap();
 //! registry.register("log_set_level", StateMask::ALL, |params, responder| {
@@ -93,7 +94,7 @@ pub mod session;
 pub use client::RpcClient;
 pub use error::{codes, Error, RpcError};
 pub use params::{expect_no_params, parse_params};
-pub use registry::{RpcRegistry, RpcState, StateMask};
+pub use registry::{RpcRegistry, RpcState, StateHandle, StateMask, WeakRegistry};
 pub use responder::Responder;
 pub use server::{ListenAddr, PollStatus, RpcServer, ServerConfig, DEFAULT_SOCKET_PATH};
 pub use session::{Session, SessionError, DEFAULT_MAX_REQUEST_SIZE};

@@ -85,7 +85,44 @@ enum Entry {
 
 struct Inner {
     methods: RefCell<BTreeMap<String, Entry>>,
-    state: Cell<RpcState>,
+    state: StateHandle,
+}
+
+/// Shared handle to the registry's current [`RpcState`], separate from the
+/// method table so a handler can capture it (e.g. `framework_start_init`
+/// switching to runtime) without an `Rc` cycle through the table.
+#[derive(Debug, Clone)]
+pub struct StateHandle(Rc<Cell<RpcState>>);
+
+impl StateHandle {
+    /// The current state.
+    pub fn get(&self) -> RpcState {
+        self.0.get()
+    }
+
+    /// Change the current state.
+    pub fn set(&self, state: RpcState) {
+        self.0.set(state);
+    }
+}
+
+/// Non-owning reference to an [`RpcRegistry`], for handlers that need the
+/// registry itself (an owning clone captured by a handler would be an `Rc`
+/// cycle and keep the table alive forever).
+#[derive(Clone)]
+pub struct WeakRegistry(Weak<Inner>);
+
+impl fmt::Debug for WeakRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WeakRegistry")
+    }
+}
+
+impl WeakRegistry {
+    /// The registry, if it still exists.
+    pub fn upgrade(&self) -> Option<RpcRegistry> {
+        self.0.upgrade().map(|inner| RpcRegistry { inner })
+    }
 }
 
 /// The table of RPC methods plus the current [`RpcState`].
@@ -138,11 +175,11 @@ impl RpcRegistry {
         let registry = Self {
             inner: Rc::new(Inner {
                 methods: RefCell::new(BTreeMap::new()),
-                state: Cell::new(RpcState::Startup),
+                state: StateHandle(Rc::new(Cell::new(RpcState::Startup))),
             }),
         };
         // Weak: the handler lives inside the table it lists.
-        let table: Weak<Inner> = Rc::downgrade(&registry.inner);
+        let table = registry.downgrade();
         registry
             .register(
                 "rpc_get_methods",
@@ -152,11 +189,10 @@ impl RpcRegistry {
                         Ok(p) => p,
                         Err(e) => return responder.error(e),
                     };
-                    let Some(inner) = table.upgrade() else {
+                    let Some(registry) = table.upgrade() else {
                         return responder.error(RpcError::internal_error("registry is gone"));
                     };
-                    let names =
-                        RpcRegistry { inner }.method_names(params.current, params.include_aliases);
+                    let names = registry.method_names(params.current, params.include_aliases);
                     responder.success(&names);
                 },
             )
@@ -219,6 +255,17 @@ impl RpcRegistry {
     /// The current state.
     pub fn state(&self) -> RpcState {
         self.inner.state.get()
+    }
+
+    /// A handle to read/change the state that does not keep the method
+    /// table alive; capture this in handlers instead of a registry clone.
+    pub fn state_handle(&self) -> StateHandle {
+        self.inner.state.clone()
+    }
+
+    /// A non-owning reference, for handlers that need the registry.
+    pub fn downgrade(&self) -> WeakRegistry {
+        WeakRegistry(Rc::downgrade(&self.inner))
     }
 
     /// Change the current state (SPDK's `spdk_rpc_set_state`).

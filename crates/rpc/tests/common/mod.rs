@@ -111,10 +111,10 @@ pub fn register_test_methods(registry: &RpcRegistry) {
             r.success(&json!([{"method": "echo", "params": {"from": name}}]))
         })
         .unwrap();
-    let state = registry.clone();
+    let state = registry.state_handle();
     registry
         .register("framework_start_init", StateMask::STARTUP, move |_, r| {
-            state.set_state(RpcState::Runtime);
+            state.set(RpcState::Runtime);
             r.success(&true)
         })
         .unwrap();
