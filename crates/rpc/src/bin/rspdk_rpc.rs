@@ -1,0 +1,799 @@
+//! `rspdk_rpc`: command-line JSON-RPC client mirroring SPDK's `scripts/rpc.py`
+//! (same global flags, subcommand names, argument names, JSON params, output
+//! and exit codes).
+//!
+//! Subcommands are declared in [`method_table`]: one [`MethodSpec`] per RPC,
+//! built from a few chained calls. Most methods need only their arguments;
+//! those that do more than one call (save_config, load_config) or need
+//! special handling get a custom runner.
+
+use std::io::Read;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::builder::PossibleValuesParser;
+use clap::{value_parser, Arg, ArgAction, ArgMatches, Command};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use rspdk_rpc::{Error, ListenAddr, RpcClient, DEFAULT_SOCKET_PATH};
+
+/// How a result is printed; rpc.py's `print_dict`, `print_json`, or nothing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// `json.dumps(result, indent=2)`.
+    Json,
+    /// Like `Json` with surrounding quotes stripped (rpc.py's `print_json`).
+    JsonUnquoted,
+    /// Methods whose rpc.py function prints nothing (e.g. returning `true`).
+    Nothing,
+}
+
+/// Type of an argument's value.
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Int,
+    #[allow(
+        dead_code,
+        reason = "first used by later methods (e.g. timeouts in seconds)"
+    )]
+    Float,
+    /// argparse `store_true`: `true` if given, else the default.
+    Flag,
+    /// argparse `BooleanOptionalAction`: `--x` / `--no-x`, else the default.
+    BoolOptional,
+}
+
+struct ArgSpec {
+    /// JSON param name (and clap id); rpc.py's `dest`.
+    key: &'static str,
+    long: Option<&'static str>,
+    short: Option<char>,
+    kind: Kind,
+    required: bool,
+    help: &'static str,
+    choices: &'static [&'static str],
+    /// Sent when the argument is absent (rpc.py drops `None` values).
+    default: Option<Value>,
+}
+
+/// Custom behaviour for a subcommand: gets the collected params.
+type Runner = fn(&mut Ctx, &ArgMatches, Map<String, Value>) -> Result<(), CliError>;
+
+struct MethodSpec {
+    name: &'static str,
+    help: &'static str,
+    args: Vec<ArgSpec>,
+    output: Output,
+    runner: Option<Runner>,
+}
+
+fn method(name: &'static str, help: &'static str) -> MethodSpec {
+    MethodSpec {
+        name,
+        help,
+        args: Vec::new(),
+        output: Output::Json,
+        runner: None,
+    }
+}
+
+impl MethodSpec {
+    fn arg(mut self, spec: ArgSpec) -> Self {
+        self.args.push(spec);
+        self
+    }
+
+    /// Required positional argument.
+    fn pos(self, key: &'static str, kind: Kind, help: &'static str) -> Self {
+        self.arg(ArgSpec {
+            key,
+            long: None,
+            short: None,
+            kind,
+            required: true,
+            help,
+            choices: &[],
+            default: None,
+        })
+    }
+
+    /// Required positional argument restricted to `choices`.
+    fn pos_choice(
+        self,
+        key: &'static str,
+        choices: &'static [&'static str],
+        help: &'static str,
+    ) -> Self {
+        let mut this = self.pos(key, Kind::Str, help);
+        if let Some(last) = this.args.last_mut() {
+            last.choices = choices;
+        }
+        this
+    }
+
+    /// `-s/--long-name VALUE`; the JSON key is the long name with `_`.
+    fn opt(self, short: Option<char>, long: &'static str, kind: Kind, help: &'static str) -> Self {
+        let key: &'static str = Box::leak(long.replace('-', "_").into_boxed_str());
+        self.arg(ArgSpec {
+            key,
+            long: Some(long),
+            short,
+            kind,
+            required: false,
+            help,
+            choices: &[],
+            default: match kind {
+                Kind::Flag | Kind::BoolOptional => Some(Value::Bool(false)),
+                _ => None,
+            },
+        })
+    }
+
+    /// Override the default of the last argument.
+    fn default(mut self, value: Value) -> Self {
+        if let Some(last) = self.args.last_mut() {
+            last.default = Some(value);
+        }
+        self
+    }
+
+    fn output(mut self, output: Output) -> Self {
+        self.output = output;
+        self
+    }
+
+    fn runner(mut self, runner: Runner) -> Self {
+        self.runner = Some(runner);
+        self
+    }
+}
+
+const LOG_LEVELS: &[&str] = &["ERROR", "WARNING", "NOTICE", "INFO", "DEBUG"];
+const SIGNALS: &[&str] = &[
+    "SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP", "SIGKILL", "SIGUSR1",
+];
+const INDENT_HELP: &str =
+    "Indent level. Value less than 0 mean compact mode. Default indent level is 2.";
+const WITH_BATCHES_HELP: &str =
+    "Keep batch arrays in output; --no-with-batches flattens them (default)";
+
+/// Every subcommand. Names, flags and JSON keys follow SPDK's
+/// python/spdk/cli/*.py.
+fn method_table() -> Vec<MethodSpec> {
+    use Kind::*;
+    use Output::*;
+    vec![
+        method("spdk_get_version", "Get SPDK version").output(JsonUnquoted),
+        method("rpc_get_methods", "Get list of supported RPC methods")
+            .opt(Some('c'), "current", Flag, "Return only RPC methods callable in the current state. Default: false")
+            .opt(Some('i'), "include-aliases", Flag, "Include deprecated method aliases in the result. Default: false"),
+        method("spdk_kill_instance", "Send signal to instance")
+            .pos_choice("sig_name", SIGNALS, "Signal to send")
+            .output(Nothing)
+            .runner(run_kill_instance),
+        method("framework_start_init", "Start initialization of subsystems").output(Nothing),
+        method("framework_wait_init", "Block until subsystems have been initialized").output(Nothing),
+        method("framework_get_reactors", "Display list of all reactors"),
+        method("framework_get_subsystems", "Print subsystems array in initialization order. Each subsystem entry contain (unsorted) array of subsystems it depends on."),
+        method("framework_get_config", "Print subsystem configuration")
+            .pos("name", Str, "Name of the SPDK subsystem to query")
+            .opt(None, "with-batches", BoolOptional, "Keep batch arrays in output. Default: false (flatten into individual entries)"),
+        method("save_config", "Write current (live) configuration of SPDK subsystems and targets to stdout.")
+            .opt(Some('i'), "indent", Int, INDENT_HELP)
+            .default(json!(2))
+            .opt(Some('s'), "subsystems", Str, "Comma-separated list of subsystems (and their dependencies) to save")
+            .opt(None, "with-batches", BoolOptional, WITH_BATCHES_HELP)
+            .runner(run_save_config),
+        method("load_config", "Configure SPDK subsystems and targets using JSON RPC.")
+            .opt(Some('i'), "include-aliases", Flag, "include RPC aliases")
+            .opt(Some('j'), "json-conf", Str, "Valid JSON configuration (file path or JSON text). Default: stdin")
+            .runner(run_load_config),
+        method("thread_get_stats", "Display current statistics of all the threads"),
+        method("thread_get_pollers", "Display current pollers of all the threads"),
+        method("thread_get_io_channels", "Display current IO channels of all the threads"),
+        method("env_dpdk_get_mem_stats", "Write the DPDK memory stats to a file."),
+        method("log_set_flag", "set log flag")
+            .pos("flag", Str, "Log flag name (e.g. \"nvme\") or \"all\" to set all flags")
+            .output(Nothing),
+        method("log_clear_flag", "clear log flag")
+            .pos("flag", Str, "Log flag name (e.g. \"nvme\") or \"all\" to clear all flags")
+            .output(Nothing),
+        method("log_get_flags", "get log flags"),
+        method("log_set_level", "set log level")
+            .pos_choice("level", LOG_LEVELS, "Log level")
+            .output(Nothing),
+        method("log_get_level", "get log level"),
+        method("call", "Call any RPC method with raw JSON params (rspdk extension)")
+            .pos("method", Str, "RPC method name")
+            .arg(ArgSpec {
+                key: "params",
+                long: None,
+                short: None,
+                kind: Str,
+                required: false,
+                help: "Params as a JSON object or array",
+                choices: &[],
+                default: None,
+            })
+            .runner(run_raw_call),
+    ]
+}
+
+fn build_arg(spec: &ArgSpec) -> Vec<Arg> {
+    let mut arg = Arg::new(spec.key).help(spec.help);
+    if let Some(long) = spec.long {
+        arg = arg.long(long);
+    }
+    if let Some(short) = spec.short {
+        arg = arg.short(short);
+    }
+    match spec.kind {
+        Kind::Flag => return vec![arg.action(ArgAction::SetTrue)],
+        Kind::BoolOptional => {
+            let long = spec.long.unwrap_or(spec.key);
+            let negated: &'static str = Box::leak(format!("no-{long}").into_boxed_str());
+            return vec![
+                arg.action(ArgAction::SetTrue).overrides_with(negated),
+                Arg::new(negated)
+                    .long(negated)
+                    .action(ArgAction::SetTrue)
+                    .overrides_with(spec.key)
+                    .hide(true),
+            ];
+        }
+        Kind::Str if !spec.choices.is_empty() => {
+            arg = arg.value_parser(PossibleValuesParser::new(spec.choices.iter().copied()));
+        }
+        Kind::Str => arg = arg.value_parser(value_parser!(String)),
+        Kind::Int => {
+            arg = arg
+                .value_parser(value_parser!(i64))
+                .allow_negative_numbers(true)
+        }
+        Kind::Float => arg = arg.value_parser(value_parser!(f64)),
+    }
+    vec![arg.required(spec.required).action(ArgAction::Set)]
+}
+
+/// Turn parsed arguments into JSON params (rpc.py: `remove_null(kwargs)`).
+fn collect_params(spec: &MethodSpec, matches: &ArgMatches) -> Map<String, Value> {
+    let mut params = Map::new();
+    for arg in &spec.args {
+        let value = match arg.kind {
+            Kind::Flag => matches.get_flag(arg.key).then_some(Value::Bool(true)),
+            Kind::BoolOptional => {
+                let negated = format!("no-{}", arg.long.unwrap_or(arg.key));
+                if matches.get_flag(arg.key) {
+                    Some(Value::Bool(true))
+                } else if matches.get_flag(&negated) {
+                    Some(Value::Bool(false))
+                } else {
+                    None
+                }
+            }
+            Kind::Str => matches.get_one::<String>(arg.key).map(|s| json!(s)),
+            Kind::Int => matches.get_one::<i64>(arg.key).map(|n| json!(n)),
+            Kind::Float => matches.get_one::<f64>(arg.key).map(|n| json!(n)),
+        };
+        if let Some(value) = value.or_else(|| arg.default.clone()) {
+            params.insert(arg.key.to_string(), value);
+        }
+    }
+    params
+}
+
+fn build_cli(table: &[MethodSpec]) -> Command {
+    let mut cli = Command::new("rspdk_rpc")
+        .about("rspdk RPC command line interface (compatible with SPDK's rpc.py)")
+        .subcommand_required(true)
+        .arg(Arg::new("server_addr").short('s').long("server-addr").default_value(DEFAULT_SOCKET_PATH).help("RPC domain socket path or IP address"))
+        .arg(Arg::new("port").short('p').default_value("5260").value_parser(value_parser!(u16)).help("RPC port number (if server_addr is IP address)"))
+        .arg(Arg::new("timeout").short('t').long("timeout").value_parser(value_parser!(f64)).help("Timeout as a floating point number expressed in seconds waiting for response. Default: 60.0"))
+        .arg(Arg::new("conn_retries").short('r').default_value("0").value_parser(value_parser!(u32)).help("Retry connecting to the RPC server N times with 0.2s interval. Default: 0"))
+        .arg(Arg::new("v").short('v').action(ArgAction::SetTrue).help("Set verbose mode to INFO"))
+        .arg(Arg::new("verbose").long("verbose").value_parser(["DEBUG", "INFO", "ERROR"]).help("Set verbose level."))
+        .arg(Arg::new("dry_run").long("dry-run").action(ArgAction::SetTrue).help("Display request and exit"));
+    for spec in table {
+        let mut sub = Command::new(spec.name).about(spec.help);
+        for arg in &spec.args {
+            sub = sub.args(build_arg(arg));
+        }
+        cli = cli.subcommand(sub);
+    }
+    cli
+}
+
+/// Failure of a command: printed to stdout (as rpc.py does) and exit 1.
+enum CliError {
+    Message(String),
+}
+
+impl From<Error> for CliError {
+    fn from(err: Error) -> Self {
+        CliError::Message(err.to_string())
+    }
+}
+
+/// Connection and options shared by runners.
+struct Ctx {
+    client: Option<RpcClient>,
+    dry_run: bool,
+    verbose: bool,
+}
+
+impl Ctx {
+    /// Call `method`; an error response is formatted like rpc.py's
+    /// JSONRPCException message.
+    fn call(&mut self, method: &str, params: Map<String, Value>) -> Result<Value, CliError> {
+        if self.dry_run {
+            println!(
+                "Request:\n{}",
+                to_python_json(&json!({"method": method, "params": params}), Some(2))
+            );
+            return Ok(Value::Null);
+        }
+        let client = self
+            .client
+            .as_mut()
+            .ok_or_else(|| CliError::Message("not connected".into()))?;
+        if self.verbose {
+            eprintln!(
+                "INFO: Requests:\n{}\n",
+                to_python_json(
+                    &json!({"jsonrpc": "2.0", "method": method, "params": params}),
+                    Some(2)
+                )
+            );
+        }
+        match client.call(method, Some(Value::Object(params.clone()))) {
+            Ok(result) => {
+                if self.verbose {
+                    eprintln!("INFO: response:\n{}\n", to_python_json(&result, Some(2)));
+                }
+                Ok(result)
+            }
+            Err(Error::Response {
+                request_id, error, ..
+            }) => {
+                let mut shown = params;
+                shown.insert("method".into(), json!(method));
+                shown.insert("req_id".into(), json!(request_id));
+                Err(CliError::Message(format!(
+                    "request:\n{}\nGot JSON-RPC error response\nresponse:\n{}",
+                    to_python_json(&Value::Object(shown), Some(2)),
+                    to_python_json(
+                        &json!({"code": error.code, "message": error.message}),
+                        Some(2)
+                    ),
+                )))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    fn print(&self, output: Output, result: &Value) {
+        if self.dry_run {
+            return;
+        }
+        match output {
+            Output::Json => println!("{}", to_python_json(result, Some(2))),
+            Output::JsonUnquoted => {
+                let text = to_python_json(result, Some(2));
+                println!("{}", text.trim_matches('"'));
+            }
+            Output::Nothing => {}
+        }
+    }
+}
+
+/// serde_json formatter producing Python's `json.dumps(indent=None)`
+/// separators (`", "` and `": "`).
+struct PythonCompact;
+
+impl serde_json::ser::Formatter for PythonCompact {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
+}
+
+/// Serialize like Python's `json.dumps(value, indent=indent)` (ASCII only,
+/// `\uXXXX` escapes), which is what rpc.py prints.
+fn to_python_json(value: &Value, indent: Option<usize>) -> String {
+    let mut out = Vec::new();
+    let result = match indent {
+        Some(width) => {
+            let indent = vec![b' '; width];
+            let mut ser = serde_json::Serializer::with_formatter(
+                &mut out,
+                serde_json::ser::PrettyFormatter::with_indent(&indent),
+            );
+            value.serialize(&mut ser)
+        }
+        None => value.serialize(&mut serde_json::Serializer::with_formatter(
+            &mut out,
+            PythonCompact,
+        )),
+    };
+    if result.is_err() {
+        return value.to_string();
+    }
+    let text = String::from_utf8(out).unwrap_or_default();
+    // Non-ASCII characters only occur inside strings, where \u escapes are
+    // equivalent; Python escapes them by default (ensure_ascii=True).
+    let mut ascii = String::with_capacity(text.len());
+    for ch in text.chars() {
+        if ch.is_ascii() {
+            ascii.push(ch);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in ch.encode_utf16(&mut units) {
+                ascii.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    ascii
+}
+
+fn run_kill_instance(
+    ctx: &mut Ctx,
+    _: &ArgMatches,
+    params: Map<String, Value>,
+) -> Result<(), CliError> {
+    match ctx.call("spdk_kill_instance", params) {
+        // The instance may exit before answering; rpc.py ignores that.
+        Err(CliError::Message(msg)) if msg.starts_with("Connection closed") => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+fn run_raw_call(
+    ctx: &mut Ctx,
+    matches: &ArgMatches,
+    _: Map<String, Value>,
+) -> Result<(), CliError> {
+    let method = matches
+        .get_one::<String>("method")
+        .cloned()
+        .unwrap_or_default();
+    let params = match matches.get_one::<String>("params") {
+        None => Map::new(),
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => return Err(CliError::Message("params must be a JSON object".into())),
+            Err(e) => return Err(CliError::Message(format!("invalid JSON params: {e}"))),
+        },
+    };
+    let result = ctx.call(&method, params)?;
+    ctx.print(Output::Json, &result);
+    Ok(())
+}
+
+fn run_save_config(
+    ctx: &mut Ctx,
+    _: &ArgMatches,
+    params: Map<String, Value>,
+) -> Result<(), CliError> {
+    let indent = params.get("indent").and_then(Value::as_i64).unwrap_or(2);
+    let with_batches = params
+        .get("with_batches")
+        .cloned()
+        .unwrap_or(Value::Bool(false));
+    let subsystems = ctx.call("framework_get_subsystems", Map::new())?;
+    let subsystems = subsystems.as_array().cloned().unwrap_or_default();
+    // Expand each subsystem to itself plus its transitive dependencies
+    // (subsystems are listed in init order, so dependencies come first).
+    let mut dependencies: Vec<(String, Vec<String>)> = Vec::new();
+    for elem in &subsystems {
+        let name = elem["subsystem"].as_str().unwrap_or_default().to_string();
+        let mut deps = vec![name.clone()];
+        for dep in elem["depends_on"].as_array().into_iter().flatten() {
+            if let Some((_, expanded)) = dependencies
+                .iter()
+                .find(|(n, _)| Some(n.as_str()) == dep.as_str())
+            {
+                deps.extend(expanded.iter().cloned());
+            }
+        }
+        dependencies.push((name, deps));
+    }
+    let wanted: Option<Vec<String>> =
+        params
+            .get("subsystems")
+            .and_then(Value::as_str)
+            .map(|list| {
+                list.split(',')
+                    .flat_map(|s| {
+                        dependencies
+                            .iter()
+                            .find(|(n, _)| n == s)
+                            .map(|(_, d)| d.clone())
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            });
+    let mut config = Vec::new();
+    for (name, _) in &dependencies {
+        if wanted.as_ref().is_some_and(|w| !w.contains(name)) {
+            continue;
+        }
+        let mut get = Map::new();
+        get.insert("name".into(), json!(name));
+        get.insert("with_batches".into(), with_batches.clone());
+        let cfg = ctx.call("framework_get_config", get)?;
+        config.push(json!({"subsystem": name, "config": cfg}));
+    }
+    let indent = usize::try_from(indent).ok();
+    if !ctx.dry_run {
+        println!("{}", to_python_json(&json!({"subsystems": config}), indent));
+    }
+    Ok(())
+}
+
+fn method_allowed(elem: &Value, allowed: &[String]) -> bool {
+    elem.get("method")
+        .and_then(Value::as_str)
+        .is_some_and(|m| allowed.iter().any(|a| a == m))
+}
+
+fn call_config_elem(ctx: &mut Ctx, elem: &Value) -> Result<(), CliError> {
+    let method = elem["method"].as_str().unwrap_or_default().to_string();
+    let params = elem
+        .get("params")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    ctx.call(&method, params).map(|_| ())
+}
+
+fn get_methods(
+    ctx: &mut Ctx,
+    current: bool,
+    include_aliases: bool,
+) -> Result<Vec<String>, CliError> {
+    let mut params = Map::new();
+    if current {
+        params.insert("current".into(), json!(true));
+    }
+    params.insert("include_aliases".into(), json!(include_aliases));
+    let names = ctx.call("rpc_get_methods", params)?;
+    Ok(serde_json::from_value(names).unwrap_or_default())
+}
+
+/// rpc.py's `load_config`: apply entries whose methods are callable in the
+/// current state, call framework_start_init when allowed, repeat until
+/// nothing is left or no progress is possible.
+fn run_load_config(
+    ctx: &mut Ctx,
+    _: &ArgMatches,
+    params: Map<String, Value>,
+) -> Result<(), CliError> {
+    let include_aliases = params
+        .get("include_aliases")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let text = match params.get("json_conf").and_then(Value::as_str) {
+        Some(source) if PathBuf::from(source).exists() => std::fs::read_to_string(source)
+            .map_err(|e| CliError::Message(format!("cannot read {source}: {e}")))?,
+        Some(inline) => inline.to_string(),
+        None => {
+            let mut buf = String::new();
+            std::io::stdin()
+                .read_to_string(&mut buf)
+                .map_err(|e| CliError::Message(format!("cannot read stdin: {e}")))?;
+            buf
+        }
+    };
+    let config: Value = serde_json::from_str(&text)
+        .map_err(|e| CliError::Message(format!("invalid JSON configuration: {e}")))?;
+    let mut subsystems: Vec<(String, Vec<Value>)> = config["subsystems"]
+        .as_array()
+        .ok_or_else(|| CliError::Message("configuration has no \"subsystems\" array".into()))?
+        .iter()
+        .map(|s| {
+            (
+                s["subsystem"].as_str().unwrap_or_default().to_string(),
+                s["config"].as_array().cloned().unwrap_or_default(),
+            )
+        })
+        .filter(|(_, cfg)| !cfg.is_empty())
+        .collect();
+
+    let allowed = get_methods(ctx, false, include_aliases)?;
+    if subsystems.is_empty() {
+        if allowed.iter().any(|m| m == "framework_start_init") {
+            ctx.call("framework_start_init", Map::new())?;
+        }
+        return Ok(());
+    }
+    for (_, cfg) in &subsystems {
+        for elem in cfg {
+            let items: Vec<&Value> = match elem.as_array() {
+                Some(batch) => batch.iter().collect(),
+                None => vec![elem],
+            };
+            if !items.iter().all(|item| method_allowed(item, &allowed)) {
+                return Err(CliError::Message(
+                    "Unknown method was included in the config file".into(),
+                ));
+            }
+        }
+    }
+    while !subsystems.is_empty() {
+        let allowed = get_methods(ctx, true, include_aliases)?;
+        let mut progressed = false;
+        for (_, cfg) in subsystems.iter_mut() {
+            let mut remaining = Vec::new();
+            for elem in cfg.drain(..) {
+                let items: Vec<Value> = match elem.as_array() {
+                    Some(batch) => batch.clone(),
+                    None => vec![elem.clone()],
+                };
+                if items.iter().all(|item| method_allowed(item, &allowed)) {
+                    for item in &items {
+                        call_config_elem(ctx, item)?;
+                    }
+                    progressed = true;
+                } else {
+                    remaining.push(elem);
+                }
+            }
+            *cfg = remaining;
+        }
+        subsystems.retain(|(_, cfg)| !cfg.is_empty());
+        if allowed.iter().any(|m| m == "framework_start_init") {
+            ctx.call("framework_start_init", Map::new())?;
+            progressed = true;
+        }
+        if !progressed || ctx.dry_run {
+            break;
+        }
+    }
+    if !subsystems.is_empty() {
+        println!("Some configs were skipped because the RPC state that can call them passed over.");
+    }
+    Ok(())
+}
+
+fn server_address(matches: &ArgMatches) -> ListenAddr {
+    let addr = matches
+        .get_one::<String>("server_addr")
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_SOCKET_PATH.into());
+    let port = matches.get_one::<u16>("port").copied().unwrap_or(5260);
+    match addr.parse::<IpAddr>() {
+        Ok(ip) => ListenAddr::Tcp((ip, port).into()),
+        Err(_) => ListenAddr::Unix(PathBuf::from(addr)),
+    }
+}
+
+fn connect(matches: &ArgMatches, timeout: Duration) -> Result<RpcClient, Error> {
+    let addr = server_address(matches);
+    let retries = matches.get_one::<u32>("conn_retries").copied().unwrap_or(0);
+    for _ in 0..retries {
+        if let Ok(client) = RpcClient::connect(&addr, timeout) {
+            return Ok(client);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    RpcClient::connect(&addr, timeout)
+}
+
+fn main() -> ExitCode {
+    let table = method_table();
+    let matches = build_cli(&table).get_matches();
+    let timeout = matches.get_one::<f64>("timeout").copied().unwrap_or(60.0);
+    if !(timeout > 0.0 && timeout.is_finite()) {
+        println!("Timeout value is invalid: {timeout}");
+        return ExitCode::FAILURE;
+    }
+    let verbose = matches.get_flag("v")
+        || matches
+            .get_one::<String>("verbose")
+            .is_some_and(|level| level != "ERROR");
+    let dry_run = matches.get_flag("dry_run");
+
+    let Some((name, sub_matches)) = matches.subcommand() else {
+        return ExitCode::FAILURE;
+    };
+    let Some(spec) = table.iter().find(|spec| spec.name == name) else {
+        return ExitCode::FAILURE;
+    };
+
+    let client = if dry_run {
+        None
+    } else {
+        match connect(&matches, Duration::from_secs_f64(timeout)) {
+            Ok(client) => Some(client),
+            Err(err) => {
+                println!("{err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let mut ctx = Ctx {
+        client,
+        dry_run,
+        verbose,
+    };
+    let params = collect_params(spec, sub_matches);
+    let outcome = match spec.runner {
+        Some(runner) => runner(&mut ctx, sub_matches, params),
+        None => ctx
+            .call(spec.name, params)
+            .map(|result| ctx.print(spec.output, &result)),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Message(message)) => {
+            println!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_json_matches_json_dumps() {
+        let value = json!({"a": [1, {"b": "é"}], "c": {}});
+        assert_eq!(
+            to_python_json(&value, None),
+            r#"{"a": [1, {"b": "\u00e9"}], "c": {}}"#
+        );
+        assert_eq!(
+            to_python_json(&json!({"a": [1]}), Some(2)),
+            "{\n  \"a\": [\n    1\n  ]\n}"
+        );
+    }
+
+    #[test]
+    fn table_builds_a_valid_cli() {
+        build_cli(&method_table()).debug_assert();
+    }
+
+    #[test]
+    fn params_follow_rpc_py() {
+        let table = method_table();
+        let cli = build_cli(&table);
+        let matches = cli
+            .try_get_matches_from(["rspdk_rpc", "rpc_get_methods", "--current"])
+            .unwrap();
+        let (name, sub) = matches.subcommand().unwrap();
+        let spec = table.iter().find(|s| s.name == name).unwrap();
+        assert_eq!(
+            Value::Object(collect_params(spec, sub)),
+            json!({"current": true, "include_aliases": false})
+        );
+    }
+}
