@@ -30,7 +30,7 @@
 use std::cell::RefCell;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -78,8 +78,8 @@ fn slab_len(class: usize) -> usize {
 }
 
 /// Per-thread allocation counters, readable by other threads for stats.
-/// Only the owning thread writes them, so updates are plain load + store.
-#[derive(Default)]
+/// Only the owning thread writes them, so updates are plain load + store
+/// (a plain `mov` on x86), and they live inline in the thread's cache.
 struct ThreadCounters {
     allocs: [AtomicU64; MAX_SOCKETS],
     frees: [AtomicU64; MAX_SOCKETS],
@@ -87,41 +87,76 @@ struct ThreadCounters {
     free_bytes: [AtomicU64; MAX_SOCKETS],
 }
 
+impl ThreadCounters {
+    const fn new() -> Self {
+        ThreadCounters {
+            allocs: [const { AtomicU64::new(0) }; MAX_SOCKETS],
+            frees: [const { AtomicU64::new(0) }; MAX_SOCKETS],
+            alloc_bytes: [const { AtomicU64::new(0) }; MAX_SOCKETS],
+            free_bytes: [const { AtomicU64::new(0) }; MAX_SOCKETS],
+        }
+    }
+}
+
 #[inline]
 fn bump(counter: &AtomicU64, by: u64) {
     counter.store(counter.load(Ordering::Relaxed) + by, Ordering::Relaxed);
 }
 
-static LIVE_THREADS: Mutex<Vec<Arc<ThreadCounters>>> = Mutex::new(Vec::new());
+/// The counters of every live thread, by address.
+struct CountersPtr(*const ThreadCounters);
+
+// SAFETY: the pointee is a thread's cache, which removes its pointer from
+// LIVE_THREADS (under the lock) before it is destroyed; readers only load
+// its atomics while holding that lock.
+unsafe impl Send for CountersPtr {}
+
+static LIVE_THREADS: Mutex<Vec<CountersPtr>> = Mutex::new(Vec::new());
 
 struct ThreadCache {
     bins: [[Vec<usize>; NUM_CLASSES]; MAX_SOCKETS],
-    counters: Option<Arc<ThreadCounters>>,
+    counters: ThreadCounters,
+    registered: bool,
 }
 
 impl ThreadCache {
     const fn new() -> Self {
         ThreadCache {
             bins: [const { [const { Vec::new() }; NUM_CLASSES] }; MAX_SOCKETS],
-            counters: None,
+            counters: ThreadCounters::new(),
+            registered: false,
         }
     }
 
+    /// The counters, published for stats on first use. The cache lives in
+    /// thread-local storage, so its address is stable until `drop`.
     #[inline]
     fn counters(&mut self) -> &ThreadCounters {
-        self.counters.get_or_insert_with(|| {
-            let c = Arc::new(ThreadCounters::default());
-            LIVE_THREADS
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(c.clone());
-            c
-        })
+        if !self.registered {
+            self.register();
+        }
+        &self.counters
+    }
+
+    #[cold]
+    fn register(&mut self) {
+        LIVE_THREADS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(CountersPtr(&self.counters));
+        self.registered = true;
     }
 }
 
 impl Drop for ThreadCache {
     fn drop(&mut self) {
+        if self.registered {
+            let me: *const ThreadCounters = &self.counters;
+            LIVE_THREADS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|x| !std::ptr::eq(x.0, me));
+        }
         let Some(env) = crate::env::env() else { return };
         for (heap_id, bins) in self.bins.iter_mut().enumerate() {
             let Some(heap) = env.heap(heap_id) else {
@@ -133,26 +168,16 @@ impl Drop for ThreadCache {
                 }
             }
         }
-        if let Some(c) = self.counters.take() {
-            for (heap_id, heap) in env.heaps() {
-                let r = &heap.retired;
-                r.allocs
-                    .fetch_add(c.allocs[heap_id].load(Ordering::Relaxed), Ordering::Relaxed);
-                r.frees
-                    .fetch_add(c.frees[heap_id].load(Ordering::Relaxed), Ordering::Relaxed);
-                r.alloc_bytes.fetch_add(
-                    c.alloc_bytes[heap_id].load(Ordering::Relaxed),
-                    Ordering::Relaxed,
-                );
-                r.free_bytes.fetch_add(
-                    c.free_bytes[heap_id].load(Ordering::Relaxed),
-                    Ordering::Relaxed,
-                );
-            }
-            LIVE_THREADS
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|x| !Arc::ptr_eq(x, &c));
+        let c = &self.counters;
+        for (heap_id, heap) in env.heaps() {
+            let r = &heap.retired;
+            let fold = |from: &AtomicU64, to: &AtomicU64| {
+                to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+            };
+            fold(&c.allocs[heap_id], &r.allocs);
+            fold(&c.frees[heap_id], &r.frees);
+            fold(&c.alloc_bytes[heap_id], &r.alloc_bytes);
+            fold(&c.free_bytes[heap_id], &r.free_bytes);
         }
     }
 }
@@ -212,9 +237,30 @@ fn validate(size: usize, align: usize) -> Result<usize> {
     Ok(align)
 }
 
-/// Allocates from `heap_id`: the cached fast path, else refill or large.
-#[inline]
+/// Allocates from `heap_id`: a block from this thread's cache when it has
+/// one (inlined, nothing returned through memory), else the slow path.
+#[inline(always)]
 fn alloc_on(env: &Env, heap_id: usize, size: usize, align: usize) -> Result<usize> {
+    if let (Some(class), Some(_)) = (class_of(size, align), env.heap(heap_id)) {
+        let hit = CACHE.try_with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let addr = cache.bins[heap_id][class].pop()?;
+            let c = cache.counters();
+            bump(&c.allocs[heap_id], 1);
+            bump(&c.alloc_bytes[heap_id], class_size(class) as u64);
+            Some(addr)
+        });
+        if let Ok(Some(addr)) = hit {
+            return Ok(addr);
+        }
+    }
+    alloc_slow(env, heap_id, size, align)
+}
+
+/// Refill, large buffers, first use of a heap, exiting threads.
+#[cold]
+#[inline(never)]
+fn alloc_slow(env: &Env, heap_id: usize, size: usize, align: usize) -> Result<usize> {
     let heap = match env.heap(heap_id) {
         Some(h) => h,
         None => env.heap_or_create(heap_id, 0)?,
@@ -512,17 +558,16 @@ pub struct MemStats {
 /// The env's memory statistics (SPDK: `env_dpdk_get_mem_stats`).
 pub fn mem_stats() -> Result<MemStats> {
     let env = env_or_err()?;
-    let threads = LIVE_THREADS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let threads = LIVE_THREADS.lock().unwrap_or_else(|e| e.into_inner());
     let heaps = env
         .heaps()
         .map(|(id, heap)| {
             let sum = |pick: &dyn Fn(&ThreadCounters) -> &AtomicU64, retired: &AtomicU64| {
                 threads
                     .iter()
-                    .map(|t| pick(t).load(Ordering::Relaxed))
+                    // SAFETY: pointers in LIVE_THREADS are live while the
+                    // lock is held (see `CountersPtr`).
+                    .map(|t| pick(unsafe { &*t.0 }).load(Ordering::Relaxed))
                     .sum::<u64>()
                     + retired.load(Ordering::Relaxed)
             };

@@ -257,6 +257,13 @@ impl Env {
     /// The heap holding `addr`, with its id.
     #[inline]
     pub(crate) fn heap_of(&self, addr: usize) -> Option<(usize, &Heap)> {
+        // Most buffers live on the main socket: look there first.
+        let main = self.main_socket as usize;
+        if let Some(h) = self.heap(main) {
+            if h.contains(addr) {
+                return Some((main, h));
+            }
+        }
         self.heaps().find(|(_, h)| h.contains(addr))
     }
 

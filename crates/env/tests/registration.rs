@@ -79,10 +79,7 @@ impl MemMapNotify for Recorder {
     }
 }
 
-fn recorder(
-    r: &Region,
-    fail_on: Option<usize>,
-) -> (Box<Recorder>, Log) {
+fn recorder(r: &Region, fail_on: Option<usize>) -> (Box<Recorder>, Log) {
     let log = Arc::new(Mutex::new(Vec::new()));
     (
         Box::new(Recorder {
