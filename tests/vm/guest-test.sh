@@ -12,8 +12,11 @@ check() { # name command...
   else cat /tmp/check.out; echo "CHECK FAILED $name"; rc=1; fi
 }
 DRV=vfio-pci; [ "$RSPDK_VM_MODE" = uio ] && DRV=uio_pci_generic
-check "rspdk_setup config binds NVMe to $DRV" $B/rspdk_setup config --hugemem 0 --driver $DRV --nvme-only
-BDF=$($B/rspdk_setup status --json | sed -n 's/.*"bdf":"\([^"]*\)","vendor":[0-9]*,"device":[0-9]*,"class":264194.*/\1/p' | head -1)
+check "rspdk_setup config binds NVMe to $DRV" $B/rspdk_setup config --skip-huge --driver $DRV
+BDF=
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat $d/class)" = 0x010802 ] && BDF=${d##*/} && break
+done
 export RSPDK_VM_BDF=$BDF
 echo "VM: NVMe controller at $BDF, driver $(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")"
 [ "$(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")" = $DRV ] || { echo "CHECK FAILED bound to $DRV"; rc=1; }
@@ -21,5 +24,5 @@ $B/vm --test-threads=1 || rc=1
 check "rspdk_nvme_identify" $B/rspdk_nvme_identify -r "trtype:PCIe traddr:$BDF"
 check "rspdk_nvme_perf" $B/rspdk_nvme_perf -r "trtype:PCIe traddr:$BDF" -q 8 -o 4096 -w randrw -M 50 -t 2
 modprobe nvme
-check "rspdk_setup reset gives the controller back to nvme" $B/rspdk_setup reset --nvme-only
+check "rspdk_setup reset gives the controller back to nvme" $B/rspdk_setup reset
 exit $rc

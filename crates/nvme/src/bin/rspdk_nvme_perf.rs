@@ -1,0 +1,2 @@
+//! rspdk_nvme_perf (in progress).
+fn main() {}
