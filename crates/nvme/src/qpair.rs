@@ -65,7 +65,7 @@ pub struct IoQpair {
     namespaces: Vec<Namespace>,
     delay_doorbell: bool,
     timeout: Option<(Duration, TimeoutCb)>,
-    polls: u32,
+    next_timeout_scan: Instant,
     idle_polls: u32,
     /// False after a failure/detach was reported to the caller.
     connected: bool,
@@ -124,7 +124,7 @@ impl IoQpair {
             ctrlr,
             delay_doorbell: opts.delay_doorbell,
             timeout: None,
-            polls: 0,
+            next_timeout_scan: Instant::now(),
             idle_polls: 0,
             connected: true,
         };
@@ -187,6 +187,8 @@ impl IoQpair {
         cb: impl FnMut(&TimeoutEvent) -> TimeoutAction + Send + 'static,
     ) {
         self.timeout = Some((timeout, Box::new(cb)));
+        self.q.stamp_on_submit = true;
+        self.next_timeout_scan = Instant::now();
     }
 
     fn ns(&self, nsid: u32) -> Result<&Namespace> {
@@ -519,9 +521,11 @@ impl IoQpair {
         if gen != self.generation {
             n += self.reconnect(&mut done)?;
         }
-        let timeouts = self.timeout.is_some();
+        if self.timeout.is_some() && self.q.outstanding > 0 {
+            // Before reaping, so a command that is late is seen as late.
+            self.run_timeouts();
+        }
         n += self.q.poll(max, &mut |_, c| done(&c));
-        self.polls = self.polls.wrapping_add(1);
         if n == 0 && self.q.outstanding > 0 {
             self.idle_polls += 1;
             if self.idle_polls % 4096 == 0 {
@@ -538,18 +542,19 @@ impl IoQpair {
         } else {
             self.idle_polls = 0;
         }
-        if timeouts && self.polls % 16 == 0 {
-            self.run_timeouts();
-        }
         Ok(n)
     }
 
     fn run_timeouts(&mut self) {
         let now = Instant::now();
-        self.q.stamp(now);
+        if now < self.next_timeout_scan {
+            return;
+        }
         let Some((t, cb)) = self.timeout.as_mut() else {
             return;
         };
+        // Scan at most every quarter timeout (and at least every 10 ms).
+        self.next_timeout_scan = now + (*t / 4).min(Duration::from_millis(10));
         let mut actions: [(u16, TimeoutAction); 8] = [(0, TimeoutAction::None); 8];
         let mut k = 0;
         let qid = self.q.qid;

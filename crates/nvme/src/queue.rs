@@ -176,6 +176,8 @@ pub(crate) struct Queue {
     doorbell_due: bool,
     page: usize,
     sgl: bool,
+    /// Stamp each command with its submission time (timeouts are on).
+    pub stamp_on_submit: bool,
     /// Outstanding commands the device holds (head moves with completions).
     pub outstanding: usize,
 }
@@ -223,6 +225,7 @@ impl Queue {
             doorbell_due: false,
             page,
             sgl,
+            stamp_on_submit: false,
             outstanding: 0,
         })
     }
@@ -328,7 +331,7 @@ impl Queue {
         self.free.pop();
         let t = &mut self.trackers[cid as usize];
         t.req = Some(req);
-        t.submitted = None;
+        t.submitted = self.stamp_on_submit.then(Instant::now);
         t.timed_out = false;
         let slot = self.sq.as_ptr() as *mut Sqe;
         // SAFETY: sq_tail < entries, the ring holds `entries` SQEs, and the
@@ -338,16 +341,6 @@ impl Queue {
         self.outstanding += 1;
         self.doorbell_due = true;
         Ok(())
-    }
-
-    /// Marks the submission time of every command placed since the last
-    /// call (only when timeouts are on).
-    pub(crate) fn stamp(&mut self, now: Instant) {
-        for t in self.trackers.iter_mut() {
-            if t.req.is_some() && t.submitted.is_none() {
-                t.submitted = Some(now);
-            }
-        }
     }
 
     fn describe(&mut self, cid: u16, payload: &Payload, cmd: &mut Sqe) -> Result<()> {

@@ -503,12 +503,21 @@ fn deallocate() {
     unsafe { qp.read(2, r.as_mut_ptr(), 100, 4, 3) }.unwrap();
     ok(&wait(&mut qp, 1)[0]);
     assert!(r[..4096] == w[..4096] && r[3 * 4096..] == w[3 * 4096..]);
-    if dlfeat & 0b111 == 0b001 {
-        assert!(
-            r[4096..3 * 4096].iter().all(|&b| b == 0),
-            "deallocated blocks read as zeroes (DLFEAT {dlfeat:#x})"
-        );
+    // Deallocation is advisory: each block reads either as written or, once
+    // deallocated, as DLFEAT says (001: zeroes).
+    let mut zeroed = 0;
+    for blk in 1..3 {
+        let got = &r[blk * 4096..(blk + 1) * 4096];
+        if got.iter().all(|&b| b == 0) && dlfeat & 0b111 == 0b001 {
+            zeroed += 1;
+        } else {
+            assert!(
+                got == &w[blk * 4096..(blk + 1) * 4096],
+                "block {blk} is neither its data nor deallocated (DLFEAT {dlfeat:#x})"
+            );
+        }
     }
+    println!("deallocate: {zeroed} of 2 blocks read back deallocated (DLFEAT {dlfeat:#x})");
     drop(qp);
     c.detach().unwrap();
 }
@@ -740,11 +749,14 @@ fn no_allocation_per_io_in_steady_state() {
         }
     };
     run(&mut qp, 256); // warm up
-    let before = allocs();
-    run(&mut qp, 1024);
-    let per_io = (allocs() - before) as f64 / 1024.0;
-    println!("allocations per I/O in steady state: {per_io}");
-    assert_eq!(allocs() - before, 0, "{per_io} allocations per I/O");
+    let mut windows = Vec::new();
+    for _ in 0..4 {
+        let before = allocs();
+        run(&mut qp, 1024);
+        windows.push(allocs() - before);
+    }
+    println!("allocations per 1024 I/Os, four windows after warm-up: {windows:?}");
+    assert_eq!(windows, vec![0; 4], "allocations on the I/O path");
     drop(qp);
     c.detach().unwrap();
 }
