@@ -13,11 +13,15 @@ check() { # name command...
 }
 DRV=vfio-pci; [ "$RSPDK_VM_MODE" = uio ] && DRV=uio_pci_generic
 check "rspdk_setup config binds NVMe to $DRV" $B/rspdk_setup config --skip-huge --driver $DRV
-BDF=
+# The first NVMe controller is the one under test; a second one (vfio boots)
+# sits in a non-viable IOMMU group.
+BDF= BDF2=
 for d in /sys/bus/pci/devices/*; do
-  [ "$(cat $d/class)" = 0x010802 ] && BDF=${d##*/} && break
+  [ "$(cat $d/class)" = 0x010802 ] || continue
+  if [ -z "$BDF" ]; then BDF=${d##*/}; elif [ -z "$BDF2" ]; then BDF2=${d##*/}; fi
 done
-export RSPDK_VM_BDF=$BDF
+export RSPDK_VM_BDF=$BDF RSPDK_VM_BDF2=$BDF2
+[ -n "$BDF2" ] && echo "VM: second controller $BDF2 in IOMMU group $(basename "$(readlink /sys/bus/pci/devices/$BDF2/iommu_group)") with: $(ls /sys/bus/pci/devices/$BDF2/iommu_group/devices | tr '\n' ' ')"
 echo "VM: NVMe controller at $BDF, driver $(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")"
 [ "$(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")" = $DRV ] || { echo "CHECK FAILED bound to $DRV"; rc=1; }
 $B/vm --test-threads=1 || rc=1

@@ -234,6 +234,24 @@ fn vfio_errors_are_clear() {
             );
         }
         _ => {
+            // The second controller shares its IOMMU group with a virtio
+            // device the kernel drives (tests/vm/run sets this up).
+            let bdf2 =
+                std::env::var("RSPDK_VM_BDF2").expect("a second controller in the vfio boots");
+            let e = rspdk_env::vfio::VfioDevice::open(&bdf2)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("is not viable") && e.contains("(bound to virtio-pci)"),
+                "{e}"
+            );
+            let e = Controller::connect(
+                &TransportId::pcie(&bdf2).unwrap(),
+                &ControllerOpts::default(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("is not viable"), "{e}");
             // The host bridge is not bound to vfio-pci.
             let e = rspdk_env::vfio::VfioDevice::open("0000:00:00.0")
                 .unwrap_err()
