@@ -29,4 +29,30 @@ check "rspdk_nvme_identify" $B/rspdk_nvme_identify -r "trtype:PCIe traddr:$BDF"
 check "rspdk_nvme_perf" $B/rspdk_nvme_perf -r "trtype:PCIe traddr:$BDF" -q 8 -o 4096 -w randrw -M 50 -t 2
 modprobe nvme
 check "rspdk_setup reset gives the controller back to nvme" $B/rspdk_setup reset
+[ "$(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")" = nvme ] || { echo "CHECK FAILED $BDF back on nvme"; rc=1; }
+
+# rspdk_setup must never take a controller whose namespace is mounted.
+modprobe ext4
+NS2=
+for i in $(seq 50); do
+  NS2=$(ls -d /sys/bus/pci/devices/$BDF/nvme/nvme*/nvme*n2 2>/dev/null | head -1)
+  [ -n "$NS2" ] && [ -b /dev/${NS2##*/} ] && break
+  sleep 0.1
+done
+NS2=${NS2##*/}
+mkdir -p /mnt/fs
+if [ -n "$NS2" ] && mke2fs -q -b 4096 /dev/$NS2 && mount -t ext2 /dev/$NS2 /mnt/fs; then
+  echo "---- rspdk_setup config with /dev/$NS2 mounted at /mnt/fs"
+  out=$(PCI_ALLOWED=$BDF $B/rspdk_setup config --skip-huge --driver $DRV 2>&1); r=$?
+  echo "$out"
+  if [ $r != 0 ] && echo "$out" | grep -q "/dev/$NS2 is mounted at /mnt/fs" &&
+     [ "$(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")" = nvme ]; then
+    echo "CHECK ok rspdk_setup config leaves a controller with a mounted filesystem alone"
+  else
+    echo "CHECK FAILED rspdk_setup config leaves a controller with a mounted filesystem alone"; rc=1
+  fi
+  umount /mnt/fs
+else
+  echo "CHECK FAILED could not make and mount a filesystem on $BDF namespace 2 ($NS2)"; rc=1
+fi
 exit $rc

@@ -590,6 +590,12 @@ impl Controller {
             .cloned()
     }
 
+    /// The largest transfer one command may move, in bytes (SPDK:
+    /// `spdk_nvme_ns_get_max_io_xfer_size`).
+    pub fn max_transfer_size(&self) -> usize {
+        self.inner.max_transfer()
+    }
+
     /// I/O queue pairs the controller granted.
     pub fn max_io_qpairs(&self) -> u32 {
         self.inner.max_io_queues.load(Ordering::Relaxed)
@@ -917,6 +923,18 @@ impl Inner {
 
     pub(crate) fn free_qid(&self, qid: u16) {
         lock(&self.qids).push(qid);
+    }
+
+    /// The largest transfer per command: MDTS (in 4 KiB pages, 0 = none),
+    /// and what one 4 KiB PRP list page can describe (511 pages + the first).
+    pub(crate) fn max_transfer(&self) -> usize {
+        let mdts = lock(&self.cdata).mdts();
+        let by_list = 512 * 4096;
+        if mdts == 0 || mdts > 20 {
+            by_list
+        } else {
+            (4096usize << mdts).min(by_list)
+        }
     }
 
     pub(crate) fn sgl_supported(&self) -> bool {

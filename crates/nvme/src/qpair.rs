@@ -67,6 +67,8 @@ pub struct IoQpair {
     timeout: Option<(Duration, TimeoutCb)>,
     next_timeout_scan: Instant,
     idle_polls: u32,
+    /// Largest transfer one command may move (MDTS, and one PRP list page).
+    max_transfer: usize,
     /// False after a failure/detach was reported to the caller.
     connected: bool,
 }
@@ -117,6 +119,7 @@ impl IoQpair {
                 return Err(e);
             }
         };
+        let max_transfer = ctrlr.max_transfer();
         let mut qp = IoQpair {
             q,
             generation: ctrlr.generation.load(Ordering::Acquire),
@@ -126,6 +129,7 @@ impl IoQpair {
             timeout: None,
             next_timeout_scan: Instant::now(),
             idle_polls: 0,
+            max_transfer,
             connected: true,
         };
         if let Err(e) = qp.create_queues() {
@@ -203,6 +207,13 @@ impl IoQpair {
         if nlb == 0 || nlb > 65536 {
             return Err(NvmeError::InvalidArgument(format!(
                 "{nlb} blocks: a command moves 1..=65536 blocks"
+            )));
+        }
+        let bytes = nlb as u64 * ns.block_size as u64;
+        if bytes > self.max_transfer as u64 {
+            return Err(NvmeError::InvalidArgument(format!(
+                "{bytes} bytes is over the controller's maximum data transfer size of {} bytes: split the I/O",
+                self.max_transfer
             )));
         }
         if let Some(len) = len {

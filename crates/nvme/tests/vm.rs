@@ -778,3 +778,150 @@ fn no_allocation_per_io_in_steady_state() {
     drop(qp);
     c.detach().unwrap();
 }
+
+#[test]
+fn async_event_on_temperature_threshold() {
+    use rspdk_nvme::spec::feature;
+    let c = attach();
+    // Enable SMART critical-warning events, then put the over-temperature
+    // threshold below the current temperature: the controller reports a
+    // SMART / health event through an outstanding AER.
+    c.set_feature(feature::ASYNC_EVENT_CONFIGURATION, 0xff)
+        .unwrap();
+    let temp = c.health_log().unwrap().temperature();
+    c.set_feature(feature::TEMPERATURE_THRESHOLD, (temp - 10) as u32)
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut events = Vec::new();
+    while events.is_empty() {
+        events = c.process_admin_completions().unwrap();
+        assert!(Instant::now() < end, "no asynchronous event in 10 s");
+    }
+    assert_eq!(events[0].event_type, 1, "SMART / health event: {events:?}");
+    assert_eq!(
+        events[0].log_page,
+        rspdk_nvme::spec::log_page::HEALTH_INFORMATION
+    );
+    let h = c.health_log().unwrap();
+    assert_ne!(h.critical_warning() & 0x2, 0, "temperature warning set");
+    c.set_feature(feature::TEMPERATURE_THRESHOLD, 343).unwrap();
+    c.detach().unwrap();
+}
+
+#[test]
+fn probe_attaches_what_it_can_and_honours_options() {
+    env();
+    let mut attached = Vec::new();
+    let mut offered = 0;
+    let n = rspdk_nvme::probe(
+        None,
+        |_, opts| {
+            offered += 1;
+            opts.num_io_queues = 2;
+            opts.io_queue_size = 16;
+            true
+        },
+        |t, c, _| attached.push((t.clone(), c)),
+    )
+    .unwrap();
+    let expected = if mode() == "uio" { 1 } else { 2 };
+    assert_eq!(
+        offered, expected,
+        "every NVMe controller bound to us is offered"
+    );
+    // In the vfio boots the second controller's group is not viable: it is
+    // reported and skipped, the first is attached.
+    assert_eq!(n, 1);
+    assert_eq!(attached[0].0.traddr, bdf());
+    let c = attached.pop().unwrap().1;
+    assert_eq!(c.max_io_qpairs(), 2);
+    let q1 = c.alloc_io_qpair(None).unwrap();
+    let q2 = c.alloc_io_qpair(None).unwrap();
+    let e = c.alloc_io_qpair(None).unwrap_err();
+    assert!(e.to_string().contains("no I/O queue left"), "{e}");
+    drop((q1, q2));
+    let _q = c
+        .alloc_io_qpair(None)
+        .expect("ids come back when queue pairs are dropped");
+    drop(_q);
+    c.detach().unwrap();
+}
+
+#[test]
+fn prp_lists_for_vectored_io_without_sgl() {
+    env();
+    let c = Controller::connect(
+        &trid(),
+        &ControllerOpts {
+            use_sgl: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut qp = c.alloc_io_qpair(None).unwrap();
+    // 64 KiB in five pieces, PRP-compatible: the first ends on a page, the
+    // middle ones are whole pages, the last starts on one.
+    let mut src = DmaBuf::zeroed(65536).unwrap();
+    fill(&mut src, 21);
+    let mut pieces: Vec<DmaBuf> = (0..5).map(|_| DmaBuf::zeroed(65536).unwrap()).collect();
+    let layout = [
+        (4096 - 512, 512),
+        (0, 16384),
+        (0, 8192),
+        (0, 32768),
+        (0, 65536 - 512 - 16384 - 8192 - 32768),
+    ];
+    let mut off = 0;
+    for (p, (o, l)) in pieces.iter_mut().zip(layout) {
+        p[o..o + l].copy_from_slice(&src[off..off + l]);
+        off += l;
+    }
+    let mut sg = Sges {
+        segs: pieces
+            .iter()
+            .zip(layout)
+            .map(|(p, (o, l))| (p.as_ptr() as usize + o, l as u32))
+            .collect(),
+        i: 0,
+    };
+    let fns = SgeFns {
+        reset: sge_reset,
+        next: sge_next,
+        arg: &mut sg as *mut Sges as usize,
+    };
+    // SAFETY: pieces and `sg` outlive the completion.
+    unsafe { qp.writev(1, 20000, 128, fns, 1) }.unwrap();
+    ok(&wait(&mut qp, 1)[0]);
+    let mut r = DmaBuf::zeroed(65536).unwrap();
+    // SAFETY: as above.
+    unsafe { qp.read(1, r.as_mut_ptr(), 20000, 128, 2) }.unwrap();
+    ok(&wait(&mut qp, 1)[0]);
+    assert!(
+        r[..] == src[..],
+        "PRP-list vectored write read back differs"
+    );
+    // A layout PRPs cannot describe is refused with the reason.
+    let mut bad = Sges {
+        segs: vec![
+            (pieces[0].as_ptr() as usize, 1024),
+            (pieces[1].as_ptr() as usize + 100, 3072),
+        ],
+        i: 0,
+    };
+    let fns = SgeFns {
+        reset: sge_reset,
+        next: sge_next,
+        arg: &mut bad as *mut Sges as usize,
+    };
+    // SAFETY: refused before submission.
+    let e = unsafe { qp.writev(1, 0, 8, fns, 3) }.unwrap_err();
+    assert!(e.to_string().contains("not PRP-compatible"), "{e}");
+    // Over the maximum transfer size: refused, not sent.
+    let max = c.max_transfer_size();
+    let big = DmaBuf::zeroed(max + 4096).unwrap();
+    // SAFETY: refused before submission.
+    let e = unsafe { qp.write(1, big.as_ptr(), 0, (max / 512 + 8) as u32, 4) }.unwrap_err();
+    assert!(e.to_string().contains("maximum data transfer size"), "{e}");
+    drop(qp);
+    c.detach().unwrap();
+}
