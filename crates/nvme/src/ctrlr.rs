@@ -714,6 +714,9 @@ impl Controller {
         }
         i.state.store(state::RESETTING, Ordering::Release);
         i.generation.fetch_add(1, Ordering::AcqRel);
+        if let Err(e) = i.pci.enable_bus_master() {
+            return Err(self.fail(&format!("re-enabling bus mastering: {e}")));
+        }
         {
             let mut a = lock(&i.admin);
             // Disable first so the device stops touching admin memory.
@@ -820,14 +823,33 @@ impl Inner {
             state::FAILED | state::DETACHED => return Err(self.state_error()),
             _ => {}
         }
+        if self.pci.is_removed() {
+            return Err(self.fail("the device was removed"));
+        }
+        match self.dead_reason() {
+            Some(why) => Err(self.fail(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads CSTS and says why the controller is unusable, if it is: gone
+    /// (all ones), fatal status, or no longer ready although we did not
+    /// disable it (reset or disabled behind our back).
+    pub(crate) fn dead_reason(&self) -> Option<&'static str> {
         let s = self.bar.read32(reg::CSTS);
-        if s == csts::ALL_ONES || self.pci.is_removed() {
-            return Err(self.fail("the device was removed (registers read all ones)"));
+        if s == csts::ALL_ONES {
+            return Some("the device was removed (registers read all ones)");
         }
-        if s & csts::CFS != 0 && self.state.load(Ordering::Acquire) == state::OK {
-            return Err(self.fail("controller fatal status (CSTS.CFS)"));
+        if self.state.load(Ordering::Acquire) != state::OK {
+            return None;
         }
-        Ok(())
+        if s & csts::CFS != 0 {
+            return Some("controller fatal status (CSTS.CFS)");
+        }
+        if s & csts::RDY == 0 {
+            return Some("the controller is no longer ready (CSTS.RDY = 0): it was reset or disabled behind the driver's back; reset it");
+        }
+        None
     }
 
     fn poll_admin(&self, a: &mut Admin) {
@@ -880,14 +902,10 @@ impl Inner {
             }
             spins += 1;
             if spins % 256 == 0 {
-                let s = self.bar.read32(reg::CSTS);
-                if s == csts::ALL_ONES {
+                if let Some(why) = self.dead_reason() {
+                    a.q.reset_rings(&mut |_| {});
                     drop(a);
-                    return Err(self.fail("the device was removed during an admin command"));
-                }
-                if s & csts::CFS != 0 {
-                    drop(a);
-                    return Err(self.fail("controller fatal status during an admin command"));
+                    return Err(self.fail(why));
                 }
                 if Instant::now() > end {
                     return Err(sync_err(

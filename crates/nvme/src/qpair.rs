@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::ctrlr::{state, Inner, Namespace};
 use crate::error::{NvmeError, Result};
 use crate::queue::{Completion, Payload, Queue, Request, SgeFns};
-use crate::spec::{reg, AdminOpcode, DsmRange, IoOpcode, Sqe};
+use crate::spec::{AdminOpcode, DsmRange, IoOpcode, Sqe};
 use crate::status::Status;
 
 /// Queue pair options (SPDK: `spdk_nvme_io_qpair_opts`).
@@ -540,13 +540,8 @@ impl IoQpair {
         if n == 0 && self.q.outstanding > 0 {
             self.idle_polls += 1;
             if self.idle_polls % 4096 == 0 {
-                let s = self.ctrlr.bar.read32(reg::CSTS);
-                if s == u32::MAX || s & crate::spec::csts::CFS != 0 {
-                    self.ctrlr.fail(if s == u32::MAX {
-                        "the device was removed (registers read all ones)"
-                    } else {
-                        "controller fatal status (CSTS.CFS)"
-                    });
+                if let Some(why) = self.ctrlr.dead_reason() {
+                    self.ctrlr.fail(why);
                     return Ok(self.abort_all(&mut done));
                 }
             }

@@ -925,3 +925,59 @@ fn prp_lists_for_vectored_io_without_sgl() {
     drop(qp);
     c.detach().unwrap();
 }
+
+#[test]
+fn function_reset_behind_our_back_fails_io_then_reset_recovers() {
+    let c = attach();
+    let mut qp = c.alloc_io_qpair(None).unwrap();
+    let mut b = DmaBuf::zeroed(64 * 1024).unwrap();
+    // SAFETY: buffer outlives the completion.
+    unsafe { qp.read(1, b.as_mut_ptr(), 0, 8, 0) }.unwrap();
+    ok(&wait(&mut qp, 1)[0]);
+    // Another handle on the same function resets it (FLR): the controller
+    // loses every queue and its configuration without the driver knowing.
+    let other = rspdk_env::pcidev::PciHandle::open(&bdf()).expect("second handle");
+    other.reset().expect("function reset");
+    drop(other);
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut got = Vec::new();
+    let mut submitted = 0u64;
+    let mut refused = None;
+    while refused.is_none() {
+        // SAFETY: buffer outlives the completions (we wait for all below).
+        match unsafe { qp.read(1, b.as_mut_ptr(), submitted % 64 * 8, 8, submitted) } {
+            Ok(()) => submitted += 1,
+            // All request objects waiting on the dead device: keep polling.
+            Err(rspdk_nvme::NvmeError::NoRequests { .. }) => {}
+            Err(e) => refused = Some(e),
+        }
+        let _ = qp.process_completions(0, |c| got.push(*c));
+        assert!(
+            Instant::now() < end,
+            "the dead controller was not noticed in 30 s"
+        );
+    }
+    let e = refused.unwrap().to_string();
+    assert!(
+        e.contains("has failed") && e.contains("CSTS.RDY = 0"),
+        "{e}"
+    );
+    assert!(c.is_failed());
+    while qp
+        .process_completions(0, |c| got.push(*c))
+        .is_ok_and(|n| n > 0)
+    {}
+    assert_eq!(got.len() as u64, submitted, "every command came back");
+    assert!(got.iter().any(|c| c.status == Status::ABORTED_SQ_DELETION));
+    assert!(c.identify_controller().is_err(), "admin commands fail too");
+    // A reset brings it back, queue pair included.
+    c.reset().expect("reset after failure");
+    assert!(!c.is_failed());
+    // SAFETY: buffer outlives the completion.
+    unsafe { qp.read(1, b.as_mut_ptr(), 0, 8, 99) }.unwrap();
+    let c1 = wait(&mut qp, 1);
+    ok(&c1[0]);
+    assert_eq!(c.identify_controller().unwrap().serial(), SERIAL);
+    drop(qp);
+    c.detach().unwrap();
+}
