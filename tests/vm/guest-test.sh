@@ -26,6 +26,22 @@ echo "VM: NVMe controller at $BDF, driver $(basename "$(readlink /sys/bus/pci/de
 [ "$(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")" = $DRV ] || { echo "CHECK FAILED bound to $DRV"; rc=1; }
 $B/vm --test-threads=1 || rc=1
 check "rspdk_nvme_identify" $B/rspdk_nvme_identify -r "trtype:PCIe traddr:$BDF"
+if [ "$RSPDK_VM_MODE" = vfio ]; then
+  check "rspdk_nvme_identify --iova-mode pa (the IOMMU maps physical addresses)" \
+    $B/rspdk_nvme_identify -r "trtype:PCIe traddr:$BDF" --iova-mode pa
+fi
+if [ "$RSPDK_VM_BOOT" = vfio39 ]; then
+  echo "---- rspdk_nvme_identify with the heap at 0x300000000000, beyond a 39-bit IOMMU"
+  out=$(RUST_LOG=warn $B/rspdk_nvme_identify -r "trtype:PCIe traddr:$BDF" --base-virtaddr 0x300000000000 2>&1); r=$?
+  echo "$out" | tail -3
+  if [ $r != 0 ] && echo "$out" | grep -q "beyond the IOMMU's aperture"; then
+    echo "CHECK ok a heap beyond the IOMMU aperture is refused with the fix"
+  else
+    echo "CHECK FAILED a heap beyond the IOMMU aperture is refused with the fix"; rc=1
+  fi
+  echo "---- the default heap is placed low by itself:"
+  RUST_LOG=info $B/rspdk_nvme_identify -r "trtype:PCIe traddr:$BDF" 2>&1 >/dev/null | grep -i "placing the DMA heap low"
+fi
 check "rspdk_nvme_perf" $B/rspdk_nvme_perf -r "trtype:PCIe traddr:$BDF" -q 8 -o 4096 -w randrw -M 50 -t 2
 modprobe nvme
 check "rspdk_setup reset gives the controller back to nvme" $B/rspdk_setup reset

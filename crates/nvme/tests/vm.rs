@@ -981,3 +981,57 @@ fn function_reset_behind_our_back_fails_io_then_reset_recovers() {
     drop(qp);
     c.detach().unwrap();
 }
+
+#[test]
+fn reset_from_another_thread_during_io() {
+    let c = attach();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (c2, stop2) = (c.clone(), stop.clone());
+    let io = std::thread::spawn(move || {
+        let mut qp = c2.alloc_io_qpair(None).unwrap();
+        let mut b = DmaBuf::zeroed(32 * 4096).unwrap();
+        let (mut submitted, mut completed, mut aborted) = (0u64, 0u64, 0u64);
+        let p = b.as_mut_ptr();
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) || completed < submitted {
+            if !stop2.load(std::sync::atomic::Ordering::Relaxed) && submitted - completed < 32 {
+                // SAFETY: slot (submitted % 32) is free: at most 32 in flight.
+                let r = unsafe {
+                    qp.read(
+                        1,
+                        p.add((submitted % 32) as usize * 4096),
+                        submitted * 8 % 100_000,
+                        8,
+                        submitted,
+                    )
+                };
+                match r {
+                    Ok(()) => submitted += 1,
+                    Err(rspdk_nvme::NvmeError::NoRequests { .. }) => {}
+                    Err(e) => panic!("submission refused: {e}"),
+                }
+            }
+            qp.process_completions(0, |c| {
+                completed += 1;
+                if c.status == Status::ABORTED_SQ_DELETION {
+                    aborted += 1;
+                } else {
+                    assert!(!c.status.is_error(), "{}", c.status);
+                }
+            })
+            .unwrap();
+        }
+        drop(qp);
+        (submitted, completed, aborted)
+    });
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(200));
+        c.reset().expect("reset");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (submitted, completed, aborted) = io.join().unwrap();
+    println!("{submitted} submitted, {completed} completed, {aborted} aborted by 3 resets");
+    assert_eq!(submitted, completed);
+    assert!(submitted > 100);
+    c.detach().unwrap();
+}

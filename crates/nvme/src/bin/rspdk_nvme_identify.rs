@@ -27,6 +27,15 @@ struct Cli {
     /// IOVA mode: pa, va or auto.
     #[arg(long = "iova-mode", default_value = "auto")]
     iova_mode: String,
+    /// Base virtual address of the DMA heap (SPDK's --base-virtaddr).
+    #[arg(long = "base-virtaddr", value_parser = parse_addr)]
+    base_virtaddr: Option<usize>,
+}
+
+fn parse_addr(s: &str) -> Result<usize, String> {
+    let t = s.trim_start_matches("0x").trim_start_matches("0X");
+    usize::from_str_radix(t, 16)
+        .map_err(|_| format!("'{s}' is not a hex address like 0x200000000000"))
 }
 
 fn yes(b: bool) -> &'static str {
@@ -300,12 +309,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let opts = rspdk_env::EnvOpts {
+    let mut opts = rspdk_env::EnvOpts {
         name: "identify".into(),
         mem_size_mb: cli.mem_size,
         iova_mode,
         ..Default::default()
     };
+    if let Some(b) = cli.base_virtaddr {
+        opts.base_virtaddr = b;
+    }
     if let Err(e) = rspdk_env::init(&opts) {
         eprintln!("rspdk_nvme_identify: env init: {e}");
         return ExitCode::FAILURE;
