@@ -88,10 +88,17 @@ pub struct AsyncEvent {
 
 /// Controller state shared with queue pairs.
 pub(crate) mod state {
+    /// Running.
     pub const OK: u8 = 0;
+    /// Queues are being re-created after a disable (new generation).
     pub const RESETTING: u8 = 1;
+    /// Failed: fatal status, gone, or a reset failed.
     pub const FAILED: u8 = 2;
+    /// Detached.
     pub const DETACHED: u8 = 3;
+    /// Being disabled or shut down: the device may still complete commands
+    /// in flight, so queue pairs keep polling; new commands wait.
+    pub const DISABLING: u8 = 4;
 }
 
 /// The initialisation steps (section 3.5.1), each with a deadline.
@@ -138,6 +145,8 @@ pub(crate) struct Inner {
     /// I/O queues the controller granted.
     pub max_io_queues: AtomicU32,
     qids_init: std::sync::atomic::AtomicBool,
+    /// One reset or detach at a time.
+    reset_lock: Mutex<()>,
     failure: Mutex<String>,
 }
 
@@ -274,6 +283,7 @@ impl Controller {
             qids: Mutex::new(Vec::new()),
             max_io_queues: AtomicU32::new(0),
             qids_init: std::sync::atomic::AtomicBool::new(false),
+            reset_lock: Mutex::new(()),
             failure: Mutex::new(String::new()),
         });
         let c = Controller { inner };
@@ -712,14 +722,19 @@ impl Controller {
             }
             _ => {}
         }
-        i.state.store(state::RESETTING, Ordering::Release);
-        i.generation.fetch_add(1, Ordering::AcqRel);
+        let _one = lock(&i.reset_lock);
+        if i.state.load(Ordering::Acquire) == state::DETACHED {
+            return Err(NvmeError::Detached(i.trid.traddr.clone()));
+        }
+        i.state.store(state::DISABLING, Ordering::Release);
         if let Err(e) = i.pci.enable_bus_master() {
             return Err(self.fail(&format!("re-enabling bus mastering: {e}")));
         }
         {
             let mut a = lock(&i.admin);
-            // Disable first so the device stops touching admin memory.
+            // Disable first: once CSTS.RDY is 0 the controller has deleted
+            // every queue and touches none of their memory, so queue pairs
+            // may hand back what was in flight.
             let v = i.bar.read32(reg::CC);
             i.bar.write32(reg::CC, v & !cc::EN);
             let to = Duration::from_millis(i.cap.timeout_ms().max(500));
@@ -731,6 +746,8 @@ impl Controller {
                 }
                 std::thread::sleep(Duration::from_micros(100));
             }
+            i.state.store(state::RESETTING, Ordering::Release);
+            i.generation.fetch_add(1, Ordering::AcqRel);
             let mut lost = 0;
             a.q.reset_rings(&mut |_| lost += 1);
             a.q.drain_pending(&mut |_| lost += 1);
@@ -752,11 +769,10 @@ impl Controller {
     /// and refuse new ones.
     pub fn detach(self) -> Result<()> {
         let i = &self.inner;
-        let prev = i.state.swap(state::DETACHED, Ordering::AcqRel);
-        if prev == state::DETACHED {
-            return Ok(());
-        }
-        if prev == state::FAILED {
+        let _one = lock(&i.reset_lock);
+        let prev = i.state.swap(state::DISABLING, Ordering::AcqRel);
+        if prev == state::DETACHED || prev == state::FAILED {
+            i.state.store(state::DETACHED, Ordering::Release);
             return Ok(());
         }
         let _a = lock(&i.admin);
@@ -775,6 +791,15 @@ impl Controller {
             }
             std::thread::sleep(Duration::from_micros(200));
         }
+        // Then disable: with RDY at 0 the device uses no queue memory, and
+        // queue pairs can give back what was in flight.
+        let v = i.bar.read32(reg::CC);
+        i.bar.write32(reg::CC, v & !cc::EN);
+        let end = Instant::now() + Duration::from_millis(i.cap.timeout_ms().max(500));
+        while i.bar.read32(reg::CSTS) & csts::RDY != 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        i.state.store(state::DETACHED, Ordering::Release);
         tracing::info!(trid = %i.trid, "controller detached");
         Ok(())
     }

@@ -18,6 +18,13 @@ pub enum PrpError {
         /// Byte offset in the payload where the rule breaks.
         offset: usize,
     },
+    /// PRP entries must be dword aligned (section 4.3).
+    Misaligned {
+        /// Byte offset in the payload.
+        offset: usize,
+        /// The IOVA.
+        iova: u64,
+    },
     /// More entries than a list holds.
     TooManyEntries {
         /// Entries needed.
@@ -44,6 +51,10 @@ impl std::fmt::Display for PrpError {
             PrpError::NotPrpCompatible { offset } => write!(
                 f,
                 "buffer layout is not PRP-compatible at byte {offset} (elements after the first must start, and all but the last must end, on a page boundary) and the controller has no SGL support"
+            ),
+            PrpError::Misaligned { offset, iova } => write!(
+                f,
+                "buffer at payload byte {offset} (IOVA {iova:#x}) is not 4-byte aligned, as PRPs require"
             ),
             PrpError::TooManyEntries { needed, capacity } => write!(
                 f,
@@ -120,6 +131,9 @@ pub fn build_prps(
     let mut second = 0u64;
     let mut ends_on_page = true;
     for_each_run(segments, translate, want, &mut |offset, iova, len| {
+        if iova % 4 != 0 {
+            return Err(PrpError::Misaligned { offset, iova });
+        }
         if n > 0 && (iova % page != 0 || !ends_on_page) {
             return Err(PrpError::NotPrpCompatible { offset });
         }
@@ -330,6 +344,18 @@ mod tests {
         // an element that ends off a page and is not the last.
         let e = prps(&[(0x10_0000, 0x200), (0x10_2000, 0x200)], &t).unwrap_err();
         assert_eq!(e, PrpError::NotPrpCompatible { offset: 0x200 });
+    }
+
+    #[test]
+    fn misaligned_entries() {
+        let t = identity(2);
+        assert_eq!(
+            prps(&[(0x10_0002, 512)], &t).unwrap_err(),
+            PrpError::Misaligned {
+                offset: 0,
+                iova: 0x80_0002
+            }
+        );
     }
 
     #[test]

@@ -239,8 +239,9 @@ impl IoQpair {
                 }
                 Ok(())
             }
-            state::OK | state::RESETTING => {
-                // Reset in progress or not yet reconnected: wait in the queue.
+            state::OK | state::RESETTING | state::DISABLING => {
+                // Reset or detach in progress, or not yet reconnected: wait
+                // in the queue.
                 self.q.submit_queued(req)
             }
             _ => Err(self.ctrlr.state_error()),

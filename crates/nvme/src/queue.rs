@@ -429,12 +429,18 @@ impl Queue {
             if max != 0 && n >= max {
                 break;
             }
-            // SAFETY: cq_head < entries; the ring holds `entries` CQEs.
-            let cqe = unsafe { std::ptr::read_volatile(cq.add(self.cq_head as usize)) };
-            if cqe.phase() != self.phase {
+            // SAFETY: cq_head < entries; the ring holds `entries` CQEs. The
+            // phase dword is read first: the rest of the entry is valid only
+            // once it flips (the device may write the entry piecewise).
+            let dw3 = unsafe {
+                std::ptr::read_volatile((cq.add(self.cq_head as usize) as *const u32).add(3))
+            };
+            if (dw3 & (1 << 16) != 0) != self.phase {
                 break;
             }
             std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+            // SAFETY: as above.
+            let cqe = unsafe { std::ptr::read_volatile(cq.add(self.cq_head as usize)) };
             self.cq_head += 1;
             if self.cq_head == self.entries {
                 self.cq_head = 0;
