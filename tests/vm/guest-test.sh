@@ -24,7 +24,7 @@ export RSPDK_VM_BDF=$BDF RSPDK_VM_BDF2=$BDF2
 [ -n "$BDF2" ] && echo "VM: second controller $BDF2 in IOMMU group $(basename "$(readlink /sys/bus/pci/devices/$BDF2/iommu_group)") with: $(ls /sys/bus/pci/devices/$BDF2/iommu_group/devices | tr '\n' ' ')"
 echo "VM: NVMe controller at $BDF, driver $(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")"
 [ "$(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")" = $DRV ] || { echo "CHECK FAILED bound to $DRV"; rc=1; }
-$B/vm --test-threads=1 || rc=1
+$B/vm --test-threads=1 --show-output || rc=1
 check "rspdk_nvme_identify" $B/rspdk_nvme_identify -r "trtype:PCIe traddr:$BDF"
 if [ "$RSPDK_VM_MODE" = vfio ]; then
   check "rspdk_nvme_identify --iova-mode pa (the IOMMU maps physical addresses)" \

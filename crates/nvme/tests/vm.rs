@@ -1035,3 +1035,111 @@ fn reset_from_another_thread_during_io() {
     assert!(submitted > 100);
     c.detach().unwrap();
 }
+
+/// Counts this thread's system calls with the `raw_syscalls:sys_enter`
+/// tracepoint through perf_event_open (what `strace -c` would show, without
+/// a tracer).
+struct SyscallCounter {
+    fd: i32,
+}
+
+impl SyscallCounter {
+    fn new() -> SyscallCounter {
+        let id: u64 =
+            std::fs::read_to_string("/sys/kernel/tracing/events/raw_syscalls/sys_enter/id")
+                .expect("tracefs mounted by the guest init")
+                .trim()
+                .parse()
+                .unwrap();
+        // struct perf_event_attr, PERF_ATTR_SIZE_VER0 (64 bytes): type,
+        // size, config, then zeroes (counting, enabled, user and kernel).
+        #[repr(C)]
+        struct Attr {
+            kind: u32,
+            size: u32,
+            config: u64,
+            rest: [u64; 6],
+        }
+        let attr = Attr {
+            kind: 2, // PERF_TYPE_TRACEPOINT
+            size: 64,
+            config: id,
+            rest: [0; 6],
+        };
+        // SAFETY: perf_event_open reads `size` bytes of `attr`; pid 0 = this
+        // thread, cpu -1 = any, no group, no flags.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_perf_event_open,
+                &attr as *const Attr,
+                0,
+                -1,
+                -1,
+                0,
+            )
+        };
+        assert!(
+            fd >= 0,
+            "perf_event_open: {}",
+            std::io::Error::last_os_error()
+        );
+        SyscallCounter { fd: fd as i32 }
+    }
+
+    fn read(&self) -> u64 {
+        let mut v = 0u64;
+        // SAFETY: reads 8 bytes into `v`.
+        let n = unsafe { libc::read(self.fd, &mut v as *mut u64 as *mut libc::c_void, 8) };
+        assert_eq!(n, 8);
+        v
+    }
+}
+
+#[test]
+fn no_system_call_per_io_in_steady_state() {
+    let c = attach();
+    let mut qp = c.alloc_io_qpair(None).unwrap();
+    let mut b = DmaBuf::zeroed(64 * 4096).unwrap();
+    let p = b.as_mut_ptr();
+    let counter = SyscallCounter::new();
+    let run = |qp: &mut IoQpair, n: u64| {
+        let mut done = 0u64;
+        for i in 0..n {
+            // SAFETY: buffer outlives the completions.
+            unsafe { qp.write(1, p.add((i % 64) as usize * 4096), i * 8, 8, i) }.unwrap();
+            if i % 16 == 15 {
+                while done < i + 1 - 8 {
+                    done += qp
+                        .process_completions(0, |c| assert!(!c.status.is_error()))
+                        .unwrap() as u64;
+                }
+            }
+        }
+        while done < n {
+            done += qp
+                .process_completions(0, |c| assert!(!c.status.is_error()))
+                .unwrap() as u64;
+        }
+    };
+    run(&mut qp, 256);
+    // The counter counts: ten getppid calls show up.
+    let before = counter.read();
+    for _ in 0..10 {
+        // SAFETY: getppid has no arguments and no preconditions.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+    assert!(
+        counter.read() - before >= 10,
+        "the system call counter does not count"
+    );
+    // The counter's own reads cost one call per read.
+    let a = counter.read();
+    let b0 = counter.read();
+    let overhead = b0 - a;
+    run(&mut qp, 2048);
+    let calls = counter.read() - b0 - overhead;
+    println!("system calls during 2048 I/Os (write + poll): {calls}");
+    assert_eq!(calls, 0, "system calls on the I/O path");
+    drop(qp);
+    c.detach().unwrap();
+}
