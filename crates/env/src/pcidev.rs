@@ -53,9 +53,15 @@ impl PciHandle {
         let access = match drv.as_deref() {
             Some("vfio-pci") => Access::Vfio(VfioDevice::open(&bdf)?),
             Some("uio_pci_generic") => {
-                match crate::env().map(|e| e.iova_mode()) {
-                    Some(IovaMode::Pa) => {}
-                    Some(m) => {
+                match crate::env().map(|e| (e.iova_mode(), e.backing().is_huge())) {
+                    Some((IovaMode::Pa, true)) => {}
+                    Some((IovaMode::Pa, false)) => {
+                        return Err(EnvError::Device {
+                            bdf: bdf.clone(),
+                            reason: "bound to uio_pci_generic (no IOMMU), which needs physical addresses that never move: hugepages, not --no-huge".into(),
+                        })
+                    }
+                    Some((m, _)) => {
                         return Err(EnvError::Device {
                             bdf: bdf.clone(),
                             reason: format!(
