@@ -25,6 +25,10 @@ export RSPDK_VM_BDF=$BDF RSPDK_VM_BDF2=$BDF2
 echo "VM: NVMe controller at $BDF, driver $(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")"
 [ "$(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")" = $DRV ] || { echo "CHECK FAILED bound to $DRV"; rc=1; }
 $B/vm --test-threads=1 --show-output || rc=1
+# Hot removal last (the device leaves the kernel), then bring it back.
+$B/vm_remove --show-output || rc=1
+echo 1 > /sys/bus/pci/rescan
+check "after removal and rescan, rspdk_setup config binds it again" $B/rspdk_setup config --skip-huge --driver $DRV
 check "rspdk_nvme_identify" $B/rspdk_nvme_identify -r "trtype:PCIe traddr:$BDF"
 if [ "$RSPDK_VM_MODE" = vfio ]; then
   check "rspdk_nvme_identify --iova-mode pa (the IOMMU maps physical addresses)" \

@@ -54,6 +54,21 @@ impl Bar {
         self.len == 0
     }
 
+    /// Replaces the mapping with memory reading all ones and closes the file
+    /// behind it, for a device that is being removed: code still using the
+    /// BAR keeps running and sees a removed device (every register all
+    /// ones), and the kernel may complete the removal.
+    pub fn revoke(&self) -> crate::Result<()> {
+        // SAFETY: the mapping is ours (from_raw's contract) and every user
+        // accesses it through volatile raw-pointer operations only.
+        unsafe { vfio_sys::replace_with_all_ones(self.ptr, self.len)? };
+        if let Some(f) = &self._file {
+            use std::os::fd::AsFd;
+            vfio_sys::retire_fd(f.as_fd())?;
+        }
+        Ok(())
+    }
+
     /// The BAR number.
     pub fn index(&self) -> u32 {
         self.index

@@ -224,4 +224,22 @@ impl PciHandle {
     pub fn is_removed(&self) -> bool {
         !self.sysfs.exists()
     }
+
+    /// True if the device is gone or the kernel asked for it back (VFIO's
+    /// request notification during hot removal).
+    pub fn removal_requested(&self) -> bool {
+        match &self.access {
+            Access::Vfio(v) => v.removal_requested() || self.is_removed(),
+            Access::Uio { .. } => self.is_removed(),
+        }
+    }
+
+    /// Gives the device up (after its BARs were revoked): for VFIO, closes
+    /// the device fd so that the kernel can complete a removal.
+    pub fn release(&self) -> Result<()> {
+        match &self.access {
+            Access::Vfio(v) => v.release(),
+            Access::Uio { .. } => Ok(()),
+        }
+    }
 }

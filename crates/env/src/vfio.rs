@@ -426,6 +426,8 @@ pub struct RegionInfo {
 pub struct VfioDevice {
     bdf: String,
     fd: OwnedFd,
+    /// Signalled when the kernel asks us to release the device (removal).
+    req: Option<OwnedFd>,
     flags: u32,
     num_regions: u32,
     _group: Arc<Group>,
@@ -462,9 +464,30 @@ impl VfioDevice {
             &mut info,
             "VFIO_DEVICE_GET_INFO",
         )?;
+        // Best effort: ask to be told when the kernel wants the device back
+        // (hot removal), instead of blocking the removal.
+        let req = sys::eventfd().ok().filter(|efd| {
+            use std::os::fd::AsRawFd;
+            let mut set = sys::IrqSetOne {
+                argsz: std::mem::size_of::<sys::IrqSetOne>() as u32,
+                flags: sys::IRQ_SET_EVENTFD_TRIGGER,
+                index: sys::PCI_REQ_IRQ_INDEX,
+                start: 0,
+                count: 1,
+                fd: efd.as_raw_fd(),
+            };
+            sys::ioctl_ptr(
+                fd.as_fd(),
+                sys::DEVICE_SET_IRQS,
+                &mut set,
+                "VFIO_DEVICE_SET_IRQS (request)",
+            )
+            .is_ok()
+        });
         Ok(VfioDevice {
             bdf: bdf.to_string(),
             fd,
+            req,
             flags: info.flags,
             num_regions: info.num_regions,
             _group: g,
@@ -541,6 +564,21 @@ impl VfioDevice {
     pub fn config_write(&self, off: u64, buf: &[u8]) -> Result<()> {
         let r = self.region(sys::PCI_CONFIG_REGION_INDEX)?;
         sys::pwrite(self.fd.as_fd(), buf, r.offset + off, "VFIO config space")
+    }
+
+    /// True once the kernel has asked for the device back (hot removal):
+    /// the caller should stop using it and call [`VfioDevice::release`].
+    pub fn removal_requested(&self) -> bool {
+        self.req
+            .as_ref()
+            .is_some_and(|e| sys::eventfd_signalled(e.as_fd()))
+    }
+
+    /// Lets the kernel have the device: the device fd is closed (its number
+    /// stays valid and refers to /dev/null). BARs mapped from it must be
+    /// revoked ([`Bar::revoke`]) too before the kernel can finish.
+    pub fn release(&self) -> Result<()> {
+        sys::retire_fd(self.fd.as_fd())
     }
 
     /// Resets the function (`VFIO_DEVICE_RESET`), if it supports a reset.

@@ -22,6 +22,7 @@ pub(crate) const GROUP_SET_CONTAINER: u64 = vfio_io(4);
 pub(crate) const GROUP_GET_DEVICE_FD: u64 = vfio_io(6);
 pub(crate) const DEVICE_GET_INFO: u64 = vfio_io(7);
 pub(crate) const DEVICE_GET_REGION_INFO: u64 = vfio_io(8);
+pub(crate) const DEVICE_SET_IRQS: u64 = vfio_io(10);
 pub(crate) const DEVICE_RESET: u64 = vfio_io(11);
 pub(crate) const IOMMU_GET_INFO: u64 = vfio_io(12);
 pub(crate) const IOMMU_MAP_DMA: u64 = vfio_io(13);
@@ -41,6 +42,10 @@ pub(crate) const IOMMU_INFO_CAPS: u32 = 1 << 1;
 pub(crate) const IOMMU_TYPE1_INFO_CAP_IOVA_RANGE: u16 = 1;
 /// `VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE`.
 pub(crate) const DMA_MAP_READ_WRITE: u32 = 0b11;
+/// `VFIO_PCI_REQ_IRQ_INDEX`: the kernel asks user space to release the device.
+pub(crate) const PCI_REQ_IRQ_INDEX: u32 = 4;
+/// `VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER`.
+pub(crate) const IRQ_SET_EVENTFD_TRIGGER: u32 = (1 << 2) | (1 << 5);
 /// `VFIO_PCI_CONFIG_REGION_INDEX`.
 pub(crate) const PCI_CONFIG_REGION_INDEX: u32 = 7;
 
@@ -108,6 +113,19 @@ pub(crate) struct DmaUnmap {
     pub size: u64,
 }
 
+/// `struct vfio_irq_set` with one eventfd as its data.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct IrqSetOne {
+    pub argsz: u32,
+    pub flags: u32,
+    pub index: u32,
+    pub start: u32,
+    pub count: u32,
+    pub fd: i32,
+}
+
+const _: () = assert!(std::mem::size_of::<IrqSetOne>() == 24);
 const _: () = assert!(std::mem::size_of::<RegionInfo>() == 32);
 const _: () = assert!(std::mem::size_of::<IommuType1Info>() == 24);
 const _: () = assert!(std::mem::size_of::<DmaMap>() == 32);
@@ -141,6 +159,8 @@ unsafe impl IoctlArg for RegionInfo {}
 unsafe impl IoctlArg for DmaMap {}
 // SAFETY: as above.
 unsafe impl IoctlArg for DmaUnmap {}
+// SAFETY: as above (vfio_irq_set with a one-element data array).
+unsafe impl IoctlArg for IrqSetOne {}
 // SAFETY: an i32 file descriptor, as VFIO_GROUP_SET_CONTAINER takes.
 unsafe impl IoctlArg for i32 {}
 
@@ -271,4 +291,83 @@ pub(crate) fn owned_fd(fd: i32) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd;
     // SAFETY: `fd` was just returned by the kernel to us and nothing else owns it.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// A new non-blocking eventfd.
+pub(crate) fn eventfd() -> Result<std::os::fd::OwnedFd> {
+    // SAFETY: eventfd has no memory arguments.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(EnvError::last_os("eventfd", "VFIO request notification"));
+    }
+    Ok(owned_fd(fd))
+}
+
+/// True if the eventfd was signalled (consumes the count).
+pub(crate) fn eventfd_signalled(fd: BorrowedFd<'_>) -> bool {
+    let mut v = 0u64;
+    // SAFETY: reads 8 bytes into `v`; non-blocking.
+    let n = unsafe { libc::read(fd.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
+    n == 8 && v > 0
+}
+
+/// Makes `fd` refer to /dev/null, dropping the file it referred to while
+/// keeping the number valid for anyone still holding it (later ioctls on
+/// it fail harmlessly).
+pub(crate) fn retire_fd(fd: BorrowedFd<'_>) -> Result<()> {
+    let null = std::fs::File::open("/dev/null").map_err(|e| EnvError::Sys {
+        op: "open",
+        detail: "/dev/null".into(),
+        source: e,
+    })?;
+    // SAFETY: dup2 onto a descriptor we own; it atomically closes the old file.
+    let r = unsafe { libc::dup2(null.as_raw_fd(), fd.as_raw_fd()) };
+    if r < 0 {
+        return Err(EnvError::last_os("dup2", "retiring a device fd"));
+    }
+    Ok(())
+}
+
+/// Atomically replaces the mapping `[ptr, ptr + len)` with private memory
+/// reading all ones (what reads of a removed device return), so that code
+/// still touching a BAR keeps running and sees the device as gone.
+///
+/// # Safety
+/// `[ptr, ptr + len)` must be a mapping this process owns whose users only
+/// make volatile accesses through raw pointers.
+pub(crate) unsafe fn replace_with_all_ones(ptr: *mut u8, len: usize) -> Result<()> {
+    // SAFETY: a fresh private anonymous mapping; nothing else uses it.
+    let fresh = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if fresh == libc::MAP_FAILED {
+        return Err(EnvError::last_os("mmap", "all-ones stand-in for a BAR"));
+    }
+    // SAFETY: `fresh` is ours and `len` bytes long.
+    unsafe { (fresh as *mut u8).write_bytes(0xff, len) };
+    // SAFETY: moves our fresh mapping over the BAR's (caller's contract),
+    // which unmaps the BAR in the same step.
+    let r = unsafe {
+        libc::mremap(
+            fresh,
+            len,
+            len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            ptr as *mut libc::c_void,
+        )
+    };
+    if r == libc::MAP_FAILED {
+        let e = EnvError::last_os("mremap", "replacing a BAR");
+        // SAFETY: the fresh mapping is still ours.
+        unsafe { libc::munmap(fresh, len) };
+        return Err(e);
+    }
+    Ok(())
 }

@@ -147,6 +147,8 @@ pub(crate) struct Inner {
     qids_init: std::sync::atomic::AtomicBool,
     /// One reset or detach at a time.
     reset_lock: Mutex<()>,
+    /// The device was given up (hot removal).
+    released: std::sync::atomic::AtomicBool,
     failure: Mutex<String>,
 }
 
@@ -284,6 +286,7 @@ impl Controller {
             max_io_queues: AtomicU32::new(0),
             qids_init: std::sync::atomic::AtomicBool::new(false),
             reset_lock: Mutex::new(()),
+            released: std::sync::atomic::AtomicBool::new(false),
             failure: Mutex::new(String::new()),
         });
         let c = Controller { inner };
@@ -690,7 +693,9 @@ impl Controller {
     }
 
     /// Polls the admin queue: reaps Asynchronous Event completions (which
-    /// are re-armed) and checks the controller's health. Returns the events
+    /// are re-armed) and checks the controller's health, including hot
+    /// removal (the device is released at once; everything fails with an
+    /// error from then on). Returns the events
     /// that arrived (SPDK: `spdk_nvme_ctrlr_process_admin_completions`).
     pub fn process_admin_completions(&self) -> Result<Vec<AsyncEvent>> {
         self.inner.check_health()?;
@@ -844,12 +849,22 @@ impl Inner {
 
     /// Reads CSTS: a removed device or fatal status fails the controller.
     pub(crate) fn check_health(&self) -> Result<()> {
+        if self.pci.removal_requested() && !self.released.swap(true, Ordering::AcqRel) {
+            // Let go at once: revoke the BAR (all ones from now on, for
+            // every queue pair still polling) and close the device so that
+            // the kernel can finish removing it.
+            let e = self.fail("the device is being removed (hot removal)");
+            if let Err(r) = self.bar.revoke() {
+                tracing::error!(error = %r, "revoking BAR0");
+            }
+            if let Err(r) = self.pci.release() {
+                tracing::error!(error = %r, "releasing the device");
+            }
+            return Err(e);
+        }
         match self.state.load(Ordering::Acquire) {
             state::FAILED | state::DETACHED => return Err(self.state_error()),
             _ => {}
-        }
-        if self.pci.is_removed() {
-            return Err(self.fail("the device was removed"));
         }
         match self.dead_reason() {
             Some(why) => Err(self.fail(why)),
