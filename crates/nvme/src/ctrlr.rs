@@ -149,6 +149,9 @@ pub(crate) struct Inner {
     reset_lock: Mutex<()>,
     /// The device was given up (hot removal).
     released: std::sync::atomic::AtomicBool,
+    /// The thread running a reset or detach (it alone uses the admin queue
+    /// meanwhile).
+    resetter: Mutex<Option<std::thread::ThreadId>>,
     failure: Mutex<String>,
 }
 
@@ -287,6 +290,7 @@ impl Controller {
             qids_init: std::sync::atomic::AtomicBool::new(false),
             reset_lock: Mutex::new(()),
             released: std::sync::atomic::AtomicBool::new(false),
+            resetter: Mutex::new(None),
             failure: Mutex::new(String::new()),
         });
         let c = Controller { inner };
@@ -731,6 +735,7 @@ impl Controller {
         if i.state.load(Ordering::Acquire) == state::DETACHED {
             return Err(NvmeError::Detached(i.trid.traddr.clone()));
         }
+        let _me = Resetter::new(i);
         i.state.store(state::DISABLING, Ordering::Release);
         if let Err(e) = i.pci.enable_bus_master() {
             return Err(self.fail(&format!("re-enabling bus mastering: {e}")));
@@ -775,6 +780,7 @@ impl Controller {
     pub fn detach(self) -> Result<()> {
         let i = &self.inner;
         let _one = lock(&i.reset_lock);
+        let _me = Resetter::new(i);
         let prev = i.state.swap(state::DISABLING, Ordering::AcqRel);
         if prev == state::DETACHED || prev == state::FAILED {
             i.state.store(state::DETACHED, Ordering::Release);
@@ -816,6 +822,22 @@ impl Controller {
         opts: Option<crate::qpair::QpairOpts>,
     ) -> Result<crate::qpair::IoQpair> {
         crate::qpair::IoQpair::new(self.inner.clone(), opts)
+    }
+}
+
+/// Marks the current thread as the one resetting, for its lifetime.
+struct Resetter<'a>(&'a Inner);
+
+impl<'a> Resetter<'a> {
+    fn new(i: &'a Inner) -> Self {
+        *lock(&i.resetter) = Some(std::thread::current().id());
+        Resetter(i)
+    }
+}
+
+impl Drop for Resetter<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.resetter) = None;
     }
 }
 
@@ -920,11 +942,45 @@ impl Inner {
     }
 
     pub(crate) fn admin_raw(&self, cmd: Sqe, payload: Payload) -> Result<Completion> {
-        match self.state.load(Ordering::Acquire) {
-            state::FAILED | state::DETACHED => return Err(self.state_error()),
-            _ => {}
+        self.admin_raw_gen(cmd, payload).map(|(c, _)| c)
+    }
+
+    /// Takes the admin queue once the controller is usable: while a reset
+    /// or detach is under way only the thread doing it may submit (the
+    /// controller may be disabled and the admin queue being rebuilt).
+    fn admin_lock(&self) -> Result<MutexGuard<'_, Admin>> {
+        let end = Instant::now() + Duration::from_millis(self.opts.admin_timeout_ms);
+        loop {
+            match self.state.load(Ordering::Acquire) {
+                state::FAILED | state::DETACHED => return Err(self.state_error()),
+                state::OK => {
+                    let a = lock(&self.admin);
+                    // A reset may have started while we waited for the lock.
+                    if self.state.load(Ordering::Acquire) == state::OK {
+                        return Ok(a);
+                    }
+                }
+                _ if *lock(&self.resetter) == Some(std::thread::current().id()) => {
+                    return Ok(lock(&self.admin));
+                }
+                _ => {}
+            }
+            if Instant::now() > end {
+                return Err(sync_err(
+                    &self.trid.traddr,
+                    "the end of a controller reset",
+                    self.opts.admin_timeout_ms,
+                ));
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
-        let mut a = lock(&self.admin);
+    }
+
+    /// An admin command, and the controller generation it ran in (stable
+    /// while the admin queue is held: a reset moves it under that lock).
+    pub(crate) fn admin_raw_gen(&self, cmd: Sqe, payload: Payload) -> Result<(Completion, u32)> {
+        let mut a = self.admin_lock()?;
+        let gen = self.generation.load(Ordering::Acquire);
         let tag = a.next_tag;
         a.next_tag += 1;
         a.q.submit(Request {
@@ -938,7 +994,7 @@ impl Inner {
         loop {
             self.poll_admin(&mut a);
             if let Some(c) = a.done.remove(&tag) {
-                return Ok(c);
+                return Ok((c, gen));
             }
             spins += 1;
             if spins % 256 == 0 {
@@ -960,14 +1016,23 @@ impl Inner {
     }
 
     pub(crate) fn admin_sync(&self, cmd: Sqe, payload: Payload, what: &str) -> Result<Completion> {
-        let c = self.admin_raw(cmd, payload)?;
+        self.admin_sync_gen(cmd, payload, what).map(|(c, _)| c)
+    }
+
+    pub(crate) fn admin_sync_gen(
+        &self,
+        cmd: Sqe,
+        payload: Payload,
+        what: &str,
+    ) -> Result<(Completion, u32)> {
+        let (c, gen) = self.admin_raw_gen(cmd, payload)?;
         if c.status.is_error() {
             return Err(NvmeError::Command {
                 command: what.to_string(),
                 status: c.status,
             });
         }
-        Ok(c)
+        Ok((c, gen))
     }
 
     pub(crate) fn alloc_qid(&self) -> Result<u16> {

@@ -140,31 +140,50 @@ impl IoQpair {
         Ok(qp)
     }
 
+    /// Creates the device's CQ and SQ for this queue pair and records the
+    /// controller generation they live in. A reset between the two commands
+    /// (it deletes every queue) starts the pair over.
     fn create_queues(&mut self) -> Result<()> {
         let qid = self.q.qid as u32;
         let size = self.q.entries() as u32 - 1;
-        let mut c = Sqe::new(AdminOpcode::CreateIoCq.into(), 0);
-        c.set_prp1(self.q.cq_iova());
-        c.dw[10] = (size << 16) | qid;
-        c.dw[11] = 1; // physically contiguous, no interrupts
-        self.ctrlr
-            .admin_sync(c, Payload::None, "Create I/O Completion Queue")?;
-        let mut s = Sqe::new(AdminOpcode::CreateIoSq.into(), 0);
-        s.set_prp1(self.q.sq_iova());
-        s.dw[10] = (size << 16) | qid;
-        s.dw[11] = (qid << 16) | 1;
-        if let Err(e) = self
-            .ctrlr
-            .admin_sync(s, Payload::None, "Create I/O Submission Queue")
-        {
-            let mut d = Sqe::new(AdminOpcode::DeleteIoCq.into(), 0);
-            d.dw[10] = qid;
-            let _ = self
+        for _ in 0..8 {
+            let mut c = Sqe::new(AdminOpcode::CreateIoCq.into(), 0);
+            c.set_prp1(self.q.cq_iova());
+            c.dw[10] = (size << 16) | qid;
+            c.dw[11] = 1; // physically contiguous, no interrupts
+            let (_, g1) =
+                self.ctrlr
+                    .admin_sync_gen(c, Payload::None, "Create I/O Completion Queue")?;
+            let mut s = Sqe::new(AdminOpcode::CreateIoSq.into(), 0);
+            s.set_prp1(self.q.sq_iova());
+            s.dw[10] = (size << 16) | qid;
+            s.dw[11] = (qid << 16) | 1;
+            match self
                 .ctrlr
-                .admin_sync(d, Payload::None, "Delete I/O Completion Queue");
-            return Err(e);
+                .admin_sync_gen(s, Payload::None, "Create I/O Submission Queue")
+            {
+                Ok((_, g2)) if g2 == g1 => {
+                    self.generation = g1;
+                    return Ok(());
+                }
+                // Reset in between: the CQ is gone; start over.
+                Ok(_) => continue,
+                Err(e) => {
+                    if self.ctrlr.generation.load(Ordering::Acquire) == g1 {
+                        let mut d = Sqe::new(AdminOpcode::DeleteIoCq.into(), 0);
+                        d.dw[10] = qid;
+                        let _ =
+                            self.ctrlr
+                                .admin_sync(d, Payload::None, "Delete I/O Completion Queue");
+                    }
+                    return Err(e);
+                }
+            }
         }
-        Ok(())
+        Err(NvmeError::ControllerFailed {
+            traddr: self.ctrlr.trid.traddr.clone(),
+            reason: "resets keep interrupting the creation of I/O queues".into(),
+        })
     }
 
     /// The queue id.
@@ -485,7 +504,6 @@ impl IoQpair {
             })
         });
         self.namespaces = self.ctrlr.namespaces();
-        self.generation = self.ctrlr.generation.load(Ordering::Acquire);
         if let Err(e) = self.create_queues() {
             self.abort_all(done);
             return Err(e);
@@ -508,7 +526,10 @@ impl IoQpair {
         let gen = self.ctrlr.generation.load(Ordering::Acquire);
         match st {
             state::FAILED | state::DETACHED => {
-                let n = self.abort_all(&mut done);
+                // What the controller completed before it stopped is real;
+                // the rest is handed back.
+                let mut n = self.q.reap(0, &mut |_, c| done(&c));
+                n += self.abort_all(&mut done);
                 if n > 0 {
                     return Ok(n);
                 }

@@ -423,6 +423,31 @@ impl Queue {
     /// into freed slots and rings both doorbells once.
     pub(crate) fn poll(&mut self, max: u32, done: &mut dyn FnMut(Request, Completion)) -> u32 {
         self.ring();
+        let n = self.reap(max, done);
+        while !self.free.is_empty() {
+            let Some(req) = self.pending.pop_front() else {
+                break;
+            };
+            if let Err(e) = self.place(req) {
+                // A request that cannot be described fails now.
+                tracing::debug!(error = %e, "queued request rejected");
+                done(
+                    req,
+                    Completion {
+                        ctx: req.ctx,
+                        status: Status::new(0, crate::status::sc::INVALID_FIELD),
+                        cdw0: 0,
+                    },
+                );
+            }
+        }
+        self.ring();
+        n
+    }
+
+    /// Reaps completions already posted, without submitting anything (for a
+    /// controller that stopped: what it completed before is real).
+    pub(crate) fn reap(&mut self, max: u32, done: &mut dyn FnMut(Request, Completion)) -> u32 {
         let mut n = 0u32;
         let cq = self.cq.as_ptr() as *const Cqe;
         loop {
@@ -469,24 +494,6 @@ impl Queue {
         if n > 0 {
             self.bar.write32(self.cq_db, self.cq_head as u32);
         }
-        while !self.free.is_empty() {
-            let Some(req) = self.pending.pop_front() else {
-                break;
-            };
-            if let Err(e) = self.place(req) {
-                // A request that cannot be described fails now.
-                tracing::debug!(error = %e, "queued request rejected");
-                done(
-                    req,
-                    Completion {
-                        ctx: req.ctx,
-                        status: Status::new(0, crate::status::sc::INVALID_FIELD),
-                        cdw0: 0,
-                    },
-                );
-            }
-        }
-        self.ring();
         n
     }
 
