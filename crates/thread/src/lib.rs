@@ -36,8 +36,10 @@
 //!   target, never inline, even when sent to the current thread;
 //! * **ordered per sender** — messages from one sender run in send order;
 //! * **lock-free and allocation-free in steady state** — closures of up to
-//!   48 bytes are stored inline in a 64-byte slot of a bounded multi-producer
-//!   ring (larger ones are boxed); the consumer drains it in batches.
+//!   48 bytes are stored inline in a bounded multi-producer single-consumer
+//!   ring whose slots are one 64-byte cache line each (sequence word +
+//!   message; larger closures are boxed); producers claim a slot with one
+//!   CAS, the consumer drains a batch without any atomic read-modify-write.
 //! * **never lost when the ring is full** — the message goes to an overflow
 //!   list (mutex + `VecDeque`, so this path allocates) that is drained, in
 //!   order, once the ring is empty; while it is non-empty every sender
@@ -92,6 +94,7 @@
 mod cpuset;
 mod io_channel;
 mod msg;
+mod ring;
 mod stats;
 mod sys;
 pub mod testing;

@@ -2,14 +2,15 @@
 //!
 //! A [`Msg`] stores a `FnOnce() + Send + 'static` closure *inline* in a
 //! 48-byte buffer when it fits (size <= 48 bytes, alignment <= 8), so sending
-//! such a message allocates nothing: the whole cell (two function pointers +
-//! the buffer = 64 bytes, one cache line) is copied into a ring slot. Larger or
+//! such a message allocates nothing: the whole cell (one function pointer +
+//! the buffer = 56 bytes; with the ring's sequence word a slot is exactly one
+//! 64-byte cache line) is copied into a ring slot. Larger or
 //! over-aligned closures are boxed first and the (thin) box pointer is stored
 //! inline instead, so every closure is accepted.
 //!
 //! Invariants upheld by this module:
-//! * `data` holds exactly one initialised value of the type the two function
-//!   pointers were instantiated with (`F` inline, or `Box<F>`), from
+//! * `data` holds exactly one initialised value of the type the function
+//!   pointer was instantiated with (`F` inline, or `Box<F>`), from
 //!   construction until it is consumed by [`Msg::run`] or dropped by `Drop`.
 //! * It is consumed exactly once: `run` takes `self` by value and suppresses
 //!   `Drop` with `ManuallyDrop` before calling the consuming function pointer.
@@ -26,10 +27,9 @@ type Buf = MaybeUninit<[usize; INLINE_WORDS]>;
 
 /// A type-erased one-shot closure stored inline (see module docs).
 pub struct Msg {
-    /// Moves the closure out of the buffer and calls it.
-    call: unsafe fn(*mut u8),
-    /// Drops the closure in place without calling it.
-    drop_fn: unsafe fn(*mut u8),
+    /// `op(data, true)` moves the closure out of the buffer and calls it;
+    /// `op(data, false)` drops it in place without calling it.
+    op: unsafe fn(*mut u8, bool),
     data: Buf,
 }
 
@@ -55,8 +55,7 @@ impl Msg {
             // pointers below read it back as `F`.
             unsafe { ptr::write(data.as_mut_ptr().cast::<F>(), f) };
             Msg {
-                call: call_inline::<F>,
-                drop_fn: drop_inline::<F>,
+                op: op_inline::<F>,
                 data,
             }
         } else {
@@ -66,8 +65,7 @@ impl Msg {
             // back as `Box<F>`.
             unsafe { ptr::write(data.as_mut_ptr().cast::<Box<F>>(), b) };
             Msg {
-                call: call_boxed::<F>,
-                drop_fn: drop_boxed::<F>,
+                op: op_boxed::<F>,
                 data,
             }
         }
@@ -77,50 +75,48 @@ impl Msg {
     #[inline]
     pub fn run(self) {
         let mut this = ManuallyDrop::new(self);
-        let call = this.call;
-        // SAFETY: `data` holds the value `call` was instantiated for (module
+        let op = this.op;
+        // SAFETY: `data` holds the value `op` was instantiated for (module
         // invariant) and has not been consumed; `ManuallyDrop` prevents the
-        // `Drop` impl from touching it again after `call` moves it out.
-        unsafe { call(this.data.as_mut_ptr().cast::<u8>()) }
+        // `Drop` impl from touching it again after `op` moves it out.
+        unsafe { op(this.data.as_mut_ptr().cast::<u8>(), true) }
     }
 }
 
 impl Drop for Msg {
     fn drop(&mut self) {
         // SAFETY: an un-run message still owns its value (module invariant);
-        // `drop_fn` matches its type and drops it exactly once.
-        unsafe { (self.drop_fn)(self.data.as_mut_ptr().cast::<u8>()) }
+        // `op` matches its type and drops it exactly once.
+        unsafe { (self.op)(self.data.as_mut_ptr().cast::<u8>(), false) }
     }
 }
 
 /// # Safety
-/// `p` must point to an initialised `F` that the caller gives up ownership of.
-unsafe fn call_inline<F: FnOnce()>(p: *mut u8) {
-    // SAFETY: guaranteed by the caller contract above.
-    let f = unsafe { ptr::read(p.cast::<F>()) };
-    f()
+/// `p` must point to an initialised `F` that the caller gives up ownership of
+/// (it is called when `run`, dropped otherwise).
+unsafe fn op_inline<F: FnOnce()>(p: *mut u8, run: bool) {
+    if run {
+        // SAFETY: guaranteed by the caller contract above.
+        let f = unsafe { ptr::read(p.cast::<F>()) };
+        f()
+    } else {
+        // SAFETY: guaranteed by the caller contract above.
+        unsafe { ptr::drop_in_place(p.cast::<F>()) }
+    }
 }
 
 /// # Safety
-/// `p` must point to an initialised `F` that is never used again.
-unsafe fn drop_inline<F>(p: *mut u8) {
-    // SAFETY: guaranteed by the caller contract above.
-    unsafe { ptr::drop_in_place(p.cast::<F>()) }
-}
-
-/// # Safety
-/// `p` must point to an initialised `Box<F>` that the caller gives up.
-unsafe fn call_boxed<F: FnOnce()>(p: *mut u8) {
-    // SAFETY: guaranteed by the caller contract above.
-    let b = unsafe { ptr::read(p.cast::<Box<F>>()) };
-    (*b)()
-}
-
-/// # Safety
-/// `p` must point to an initialised `Box<F>` that is never used again.
-unsafe fn drop_boxed<F>(p: *mut u8) {
-    // SAFETY: guaranteed by the caller contract above.
-    unsafe { ptr::drop_in_place(p.cast::<Box<F>>()) }
+/// `p` must point to an initialised `Box<F>` that the caller gives up
+/// (it is called when `run`, dropped otherwise).
+unsafe fn op_boxed<F: FnOnce()>(p: *mut u8, run: bool) {
+    if run {
+        // SAFETY: guaranteed by the caller contract above.
+        let b = unsafe { ptr::read(p.cast::<Box<F>>()) };
+        (*b)()
+    } else {
+        // SAFETY: guaranteed by the caller contract above.
+        unsafe { ptr::drop_in_place(p.cast::<Box<F>>()) }
+    }
 }
 
 #[cfg(test)]
@@ -130,8 +126,8 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn msg_is_one_cache_line() {
-        assert_eq!(size_of::<Msg>(), 64);
+    fn msg_plus_sequence_word_is_one_cache_line() {
+        assert_eq!(size_of::<Msg>(), 56);
     }
 
     #[test]

@@ -10,12 +10,12 @@ use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
 
 use crate::cpuset::CpuSet;
 use crate::io_channel::ChannelEntry;
 use crate::msg::Msg;
+use crate::ring::MsgRing;
 use crate::sys::{Epoll, EventFd, TimerFd};
 
 /// Ticks per second of the time values passed to [`Thread::poll`]: ticks are
@@ -113,7 +113,7 @@ pub(crate) struct Shared {
     id: u64,
     name: String,
     cpumask: CpuSet,
-    ring: ArrayQueue<Msg>,
+    ring: MsgRing,
     overflow_flag: CachePadded<AtomicBool>,
     overflow: Mutex<VecDeque<Msg>>,
     overflowed: AtomicU64,
@@ -557,7 +557,7 @@ impl PendingThread {
             id: NEXT_THREAD_ID.fetch_add(1, Ordering::Relaxed),
             name: opts.name,
             cpumask: opts.cpumask,
-            ring: ArrayQueue::new(opts.msg_ring_size.max(2)),
+            ring: MsgRing::new(opts.msg_ring_size),
             overflow_flag: CachePadded::new(AtomicBool::new(false)),
             overflow: Mutex::new(VecDeque::new()),
             overflowed: AtomicU64::new(0),
@@ -874,7 +874,9 @@ impl Thread {
         let mut ring_msgs = 0u32;
         let mut ring_empty = false;
         while ring_msgs < max {
-            match s.ring.pop() {
+            // SAFETY: `poll` runs on the one OS thread owning this `Thread`
+            // (it is `!Send`), the ring's single consumer.
+            match unsafe { s.ring.pop() } {
                 Some(m) => {
                     m.run();
                     ring_msgs += 1;
@@ -892,7 +894,8 @@ impl Thread {
             // per-sender order holds.
             let batch = {
                 let mut q = lock(&s.overflow);
-                if s.ring.is_empty() {
+                // SAFETY: consumer side, as above.
+                if unsafe { s.ring.is_empty() } {
                     s.overflow_flag.store(false, Ordering::Release);
                     std::mem::take(&mut *q)
                 } else {
@@ -1045,7 +1048,9 @@ impl Thread {
         }
         s.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        if !s.ring.is_empty() || s.overflow_flag.load(Ordering::SeqCst) {
+        // SAFETY: called on the owning OS thread (`Thread` is `!Send`), the
+        // ring's single consumer.
+        if !unsafe { s.ring.is_empty() } || s.overflow_flag.load(Ordering::SeqCst) {
             s.sleeping.store(false, Ordering::SeqCst);
             return false;
         }
