@@ -91,6 +91,7 @@
 //! ([`Thread::stats_info`], [`Thread::pollers_info`],
 //! [`Thread::io_channels_info`], collected with [`gather_from_threads`]).
 
+mod clock;
 mod cpuset;
 mod io_channel;
 mod msg;

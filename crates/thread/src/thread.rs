@@ -7,8 +7,8 @@ use std::fmt;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
@@ -26,12 +26,7 @@ pub const TICK_RATE: u64 = 1_000_000_000;
 /// is 0.
 pub const DEFAULT_MSG_BATCH: u32 = 64;
 
-/// Monotonic nanoseconds since the first call in this process: the clock the
-/// reactors pass to [`Thread::poll`].
-pub fn now_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
+pub use crate::clock::now_ns;
 
 const RUNNING: u8 = 0;
 const EXITING: u8 = 1;
