@@ -265,16 +265,30 @@ impl ReactorSet {
     /// Stops: every thread is asked to exit, reactors keep polling until
     /// their threads have drained (or hit their exit timeout), then the OS
     /// threads are joined.
-    pub fn stop(self) {
+    pub fn stop(mut self) {
         self.handle.request_stop();
-        self.wait();
+        self.join_all();
     }
 
     /// Blocks until some holder of a handle calls
     /// [`ReactorSetHandle::request_stop`] and all reactors have finished.
-    pub fn wait(self) {
-        for j in self.joins {
+    pub fn wait(mut self) {
+        self.join_all();
+    }
+
+    fn join_all(&mut self) {
+        for j in std::mem::take(&mut self.joins) {
             let _ = j.join();
+        }
+    }
+}
+
+impl Drop for ReactorSet {
+    /// Dropping a running set stops it (as [`ReactorSet::stop`]).
+    fn drop(&mut self) {
+        if !self.joins.is_empty() {
+            self.handle.request_stop();
+            self.join_all();
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering as CmpOrdering;
+use std::collections::binary_heap::PeekMut;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::os::fd::{AsRawFd, RawFd};
@@ -920,26 +921,38 @@ impl Thread {
                 pollers_busy += 1;
             }
         }
-        // Expired timed pollers: only the heap top is examined.
+        // Expired timed pollers: only the heap top is examined. The entry is
+        // rescheduled in place before the run (one sift-down instead of a
+        // pop + push); pause/unregister during the run bump the poller's
+        // generation, which turns that entry stale.
         loop {
-            let e = {
+            let (p, gen) = {
                 let mut heap = t.timed.borrow_mut();
-                match heap.peek() {
-                    Some(e) if e.at <= now => heap.pop(),
-                    _ => None,
+                let Some(mut top) = heap.peek_mut() else {
+                    break;
+                };
+                if top.at > now {
+                    break;
                 }
+                let p = top.p.clone();
+                if top.gen != p.0.gen.get() || p.0.state.get() != PollerState::Waiting {
+                    PeekMut::pop(top);
+                    continue;
+                }
+                let seq = t.timer_seq.get() + 1;
+                t.timer_seq.set(seq);
+                top.at = now + p.0.period;
+                top.seq = seq;
+                (p, top.gen)
             };
-            let Some(e) = e else { break };
-            let p = &e.p.0;
-            if e.gen != p.gen.get() || p.state.get() != PollerState::Waiting {
-                continue;
-            }
             runs += 1;
-            if run_poller(&e.p) == PollerStatus::Busy {
+            if run_poller(&p) == PollerStatus::Busy {
                 pollers_busy += 1;
             }
-            if p.state.get() == PollerState::Waiting {
-                t.schedule_timed(e.p.clone(), now + p.period);
+            if p.0.state.get() == PollerState::Waiting && p.0.gen.get() != gen {
+                // Paused and resumed during its own run: the in-place entry
+                // is stale, schedule a fresh one.
+                t.schedule_timed(p.clone(), now + p.0.period);
             }
         }
         if t.pollers_dirty.replace(false) {

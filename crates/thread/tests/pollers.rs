@@ -180,3 +180,43 @@ fn busy_idle_time_and_stats_json() {
     assert_eq!(pv["timed_pollers"][0]["period_ticks"], 1_000_000);
     assert_eq!(pv["paused_pollers"][0]["state"], "paused");
 }
+
+#[test]
+fn timed_pause_resume_inside_same_run_keeps_one_schedule() {
+    let mut ut = UtThreads::new(1);
+    let runs = Rc::new(Cell::new(0u32));
+    let r = runs.clone();
+    ut.run_on(0, || {
+        poller_register("flip_timed", 50, move |me| {
+            r.set(r.get() + 1);
+            me.pause();
+            me.resume();
+            PollerStatus::Idle
+        })
+        .unwrap()
+    });
+    ut.run_for_us(1000, 10);
+    // Exactly one run per 50 us period: not lost, not doubled.
+    assert_eq!(runs.get(), 20);
+    assert!(ut.thread(0).next_timer().is_some());
+}
+
+#[test]
+fn many_timed_pollers_fire_in_deadline_order() {
+    let mut ut = UtThreads::new(1);
+    let log = Rc::new(std::cell::RefCell::new(Vec::new()));
+    ut.run_on(0, || {
+        for period in [30u64, 10, 20] {
+            let l = log.clone();
+            poller_register(&format!("p{period}"), period, move |_| {
+                l.borrow_mut().push(period);
+                PollerStatus::Idle
+            })
+            .unwrap();
+        }
+    });
+    ut.run_for_us(30, 10);
+    // Equal deadlines run in scheduling order (p20 was scheduled at
+    // registration, before p10's reschedule at t=10).
+    assert_eq!(*log.borrow(), vec![10, 20, 10, 30, 10]);
+}
