@@ -258,6 +258,9 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(1.0);
     println!("reactor_perf: median of {REPS} runs x {secs} s; QD {QD} events in flight per thread");
+    // Other processes on these cores distort the cross-core figures most.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("loadavg at start: {}", load.trim());
     row(
         "benchmark (events/s, higher is better)",
         "rspdk".into(),
