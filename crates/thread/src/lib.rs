@@ -59,11 +59,47 @@
 //!
 //! ## I/O devices and channels
 //!
-//! See [`io_channel`](crate::IoDevice): a typed per-thread context `T` built by
-//! the device's create callback on a thread's first `get_channel`,
-//! refcounted, destroyed asynchronously on its thread after the last drop;
-//! `for_each_channel` visits the holders serially with explicit
-//! continuation; unregister is deferred until all channels are gone.
+//! [`io_device_register`] returns an [`IoDevice<T>`]: a typed per-thread
+//! context `T` is built by the device's create callback on a thread's first
+//! [`IoDevice::get_channel`] (or [`get_io_channel`] by key); the
+//! [`IoChannel<T>`] is refcounted (clone = get, drop = put) and destroyed
+//! asynchronously on its own thread after the last drop;
+//! [`IoDevice::for_each_channel`] visits the holders serially (one message
+//! hop each) with explicit continuation ([`ChannelIter::continue_with`]);
+//! [`IoDevice::unregister`] is deferred until all channels are gone.
+//!
+//! ## Example (with the deterministic test harness)
+//!
+//! ```
+//! use std::cell::Cell;
+//! use rspdk_thread::testing::UtThreads;
+//! use rspdk_thread::*;
+//!
+//! let mut ut = UtThreads::new(2);                 // two threads, fake clock at 0
+//! let dev = io_device_register(IoDeviceKey(0xd0c), "doc_dev",
+//!     || Ok(Cell::new(0u64)),                     // per-thread channel context
+//!     |_ctx| {})                                  // destroy callback
+//!     .unwrap();
+//! let dev1 = dev.clone();
+//! // From thread 0, ask thread 1 to register a 100 us poller that uses its channel.
+//! ut.run_on(0, || {
+//!     ut.handle(1).send_msg(move || {
+//!         let ch = dev1.get_channel().unwrap();   // thread 1's channel
+//!         poller_register("count", 100, move |_me| {
+//!             ch.set(ch.get() + 1);
+//!             PollerStatus::Busy
+//!         }).unwrap();
+//!     }).unwrap();
+//! });
+//! ut.poll_threads();                               // runs the message
+//! ut.run_for_us(1_000, 50);                        // 1 ms of fake time
+//! assert_eq!(ut.thread(1).pollers()[0].run_count(), 10);
+//! assert_eq!(ut.thread(1).io_channels(), vec![("doc_dev".to_string(), 1)]);
+//! ```
+//!
+//! The thread and io_device registries are process-global (as in SPDK):
+//! [`for_each_thread`] visits every live thread of the process, so every
+//! thread must be polled by someone for it to complete.
 //!
 //! ## Lifecycle
 //!
