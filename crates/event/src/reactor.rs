@@ -103,7 +103,7 @@ struct ReactorShared {
     tid: AtomicI32,
     busy: AtomicU64,
     idle: AtomicU64,
-    in_interrupt: AtomicBool,
+    sleeping: AtomicBool,
     nthreads: AtomicUsize,
     lw: Mutex<Vec<(ThreadHandle, u64)>>,
 }
@@ -180,7 +180,7 @@ impl ReactorSet {
                 tid: AtomicI32::new(0),
                 busy: AtomicU64::new(0),
                 idle: AtomicU64::new(0),
-                in_interrupt: AtomicBool::new(false),
+                sleeping: AtomicBool::new(false),
                 nthreads: AtomicUsize::new(0),
                 lw: Mutex::new(Vec::new()),
             }));
@@ -406,6 +406,15 @@ impl ReactorSetHandle {
         }
     }
 
+    /// Whether the reactor on `lcore` is asleep in epoll right now
+    /// (interrupt mode with every thread idle).
+    pub fn is_sleeping(&self, lcore: u32) -> bool {
+        self.0
+            .reactors
+            .iter()
+            .any(|r| r.lcore == lcore && r.sleeping.load(Ordering::Relaxed))
+    }
+
     /// Whether a stop was requested.
     pub fn is_stopping(&self) -> bool {
         self.0.stopping.load(Ordering::Acquire)
@@ -426,7 +435,7 @@ impl ReactorSetHandle {
                     tid,
                     busy: r.busy.load(Ordering::Relaxed),
                     idle: r.idle.load(Ordering::Relaxed),
-                    in_interrupt: r.in_interrupt.load(Ordering::Relaxed),
+                    in_interrupt: self.0.interrupt_mode,
                     irq: 0,
                     sys,
                     usr,
@@ -547,9 +556,9 @@ fn reactor_run(s: &SetShared, r: &ReactorShared) {
                 prepared += 1;
             }
             if prepared == threads.len() {
-                r.in_interrupt.store(true, Ordering::Relaxed);
+                r.sleeping.store(true, Ordering::Relaxed);
                 let _ = epoll.wait(&mut tokens, None);
-                r.in_interrupt.store(false, Ordering::Relaxed);
+                r.sleeping.store(false, Ordering::Relaxed);
                 r.wake.drain();
             }
             for t in &threads[..prepared] {

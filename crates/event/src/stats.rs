@@ -26,7 +26,7 @@ pub struct ReactorInfo {
     pub busy: u64,
     /// Idle ticks.
     pub idle: u64,
-    /// Whether the reactor is sleeping in epoll (interrupt mode).
+    /// Whether the reactor runs in interrupt mode (the mode, as SPDK).
     pub in_interrupt: bool,
     /// Interrupt time (not measured; always 0).
     pub irq: u64,

@@ -133,6 +133,29 @@ fn stop_forces_out_a_thread_that_keeps_a_poller() {
 }
 
 #[test]
+fn stop_is_quick_when_threads_clean_up_in_on_exit() {
+    let set = ReactorSet::start(ReactorOpts::new(parse_core_mask("0x3").unwrap())).unwrap();
+    let hs: Vec<_> = (0..4)
+        .map(|i| {
+            set.spawn_thread(&format!("clean{i}"), None, || {
+                let p = poller_register("work", 0, |_| PollerStatus::Idle).unwrap();
+                Thread::current().unwrap().on_exit(move || p.unregister());
+            })
+            .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let t0 = Instant::now();
+    set.stop();
+    assert!(
+        t0.elapsed() < Duration::from_millis(1000),
+        "stop took {:?}",
+        t0.elapsed()
+    );
+    assert!(hs.iter().all(|h| h.is_exited()));
+}
+
+#[test]
 fn interrupt_mode_reactors_sleep_and_wake() {
     let mut opts = ReactorOpts::new(parse_core_mask("0x3").unwrap());
     opts.interrupt_mode = true;

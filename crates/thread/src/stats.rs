@@ -33,7 +33,8 @@ pub struct ThreadStatsInfo {
     pub busy: u64,
     /// Idle ticks.
     pub idle: u64,
-    /// Whether the thread is currently sleeping in interrupt mode.
+    /// Whether the thread runs in interrupt mode (as SPDK: the mode, not
+    /// whether it is asleep right now).
     pub in_interrupt: bool,
     /// Period-0 pollers not paused.
     pub active_pollers_count: u64,
@@ -142,7 +143,7 @@ impl Thread {
             cpumask: self.cpumask().to_hex(),
             busy: st.busy_ns,
             idle: st.idle_ns,
-            in_interrupt: self.in_interrupt(),
+            in_interrupt: self.is_interrupt_mode(),
             active_pollers_count: active,
             timed_pollers_count: timed,
             paused_pollers_count: paused,

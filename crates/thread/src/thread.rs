@@ -476,6 +476,7 @@ pub(crate) struct ThreadInner {
     exit_started: Cell<u64>,
     exit_timeout: u64,
     exit_report: RefCell<Option<ExitReport>>,
+    exit_hooks: RefCell<Vec<LocalFn>>,
     next_poller_id: Cell<u64>,
     timer_seq: Cell<u64>,
 }
@@ -595,6 +596,7 @@ impl PendingThread {
             exit_started: Cell::new(0),
             exit_timeout: self.exit_timeout,
             exit_report: RefCell::new(None),
+            exit_hooks: RefCell::new(Vec::new()),
             next_poller_id: Cell::new(1),
             timer_seq: Cell::new(0),
         });
@@ -695,8 +697,10 @@ impl Thread {
         self.inner.shared.interrupt
     }
 
-    /// Whether the thread slept (interrupt mode) at its last idle point.
-    pub fn in_interrupt(&self) -> bool {
+    /// Whether the thread is asleep right now (between
+    /// [`prepare_sleep`](Self::prepare_sleep) and
+    /// [`finish_sleep`](Self::finish_sleep)).
+    pub fn is_sleeping(&self) -> bool {
         self.inner.in_interrupt.get()
     }
 
@@ -785,6 +789,26 @@ impl Thread {
             .is_ok()
         {
             self.inner.exit_started.set(self.inner.now.get());
+            let hooks = std::mem::take(&mut *self.inner.exit_hooks.borrow_mut());
+            let mut local = self.inner.local.borrow_mut();
+            for h in hooks {
+                local.push_back(h);
+            }
+        }
+    }
+
+    /// Registers `f` to run on this thread (during its next poll) when exit
+    /// is requested — e.g. by [`ReactorSet::stop`] — so the owner of its
+    /// pollers and channels can release them and let the thread drain.
+    /// Hooks run in registration order; if exit was already requested, `f`
+    /// is simply deferred to the next poll.
+    ///
+    /// [`ReactorSet::stop`]: https://docs.rs/rspdk_event
+    pub fn on_exit(&self, f: impl FnOnce() + 'static) {
+        if self.is_exiting() {
+            self.defer(f);
+        } else {
+            self.inner.exit_hooks.borrow_mut().push(Box::new(f));
         }
     }
 

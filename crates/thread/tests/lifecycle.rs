@@ -129,3 +129,29 @@ fn for_each_thread_and_gather_visit_every_thread_once() {
         vec!["ut_thread0", "ut_thread1", "ut_thread2"]
     );
 }
+
+#[test]
+fn on_exit_hook_releases_pollers_and_channels() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ut = UtThreads::new(1);
+    let dev = io_device_register(IoDeviceKey(0x5002), "hook_dev", || Ok(()), |_| {}).unwrap();
+    let hook_ran = Rc::new(Cell::new(false));
+    let hr = hook_ran.clone();
+    ut.run_on(0, || {
+        let p = poller_register("hook_poller", 0, |_| PollerStatus::Idle).unwrap();
+        let ch = dev.get_channel().unwrap();
+        Thread::current().unwrap().on_exit(move || {
+            hr.set(true);
+            p.unregister();
+            drop(ch);
+        });
+    });
+    ut.poll_threads();
+    assert!(!hook_ran.get(), "hook ran before exit");
+    ut.thread(0).exit();
+    assert!(!hook_ran.get(), "hook ran inline in exit()");
+    ut.poll_threads();
+    assert!(hook_ran.get());
+    assert!(ut.thread(0).is_exited());
+    dev.unregister(|| {});
+}
