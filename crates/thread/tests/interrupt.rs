@@ -1,0 +1,133 @@
+//! Interrupt mode with real eventfd/timerfd and real time (generous bounds).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use rspdk_thread::{now_ns, poller_register, PollerStatus, Thread, ThreadHandle, ThreadOpts};
+
+/// CPU time (user + sys) consumed by the calling OS thread, in microseconds.
+fn thread_cpu_us() -> u64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `ru` is a valid, writable rusage; RUSAGE_THREAD only reads the
+    // calling thread's counters.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, ru.as_mut_ptr()) };
+    assert_eq!(rc, 0);
+    // SAFETY: getrusage succeeded, so it initialised the struct.
+    let ru = unsafe { ru.assume_init() };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    us(ru.ru_utime) + us(ru.ru_stime)
+}
+
+struct Runner {
+    handle: ThreadHandle,
+    stop: Arc<AtomicBool>,
+    join: std::thread::JoinHandle<(u64, u64, u64)>,
+}
+
+/// Runs an interrupt-mode thread on its own OS thread: poll, then sleep when
+/// idle. `setup` runs on it first. Returns (cpu us, wall us, sleeps).
+fn spawn_runner(setup: impl FnOnce() + Send + 'static) -> Runner {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let (tx, rx) = mpsc::channel();
+    let join = std::thread::spawn(move || {
+        let t = Thread::new(
+            ThreadOpts {
+                interrupt_mode: true,
+                ..ThreadOpts::named("intr")
+            },
+            now_ns(),
+        )
+        .unwrap();
+        t.enter(setup);
+        tx.send(t.handle()).unwrap();
+        let cpu0 = thread_cpu_us();
+        let wall0 = Instant::now();
+        while !s.load(Ordering::Acquire) {
+            let out = t.poll(0, now_ns());
+            if !out.busy {
+                t.sleep(now_ns(), Some(Duration::from_secs(5)));
+            }
+        }
+        (
+            thread_cpu_us() - cpu0,
+            wall0.elapsed().as_micros() as u64,
+            t.stats().sleeps,
+        )
+    });
+    let handle = rx.recv().unwrap();
+    Runner { handle, stop, join }
+}
+
+impl Runner {
+    fn finish(self) -> (u64, u64, u64) {
+        self.stop.store(true, Ordering::Release);
+        // Wake it so it sees the flag.
+        self.handle.send_msg(|| {}).unwrap();
+        self.join.join().unwrap()
+    }
+}
+
+#[test]
+fn sleeping_thread_wakes_on_message() {
+    let r = spawn_runner(|| {});
+    std::thread::sleep(Duration::from_millis(50)); // let it fall asleep
+    for _ in 0..5 {
+        let (tx, rx) = mpsc::channel();
+        let sent = Instant::now();
+        r.handle
+            .send_msg(move || tx.send(Instant::now()).unwrap())
+            .unwrap();
+        let ran = rx
+            .recv_timeout(Duration::from_secs(2))
+            .expect("message never ran");
+        assert!(ran.duration_since(sent) < Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, _, sleeps) = r.finish();
+    assert!(sleeps >= 5, "thread never slept (sleeps = {sleeps})");
+}
+
+#[test]
+fn sleeping_thread_wakes_on_timer() {
+    let runs = Arc::new(AtomicU64::new(0));
+    let first = Arc::new(AtomicU64::new(0));
+    let (r2, f2) = (runs.clone(), first.clone());
+    let start = now_ns();
+    let r = spawn_runner(move || {
+        poller_register("t20ms", 20_000, move |_| {
+            if r2.fetch_add(1, Ordering::SeqCst) == 0 {
+                f2.store(now_ns(), Ordering::SeqCst);
+            }
+            PollerStatus::Busy
+        })
+        .unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, _, sleeps) = r.finish();
+    let n = runs.load(Ordering::SeqCst);
+    // ~25 expected in 500 ms; generous bounds.
+    assert!(
+        (5..=30).contains(&n),
+        "timed poller ran {n} times in 500 ms"
+    );
+    let first_after = first.load(Ordering::SeqCst) - start;
+    assert!(
+        first_after >= 19_000_000,
+        "ran before its period: {first_after} ns"
+    );
+    assert!(sleeps >= n / 2, "did not sleep between timer runs");
+}
+
+#[test]
+fn idle_interrupt_thread_uses_almost_no_cpu() {
+    let r = spawn_runner(|| {
+        poller_register("t100ms", 100_000, |_| PollerStatus::Idle).unwrap();
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let (cpu_us, wall_us, _) = r.finish();
+    let pct = cpu_us as f64 * 100.0 / wall_us as f64;
+    eprintln!("idle interrupt-mode thread: {cpu_us} us CPU over {wall_us} us = {pct:.3}%");
+    assert!(pct < 5.0, "idle CPU {pct:.2}%");
+}
