@@ -131,7 +131,11 @@ mod tests {
         let cb = Callback::new(move |x: u64| h.set(h.get() + x));
         cb.call(5);
         assert_eq!(hits.get(), 5);
-        assert_eq!(Rc::strong_count(&hits), 1, "captures dropped after the call");
+        assert_eq!(
+            Rc::strong_count(&hits),
+            1,
+            "captures dropped after the call"
+        );
     }
 
     #[test]
