@@ -305,8 +305,8 @@ fn unaligned_buffers_are_bounced() {
     let done = Rc::new(Cell::new(0));
     let d = done.clone();
     let iov = IoVec::new(src.as_mut_ptr().wrapping_add(3), 1024);
-    // SAFETY: `src` outlives the I/O (we poll to completion below).
     ut.run_on(0, || {
+        // SAFETY: `src` outlives the I/O (we poll to completion below).
         unsafe {
             ch.writev(&desc, &[iov], 4, 2, move |s| {
                 assert!(s.is_ok());
@@ -322,8 +322,8 @@ fn unaligned_buffers_are_bounced() {
     let mut dst = vec![0u8; 1024 + 5];
     let iov = IoVec::new(dst.as_mut_ptr().wrapping_add(5), 1024);
     let d = done.clone();
-    // SAFETY: as above.
     ut.run_on(0, || {
+        // SAFETY: `dst` outlives the I/O (we poll to completion below).
         unsafe {
             ch.readv(&desc, &[iov], 4, 2, move |s| {
                 assert!(s.is_ok());
