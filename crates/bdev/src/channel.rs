@@ -621,3 +621,91 @@ fn needs_split(p: &crate::types::BdevProps, off: u64, n: u64) -> bool {
         && off / p.optimal_io_boundary != (off + n - 1) / p.optimal_io_boundary)
         || (p.max_transfer_blocks > 0 && n > p.max_transfer_blocks)
 }
+
+/// Sums the statistics of every channel of each bdev (a message hop to
+/// each thread that has one) plus those of closed channels, then calls
+/// `done` on the calling thread with `(name, stats)` in `list`'s order.
+pub(crate) fn gather_stats(
+    list: Vec<crate::Bdev>,
+    done: impl FnOnce(Vec<(String, IoStats)>) + 'static,
+) {
+    let results: Rc<RefCell<Vec<(String, IoStats)>>> = Rc::default();
+    let left = Rc::new(Cell::new(list.len()));
+    let done = Rc::new(RefCell::new(Some(done)));
+    if list.is_empty() {
+        if let Some(d) = done.borrow_mut().take() {
+            d(Vec::new());
+        }
+        return;
+    }
+    for (i, b) in list.iter().enumerate() {
+        results
+            .borrow_mut()
+            .push((b.name().to_string(), IoStats::default()));
+        let total = Arc::new(std::sync::Mutex::new(
+            b.0.retired_stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        ));
+        let finish_one = {
+            let results = results.clone();
+            let left = left.clone();
+            let done = done.clone();
+            move |stats: IoStats| {
+                results.borrow_mut()[i].1 = stats;
+                left.set(left.get() - 1);
+                if left.get() == 0 {
+                    if let Some(d) = done.borrow_mut().take() {
+                        d(std::mem::take(&mut *results.borrow_mut()));
+                    }
+                }
+            }
+        };
+        let Some(dev) = b.0.io_device.get().cloned() else {
+            let s = total.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            finish_one(s);
+            continue;
+        };
+        // The per-channel step runs on other threads; `done` comes back to
+        // this thread, where the non-Send bookkeeping lives (parked by id).
+        let id = park_stats_waiter(Box::new(finish_one));
+        let t2 = total.clone();
+        let r = dev.for_each_channel(
+            move |ch, iter| {
+                let s = ch.inner.stats.borrow().clone();
+                t2.lock().unwrap_or_else(|e| e.into_inner()).add(&s);
+                iter.continue_with(0);
+            },
+            move |_status| {
+                let s = total.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                run_stats_waiter(id, s);
+            },
+        );
+        if r.is_err() {
+            let s = IoStats::default();
+            run_stats_waiter(id, s);
+        }
+    }
+}
+
+type StatsWaiter = Box<dyn FnOnce(IoStats)>;
+
+thread_local! {
+    static STATS_WAITERS: RefCell<std::collections::HashMap<u64, StatsWaiter>> =
+        RefCell::new(std::collections::HashMap::new());
+}
+
+static NEXT_WAITER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn park_stats_waiter(w: StatsWaiter) -> u64 {
+    let id = NEXT_WAITER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    STATS_WAITERS.with(|m| m.borrow_mut().insert(id, w));
+    id
+}
+
+fn run_stats_waiter(id: u64, s: IoStats) {
+    if let Some(w) = STATS_WAITERS.with(|m| m.borrow_mut().remove(&id)) {
+        w(s);
+    }
+}

@@ -34,6 +34,7 @@ mod channel;
 mod io;
 pub mod modules;
 mod qos;
+pub mod rpc;
 mod stats;
 mod types;
 
