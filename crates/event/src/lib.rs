@@ -35,16 +35,55 @@
 //!   forced out after their exit timeout, with a report), joins the reactors.
 //! * **Stats**: [`ReactorSetHandle::reactors_info`] returns
 //!   `framework_get_reactors` JSON structs.
+//!
+//! # The app framework
+//!
+//! [`App`] is SPDK's `spdk_app_start`: options in SPDK's spelling
+//! ([`AppOpts`], a clap struct binaries flatten), logging ([`log`]),
+//! env init, reactors, an `app_thread` serving JSON-RPC, [`Subsystem`]s
+//! initialised in dependency order, the JSON config ([`config`]), signals,
+//! and the framework's RPC methods ([`rpc_methods`]). The `rspdk_tgt` binary
+//! is `App` with no subsystems yet.
+//!
+//! ```no_run
+//! use rspdk_event::{App, AppOpts, Subsystem, SubsystemDone};
+//! use rspdk_rpc::{RpcRegistry, StateMask};
+//!
+//! struct Bdev;
+//! impl Subsystem for Bdev {
+//!     fn name(&self) -> &str { "bdev" }
+//!     fn register_rpcs(&self, reg: &RpcRegistry) -> Result<(), rspdk_rpc::Error> {
+//!         reg.register("bdev_get_bdevs", StateMask::RUNTIME, |_p, r| r.success(&Vec::<u32>::new()))
+//!     }
+//!     fn init(&self, done: SubsystemDone) { done.ok() }
+//!     fn write_config_json(&self) -> Option<Vec<serde_json::Value>> { Some(vec![]) }
+//! }
+//!
+//! let code = App::new(AppOpts::default()).subsystem(Bdev).run(|_ctx| {});
+//! std::process::exit(code);
+//! ```
 
+pub mod app;
+pub mod config;
+mod local;
+pub mod log;
+pub mod opts;
 mod reactor;
+pub mod rpc_methods;
 mod scheduler;
+mod signals;
 mod stats;
+pub mod subsystem;
 mod sys;
 
+pub use app::{App, AppContext, AppError, AppStopper};
+pub use config::{ConfigError, JsonConfig};
+pub use opts::AppOpts;
 pub use reactor::{ReactorError, ReactorOpts, ReactorSet, ReactorSetHandle};
 pub use rspdk_thread::{CpuSet, CpuSetParseError};
 pub use scheduler::{RoundRobin, Scheduler, ThreadPlacement};
 pub use stats::{FrameworkGetReactors, LwThreadInfo, ReactorInfo};
+pub use subsystem::{Subsystem, SubsystemDone, SubsystemError};
 pub use sys::current_cpu;
 
 /// Parses an SPDK `-m` core mask: hex (`0x3`, `3`) or list (`[0,1]`,
