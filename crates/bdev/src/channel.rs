@@ -128,15 +128,15 @@ impl ChannelInner {
     /// The channel poller: deferred completions, QoS-queued I/O, io_wait.
     fn poll(self: &Rc<Self>) -> PollerStatus {
         let mut did = 0;
-        loop {
+        // Only what was queued before this poll: callbacks that submit again
+        // (and complete inline) wait for the next poll, so one busy channel
+        // cannot starve the rest of the thread.
+        let queued = self.deferred.borrow().len();
+        for _ in 0..queued {
             let next = self.deferred.borrow_mut().pop_front();
-            match next {
-                Some((io, status)) => {
-                    finish(io, status);
-                    did += 1;
-                }
-                None => break,
-            }
+            let Some((io, status)) = next else { break };
+            finish(io, status);
+            did += 1;
         }
         if !self.qos_queue.borrow().is_empty() {
             loop {

@@ -36,6 +36,7 @@ pub mod modules;
 mod qos;
 pub mod rpc;
 mod stats;
+mod subsystem;
 mod types;
 
 pub use bdev::{
@@ -46,4 +47,5 @@ pub use channel::BdevIoChannel;
 pub use io::{io_objects_created, io_pool_options, set_io_pool_options, BdevIo};
 pub use qos::QosLimits;
 pub use stats::{IoStats, TypeStats};
+pub use subsystem::BdevSubsystem;
 pub use types::{iovs_len, BdevError, BdevEvent, BdevProps, IoStatus, IoType, IoVec};

@@ -12,3 +12,7 @@ pub type RpcRegistrar = fn(&rspdk_rpc::RpcRegistry);
 pub fn rpc_registrars() -> Vec<RpcRegistrar> {
     vec![]
 }
+
+/// Registers the modules that examine new bdevs (virtual-bdev modules).
+/// Called once when the bdev subsystem starts.
+pub fn register_modules() {}
