@@ -444,3 +444,96 @@ fn malloc_err(name: &str) -> BdevError {
     })
     .unwrap_err()
 }
+
+#[test]
+fn hot_remove_while_io_runs_loses_no_completion() {
+    env();
+    let ut = UtThreads::new(1);
+    ut.run_on(0, || malloc_disk("m_hot", 256, 512));
+    let desc: Rc<RefCell<Option<BdevDesc>>> = Rc::new(RefCell::new(None));
+    let d2 = desc.clone();
+    let removed = Arc::new(Mutex::new(false));
+    let r2 = removed.clone();
+    *desc.borrow_mut() = Some(ut.run_on(0, || {
+        bdev_open("m_hot", true, move |e| {
+            if e == BdevEvent::Remove {
+                *r2.lock().unwrap() = true;
+            }
+        })
+        .unwrap()
+    }));
+    let ch = Rc::new(ut.run_on(0, || {
+        desc.borrow().as_ref().unwrap().get_io_channel().unwrap()
+    }));
+    let submitted = Rc::new(Cell::new(0u64));
+    let completed = Rc::new(Cell::new(0u64));
+    let refused = Rc::new(Cell::new(0u64));
+
+    #[allow(clippy::type_complexity)]
+    fn go(
+        ch: Rc<BdevIoChannel>,
+        desc: Rc<RefCell<Option<BdevDesc>>>,
+        s: Rc<Cell<u64>>,
+        c: Rc<Cell<u64>>,
+        r: Rc<Cell<u64>>,
+    ) {
+        let d = desc.borrow();
+        let Some(dd) = d.as_ref() else {
+            r.set(r.get() + 1);
+            return;
+        };
+        let (ch2, desc2, s2, c2, r2) = (ch.clone(), desc.clone(), s.clone(), c.clone(), r.clone());
+        let res = ch.read(
+            dd,
+            DmaBuf::zeroed(4096).unwrap(),
+            s.get() % 200,
+            move |_st, _b| {
+                c2.set(c2.get() + 1);
+                go(ch2, desc2, s2, c2, r2);
+            },
+        );
+        match res {
+            Ok(()) => s.set(s.get() + 1),
+            Err(_) => r.set(r.get() + 1),
+        }
+    }
+    ut.run_on(0, || {
+        for _ in 0..8 {
+            go(
+                ch.clone(),
+                desc.clone(),
+                submitted.clone(),
+                completed.clone(),
+                refused.clone(),
+            );
+        }
+    });
+    for _ in 0..50 {
+        ut.poll_thread(0);
+    }
+    let gone = Arc::new(Mutex::new(false));
+    let g = gone.clone();
+    ut.run_on(0, || {
+        bdev_unregister("m_hot", move || *g.lock().unwrap() = true).unwrap()
+    });
+    for _ in 0..50 {
+        ut.poll_thread(0);
+    }
+    assert!(*removed.lock().unwrap());
+    // The holder closes on Remove: drop the descriptor and channel.
+    ut.run_on(0, || {
+        d2.borrow_mut().take();
+    });
+    drop(ch);
+    for _ in 0..100 {
+        ut.poll_thread(0);
+    }
+    assert!(submitted.get() > 8, "I/O ran before the removal");
+    assert_eq!(
+        submitted.get(),
+        completed.get(),
+        "every submitted I/O completed"
+    );
+    assert_eq!(refused.get(), 8, "each of the 8 loops stopped once");
+    assert!(*gone.lock().unwrap());
+}
