@@ -124,6 +124,9 @@ pub(crate) struct BdevShared {
     pub retired_stats: Mutex<IoStats>,
     pub qos: Qos,
     pub removing: std::sync::atomic::AtomicBool,
+    /// `io_type_supported` for every type, asked once at registration
+    /// (bit `IoType as usize`), so the I/O path makes no virtual call.
+    pub supported: u32,
 }
 
 /// A registered block device. Cheap to clone.
@@ -165,7 +168,12 @@ pub fn bdev_register(
                 return Err(BdevError::Exists(n.clone()));
             }
         }
+        let supported = IoType::ALL
+            .iter()
+            .filter(|t| backend.io_type_supported(**t))
+            .fold(0u32, |m, t| m | 1 << t.index());
         let shared = Arc::new(BdevShared {
+            supported,
             num_blocks: AtomicU64::new(props.num_blocks),
             props,
             backend,

@@ -225,10 +225,15 @@ fn run_completion(cb: Callback<IoStatus>, status: IoStatus, now: u64) {
 /// Called by [`BdevIo::complete`].
 #[inline]
 pub(crate) fn complete_io(io: Box<IoInner>, status: IoStatus) {
-    if let Some(ch) = &io.ch {
+    if let Some(ch) = io.ch.as_ref() {
         if ch.in_submit.get() > 0 {
-            let ch = ch.clone();
-            ch.deferred.borrow_mut().push_back((io, status));
+            // Borrow the channel through a raw pointer: `io` (which holds the
+            // Rc) moves into the queue in the same statement.
+            let ch: *const ChannelInner = &**ch;
+            // SAFETY: `io.ch` keeps the channel alive, and the queue it moves
+            // into belongs to that same channel, so the channel outlives
+            // this access; all of it happens on the channel's thread.
+            unsafe { (*ch).deferred.borrow_mut().push_back((io, status)) };
             return;
         }
     }
@@ -237,12 +242,17 @@ pub(crate) fn complete_io(io: Box<IoInner>, status: IoStatus) {
 
 /// Accounts a finished I/O and runs its completion.
 fn finish(mut io: Box<IoInner>, status: IoStatus) {
-    let ch = io.ch.clone();
+    // The I/O's reference to its channel moves to us; `put_io` would drop it.
+    let ch = io.ch.take();
     let now = now_ns();
     if let Some(ch) = &ch {
         ch.stats.borrow_mut().record(
             io.io_type,
-            io_bytes(&io),
+            if io.io_type.has_data() {
+                io.num_blocks * ch.bdev.props.block_size as u64
+            } else {
+                0
+            },
             now.saturating_sub(io.submit_ns),
             status.is_ok(),
         );
@@ -356,7 +366,7 @@ impl BdevIoChannel {
         if io_type.writes() && !desc.writable() {
             return Err(BdevError::ReadOnly(bdev.props.name.clone()));
         }
-        if !bdev.backend.io_type_supported(io_type) {
+        if bdev.supported & (1 << io_type.index()) == 0 {
             return Err(BdevError::Unsupported {
                 bdev: bdev.props.name.clone(),
                 io_type,
