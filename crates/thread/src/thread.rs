@@ -16,7 +16,7 @@ use crossbeam_utils::CachePadded;
 use crate::cpuset::CpuSet;
 use crate::io_channel::ChannelEntry;
 use crate::msg::Msg;
-use crate::ring::MsgRing;
+use crate::ring::{Consumer, MsgRing};
 use crate::sys::{Epoll, EventFd, TimerFd};
 
 /// Ticks per second of the time values passed to [`Thread::poll`]: ticks are
@@ -109,7 +109,7 @@ pub(crate) struct Shared {
     id: u64,
     name: String,
     cpumask: CpuSet,
-    ring: MsgRing,
+    ring: Arc<MsgRing>,
     overflow_flag: CachePadded<AtomicBool>,
     overflow: Mutex<VecDeque<Msg>>,
     overflowed: AtomicU64,
@@ -461,6 +461,7 @@ type LocalFn = Box<dyn FnOnce()>;
 
 pub(crate) struct ThreadInner {
     pub(crate) shared: Arc<Shared>,
+    consumer: Consumer,
     intr: Option<LocalIntr>,
     pub(crate) local: RefCell<VecDeque<LocalFn>>,
     active: RefCell<Vec<Poller>>,
@@ -526,6 +527,7 @@ impl Drop for ThreadInner {
 /// [`start`](Self::start) there.
 pub struct PendingThread {
     shared: Arc<Shared>,
+    consumer: Consumer,
     intr: Option<LocalIntr>,
     exit_timeout: u64,
 }
@@ -550,11 +552,12 @@ impl PendingThread {
         } else {
             (None, None)
         };
+        let (ring, consumer) = MsgRing::new(opts.msg_ring_size);
         let shared = Arc::new(Shared {
             id: NEXT_THREAD_ID.fetch_add(1, Ordering::Relaxed),
             name: opts.name,
             cpumask: opts.cpumask,
-            ring: MsgRing::new(opts.msg_ring_size),
+            ring,
             overflow_flag: CachePadded::new(AtomicBool::new(false)),
             overflow: Mutex::new(VecDeque::new()),
             overflowed: AtomicU64::new(0),
@@ -566,6 +569,7 @@ impl PendingThread {
         lock(&REGISTRY).push(ThreadHandle(shared.clone()));
         Ok(PendingThread {
             shared,
+            consumer,
             intr,
             exit_timeout: opts.exit_timeout.as_nanos() as u64,
         })
@@ -581,6 +585,7 @@ impl PendingThread {
     pub fn start(self, now: u64) -> Thread {
         let inner = Rc::new(ThreadInner {
             shared: self.shared,
+            consumer: self.consumer,
             intr: self.intr,
             local: RefCell::new(VecDeque::new()),
             active: RefCell::new(Vec::new()),
@@ -894,9 +899,7 @@ impl Thread {
         let mut ring_msgs = 0u32;
         let mut ring_empty = false;
         while ring_msgs < max {
-            // SAFETY: `poll` runs on the one OS thread owning this `Thread`
-            // (it is `!Send`), the ring's single consumer.
-            match unsafe { s.ring.pop() } {
+            match t.consumer.pop() {
                 Some(m) => {
                     m.run();
                     ring_msgs += 1;
@@ -914,8 +917,7 @@ impl Thread {
             // per-sender order holds.
             let batch = {
                 let mut q = lock(&s.overflow);
-                // SAFETY: consumer side, as above.
-                if unsafe { s.ring.is_empty() } {
+                if t.consumer.is_empty() {
                     s.overflow_flag.store(false, Ordering::Release);
                     std::mem::take(&mut *q)
                 } else {
@@ -1080,9 +1082,7 @@ impl Thread {
         }
         s.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        // SAFETY: called on the owning OS thread (`Thread` is `!Send`), the
-        // ring's single consumer.
-        if !unsafe { s.ring.is_empty() } || s.overflow_flag.load(Ordering::SeqCst) {
+        if !t.consumer.is_empty() || s.overflow_flag.load(Ordering::SeqCst) {
             s.sleeping.store(false, Ordering::SeqCst);
             return false;
         }
