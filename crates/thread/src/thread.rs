@@ -175,8 +175,8 @@ impl ThreadHandle {
         self.0.state.load(Ordering::Acquire) != RUNNING
     }
 
-    /// Number of messages that found the ring full and went to the overflow
-    /// list since creation.
+    /// Number of messages that went to the overflow list since creation
+    /// (the ring was full, or the list was non-empty so order required it).
     pub fn overflow_count(&self) -> u64 {
         self.0.overflowed.load(Ordering::Relaxed)
     }
@@ -462,6 +462,7 @@ type LocalFn = Box<dyn FnOnce()>;
 pub(crate) struct ThreadInner {
     pub(crate) shared: Arc<Shared>,
     consumer: Consumer,
+    _reg: Registration,
     intr: Option<LocalIntr>,
     pub(crate) local: RefCell<VecDeque<LocalFn>>,
     active: RefCell<Vec<Poller>>,
@@ -500,13 +501,21 @@ impl ThreadInner {
     }
 }
 
+/// Membership in the global thread registry: created with the thread,
+/// dropped with it — or with a [`PendingThread`] that is never started —
+/// which marks the thread exited and unregisters it.
+struct Registration(Arc<Shared>);
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.0.state.store(EXITED, Ordering::Release);
+        lock(&REGISTRY).retain(|h| !Arc::ptr_eq(&h.0, &self.0));
+    }
+}
+
 impl Drop for ThreadInner {
     fn drop(&mut self) {
         self.shared.state.store(EXITED, Ordering::Release);
-        {
-            let mut reg = lock(&REGISTRY);
-            reg.retain(|h| !Arc::ptr_eq(&h.0, &self.shared));
-        }
         // Release channels still held (only on a forced exit) so their
         // devices can finish unregistering.
         let chans = std::mem::take(&mut *self.channels.borrow_mut());
@@ -527,6 +536,7 @@ impl Drop for ThreadInner {
 /// [`start`](Self::start) there.
 pub struct PendingThread {
     shared: Arc<Shared>,
+    reg: Registration,
     consumer: Consumer,
     intr: Option<LocalIntr>,
     exit_timeout: u64,
@@ -568,6 +578,7 @@ impl PendingThread {
         });
         lock(&REGISTRY).push(ThreadHandle(shared.clone()));
         Ok(PendingThread {
+            reg: Registration(shared.clone()),
             shared,
             consumer,
             intr,
@@ -586,6 +597,7 @@ impl PendingThread {
         let inner = Rc::new(ThreadInner {
             shared: self.shared,
             consumer: self.consumer,
+            _reg: self.reg,
             intr: self.intr,
             local: RefCell::new(VecDeque::new()),
             active: RefCell::new(Vec::new()),
@@ -782,11 +794,14 @@ impl Thread {
     }
 
     /// Requests exit (SPDK's `spdk_thread_exit`): the thread keeps being
-    /// polled — messages run, pollers run — until all its pollers are
-    /// unregistered, its I/O channels released and its queue empty; then it
-    /// is exited. If that takes longer than the exit timeout, what holds it
-    /// is reported ([`exit_report`](Self::exit_report), `tracing::error!`)
-    /// and it is forced to exited.
+    /// polled — messages run, pollers run, [`on_exit`](Self::on_exit) hooks
+    /// run — until all its pollers are unregistered, its I/O channels
+    /// released and its queue empty; then it is exited. If that takes longer
+    /// than the exit timeout, what holds it is reported
+    /// ([`exit_report`](Self::exit_report), `tracing::error!`) and it is
+    /// forced to exited: messages still queued are then dropped unrun when
+    /// the thread is dropped (their captures are released), its channels
+    /// are destroyed and its pollers dropped.
     pub fn exit(&self) {
         let s = &self.inner.shared;
         if s.state
