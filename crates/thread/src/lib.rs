@@ -119,6 +119,10 @@
 //! [`Thread::finish_sleep`]. A sender writes the eventfd only when the
 //! target is marked sleeping, so polling mode (the default) costs no syscall
 //! per message. All syscalls live in the small `sys` module.
+//! [`Thread::interrupt_register`]`(fd, name, f)` (SPDK's
+//! `spdk_interrupt_register`) adds an fd to the thread's epoll set: `f`
+//! runs when it is readable, and it wakes a sleeping thread — e.g. for a
+//! listening socket. In polling mode use a poller instead (as SPDK does).
 //!
 //! ## Statistics
 //!
@@ -150,7 +154,7 @@ pub use stats::{
 pub use sys::{Epoll, EventFd, TimerFd};
 pub use thread::{
     all_threads, for_each_thread, gather_from_threads, get_thread, now_ns, poller_register,
-    send_msg, thread_by_id, ExitReport, PendingThread, PollOutcome, Poller, PollerState,
+    send_msg, thread_by_id, ExitReport, Interrupt, PendingThread, PollOutcome, Poller, PollerState,
     PollerStatus, SendError, Thread, ThreadError, ThreadHandle, ThreadOpts, ThreadStats,
     DEFAULT_MSG_BATCH, TICK_RATE,
 };

@@ -63,6 +63,10 @@ pub enum ThreadError {
     /// Creating the interrupt-mode file descriptors failed.
     #[error("interrupt fd setup failed: {0}")]
     Interrupt(String),
+    /// Fd interrupts need a thread in interrupt mode (use a poller in
+    /// polling mode, as SPDK does).
+    #[error("thread is not in interrupt mode")]
+    NotInterruptMode,
 }
 
 /// Options for creating a thread.
@@ -437,6 +441,8 @@ pub struct ExitReport {
     pub pollers: Vec<String>,
     /// Device names of I/O channels still held.
     pub io_channels: Vec<String>,
+    /// Fd interrupts still registered.
+    pub interrupts: Vec<String>,
     /// Messages still queued.
     pub queued_msgs: usize,
 }
@@ -457,6 +463,63 @@ struct LocalIntr {
     timer: TimerFd,
 }
 
+/// Epoll tokens: 0 = message eventfd, 1 = timerfd, `INTR_TOKEN_BASE + id` =
+/// registered fd interrupt `id`.
+const INTR_TOKEN_BASE: u64 = 2;
+
+type IntrFn = Box<dyn FnMut() -> PollerStatus>;
+
+struct IntrInner {
+    id: u64,
+    fd: RawFd,
+    name: String,
+    f: RefCell<Option<IntrFn>>,
+    live: Cell<bool>,
+    thread: Weak<ThreadInner>,
+}
+
+/// Handle to an fd interrupt registered with [`Thread::interrupt_register`].
+#[derive(Clone)]
+pub struct Interrupt(Rc<IntrInner>);
+
+impl fmt::Debug for Interrupt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Interrupt({}: fd {})", self.0.name, self.0.fd)
+    }
+}
+
+impl Interrupt {
+    /// Name given at registration.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The watched fd.
+    pub fn fd(&self) -> RawFd {
+        self.0.fd
+    }
+
+    /// Stops watching the fd and drops the callback (after its current run
+    /// when called from inside it). Callable from inside the callback.
+    pub fn unregister(&self) {
+        let i = &self.0;
+        if !i.live.replace(false) {
+            return;
+        }
+        if let Some(t) = i.thread.upgrade() {
+            if let Some(li) = &t.intr {
+                let _ = li.epoll.remove(i.fd);
+            }
+            t.intrs.borrow_mut().retain(|x| !Rc::ptr_eq(&x.0, i));
+        }
+        if let Ok(mut g) = i.f.try_borrow_mut() {
+            let f = g.take();
+            drop(g);
+            drop(f);
+        }
+    }
+}
+
 type LocalFn = Box<dyn FnOnce()>;
 
 pub(crate) struct ThreadInner {
@@ -470,6 +533,7 @@ pub(crate) struct ThreadInner {
     pollers: RefCell<Vec<Poller>>,
     pollers_dirty: Cell<bool>,
     pub(crate) channels: RefCell<Vec<Rc<dyn ChannelEntry>>>,
+    intrs: RefCell<Vec<Interrupt>>,
     now: Cell<u64>,
     last_now: Cell<u64>,
     last_busy: Cell<bool>,
@@ -521,6 +585,11 @@ impl Drop for ThreadInner {
         let chans = std::mem::take(&mut *self.channels.borrow_mut());
         for c in chans {
             c.release_from_dead_thread();
+        }
+        for i in std::mem::take(&mut *self.intrs.borrow_mut()) {
+            i.0.live.set(false);
+            let f = i.0.f.borrow_mut().take();
+            drop(f);
         }
         for p in self.pollers.borrow().iter() {
             p.0.state.set(PollerState::Unregistered);
@@ -605,6 +674,7 @@ impl PendingThread {
             pollers: RefCell::new(Vec::new()),
             pollers_dirty: Cell::new(false),
             channels: RefCell::new(Vec::new()),
+            intrs: RefCell::new(Vec::new()),
             now: Cell::new(now),
             last_now: Cell::new(now),
             last_busy: Cell::new(false),
@@ -863,6 +933,7 @@ impl Thread {
                 .iter()
                 .map(|c| c.dev_name().to_string())
                 .collect(),
+            interrupts: t.intrs.borrow().iter().map(|i| i.0.name.clone()).collect(),
             queued_msgs: t.queued(),
         }
     }
@@ -945,8 +1016,13 @@ impl Thread {
             }
         }
 
-        // Period-0 pollers.
         let mut pollers_busy = 0u32;
+        // Fd interrupts (interrupt mode only): one non-blocking epoll_wait,
+        // only when some are registered.
+        if !t.intrs.borrow().is_empty() {
+            pollers_busy += self.dispatch_interrupts();
+        }
+        // Period-0 pollers.
         let mut runs = 0u64;
         let n = t.active.borrow().len();
         for i in 0..n {
@@ -1024,7 +1100,7 @@ impl Thread {
             .borrow()
             .iter()
             .any(|p| p.0.state.get() != PollerState::Unregistered);
-        let chans = !t.channels.borrow().is_empty();
+        let chans = !t.channels.borrow().is_empty() || !t.intrs.borrow().is_empty();
         let queued = t.queued() > 0;
         if !live && !chans && !queued {
             t.shared.state.store(EXITED, Ordering::Release);
@@ -1052,6 +1128,68 @@ impl Thread {
             .borrow()
             .iter()
             .any(|p| p.0.state.get() == PollerState::Waiting)
+    }
+
+    /// Registers `f` to run on this thread whenever `fd` is readable (SPDK's
+    /// `spdk_interrupt_register`; level-triggered: `f` runs on every poll
+    /// while the fd stays readable, so it should consume what it reads).
+    /// Interrupt mode only ([`ThreadError::NotInterruptMode`] otherwise):
+    /// the fd joins the thread's epoll set, so it also wakes a sleeping
+    /// thread. The caller keeps `fd` open until it unregisters.
+    pub fn interrupt_register(
+        &self,
+        fd: RawFd,
+        name: &str,
+        f: impl FnMut() -> PollerStatus + 'static,
+    ) -> Result<Interrupt, ThreadError> {
+        let t = &self.inner;
+        let li = t.intr.as_ref().ok_or(ThreadError::NotInterruptMode)?;
+        let id = t.next_poller_id.get();
+        t.next_poller_id.set(id + 1);
+        li.epoll
+            .add(fd, INTR_TOKEN_BASE + id)
+            .map_err(|e| ThreadError::Interrupt(e.to_string()))?;
+        let i = Interrupt(Rc::new(IntrInner {
+            id,
+            fd,
+            name: name.to_string(),
+            f: RefCell::new(Some(Box::new(f))),
+            live: Cell::new(true),
+            thread: Rc::downgrade(t),
+        }));
+        t.intrs.borrow_mut().push(i.clone());
+        Ok(i)
+    }
+
+    fn dispatch_interrupts(&self) -> u32 {
+        let t = &*self.inner;
+        let Some(li) = &t.intr else { return 0 };
+        let mut tokens = [0u64; 32];
+        let n = li
+            .epoll
+            .wait(&mut tokens, Some(Duration::ZERO))
+            .unwrap_or(0);
+        let mut busy = 0;
+        for &tok in &tokens[..n] {
+            if tok < INTR_TOKEN_BASE {
+                continue;
+            }
+            let id = tok - INTR_TOKEN_BASE;
+            let found = t.intrs.borrow().iter().find(|i| i.0.id == id).cloned();
+            let Some(i) = found else { continue };
+            let st = {
+                let mut g = i.0.f.borrow_mut();
+                g.as_mut().map(|f| f())
+            };
+            if st == Some(PollerStatus::Busy) {
+                busy += 1;
+            }
+            if !i.0.live.get() {
+                let f = i.0.f.borrow_mut().take();
+                drop(f);
+            }
+        }
+        busy
     }
 
     /// Earliest time (ticks) a timed poller is due, dropping stale entries.

@@ -131,3 +131,69 @@ fn idle_interrupt_thread_uses_almost_no_cpu() {
     eprintln!("idle interrupt-mode thread: {cpu_us} us CPU over {wall_us} us = {pct:.3}%");
     assert!(pct < 5.0, "idle CPU {pct:.2}%");
 }
+
+#[test]
+fn fd_interrupt_wakes_sleeping_thread_and_can_unregister_itself() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    let (mut tx_sock, rx_sock) = UnixStream::pair().unwrap();
+    rx_sock.set_nonblocking(true).unwrap();
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let r = spawn_runner(move || {
+        let me = Thread::current().unwrap();
+        let fd = rx_sock.as_raw_fd();
+        let mut sock = rx_sock;
+        let mut events = 0;
+        let handle: std::rc::Rc<std::cell::RefCell<Option<rspdk_thread::Interrupt>>> =
+            Default::default();
+        let h2 = handle.clone();
+        let i = me
+            .interrupt_register(fd, "sock", move || {
+                let mut buf = [0u8; 64];
+                match sock.read(&mut buf) {
+                    Ok(n) if n > 0 => {
+                        events += 1;
+                        tx.send(buf[..n].to_vec()).unwrap();
+                        if events == 2 {
+                            if let Some(i) = h2.borrow().as_ref() {
+                                i.unregister();
+                            }
+                        }
+                        PollerStatus::Busy
+                    }
+                    _ => PollerStatus::Idle,
+                }
+            })
+            .unwrap();
+        *handle.borrow_mut() = Some(i);
+    });
+    std::thread::sleep(Duration::from_millis(50)); // asleep by now
+    for round in 0..2u8 {
+        tx_sock.write_all(&[round; 3]).unwrap();
+        let got = rx
+            .recv_timeout(Duration::from_secs(2))
+            .expect("fd did not wake the thread");
+        assert_eq!(got, vec![round; 3]);
+        std::thread::sleep(Duration::from_millis(50)); // asleep again
+    }
+    // Unregistered from inside: the callback (and the sender it owned) was
+    // dropped, so nothing more can arrive.
+    let _ = tx_sock.write_all(b"late"); // EPIPE: the socket was dropped too
+    assert_eq!(
+        rx.recv_timeout(Duration::from_millis(200)),
+        Err(mpsc::RecvTimeoutError::Disconnected)
+    );
+    let (_, _, sleeps) = r.finish();
+    assert!(sleeps >= 2, "sleeps = {sleeps}");
+}
+
+#[test]
+fn fd_interrupt_needs_interrupt_mode() {
+    let t = Thread::new(ThreadOpts::named("polling"), 0).unwrap();
+    let e = t
+        .interrupt_register(0, "stdin", || PollerStatus::Idle)
+        .unwrap_err();
+    assert_eq!(e, rspdk_thread::ThreadError::NotInterruptMode);
+}
