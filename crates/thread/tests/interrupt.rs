@@ -47,7 +47,7 @@ fn spawn_runner(setup: impl FnOnce() + Send + 'static) -> Runner {
         while !s.load(Ordering::Acquire) {
             let out = t.poll(0, now_ns());
             if !out.busy {
-                t.sleep(now_ns(), Some(Duration::from_secs(5)));
+                t.sleep(now_ns(), None);
             }
         }
         (
@@ -196,4 +196,49 @@ fn fd_interrupt_needs_interrupt_mode() {
         .interrupt_register(0, "stdin", || PollerStatus::Idle)
         .unwrap_err();
     assert_eq!(e, rspdk_thread::ThreadError::NotInterruptMode);
+}
+
+#[test]
+fn no_lost_wakeups_under_bursty_multi_producer_load() {
+    // The runner sleeps without timeout, so a lost wakeup would stall the
+    // count below until the 20 s guard fails the test.
+    let r = spawn_runner(|| {});
+    let delivered = Arc::new(AtomicU64::new(0));
+    let (done_tx, done_rx) = mpsc::channel();
+    const PRODUCERS: u64 = 3;
+    const PER: u64 = 20_000;
+    let joins: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let (h, d, done_tx) = (r.handle.clone(), delivered.clone(), done_tx.clone());
+            std::thread::spawn(move || {
+                for i in 0..PER {
+                    let (d, done_tx) = (d.clone(), done_tx.clone());
+                    h.send_msg(move || {
+                        if d.fetch_add(1, Ordering::SeqCst) + 1 == PRODUCERS * PER {
+                            done_tx.send(()).unwrap();
+                        }
+                    })
+                    .unwrap();
+                    // Bursts with pauses so the consumer keeps falling asleep.
+                    if (i + p) % 500 == 0 {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                }
+            })
+        })
+        .collect();
+    for j in joins {
+        j.join().unwrap();
+    }
+    done_rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| {
+            panic!(
+                "lost wakeup: {} of {} delivered",
+                delivered.load(Ordering::SeqCst),
+                PRODUCERS * PER
+            )
+        });
+    let (_, _, sleeps) = r.finish();
+    assert!(sleeps > 10, "consumer never slept (sleeps = {sleeps})");
 }
