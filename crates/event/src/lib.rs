@@ -35,6 +35,29 @@
 //!   forced out after their exit timeout, with a report), joins the reactors.
 //! * **Stats**: [`ReactorSetHandle::reactors_info`] returns
 //!   `framework_get_reactors` JSON structs.
+//!
+//! ## Wiring an application (what `rspdk_tgt` is expected to do)
+//!
+//! 1. Parse `-m` with [`parse_core_mask`], build [`ReactorOpts`] (set
+//!    `interrupt_mode` for `--interrupt-mode`), [`ReactorSet::start`].
+//! 2. Create the app thread on the main core:
+//!    `handle.spawn_thread_on(handle.main_core(), "app_thread", init)`;
+//!    `init` runs on it: start the RPC server there (a timed poller in
+//!    polling mode, or [`rspdk_thread::Thread::interrupt_register`] on the
+//!    listening socket in interrupt mode), initialise subsystems (each may
+//!    register io_devices and use `for_each_thread` / `send_msg`).
+//! 3. Register [`rspdk_thread::Thread::on_exit`] hooks on every thread that
+//!    owns pollers, channels or fd interrupts, releasing them, so stop does
+//!    not have to wait for the exit timeout.
+//! 4. On SIGINT/SIGTERM (the calling OS thread is free to wait for them) or
+//!    an RPC such as `spdk_kill_instance`: finish subsystems on the app
+//!    thread, then [`ReactorSetHandle::request_stop`]; the main OS thread's
+//!    [`ReactorSet::wait`] returns once everything has drained and joined.
+//! 5. RPCs: `framework_get_reactors` = [`ReactorSetHandle::reactors_info`];
+//!    `thread_get_stats` / `thread_get_pollers` / `thread_get_io_channels`
+//!    = [`rspdk_thread::gather_from_threads`] with
+//!    `Thread::stats_info` / `pollers_info` / `io_channels_info`;
+//!    `framework_get_scheduler` = [`ReactorSetHandle::scheduler_name`].
 
 mod reactor;
 mod scheduler;

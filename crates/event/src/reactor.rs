@@ -406,6 +406,18 @@ impl ReactorSetHandle {
         }
     }
 
+    /// Name of the current scheduler (`framework_get_scheduler`).
+    pub fn scheduler_name(&self) -> String {
+        lock(&self.0.scheduler).name().to_string()
+    }
+
+    /// Replaces the placement policy for threads created from now on
+    /// (`framework_set_scheduler`; existing threads are not moved — thread
+    /// migration is not implemented yet).
+    pub fn set_scheduler(&self, scheduler: Box<dyn Scheduler>) {
+        *lock(&self.0.scheduler) = scheduler;
+    }
+
     /// Whether the reactor on `lcore` is asleep in epoll right now
     /// (interrupt mode with every thread idle).
     pub fn is_sleeping(&self, lcore: u32) -> bool {
