@@ -261,6 +261,17 @@ fn main() {
     // Other processes on these cores distort the cross-core figures most.
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("loadavg at start: {}", load.trim());
+    // RSPDK_BENCH_ONLY=event|poller runs one half only.
+    let only = std::env::var("RSPDK_BENCH_ONLY").unwrap_or_default();
+    if only != "poller" {
+        events(secs);
+    }
+    if only != "event" {
+        pollers(secs);
+    }
+}
+
+fn events(secs: f64) {
     row(
         "benchmark (events/s, higher is better)",
         "rspdk".into(),
@@ -298,6 +309,9 @@ fn main() {
         row(name, m(r), m(b), m(bb), spdk);
     }
     println!();
+}
+
+fn pollers(secs: f64) {
     row(
         "benchmark (ns per poller run, lower is better)",
         "rspdk".into(),
