@@ -319,7 +319,10 @@ impl ReactorSetHandle {
             return Err(ReactorError::Stopping);
         }
         let cores = self.cores();
-        let mask = cpumask.unwrap_or_default();
+        // No cpumask = every reactor core (as SPDK: the app's core mask).
+        let mask = cpumask
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| CpuSet::from_cpus(cores.iter().copied()));
         let candidates: Vec<usize> = (0..cores.len())
             .filter(|&i| mask.is_empty() || mask.contains(cores[i]))
             .collect();
