@@ -1283,7 +1283,7 @@ impl Thread {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn run_poller(p: &Poller) -> PollerStatus {
     let inner = &p.0;
     inner.running.set(true);
