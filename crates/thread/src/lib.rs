@@ -13,6 +13,15 @@
 //! the `Send` "created but not yet started" form a scheduler moves to the
 //! reactor that will own it).
 //!
+//! ## Creating threads
+//!
+//! Whoever polls a thread creates it ([`Thread::new`], or
+//! [`PendingThread::new`] + [`PendingThread::start`] on the polling OS
+//! thread). Library code that only needs "a new thread somewhere" calls
+//! [`thread_create`] (SPDK's `spdk_thread_create`), which goes through the
+//! process-wide hook the reactors install ([`set_thread_create_hook`]) and
+//! returns a [`ThreadHandle`] to send it messages.
+//!
 //! ## Time
 //!
 //! Time is an argument: `poll(now)` takes the current time in ticks (ns;
@@ -153,8 +162,9 @@ pub use stats::{
 };
 pub use sys::{Epoll, EventFd, TimerFd};
 pub use thread::{
-    all_threads, for_each_thread, gather_from_threads, get_thread, now_ns, poller_register,
-    send_msg, thread_by_id, ExitReport, Interrupt, PendingThread, PollOutcome, Poller, PollerState,
-    PollerStatus, SendError, Thread, ThreadError, ThreadHandle, ThreadOpts, ThreadStats,
+    all_threads, clear_thread_create_hook, for_each_thread, gather_from_threads, get_thread,
+    now_ns, poller_register, send_msg, set_thread_create_hook, thread_by_id, thread_create,
+    ExitReport, Interrupt, PendingThread, PollOutcome, Poller, PollerState, PollerStatus,
+    SendError, Thread, ThreadCreateHook, ThreadError, ThreadHandle, ThreadOpts, ThreadStats,
     DEFAULT_MSG_BATCH, TICK_RATE,
 };

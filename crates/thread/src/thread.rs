@@ -63,6 +63,13 @@ pub enum ThreadError {
     /// Creating the interrupt-mode file descriptors failed.
     #[error("interrupt fd setup failed: {0}")]
     Interrupt(String),
+    /// [`thread_create`] was called but no create hook is installed (no
+    /// reactors running).
+    #[error("no thread create hook installed (start the reactors first)")]
+    NoCreateHook,
+    /// The create hook could not place the thread.
+    #[error("thread placement failed: {0}")]
+    Placement(String),
     /// Fd interrupts need a thread in interrupt mode (use a poller in
     /// polling mode, as SPDK does).
     #[error("thread is not in interrupt mode")]
@@ -253,6 +260,42 @@ impl ThreadHandle {
             }
         })
     }
+}
+
+/// Creates and places a thread on behalf of [`thread_create`] (SPDK's
+/// `new_thread_fn` given to `spdk_thread_lib_init`). The reactors install
+/// one; it may override mode/ring/timeout options with the app's.
+pub type ThreadCreateHook = dyn Fn(ThreadOpts) -> Result<ThreadHandle, ThreadError> + Send + Sync;
+
+static CREATE_HOOK: Mutex<Option<Arc<ThreadCreateHook>>> = Mutex::new(None);
+
+/// Installs the process-wide create hook; returns false (and installs
+/// nothing) if one is already installed.
+pub fn set_thread_create_hook(hook: Arc<ThreadCreateHook>) -> bool {
+    let mut g = lock(&CREATE_HOOK);
+    if g.is_some() {
+        return false;
+    }
+    *g = Some(hook);
+    true
+}
+
+/// Removes the create hook if it is `hook` (by identity).
+pub fn clear_thread_create_hook(hook: &Arc<ThreadCreateHook>) {
+    let mut g = lock(&CREATE_HOOK);
+    if g.as_ref().is_some_and(|h| Arc::ptr_eq(h, hook)) {
+        *g = None;
+    }
+}
+
+/// Creates a thread from library code that does not know who runs threads
+/// (SPDK's `spdk_thread_create`): the installed hook — the reactors' —
+/// places it. Send it messages through the returned handle.
+pub fn thread_create(opts: ThreadOpts) -> Result<ThreadHandle, ThreadError> {
+    let hook = lock(&CREATE_HOOK)
+        .clone()
+        .ok_or(ThreadError::NoCreateHook)?;
+    hook(opts)
 }
 
 /// Sends `f` to `thread` (SPDK's `spdk_thread_send_msg`); see
