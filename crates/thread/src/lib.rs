@@ -142,6 +142,7 @@
 
 mod clock;
 mod cpuset;
+mod current;
 mod io_channel;
 mod msg;
 mod ring;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 
 use crate::cpuset::CpuSet;
+use crate::current::{self, CurrentGuard};
 use crate::io_channel::ChannelEntry;
 use crate::msg::Msg;
 use crate::ring::{Consumer, MsgRing};
@@ -580,7 +581,12 @@ pub(crate) struct ThreadInner {
     now: Cell<u64>,
     last_now: Cell<u64>,
     last_busy: Cell<bool>,
-    stats: Cell<ThreadStats>,
+    st_busy: Cell<u64>,
+    st_idle: Cell<u64>,
+    st_msgs: Cell<u64>,
+    st_polls: Cell<u64>,
+    st_runs: Cell<u64>,
+    st_sleeps: Cell<u64>,
     in_interrupt: Cell<bool>,
     exit_started: Cell<u64>,
     exit_timeout: u64,
@@ -721,7 +727,12 @@ impl PendingThread {
             now: Cell::new(now),
             last_now: Cell::new(now),
             last_busy: Cell::new(false),
-            stats: Cell::new(ThreadStats::default()),
+            st_busy: Cell::new(0),
+            st_idle: Cell::new(0),
+            st_msgs: Cell::new(0),
+            st_polls: Cell::new(0),
+            st_runs: Cell::new(0),
+            st_sleeps: Cell::new(0),
             in_interrupt: Cell::new(false),
             exit_started: Cell::new(0),
             exit_timeout: self.exit_timeout,
@@ -731,28 +742,6 @@ impl PendingThread {
             timer_seq: Cell::new(0),
         });
         Thread { inner }
-    }
-}
-
-thread_local! {
-    static CURRENT: RefCell<Option<Thread>> = const { RefCell::new(None) };
-}
-
-struct CurrentGuard(Option<Thread>);
-
-impl CurrentGuard {
-    #[inline]
-    fn enter(t: &Thread) -> CurrentGuard {
-        CurrentGuard(CURRENT.with(|c| c.replace(Some(t.clone()))))
-    }
-}
-
-impl Drop for CurrentGuard {
-    #[inline]
-    fn drop(&mut self) {
-        let prev = self.0.take();
-        let old = CURRENT.with(|c| c.replace(prev));
-        drop(old);
     }
 }
 
@@ -782,13 +771,13 @@ impl Thread {
     /// SPDK's `spdk_get_thread()`.
     #[inline]
     pub fn current() -> Option<Thread> {
-        CURRENT.with(|c| c.borrow().clone())
+        current::current().map(|inner| Thread { inner })
     }
 
     /// Runs `f` with this thread as the current thread (to register pollers,
     /// get channels, ... from outside a poll).
     pub fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _g = CurrentGuard::enter(self);
+        let _g = CurrentGuard::enter(&self.inner);
         f()
     }
 
@@ -819,7 +808,15 @@ impl Thread {
 
     /// Statistics so far.
     pub fn stats(&self) -> ThreadStats {
-        self.inner.stats.get()
+        let t = &self.inner;
+        ThreadStats {
+            busy_ns: t.st_busy.get(),
+            idle_ns: t.st_idle.get(),
+            msgs: t.st_msgs.get(),
+            polls: t.st_polls.get(),
+            poller_runs: t.st_runs.get(),
+            sleeps: t.st_sleeps.get(),
+        }
     }
 
     /// Whether this thread runs in interrupt mode.
@@ -993,18 +990,17 @@ impl Thread {
         if state == EXITED {
             return PollOutcome::default();
         }
-        let _g = CurrentGuard::enter(self);
-        let mut st = t.stats.get();
+        let _g = CurrentGuard::enter(&self.inner);
         let delta = now.saturating_sub(t.last_now.get());
-        if t.last_busy.get() {
-            st.busy_ns += delta;
+        let acc = if t.last_busy.get() {
+            &t.st_busy
         } else {
-            st.idle_ns += delta;
-        }
-        st.polls += 1;
+            &t.st_idle
+        };
+        acc.set(acc.get() + delta);
+        t.st_polls.set(t.st_polls.get() + 1);
         t.last_now.set(now);
         t.now.set(now);
-        t.stats.set(st);
 
         let mut msgs = 0u32;
         // Thread-local deferred work (e.g. I/O channel destruction).
@@ -1125,10 +1121,8 @@ impl Thread {
         }
         let busy = msgs > 0 || pollers_busy > 0;
         t.last_busy.set(busy);
-        let mut st = t.stats.get();
-        st.msgs += msgs as u64;
-        st.poller_runs += runs;
-        t.stats.set(st);
+        t.st_msgs.set(t.st_msgs.get() + msgs as u64);
+        t.st_runs.set(t.st_runs.get() + runs);
         PollOutcome {
             busy,
             msgs,
@@ -1290,9 +1284,7 @@ impl Thread {
             return false;
         }
         t.in_interrupt.set(true);
-        let mut st = t.stats.get();
-        st.sleeps += 1;
-        t.stats.set(st);
+        t.st_sleeps.set(t.st_sleeps.get() + 1);
         true
     }
 
