@@ -112,11 +112,14 @@
 //!
 //! ## Lifecycle
 //!
-//! [`Thread::exit`] requests exit; the thread keeps being polled until its
-//! pollers are unregistered, channels released and queue empty, then
-//! [`Thread::is_exited`] and it can be dropped. After the exit timeout it is
-//! reported ([`Thread::exit_report`], `tracing::error!` with the names of
-//! the pollers and channels holding it) and forced to exited.
+//! [`Thread::exit`] requests exit (a reactor set's stop does it for every
+//! thread); [`Thread::on_exit`] hooks then run on the thread so owners can
+//! release what they hold. The thread keeps being polled until its pollers
+//! are unregistered, channels released, fd interrupts unregistered and
+//! queue empty, then [`Thread::is_exited`] and it can be dropped. After the
+//! exit timeout it is reported ([`Thread::exit_report`], `tracing::error!`
+//! with the names of the pollers, channels and interrupts holding it) and
+//! forced to exited.
 //!
 //! ## Interrupt mode
 //!
@@ -140,6 +143,10 @@
 //! ([`Thread::stats_info`], [`Thread::pollers_info`],
 //! [`Thread::io_channels_info`], collected with [`gather_from_threads`]).
 
+// `unsafe` lives only in these small fenced modules, each block with a
+// `// SAFETY:` comment: `msg` (inline closure cells), `ring` (the MPSC
+// ring), `current` (current-thread pointer), `clock` (RDTSC), `sys`
+// (eventfd/timerfd/epoll syscalls).
 mod clock;
 mod cpuset;
 mod current;
