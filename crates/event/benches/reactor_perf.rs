@@ -261,6 +261,17 @@ fn main() {
     // Other processes on these cores distort the cross-core figures most.
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("loadavg at start: {}", load.trim());
+    // RSPDK_BENCH_ONLY=event|poller runs one half only.
+    let only = std::env::var("RSPDK_BENCH_ONLY").unwrap_or_default();
+    if only != "poller" {
+        events(secs);
+    }
+    if only != "event" {
+        pollers(secs);
+    }
+}
+
+fn events(secs: f64) {
     row(
         "benchmark (events/s, higher is better)",
         "rspdk".into(),
@@ -298,6 +309,9 @@ fn main() {
         row(name, m(r), m(b), m(bb), spdk);
     }
     println!();
+}
+
+fn pollers(secs: f64) {
     row(
         "benchmark (ns per poller run, lower is better)",
         "rspdk".into(),
@@ -305,9 +319,11 @@ fn main() {
         "".into(),
         "SPDK v26.05",
     );
+    let mut per_poll = Vec::new();
     for n in [1usize, 16] {
         let p = med(|| rspdk_poller_ns(n, 0, secs));
         let b = med(|| baseline_poller_ns(n, secs));
+        per_poll.push((n as f64, p, b));
         row(
             &format!("poller_perf: {n} period-0 poller(s)"),
             format!("{p:.1} ns"),
@@ -316,6 +332,17 @@ fn main() {
             "6 ns",
         );
     }
+    // Marginal cost of one more period-0 poller in a poll (the fixed cost
+    // of a poll — clock read, current-thread switch, ring check — excluded).
+    let (n1, p1, b1) = per_poll[0];
+    let (n2, p2, b2) = per_poll[1];
+    row(
+        "poller_perf: marginal period-0 poller run",
+        format!("{:.1} ns", (p2 * n2 - p1 * n1) / (n2 - n1)),
+        format!("{:.1} ns", (b2 * n2 - b1 * n1) / (n2 - n1)),
+        String::new(),
+        "6 ns",
+    );
     // Timed pollers with a 1 us period and enough of them that every poll
     // finds all of them expired: measures the timer path (heap pop + push),
     // not the period.

@@ -26,6 +26,8 @@
 //! * **Placement**: [`ReactorSetHandle::spawn_thread`] creates a thread and
 //!   lets the [`Scheduler`] (default [`RoundRobin`]) choose among reactors
 //!   whose core is in the thread's cpumask; `spawn_thread_on` forces a core.
+//!   A running set also serves [`rspdk_thread::thread_create`] (the first
+//!   set started in the process installs the hook; stop removes it).
 //! * **Interrupt mode** ([`ReactorOpts::interrupt_mode`]): when every thread
 //!   on a reactor is idle and agrees to sleep, the reactor blocks in epoll on
 //!   its threads' interrupt fds (message eventfd, timer timerfd) and its own

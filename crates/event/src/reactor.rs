@@ -8,8 +8,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rspdk_thread::{
-    now_ns, CpuSet, Epoll, EventFd, PendingThread, Thread, ThreadError, ThreadHandle, ThreadOpts,
-    TICK_RATE,
+    clear_thread_create_hook, now_ns, set_thread_create_hook, CpuSet, Epoll, EventFd,
+    PendingThread, Thread, ThreadCreateHook, ThreadError, ThreadHandle, ThreadOpts, TICK_RATE,
 };
 
 use crate::scheduler::{RoundRobin, Scheduler, ThreadPlacement};
@@ -143,6 +143,7 @@ impl std::fmt::Debug for ReactorSetHandle {
 pub struct ReactorSet {
     handle: ReactorSetHandle,
     joins: Vec<JoinHandle<()>>,
+    hook: Option<Arc<ThreadCreateHook>>,
 }
 
 impl std::fmt::Debug for ReactorSet {
@@ -236,9 +237,24 @@ impl ReactorSet {
                 });
             }
         }
+        // Serve `rspdk_thread::thread_create` (library code creating threads)
+        // unless another running set already does.
+        let weak = Arc::downgrade(&set);
+        let hook: Arc<ThreadCreateHook> = Arc::new(move |opts: ThreadOpts| {
+            let s = weak.upgrade().ok_or(ThreadError::NoCreateHook)?;
+            let mask = Some(opts.cpumask).filter(|m| !m.is_empty());
+            ReactorSetHandle(s)
+                .spawn_thread(&opts.name, mask, || {})
+                .map_err(|e| match e {
+                    ReactorError::Thread(t) => t,
+                    other => ThreadError::Placement(other.to_string()),
+                })
+        });
+        let hook = set_thread_create_hook(hook.clone()).then_some(hook);
         Ok(ReactorSet {
             handle: ReactorSetHandle(set),
             joins,
+            hook,
         })
     }
 
@@ -277,6 +293,9 @@ impl ReactorSet {
     }
 
     fn join_all(&mut self) {
+        if let Some(h) = self.hook.take() {
+            clear_thread_create_hook(&h);
+        }
         for j in std::mem::take(&mut self.joins) {
             let _ = j.join();
         }
@@ -319,7 +338,10 @@ impl ReactorSetHandle {
             return Err(ReactorError::Stopping);
         }
         let cores = self.cores();
-        let mask = cpumask.unwrap_or_default();
+        // No cpumask = every reactor core (as SPDK: the app's core mask).
+        let mask = cpumask
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| CpuSet::from_cpus(cores.iter().copied()));
         let candidates: Vec<usize> = (0..cores.len())
             .filter(|&i| mask.is_empty() || mask.contains(cores[i]))
             .collect();
@@ -404,6 +426,18 @@ impl ReactorSetHandle {
         for r in &self.0.reactors {
             r.notify();
         }
+    }
+
+    /// Name of the current scheduler (`framework_get_scheduler`).
+    pub fn scheduler_name(&self) -> String {
+        lock(&self.0.scheduler).name().to_string()
+    }
+
+    /// Replaces the placement policy for threads created from now on
+    /// (`framework_set_scheduler`; existing threads are not moved — thread
+    /// migration is not implemented yet).
+    pub fn set_scheduler(&self, scheduler: Box<dyn Scheduler>) {
+        *lock(&self.0.scheduler) = scheduler;
     }
 
     /// Whether the reactor on `lcore` is asleep in epoll right now

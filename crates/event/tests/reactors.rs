@@ -76,6 +76,8 @@ fn mask_0x3_pins_two_reactors_and_places_round_robin() {
         assert!(v["reactors"][0].get(k).is_some(), "missing {k}");
     }
     assert!(v["reactors"][0]["lw_threads"][0].get("elapsed").is_some());
+    // No cpumask given: the thread may run on every reactor core.
+    assert_eq!(v["reactors"][0]["lw_threads"][0]["cpumask"], "3");
 
     let t0 = Instant::now();
     set.stop();

@@ -5,7 +5,7 @@
 //! On x86-64 with an invariant TSC (`constant_tsc` and `nonstop_tsc` in
 //! `/proc/cpuinfo`) it reads the TSC (~8 ns instead of ~20 ns for
 //! `clock_gettime` under KVM) scaled by a factor calibrated once against
-//! `Instant` over 2 ms; otherwise it uses `Instant`.
+//! `Instant` over 5 ms (preemption-safe sampling); otherwise it uses `Instant`.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -31,6 +31,28 @@ fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
+/// An `Instant` and the TSC value at (about) the same moment.
+#[cfg(target_arch = "x86_64")]
+fn tight_pair() -> (Instant, u64) {
+    let mut best = None;
+    for _ in 0..1000 {
+        let a = rdtsc();
+        let i = Instant::now();
+        let b = rdtsc();
+        let gap = b.wrapping_sub(a);
+        let mid = a.wrapping_add(gap / 2);
+        if gap < 20_000 {
+            return (i, mid);
+        }
+        match best {
+            Some((g, _, _)) if g <= gap => {}
+            _ => best = Some((gap, i, mid)),
+        }
+    }
+    let (_, i, mid) = best.expect("at least one sample");
+    (i, mid)
+}
+
 #[cfg(target_arch = "x86_64")]
 fn calibrate() -> Source {
     let invariant = std::fs::read_to_string("/proc/cpuinfo")
@@ -47,11 +69,16 @@ fn calibrate() -> Source {
     if !invariant {
         return Source::Instant(Instant::now());
     }
-    let (t0, c0) = (Instant::now(), rdtsc());
-    while t0.elapsed() < Duration::from_millis(2) {
+    // Each sample pairs an `Instant` with the TSC read around it; a sample
+    // whose two TSC reads are far apart (the thread was preempted in
+    // between) is retried, so preemption can only lengthen the window, not
+    // skew it.
+    let (t0, c0) = tight_pair();
+    while t0.elapsed() < Duration::from_millis(5) {
         std::hint::spin_loop();
     }
-    let (ns, c1) = (t0.elapsed().as_nanos() as u64, rdtsc());
+    let (t1, c1) = tight_pair();
+    let ns = t1.duration_since(t0).as_nanos() as u64;
     let ticks = c1.wrapping_sub(c0);
     if ticks == 0 {
         return Source::Instant(t0);

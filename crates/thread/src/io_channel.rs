@@ -186,12 +186,18 @@ pub fn get_io_channel<T: 'static>(key: IoDeviceKey) -> Result<IoChannel<T>, IoDe
     io_device_lookup::<T>(key)?.get_channel()
 }
 
-fn find_channel<T: 'static>(th: &ThreadInner, key: IoDeviceKey) -> Option<Rc<ChannelInner<T>>> {
+/// The current thread's channel of exactly this device (a device registered
+/// later under a reused key is a different device).
+fn find_channel<T: 'static>(
+    th: &ThreadInner,
+    dev: &Arc<DeviceShared<T>>,
+) -> Option<Rc<ChannelInner<T>>> {
+    let addr = Arc::as_ptr(dev) as usize;
     let e = th
         .channels
         .borrow()
         .iter()
-        .find(|c| c.key() == key)
+        .find(|c| c.dev_addr() == addr)
         .cloned()?;
     e.into_any().downcast::<ChannelInner<T>>().ok()
 }
@@ -218,12 +224,23 @@ impl<T: 'static> IoDevice<T> {
         if lock(&self.sh.state).unregistered {
             return Err(IoDeviceError::Unregistered(self.sh.key));
         }
-        if let Some(ch) = find_channel::<T>(&th.inner, self.sh.key) {
+        if let Some(ch) = find_channel::<T>(&th.inner, &self.sh) {
             ch.refs.set(ch.refs.get() + 1);
             return Ok(IoChannel { inner: ch });
         }
         let ctx = (self.sh.create)().map_err(IoDeviceError::CreateFailed)?;
         let tid = th.id();
+        {
+            // Re-check under the lock: an unregister that raced with the
+            // create callback must not complete while this channel exists.
+            let mut st = lock(&self.sh.state);
+            if st.unregistered {
+                drop(st);
+                (self.sh.destroy)(&ctx);
+                return Err(IoDeviceError::Unregistered(self.sh.key));
+            }
+            st.threads.push(tid);
+        }
         let inner = Rc::new(ChannelInner {
             dev: self.sh.clone(),
             ctx,
@@ -236,7 +253,6 @@ impl<T: 'static> IoDevice<T> {
             .channels
             .borrow_mut()
             .push(inner.clone() as Rc<dyn ChannelEntry>);
-        lock(&self.sh.state).threads.push(tid);
         Ok(IoChannel { inner })
     }
 
@@ -354,7 +370,7 @@ impl<T: 'static> ChannelIter<T> {
     }
 
     fn arrive(mut st: Box<IterState<T>>) {
-        let ch = Thread::current().and_then(|t| find_channel::<T>(&t.inner, st.dev.key));
+        let ch = Thread::current().and_then(|t| find_channel::<T>(&t.inner, &st.dev));
         match ch {
             Some(inner) if !inner.destroyed.get() => {
                 inner.refs.set(inner.refs.get() + 1);
@@ -372,7 +388,8 @@ impl<T: 'static> ChannelIter<T> {
 
 /// Type-erased view of a thread's channel, for the thread's channel list.
 pub(crate) trait ChannelEntry {
-    fn key(&self) -> IoDeviceKey;
+    /// Identity of the device (address of its shared state).
+    fn dev_addr(&self) -> usize;
     fn dev_name(&self) -> &str;
     fn refs(&self) -> usize;
     fn into_any(self: Rc<Self>) -> Rc<dyn Any>;
@@ -402,10 +419,10 @@ impl<T: 'static> ChannelInner<T> {
             return;
         }
         if let Some(th) = self.thread.upgrade() {
-            let key = self.dev.key;
+            let addr = Arc::as_ptr(&self.dev) as usize;
             let removed = {
                 let mut chans = th.channels.borrow_mut();
-                let pos = chans.iter().position(|c| c.key() == key);
+                let pos = chans.iter().position(|c| c.dev_addr() == addr);
                 pos.map(|i| chans.remove(i))
             };
             drop(removed);
@@ -415,8 +432,8 @@ impl<T: 'static> ChannelInner<T> {
 }
 
 impl<T: 'static> ChannelEntry for ChannelInner<T> {
-    fn key(&self) -> IoDeviceKey {
-        self.dev.key
+    fn dev_addr(&self) -> usize {
+        Arc::as_ptr(&self.dev) as usize
     }
     fn dev_name(&self) -> &str {
         &self.dev.name

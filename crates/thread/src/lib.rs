@@ -13,6 +13,15 @@
 //! the `Send` "created but not yet started" form a scheduler moves to the
 //! reactor that will own it).
 //!
+//! ## Creating threads
+//!
+//! Whoever polls a thread creates it ([`Thread::new`], or
+//! [`PendingThread::new`] + [`PendingThread::start`] on the polling OS
+//! thread). Library code that only needs "a new thread somewhere" calls
+//! [`thread_create`] (SPDK's `spdk_thread_create`), which goes through the
+//! process-wide hook the reactors install ([`set_thread_create_hook`]) and
+//! returns a [`ThreadHandle`] to send it messages.
+//!
 //! ## Time
 //!
 //! Time is an argument: `poll(now)` takes the current time in ticks (ns;
@@ -103,11 +112,14 @@
 //!
 //! ## Lifecycle
 //!
-//! [`Thread::exit`] requests exit; the thread keeps being polled until its
-//! pollers are unregistered, channels released and queue empty, then
-//! [`Thread::is_exited`] and it can be dropped. After the exit timeout it is
-//! reported ([`Thread::exit_report`], `tracing::error!` with the names of
-//! the pollers and channels holding it) and forced to exited.
+//! [`Thread::exit`] requests exit (a reactor set's stop does it for every
+//! thread); [`Thread::on_exit`] hooks then run on the thread so owners can
+//! release what they hold. The thread keeps being polled until its pollers
+//! are unregistered, channels released, fd interrupts unregistered and
+//! queue empty, then [`Thread::is_exited`] and it can be dropped. After the
+//! exit timeout it is reported ([`Thread::exit_report`], `tracing::error!`
+//! with the names of the pollers, channels and interrupts holding it) and
+//! forced to exited.
 //!
 //! ## Interrupt mode
 //!
@@ -119,6 +131,10 @@
 //! [`Thread::finish_sleep`]. A sender writes the eventfd only when the
 //! target is marked sleeping, so polling mode (the default) costs no syscall
 //! per message. All syscalls live in the small `sys` module.
+//! [`Thread::interrupt_register`]`(fd, name, f)` (SPDK's
+//! `spdk_interrupt_register`) adds an fd to the thread's epoll set: `f`
+//! runs when it is readable, and it wakes a sleeping thread — e.g. for a
+//! listening socket. In polling mode use a poller instead (as SPDK does).
 //!
 //! ## Statistics
 //!
@@ -127,8 +143,13 @@
 //! ([`Thread::stats_info`], [`Thread::pollers_info`],
 //! [`Thread::io_channels_info`], collected with [`gather_from_threads`]).
 
+// `unsafe` lives only in these small fenced modules, each block with a
+// `// SAFETY:` comment: `msg` (inline closure cells), `ring` (the MPSC
+// ring), `current` (current-thread pointer), `clock` (RDTSC), `sys`
+// (eventfd/timerfd/epoll syscalls).
 mod clock;
 mod cpuset;
+mod current;
 mod io_channel;
 mod msg;
 mod ring;
@@ -149,8 +170,9 @@ pub use stats::{
 };
 pub use sys::{Epoll, EventFd, TimerFd};
 pub use thread::{
-    all_threads, for_each_thread, gather_from_threads, get_thread, now_ns, poller_register,
-    send_msg, thread_by_id, ExitReport, PendingThread, PollOutcome, Poller, PollerState,
-    PollerStatus, SendError, Thread, ThreadError, ThreadHandle, ThreadOpts, ThreadStats,
+    all_threads, clear_thread_create_hook, for_each_thread, gather_from_threads, get_thread,
+    now_ns, poller_register, send_msg, set_thread_create_hook, thread_by_id, thread_create,
+    ExitReport, Interrupt, PendingThread, PollOutcome, Poller, PollerState, PollerStatus,
+    SendError, Thread, ThreadCreateHook, ThreadError, ThreadHandle, ThreadOpts, ThreadStats,
     DEFAULT_MSG_BATCH, TICK_RATE,
 };

@@ -13,9 +13,11 @@
 //! that claims position `pos`), `pos + 1` (holds a message for the consumer
 //! at position `pos`), then `pos + capacity` (free for the next lap).
 
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 
@@ -27,8 +29,8 @@ struct Slot {
     msg: UnsafeCell<MaybeUninit<Msg>>,
 }
 
-/// The ring. `push` from any thread; `pop`/`is_empty` only from the single
-/// consumer (see their safety contracts).
+/// The ring. `push` from any thread through the shared `Arc`; popping only
+/// through the unique [`Consumer`] returned with it.
 pub struct MsgRing {
     head: CachePadded<AtomicUsize>,
     tail: CachePadded<AtomicUsize>,
@@ -45,8 +47,18 @@ unsafe impl Sync for MsgRing {}
 unsafe impl Send for MsgRing {}
 
 impl MsgRing {
-    /// A ring of at least `cap` slots (rounded up to a power of two, >= 2).
-    pub fn new(cap: usize) -> MsgRing {
+    /// A ring of at least `cap` slots (rounded up to a power of two, >= 2)
+    /// and its one consumer handle.
+    pub fn new(cap: usize) -> (Arc<MsgRing>, Consumer) {
+        let ring = Arc::new(Self::with_capacity(cap));
+        let consumer = Consumer {
+            ring: ring.clone(),
+            _not_sync: PhantomData,
+        };
+        (ring, consumer)
+    }
+
+    fn with_capacity(cap: usize) -> MsgRing {
         let cap = cap.max(2).next_power_of_two();
         let slots = (0..cap)
             .map(|i| Slot {
@@ -108,7 +120,7 @@ impl MsgRing {
     /// Must only be called by the single consumer (never concurrently with
     /// another `pop`, or with `is_empty` on another thread).
     #[inline]
-    pub unsafe fn pop(&self) -> Option<Msg> {
+    unsafe fn pop(&self) -> Option<Msg> {
         let pos = self.head.load(Ordering::Relaxed);
         let slot = &self.slots[pos & self.mask];
         if slot.seq.load(Ordering::Acquire) != pos.wrapping_add(1) {
@@ -133,7 +145,7 @@ impl MsgRing {
     /// # Safety
     /// Same single-consumer contract as [`pop`](Self::pop).
     #[inline]
-    pub unsafe fn is_empty(&self) -> bool {
+    unsafe fn is_empty(&self) -> bool {
         let pos = self.head.load(Ordering::Relaxed);
         self.tail.load(Ordering::SeqCst) == pos
     }
@@ -144,6 +156,35 @@ impl MsgRing {
         let t = self.tail.load(Ordering::Relaxed);
         let h = self.head.load(Ordering::Relaxed);
         t.wrapping_sub(h).min(self.capacity())
+    }
+}
+
+/// The unique consuming end of a [`MsgRing`]: not `Clone`, and not `Sync`
+/// (so a `&Consumer` cannot be shared between OS threads), which makes it
+/// the single consumer the ring's protocol requires. It is `Send`, so a
+/// thread created on one OS thread can be started on another.
+pub struct Consumer {
+    ring: Arc<MsgRing>,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+impl Consumer {
+    /// Removes the oldest published message.
+    #[inline]
+    pub fn pop(&self) -> Option<Msg> {
+        // SAFETY: only one `Consumer` exists per ring and it is `!Sync`, so
+        // all pops happen on one OS thread, one at a time (a pop completes
+        // before the popped message runs, so nested pops from a message are
+        // sequential too).
+        unsafe { self.ring.pop() }
+    }
+
+    /// Whether every claimed position has been consumed (see
+    /// `MsgRing::is_empty`).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        // SAFETY: single consumer, as in `pop`.
+        unsafe { self.ring.is_empty() }
     }
 }
 
@@ -170,7 +211,7 @@ mod tests {
 
     #[test]
     fn fifo_full_and_wraparound() {
-        let r = MsgRing::new(4);
+        let (r, c) = MsgRing::new(4);
         let hits = Arc::new(AtomicU64::new(0));
         for lap in 0..3u64 {
             for i in 0..4u64 {
@@ -184,18 +225,17 @@ mod tests {
             }
             assert!(r.push(Msg::new(|| {})).is_err(), "full ring accepted");
             assert_eq!(r.len(), 4);
-            // SAFETY: single-threaded test: we are the only consumer.
-            while let Some(m) = unsafe { r.pop() } {
+            while let Some(m) = c.pop() {
                 m.run();
             }
-            // SAFETY: as above.
-            assert!(unsafe { r.is_empty() });
+            assert!(c.is_empty());
         }
         assert_eq!(hits.load(Ordering::SeqCst), 12);
         // Unconsumed messages are dropped with the ring.
         let h = hits.clone();
         assert!(r.push(Msg::new(move || drop(h))).is_ok());
         drop(r);
+        drop(c);
         assert_eq!(Arc::strong_count(&hits), 1);
     }
 }

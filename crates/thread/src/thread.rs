@@ -14,9 +14,10 @@ use std::time::Duration;
 use crossbeam_utils::CachePadded;
 
 use crate::cpuset::CpuSet;
+use crate::current::{self, CurrentGuard};
 use crate::io_channel::ChannelEntry;
 use crate::msg::Msg;
-use crate::ring::MsgRing;
+use crate::ring::{Consumer, MsgRing};
 use crate::sys::{Epoll, EventFd, TimerFd};
 
 /// Ticks per second of the time values passed to [`Thread::poll`]: ticks are
@@ -63,6 +64,17 @@ pub enum ThreadError {
     /// Creating the interrupt-mode file descriptors failed.
     #[error("interrupt fd setup failed: {0}")]
     Interrupt(String),
+    /// [`thread_create`] was called but no create hook is installed (no
+    /// reactors running).
+    #[error("no thread create hook installed (start the reactors first)")]
+    NoCreateHook,
+    /// The create hook could not place the thread.
+    #[error("thread placement failed: {0}")]
+    Placement(String),
+    /// Fd interrupts need a thread in interrupt mode (use a poller in
+    /// polling mode, as SPDK does).
+    #[error("thread is not in interrupt mode")]
+    NotInterruptMode,
 }
 
 /// Options for creating a thread.
@@ -109,7 +121,7 @@ pub(crate) struct Shared {
     id: u64,
     name: String,
     cpumask: CpuSet,
-    ring: MsgRing,
+    ring: Arc<MsgRing>,
     overflow_flag: CachePadded<AtomicBool>,
     overflow: Mutex<VecDeque<Msg>>,
     overflowed: AtomicU64,
@@ -175,8 +187,8 @@ impl ThreadHandle {
         self.0.state.load(Ordering::Acquire) != RUNNING
     }
 
-    /// Number of messages that found the ring full and went to the overflow
-    /// list since creation.
+    /// Number of messages that went to the overflow list since creation
+    /// (the ring was full, or the list was non-empty so order required it).
     pub fn overflow_count(&self) -> u64 {
         self.0.overflowed.load(Ordering::Relaxed)
     }
@@ -249,6 +261,42 @@ impl ThreadHandle {
             }
         })
     }
+}
+
+/// Creates and places a thread on behalf of [`thread_create`] (SPDK's
+/// `new_thread_fn` given to `spdk_thread_lib_init`). The reactors install
+/// one; it may override mode/ring/timeout options with the app's.
+pub type ThreadCreateHook = dyn Fn(ThreadOpts) -> Result<ThreadHandle, ThreadError> + Send + Sync;
+
+static CREATE_HOOK: Mutex<Option<Arc<ThreadCreateHook>>> = Mutex::new(None);
+
+/// Installs the process-wide create hook; returns false (and installs
+/// nothing) if one is already installed.
+pub fn set_thread_create_hook(hook: Arc<ThreadCreateHook>) -> bool {
+    let mut g = lock(&CREATE_HOOK);
+    if g.is_some() {
+        return false;
+    }
+    *g = Some(hook);
+    true
+}
+
+/// Removes the create hook if it is `hook` (by identity).
+pub fn clear_thread_create_hook(hook: &Arc<ThreadCreateHook>) {
+    let mut g = lock(&CREATE_HOOK);
+    if g.as_ref().is_some_and(|h| Arc::ptr_eq(h, hook)) {
+        *g = None;
+    }
+}
+
+/// Creates a thread from library code that does not know who runs threads
+/// (SPDK's `spdk_thread_create`): the installed hook — the reactors' —
+/// places it. Send it messages through the returned handle.
+pub fn thread_create(opts: ThreadOpts) -> Result<ThreadHandle, ThreadError> {
+    let hook = lock(&CREATE_HOOK)
+        .clone()
+        .ok_or(ThreadError::NoCreateHook)?;
+    hook(opts)
 }
 
 /// Sends `f` to `thread` (SPDK's `spdk_thread_send_msg`); see
@@ -437,6 +485,8 @@ pub struct ExitReport {
     pub pollers: Vec<String>,
     /// Device names of I/O channels still held.
     pub io_channels: Vec<String>,
+    /// Fd interrupts still registered.
+    pub interrupts: Vec<String>,
     /// Messages still queued.
     pub queued_msgs: usize,
 }
@@ -457,10 +507,69 @@ struct LocalIntr {
     timer: TimerFd,
 }
 
+/// Epoll tokens: 0 = message eventfd, 1 = timerfd, `INTR_TOKEN_BASE + id` =
+/// registered fd interrupt `id`.
+const INTR_TOKEN_BASE: u64 = 2;
+
+type IntrFn = Box<dyn FnMut() -> PollerStatus>;
+
+struct IntrInner {
+    id: u64,
+    fd: RawFd,
+    name: String,
+    f: RefCell<Option<IntrFn>>,
+    live: Cell<bool>,
+    thread: Weak<ThreadInner>,
+}
+
+/// Handle to an fd interrupt registered with [`Thread::interrupt_register`].
+#[derive(Clone)]
+pub struct Interrupt(Rc<IntrInner>);
+
+impl fmt::Debug for Interrupt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Interrupt({}: fd {})", self.0.name, self.0.fd)
+    }
+}
+
+impl Interrupt {
+    /// Name given at registration.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The watched fd.
+    pub fn fd(&self) -> RawFd {
+        self.0.fd
+    }
+
+    /// Stops watching the fd and drops the callback (after its current run
+    /// when called from inside it). Callable from inside the callback.
+    pub fn unregister(&self) {
+        let i = &self.0;
+        if !i.live.replace(false) {
+            return;
+        }
+        if let Some(t) = i.thread.upgrade() {
+            if let Some(li) = &t.intr {
+                let _ = li.epoll.remove(i.fd);
+            }
+            t.intrs.borrow_mut().retain(|x| !Rc::ptr_eq(&x.0, i));
+        }
+        if let Ok(mut g) = i.f.try_borrow_mut() {
+            let f = g.take();
+            drop(g);
+            drop(f);
+        }
+    }
+}
+
 type LocalFn = Box<dyn FnOnce()>;
 
 pub(crate) struct ThreadInner {
     pub(crate) shared: Arc<Shared>,
+    consumer: Consumer,
+    _reg: Registration,
     intr: Option<LocalIntr>,
     pub(crate) local: RefCell<VecDeque<LocalFn>>,
     active: RefCell<Vec<Poller>>,
@@ -468,10 +577,16 @@ pub(crate) struct ThreadInner {
     pollers: RefCell<Vec<Poller>>,
     pollers_dirty: Cell<bool>,
     pub(crate) channels: RefCell<Vec<Rc<dyn ChannelEntry>>>,
+    intrs: RefCell<Vec<Interrupt>>,
     now: Cell<u64>,
     last_now: Cell<u64>,
     last_busy: Cell<bool>,
-    stats: Cell<ThreadStats>,
+    st_busy: Cell<u64>,
+    st_idle: Cell<u64>,
+    st_msgs: Cell<u64>,
+    st_polls: Cell<u64>,
+    st_runs: Cell<u64>,
+    st_sleeps: Cell<u64>,
     in_interrupt: Cell<bool>,
     exit_started: Cell<u64>,
     exit_timeout: u64,
@@ -499,18 +614,31 @@ impl ThreadInner {
     }
 }
 
+/// Membership in the global thread registry: created with the thread,
+/// dropped with it — or with a [`PendingThread`] that is never started —
+/// which marks the thread exited and unregisters it.
+struct Registration(Arc<Shared>);
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.0.state.store(EXITED, Ordering::Release);
+        lock(&REGISTRY).retain(|h| !Arc::ptr_eq(&h.0, &self.0));
+    }
+}
+
 impl Drop for ThreadInner {
     fn drop(&mut self) {
         self.shared.state.store(EXITED, Ordering::Release);
-        {
-            let mut reg = lock(&REGISTRY);
-            reg.retain(|h| !Arc::ptr_eq(&h.0, &self.shared));
-        }
         // Release channels still held (only on a forced exit) so their
         // devices can finish unregistering.
         let chans = std::mem::take(&mut *self.channels.borrow_mut());
         for c in chans {
             c.release_from_dead_thread();
+        }
+        for i in std::mem::take(&mut *self.intrs.borrow_mut()) {
+            i.0.live.set(false);
+            let f = i.0.f.borrow_mut().take();
+            drop(f);
         }
         for p in self.pollers.borrow().iter() {
             p.0.state.set(PollerState::Unregistered);
@@ -526,6 +654,8 @@ impl Drop for ThreadInner {
 /// [`start`](Self::start) there.
 pub struct PendingThread {
     shared: Arc<Shared>,
+    reg: Registration,
+    consumer: Consumer,
     intr: Option<LocalIntr>,
     exit_timeout: u64,
 }
@@ -550,11 +680,12 @@ impl PendingThread {
         } else {
             (None, None)
         };
+        let (ring, consumer) = MsgRing::new(opts.msg_ring_size);
         let shared = Arc::new(Shared {
             id: NEXT_THREAD_ID.fetch_add(1, Ordering::Relaxed),
             name: opts.name,
             cpumask: opts.cpumask,
-            ring: MsgRing::new(opts.msg_ring_size),
+            ring,
             overflow_flag: CachePadded::new(AtomicBool::new(false)),
             overflow: Mutex::new(VecDeque::new()),
             overflowed: AtomicU64::new(0),
@@ -565,7 +696,9 @@ impl PendingThread {
         });
         lock(&REGISTRY).push(ThreadHandle(shared.clone()));
         Ok(PendingThread {
+            reg: Registration(shared.clone()),
             shared,
+            consumer,
             intr,
             exit_timeout: opts.exit_timeout.as_nanos() as u64,
         })
@@ -581,6 +714,8 @@ impl PendingThread {
     pub fn start(self, now: u64) -> Thread {
         let inner = Rc::new(ThreadInner {
             shared: self.shared,
+            consumer: self.consumer,
+            _reg: self.reg,
             intr: self.intr,
             local: RefCell::new(VecDeque::new()),
             active: RefCell::new(Vec::new()),
@@ -588,10 +723,16 @@ impl PendingThread {
             pollers: RefCell::new(Vec::new()),
             pollers_dirty: Cell::new(false),
             channels: RefCell::new(Vec::new()),
+            intrs: RefCell::new(Vec::new()),
             now: Cell::new(now),
             last_now: Cell::new(now),
             last_busy: Cell::new(false),
-            stats: Cell::new(ThreadStats::default()),
+            st_busy: Cell::new(0),
+            st_idle: Cell::new(0),
+            st_msgs: Cell::new(0),
+            st_polls: Cell::new(0),
+            st_runs: Cell::new(0),
+            st_sleeps: Cell::new(0),
             in_interrupt: Cell::new(false),
             exit_started: Cell::new(0),
             exit_timeout: self.exit_timeout,
@@ -601,28 +742,6 @@ impl PendingThread {
             timer_seq: Cell::new(0),
         });
         Thread { inner }
-    }
-}
-
-thread_local! {
-    static CURRENT: RefCell<Option<Thread>> = const { RefCell::new(None) };
-}
-
-struct CurrentGuard(Option<Thread>);
-
-impl CurrentGuard {
-    #[inline]
-    fn enter(t: &Thread) -> CurrentGuard {
-        CurrentGuard(CURRENT.with(|c| c.replace(Some(t.clone()))))
-    }
-}
-
-impl Drop for CurrentGuard {
-    #[inline]
-    fn drop(&mut self) {
-        let prev = self.0.take();
-        let old = CURRENT.with(|c| c.replace(prev));
-        drop(old);
     }
 }
 
@@ -652,13 +771,13 @@ impl Thread {
     /// SPDK's `spdk_get_thread()`.
     #[inline]
     pub fn current() -> Option<Thread> {
-        CURRENT.with(|c| c.borrow().clone())
+        current::current().map(|inner| Thread { inner })
     }
 
     /// Runs `f` with this thread as the current thread (to register pollers,
     /// get channels, ... from outside a poll).
     pub fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _g = CurrentGuard::enter(self);
+        let _g = CurrentGuard::enter(&self.inner);
         f()
     }
 
@@ -689,7 +808,15 @@ impl Thread {
 
     /// Statistics so far.
     pub fn stats(&self) -> ThreadStats {
-        self.inner.stats.get()
+        let t = &self.inner;
+        ThreadStats {
+            busy_ns: t.st_busy.get(),
+            idle_ns: t.st_idle.get(),
+            msgs: t.st_msgs.get(),
+            polls: t.st_polls.get(),
+            poller_runs: t.st_runs.get(),
+            sleeps: t.st_sleeps.get(),
+        }
     }
 
     /// Whether this thread runs in interrupt mode.
@@ -777,11 +904,14 @@ impl Thread {
     }
 
     /// Requests exit (SPDK's `spdk_thread_exit`): the thread keeps being
-    /// polled — messages run, pollers run — until all its pollers are
-    /// unregistered, its I/O channels released and its queue empty; then it
-    /// is exited. If that takes longer than the exit timeout, what holds it
-    /// is reported ([`exit_report`](Self::exit_report), `tracing::error!`)
-    /// and it is forced to exited.
+    /// polled — messages run, pollers run, [`on_exit`](Self::on_exit) hooks
+    /// run — until all its pollers are unregistered, its I/O channels
+    /// released and its queue empty; then it is exited. If that takes longer
+    /// than the exit timeout, what holds it is reported
+    /// ([`exit_report`](Self::exit_report), `tracing::error!`) and it is
+    /// forced to exited: messages still queued are then dropped unrun when
+    /// the thread is dropped (their captures are released), its channels
+    /// are destroyed and its pollers dropped.
     pub fn exit(&self) {
         let s = &self.inner.shared;
         if s.state
@@ -843,6 +973,7 @@ impl Thread {
                 .iter()
                 .map(|c| c.dev_name().to_string())
                 .collect(),
+            interrupts: t.intrs.borrow().iter().map(|i| i.0.name.clone()).collect(),
             queued_msgs: t.queued(),
         }
     }
@@ -859,18 +990,17 @@ impl Thread {
         if state == EXITED {
             return PollOutcome::default();
         }
-        let _g = CurrentGuard::enter(self);
-        let mut st = t.stats.get();
+        let _g = CurrentGuard::enter(&self.inner);
         let delta = now.saturating_sub(t.last_now.get());
-        if t.last_busy.get() {
-            st.busy_ns += delta;
+        let acc = if t.last_busy.get() {
+            &t.st_busy
         } else {
-            st.idle_ns += delta;
-        }
-        st.polls += 1;
+            &t.st_idle
+        };
+        acc.set(acc.get() + delta);
+        t.st_polls.set(t.st_polls.get() + 1);
         t.last_now.set(now);
         t.now.set(now);
-        t.stats.set(st);
 
         let mut msgs = 0u32;
         // Thread-local deferred work (e.g. I/O channel destruction).
@@ -894,9 +1024,7 @@ impl Thread {
         let mut ring_msgs = 0u32;
         let mut ring_empty = false;
         while ring_msgs < max {
-            // SAFETY: `poll` runs on the one OS thread owning this `Thread`
-            // (it is `!Send`), the ring's single consumer.
-            match unsafe { s.ring.pop() } {
+            match t.consumer.pop() {
                 Some(m) => {
                     m.run();
                     ring_msgs += 1;
@@ -914,8 +1042,7 @@ impl Thread {
             // per-sender order holds.
             let batch = {
                 let mut q = lock(&s.overflow);
-                // SAFETY: consumer side, as above.
-                if unsafe { s.ring.is_empty() } {
+                if t.consumer.is_empty() {
                     s.overflow_flag.store(false, Ordering::Release);
                     std::mem::take(&mut *q)
                 } else {
@@ -928,8 +1055,13 @@ impl Thread {
             }
         }
 
-        // Period-0 pollers.
         let mut pollers_busy = 0u32;
+        // Fd interrupts (interrupt mode only): one non-blocking epoll_wait,
+        // only when some are registered.
+        if !t.intrs.borrow().is_empty() {
+            pollers_busy += self.dispatch_interrupts();
+        }
+        // Period-0 pollers.
         let mut runs = 0u64;
         let n = t.active.borrow().len();
         for i in 0..n {
@@ -989,10 +1121,8 @@ impl Thread {
         }
         let busy = msgs > 0 || pollers_busy > 0;
         t.last_busy.set(busy);
-        let mut st = t.stats.get();
-        st.msgs += msgs as u64;
-        st.poller_runs += runs;
-        t.stats.set(st);
+        t.st_msgs.set(t.st_msgs.get() + msgs as u64);
+        t.st_runs.set(t.st_runs.get() + runs);
         PollOutcome {
             busy,
             msgs,
@@ -1007,7 +1137,7 @@ impl Thread {
             .borrow()
             .iter()
             .any(|p| p.0.state.get() != PollerState::Unregistered);
-        let chans = !t.channels.borrow().is_empty();
+        let chans = !t.channels.borrow().is_empty() || !t.intrs.borrow().is_empty();
         let queued = t.queued() > 0;
         if !live && !chans && !queued {
             t.shared.state.store(EXITED, Ordering::Release);
@@ -1035,6 +1165,68 @@ impl Thread {
             .borrow()
             .iter()
             .any(|p| p.0.state.get() == PollerState::Waiting)
+    }
+
+    /// Registers `f` to run on this thread whenever `fd` is readable (SPDK's
+    /// `spdk_interrupt_register`; level-triggered: `f` runs on every poll
+    /// while the fd stays readable, so it should consume what it reads).
+    /// Interrupt mode only ([`ThreadError::NotInterruptMode`] otherwise):
+    /// the fd joins the thread's epoll set, so it also wakes a sleeping
+    /// thread. The caller keeps `fd` open until it unregisters.
+    pub fn interrupt_register(
+        &self,
+        fd: RawFd,
+        name: &str,
+        f: impl FnMut() -> PollerStatus + 'static,
+    ) -> Result<Interrupt, ThreadError> {
+        let t = &self.inner;
+        let li = t.intr.as_ref().ok_or(ThreadError::NotInterruptMode)?;
+        let id = t.next_poller_id.get();
+        t.next_poller_id.set(id + 1);
+        li.epoll
+            .add(fd, INTR_TOKEN_BASE + id)
+            .map_err(|e| ThreadError::Interrupt(e.to_string()))?;
+        let i = Interrupt(Rc::new(IntrInner {
+            id,
+            fd,
+            name: name.to_string(),
+            f: RefCell::new(Some(Box::new(f))),
+            live: Cell::new(true),
+            thread: Rc::downgrade(t),
+        }));
+        t.intrs.borrow_mut().push(i.clone());
+        Ok(i)
+    }
+
+    fn dispatch_interrupts(&self) -> u32 {
+        let t = &*self.inner;
+        let Some(li) = &t.intr else { return 0 };
+        let mut tokens = [0u64; 32];
+        let n = li
+            .epoll
+            .wait(&mut tokens, Some(Duration::ZERO))
+            .unwrap_or(0);
+        let mut busy = 0;
+        for &tok in &tokens[..n] {
+            if tok < INTR_TOKEN_BASE {
+                continue;
+            }
+            let id = tok - INTR_TOKEN_BASE;
+            let found = t.intrs.borrow().iter().find(|i| i.0.id == id).cloned();
+            let Some(i) = found else { continue };
+            let st = {
+                let mut g = i.0.f.borrow_mut();
+                g.as_mut().map(|f| f())
+            };
+            if st == Some(PollerStatus::Busy) {
+                busy += 1;
+            }
+            if !i.0.live.get() {
+                let f = i.0.f.borrow_mut().take();
+                drop(f);
+            }
+        }
+        busy
     }
 
     /// Earliest time (ticks) a timed poller is due, dropping stale entries.
@@ -1080,9 +1272,7 @@ impl Thread {
         }
         s.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        // SAFETY: called on the owning OS thread (`Thread` is `!Send`), the
-        // ring's single consumer.
-        if !unsafe { s.ring.is_empty() } || s.overflow_flag.load(Ordering::SeqCst) {
+        if !t.consumer.is_empty() || s.overflow_flag.load(Ordering::SeqCst) {
             s.sleeping.store(false, Ordering::SeqCst);
             return false;
         }
@@ -1094,9 +1284,7 @@ impl Thread {
             return false;
         }
         t.in_interrupt.set(true);
-        let mut st = t.stats.get();
-        st.sleeps += 1;
-        t.stats.set(st);
+        t.st_sleeps.set(t.st_sleeps.get() + 1);
         true
     }
 
@@ -1130,7 +1318,7 @@ impl Thread {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn run_poller(p: &Poller) -> PollerStatus {
     let inner = &p.0;
     inner.running.set(true);

@@ -231,3 +231,38 @@ fn unregister_is_deferred_until_channels_are_gone() {
     assert_eq!(*done.lock().unwrap(), Some(ut.thread(1).id()));
     assert_eq!(log.destroyed.lock().unwrap().len(), 2);
 }
+
+#[test]
+fn reused_key_is_a_new_device_even_with_old_channels_open() {
+    let ut = UtThreads::new(1);
+    let log_old = Arc::new(Log::default());
+    let old = register(0x6000, "old_dev", &log_old);
+    let old_ch = ut.run_on(0, || old.get_channel().unwrap());
+    let done = Arc::new(AtomicUsize::new(0));
+    let d = done.clone();
+    ut.run_on(0, || {
+        old.unregister(move || {
+            d.fetch_add(1, Ordering::SeqCst);
+        })
+    });
+    let log_new = Arc::new(Log::default());
+    let new = register(0x6000, "new_dev", &log_new);
+    let new_ch = ut.run_on(0, || new.get_channel().unwrap());
+    assert_eq!(
+        log_new.created.lock().unwrap().len(),
+        1,
+        "old channel reused"
+    );
+    assert_eq!(new_ch.device_name(), "new_dev");
+    assert_eq!(new_ch.refs(), 1);
+    assert_eq!(old_ch.device_name(), "old_dev");
+    drop(old_ch);
+    ut.poll_threads();
+    assert_eq!(done.load(Ordering::SeqCst), 1);
+    assert_eq!(log_new.destroyed.lock().unwrap().len(), 0);
+    assert_eq!(ut.thread(0).io_channels(), vec![("new_dev".to_string(), 1)]);
+    drop(new_ch);
+    ut.poll_threads();
+    new.unregister(|| {});
+    ut.poll_threads();
+}

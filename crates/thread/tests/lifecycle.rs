@@ -155,3 +155,15 @@ fn on_exit_hook_releases_pollers_and_channels() {
     assert!(ut.thread(0).is_exited());
     dev.unregister(|| {});
 }
+
+#[test]
+fn pending_thread_dropped_unstarted_leaves_the_registry() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let p = rspdk_thread::PendingThread::new(ThreadOpts::named("never_started")).unwrap();
+    let h = p.handle();
+    assert!(rspdk_thread::thread_by_id(h.id()).is_some());
+    drop(p);
+    assert!(rspdk_thread::thread_by_id(h.id()).is_none());
+    assert!(h.is_exited());
+    assert!(h.send_msg(|| {}).is_err());
+}

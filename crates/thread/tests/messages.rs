@@ -178,3 +178,24 @@ fn send_to_exited_thread_fails() {
     assert!(h.is_exited());
     assert_eq!(h.send_msg(|| {}), Err(SendError::Exited));
 }
+
+#[test]
+fn current_thread_nests_and_restores() {
+    let ut = UtThreads::new(2);
+    assert!(Thread::current().is_none());
+    let (a, b) = (ut.thread(0).id(), ut.thread(1).id());
+    ut.run_on(0, || {
+        assert_eq!(Thread::current().unwrap().id(), a);
+        ut.run_on(1, || assert_eq!(Thread::current().unwrap().id(), b));
+        assert_eq!(Thread::current().unwrap().id(), a);
+        // Polling another thread from inside one restores the outer one.
+        ut.thread(1).poll(0, 0);
+        assert_eq!(Thread::current().unwrap().id(), a);
+    });
+    assert!(Thread::current().is_none());
+    // A clone obtained through current() keeps the thread alive on its own.
+    let t = ut.run_on(0, || Thread::current().unwrap());
+    drop(ut);
+    assert_eq!(t.id(), a);
+    assert!(Thread::current().is_none());
+}
