@@ -333,10 +333,51 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What [`prepare_memory`] decided about hugepages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryPlan {
+    /// Enough are free (or the user chose the backing): use them.
+    UseAsIs,
+    /// Reserve this many more pages (root only), then use hugepages.
+    Reserve(u64),
+    /// Fall back to ordinary pages (`--no-huge`).
+    NoHuge,
+}
+
+/// The hugepage decision for `-s` (`mem_size_mb`, 0 = grow on demand)
+/// given the free pages of `page_size` and whether the process is root:
+/// the app wants `-s` MiB free (64 MiB with `-s 0`); if fewer are free, root
+/// reserves what is missing (topping up to 1 GiB free with `-s 0`), anyone
+/// else falls back to ordinary pages.
+pub fn plan_memory(
+    mem_size_mb: usize,
+    page_size: usize,
+    free_pages: u64,
+    root: bool,
+) -> MemoryPlan {
+    let wanted = if mem_size_mb > 0 {
+        mem_size_mb << 20
+    } else {
+        AUTO_MIN_FREE
+    };
+    let free = free_pages as usize * page_size;
+    if free >= wanted {
+        return MemoryPlan::UseAsIs;
+    }
+    if !root {
+        return MemoryPlan::NoHuge;
+    }
+    let target = if mem_size_mb > 0 {
+        wanted
+    } else {
+        AUTO_RESERVE
+    };
+    MemoryPlan::Reserve((target - free).div_ceil(page_size) as u64)
+}
+
 /// Fills the env options from the app options, making sure hugepage memory
-/// is there: when `-s` (or 64 MiB if `-s` is 0) is more than the free 2 MiB
-/// hugepages, a root process reserves what is missing (at least 1 GiB when
-/// `-s` is 0); otherwise the app falls back to `--no-huge` with a warning.
+/// is there (see [`plan_memory`]): a root process reserves missing 2 MiB
+/// hugepages, others fall back to `--no-huge` with a one-line warning.
 /// `--no-huge` and `--huge-dir` are taken as given.
 pub fn prepare_memory(opts: &AppOpts, name: &str) -> EnvOpts {
     let mut env = EnvOpts {
@@ -351,57 +392,69 @@ pub fn prepare_memory(opts: &AppOpts, name: &str) -> EnvOpts {
         return env;
     }
     let page = env.huge_page_size;
-    let wanted = if opts.mem_size_mb > 0 {
-        opts.mem_size_mb << 20
-    } else {
-        AUTO_MIN_FREE
-    };
     let pool = rspdk_env::hugepages::pool(None, page);
-    let free = pool.as_ref().map_or(0, |p| p.free as usize * page);
-    if free >= wanted {
-        return env;
-    }
-    if signals::is_root() {
-        if let Some(p) = &pool {
-            let target = wanted.max(if opts.mem_size_mb > 0 {
-                0
-            } else {
-                AUTO_RESERVE
-            });
-            let add = (target - free).div_ceil(page) as u64;
+    let free_pages = pool.as_ref().map_or(0, |p| p.free);
+    let root = signals::is_root();
+    let plan = plan_memory(opts.mem_size_mb, page, free_pages, root);
+    let mut why = if root {
+        String::new()
+    } else {
+        " and not root, so none can be reserved".to_string()
+    };
+    match (plan, &pool) {
+        (MemoryPlan::UseAsIs, _) => return env,
+        (MemoryPlan::Reserve(add), Some(p)) => {
             match rspdk_env::hugepages::set_reserved(None, page, p.total + add) {
                 Ok(total) => {
-                    let now_free = rspdk_env::hugepages::free_pages(page).unwrap_or(0) as usize;
+                    let now_free = rspdk_env::hugepages::free_pages(page).unwrap_or(0);
                     tracing::info!(
-                        "reserved {} more {} hugepages ({} total, {} free)",
+                        "reserved {} more {} hugepages ({} in all, {} free)",
                         total.saturating_sub(p.total),
                         human_size(page),
                         total,
-                        human_size(now_free * page)
+                        human_size(now_free as usize * page)
                     );
-                    if now_free * page >= wanted {
+                    if plan_memory(opts.mem_size_mb, page, now_free, false) == MemoryPlan::UseAsIs {
                         return env;
                     }
+                    why = " even after reserving (memory is fragmented or short)".into();
                 }
-                Err(e) => tracing::warn!("reserving hugepages failed: {e}"),
+                Err(e) => why = format!(" and reserving failed: {e}"),
             }
         }
+        (MemoryPlan::Reserve(_), None) => why = " (this kernel has no such pool)".into(),
+        (MemoryPlan::NoHuge, _) => {}
     }
     tracing::warn!(
-        "{} of free {} hugepages (need {}){}: running on ordinary 4 KiB pages (--no-huge): \
+        "too few free {} hugepages ({} free){why}: running on ordinary 4 KiB pages (--no-huge): \
          RPC, malloc bdevs and TCP targets work, but DMA buffers are not physically \
          contiguous, so user-space PCI drivers (NVMe) cannot use them",
-        human_size(free),
         human_size(page),
-        human_size(wanted),
-        if signals::is_root() {
-            ""
-        } else {
-            " and not root, so none can be reserved"
-        }
+        human_size(free_pages as usize * page),
     );
     env.no_huge = true;
     env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: usize = 2 << 20;
+
+    #[test]
+    fn memory_plan() {
+        // -s 0: 64 MiB free is enough; otherwise root tops up to 1 GiB.
+        assert_eq!(plan_memory(0, P, 32, false), MemoryPlan::UseAsIs);
+        assert_eq!(plan_memory(0, P, 31, false), MemoryPlan::NoHuge);
+        assert_eq!(plan_memory(0, P, 0, true), MemoryPlan::Reserve(512));
+        assert_eq!(plan_memory(0, P, 12, true), MemoryPlan::Reserve(500));
+        // -s N: N MiB free, reserving exactly what is missing.
+        assert_eq!(plan_memory(1024, P, 512, false), MemoryPlan::UseAsIs);
+        assert_eq!(plan_memory(1024, P, 500, true), MemoryPlan::Reserve(12));
+        assert_eq!(plan_memory(1025, P, 0, true), MemoryPlan::Reserve(513));
+        assert_eq!(plan_memory(4096, P, 0, false), MemoryPlan::NoHuge);
+    }
 }
 
 // ---------------------------------------------------------------------------
