@@ -18,7 +18,11 @@ const DEFAULT_CONFIG: &str = r#"{"subsystems": []}"#;
 
 /// rspdk target: reactors, subsystems, JSON-RPC (SPDK's spdk_tgt flags).
 #[derive(Parser, Debug)]
-#[command(name = "rspdk_tgt", version, about, long_about = None)]
+#[command(
+    name = "rspdk_tgt",
+    version,
+    about = "rspdk target application (SPDK's spdk_tgt): reactors, subsystems, JSON config, JSON-RPC"
+)]
 struct Cli {
     #[command(flatten)]
     app: AppOpts,
