@@ -9,12 +9,15 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use rspdk_bdev::BdevSubsystem;
 use rspdk_event::{App, AppOpts};
 
-/// The embedded default config, applied when no `-c` is given. It grows as
-/// subsystems arrive (a malloc bdev exported on loopback, once bdev and
-/// NVMe-oF exist); today there is nothing to configure.
-const DEFAULT_CONFIG: &str = r#"{"subsystems": []}"#;
+/// The embedded default config, applied when no `-c` is given: a 64 MiB
+/// malloc bdev to try things on. It grows as subsystems arrive (the bdev
+/// exported over NVMe-oF on loopback, once NVMe-oF exists).
+const DEFAULT_CONFIG: &str = r#"{"subsystems": [{"subsystem": "bdev", "config": [
+  {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 131072, "block_size": 512}}
+]}]}"#;
 
 /// rspdk target: reactors, subsystems, JSON-RPC (SPDK's spdk_tgt flags).
 #[derive(Parser, Debug)]
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         serde_json::from_str(DEFAULT_CONFIG).expect("the embedded default config is valid JSON");
     let code = App::new(cli.app)
         .name("rspdk_tgt")
+        .subsystem(BdevSubsystem)
         .default_config(default)
         .run(|ctx| {
             tracing::info!(

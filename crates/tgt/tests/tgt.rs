@@ -2,6 +2,7 @@
 //! shape, the JSON config at start, signals and `spdk_kill_instance`, bad
 //! flags, and an idle `--interrupt-mode` target using ~0% CPU.
 
+#[path = "../../event/tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -115,8 +116,21 @@ fn every_framework_method_answers_with_spdk_shape() {
     );
     assert_eq!(r0["in_interrupt"], json!(true));
     assert_eq!(r0["lw_threads"][0]["name"], json!("app_thread"));
-    assert_eq!(ok(s, "framework_get_subsystems", None), json!([]));
-    assert_eq!(ok(s, "save_config", None), json!({"subsystems": []}));
+    assert_eq!(
+        ok(s, "framework_get_subsystems", None),
+        json!([{"subsystem": "bdev", "depends_on": []}])
+    );
+    // The embedded default config made Malloc0; save_config writes it back.
+    let saved = ok(s, "save_config", None);
+    assert_eq!(saved["subsystems"][0]["subsystem"], json!("bdev"));
+    let bdev_cfg = saved["subsystems"][0]["config"].as_array().unwrap();
+    assert!(
+        bdev_cfg.iter().any(|e| e["method"] == "bdev_malloc_create"
+            && e["params"]["name"] == "Malloc0"
+            && e["params"]["num_blocks"] == 131072),
+        "{saved}"
+    );
+    assert_eq!(ok(s, "bdev_get_bdevs", None)[0]["name"], json!("Malloc0"));
 
     let st = ok(s, "thread_get_stats", None);
     assert_eq!(keys(&st), ["tick_rate", "threads"]);
