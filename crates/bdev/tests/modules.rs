@@ -934,3 +934,73 @@ fn virtual_bdevs_reject_bad_params_clearly() {
     poll_until(&ut, "passthru delete", || *gone.lock().unwrap());
     unregister_and_wait(&ut, "bad_m");
 }
+
+#[test]
+fn hot_remove_of_a_split_base_removes_every_part() {
+    env();
+    let ut = UtThreads::new(1);
+    ut.run_on(0, || malloc_disk("hs_m", 1024, 512));
+    ut.run_on(0, || {
+        split::create(split::SplitOpts {
+            base_bdev: "hs_m".into(),
+            split_count: 2,
+            split_size_mb: 0,
+        })
+        .unwrap()
+    });
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev = events.clone();
+    let desc = ut.run_on(0, || {
+        bdev_open("hs_mp1", true, move |e| ev.lock().unwrap().push(e)).unwrap()
+    });
+    let ch = ut.run_on(0, || desc.get_io_channel().unwrap());
+    let done = Rc::new(Cell::new(0));
+    ut.run_on(0, || {
+        for i in 0..8u64 {
+            let d = done.clone();
+            ch.write(&desc, pattern(512, i as u8), i, move |s, _| {
+                assert!(s.is_ok());
+                d.set(d.get() + 1)
+            })
+            .map_err(|(e, _)| e)
+            .unwrap();
+        }
+    });
+    let gone = Arc::new(Mutex::new(false));
+    let g = gone.clone();
+    // Removed while the writes are in flight.
+    ut.run_on(0, || {
+        bdev_unregister("hs_m", move || *g.lock().unwrap() = true).unwrap()
+    });
+    poll_until(&ut, "the writes", || done.get() == 8);
+    poll_until(&ut, "the remove event", || {
+        !events.lock().unwrap().is_empty()
+    });
+    assert!(bdev_get("hs_mp0").is_none() && bdev_get("hs_mp1").is_none());
+    let e = ut.run_on(0, || {
+        ch.read(&desc, DmaBuf::zeroed(512).unwrap(), 0, |_, _| {})
+            .unwrap_err()
+            .0
+    });
+    assert!(matches!(e, BdevError::Removing(_)), "{e}");
+    drop((ch, desc));
+    poll_until(&ut, "the base to go", || *gone.lock().unwrap());
+    // Splitting the name again later works: the split is forgotten.
+    ut.run_on(0, || malloc_disk("hs_m", 1024, 512));
+    let parts = ut.run_on(0, || {
+        split::create(split::SplitOpts {
+            base_bdev: "hs_m".into(),
+            split_count: 2,
+            split_size_mb: 0,
+        })
+        .unwrap()
+    });
+    assert_eq!(parts.len(), 2);
+    let g = gone.clone();
+    *g.lock().unwrap() = false;
+    ut.run_on(0, || {
+        split::delete("hs_m", move || *g.lock().unwrap() = true).unwrap()
+    });
+    poll_until(&ut, "split delete", || *gone.lock().unwrap());
+    unregister_and_wait(&ut, "hs_m");
+}
