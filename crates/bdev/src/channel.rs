@@ -11,6 +11,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::ptr::NonNull;
 use std::rc::Rc;
 use std::sync::{Arc, Weak};
 
@@ -508,6 +509,54 @@ impl BdevIoChannel {
             self.start(child);
         }
         Ok(())
+    }
+
+    /// Passes `io`, an I/O a virtual bdev received, on to this channel's
+    /// bdev at `offset_blocks` (same type, buffers and block count; the two
+    /// bdevs must have the same block size). `done` gets the I/O back with
+    /// the status the base completed it with, to finish it (or retry). On a
+    /// submission error `done` is dropped unrun and the I/O is handed back
+    /// untouched, e.g. with [`BdevError::NoMemory`]: park with
+    /// [`BdevIoChannel::queue_io_wait`] and forward it again.
+    ///
+    /// The closure stored per I/O is `done` plus one pointer: keep `done`
+    /// within 40 bytes to stay allocation-free.
+    pub fn forward(
+        &self,
+        desc: &BdevDesc,
+        io: BdevIo,
+        offset_blocks: u64,
+        done: impl FnOnce(BdevIo, IoStatus) + 'static,
+    ) -> Result<(), (BdevError, BdevIo)> {
+        let raw = NonNull::from(Box::leak(io.inner));
+        let cb = move |status: IoStatus| {
+            // SAFETY: `raw` was leaked above and is rebuilt exactly once:
+            // here, when the base completes, or below if submission fails
+            // (then this closure is dropped unrun).
+            let inner = unsafe { Box::from_raw(raw.as_ptr()) };
+            done(BdevIo { inner }, status)
+        };
+        // SAFETY: `raw` is live (leaked above) and nothing mutates it while
+        // `submit` copies its buffer list; the buffers themselves stay valid
+        // until the upper I/O completes, which is after `cb` runs.
+        let r = unsafe {
+            let inner = raw.as_ref();
+            self.submit(
+                desc,
+                inner.io_type,
+                &inner.iovs,
+                &inner.cmp_iovs,
+                offset_blocks,
+                inner.num_blocks,
+                cb,
+            )
+        };
+        r.map_err(|e| {
+            // SAFETY: submission failed, so `cb` was dropped without running
+            // and the leaked box is ours again.
+            let inner = unsafe { Box::from_raw(raw.as_ptr()) };
+            (e, BdevIo { inner })
+        })
     }
 
     /// Reads `num_blocks` blocks at `offset_blocks` into `iovs` (SPDK:

@@ -12,6 +12,24 @@
 //! (modules registered with [`module_register`]) sees each new bdev so
 //! virtual bdevs can stack on it.
 //!
+//! Virtual bdevs open their base with [`bdev_open`], claim it, take the
+//! base's channel inside their own `create_channel`, and pass I/O down with
+//! [`BdevIoChannel::forward`] (which hands the I/O back on error, so an
+//! empty pool means "park with `queue_io_wait` and retry", never failure).
+//!
+//! ## The modules ([`mod@modules`], RPC names as SPDK's)
+//! - `malloc` (`bdev_malloc_create`/`_delete`), `null` (`bdev_null_create`/`_delete`/`_resize`);
+//! - `aio` (`bdev_aio_create`/`_delete`/`_rescan`): Linux AIO, one context per
+//!   channel, one `io_submit` per poll, completions reaped from the ring in
+//!   user space; `uring` (`bdev_uring_create`/`_delete`): one io_uring per
+//!   channel, one enter per poll when entries wait, completions polled;
+//!   both O_DIRECT where the filesystem allows;
+//! - `passthru` (`bdev_passthru_create`/`_delete`, deferred until the base
+//!   appears), `delay` (`bdev_delay_create`/`_delete`/`_update_latency`),
+//!   `error` (`bdev_error_create`/`_delete`/`_inject_error`), `split`
+//!   (`bdev_split_create`/`_delete`): virtual bdevs; a base's hot remove
+//!   unregisters what stands on it.
+//!
 //! ## For consumers
 //! [`bdev_open`] gives a [`BdevDesc`] (with an event callback for hot
 //! remove and resize, run on the opening thread); [`BdevDesc::claim`] takes

@@ -1,7 +1,15 @@
 //! Bdev modules that need no special hardware.
 
+pub mod aio;
+pub mod delay;
+pub mod error;
+mod file;
 pub mod malloc;
 pub mod null;
+pub mod passthru;
+pub mod split;
+pub mod uring;
+mod vbdev;
 
 /// A module's RPC registration function.
 pub type RpcRegistrar = fn(&rspdk_rpc::RpcRegistry);
@@ -10,7 +18,14 @@ pub type RpcRegistrar = fn(&rspdk_rpc::RpcRegistry);
 /// `crate::rpc::register_rpcs` registers itself). A new module adds its
 /// `register_rpcs` here.
 pub fn rpc_registrars() -> Vec<RpcRegistrar> {
-    vec![]
+    vec![
+        aio::register_rpcs,
+        uring::register_rpcs,
+        passthru::register_rpcs,
+        delay::register_rpcs,
+        error::register_rpcs,
+        split::register_rpcs,
+    ]
 }
 
 /// Registers the modules that examine new bdevs (virtual-bdev modules).
