@@ -23,7 +23,7 @@ use rspdk_thread::{
 use rspdk_util::Callback;
 
 use crate::bdev::{BackendChannel, BdevDesc, BdevShared};
-use crate::io::{get_io, put_io, BdevIo, Bounce, Completion, IoInner};
+use crate::io::{BdevIo, Bounce, Completion, FreeList, IoInner};
 use crate::stats::IoStats;
 use crate::types::{iovs_len, BdevError, IoStatus, IoType, IoVec};
 
@@ -43,6 +43,10 @@ pub(crate) struct ChannelInner {
     io_wait: RefCell<VecDeque<Callback<()>>>,
     pub stats: RefCell<IoStats>,
     poller: RefCell<Option<Poller>>,
+    /// This channel's I/O objects.
+    free: FreeList,
+    /// The time of the completion being delivered, while its callback runs.
+    completion_now: Cell<Option<u64>>,
 }
 
 pub(crate) fn register_io_device(
@@ -69,6 +73,8 @@ pub(crate) fn register_io_device(
                 io_wait: RefCell::new(VecDeque::new()),
                 stats: RefCell::new(IoStats::default()),
                 poller: RefCell::new(None),
+                free: FreeList::default(),
+                completion_now: Cell::new(None),
             });
             let weak_ch = Rc::downgrade(&inner);
             let poller = poller_register("bdev_channel", 0, move |_| match weak_ch.upgrade() {
@@ -172,7 +178,7 @@ impl ChannelInner {
     fn resume_waiters(&self) -> usize {
         let mut n = 0;
         loop {
-            if self.io_wait.borrow().is_empty() || !crate::io::io_available() {
+            if self.io_wait.borrow().is_empty() || !self.free.available() {
                 return n;
             }
             let Some(cb) = self.io_wait.borrow_mut().pop_front() else {
@@ -201,26 +207,24 @@ fn io_bytes(io: &IoInner) -> u64 {
     }
 }
 
-thread_local! {
-    /// The time of the completion being delivered, while its callback runs.
-    static COMPLETION_NOW: Cell<Option<u64>> = const { Cell::new(None) };
-}
+impl ChannelInner {
+    /// The time for I/O accounting: inside one of this channel's completion
+    /// callbacks, the completion's own timestamp (so a callback that
+    /// submits the next I/O reads the clock once for both), otherwise
+    /// [`now_ns`]. Reading the TSC costs tens of cycles on a virtual
+    /// machine, a visible share of an I/O.
+    #[inline]
+    fn io_now(&self) -> u64 {
+        self.completion_now.get().unwrap_or_else(now_ns)
+    }
 
-/// The current time in ns for I/O accounting: inside a completion callback,
-/// the completion's own timestamp (so a callback that submits the next I/O
-/// reads the clock once for both), otherwise [`now_ns`]. Reading the TSC
-/// costs tens of cycles on a virtual machine, a visible share of an I/O.
-#[inline]
-pub fn io_now_ns() -> u64 {
-    COMPLETION_NOW.with(|c| c.get()).unwrap_or_else(now_ns)
-}
-
-/// Runs a completion callback with its timestamp published.
-#[inline]
-fn run_completion(cb: Callback<IoStatus>, status: IoStatus, now: u64) {
-    let prev = COMPLETION_NOW.with(|c| c.replace(Some(now)));
-    cb.call(status);
-    COMPLETION_NOW.with(|c| c.set(prev));
+    /// Runs a completion callback with its timestamp published.
+    #[inline]
+    fn run_completion(&self, cb: Callback<IoStatus>, status: IoStatus, now: u64) {
+        let prev = self.completion_now.replace(Some(now));
+        cb.call(status);
+        self.completion_now.set(prev);
+    }
 }
 
 /// Called by [`BdevIo::complete`].
@@ -243,21 +247,23 @@ pub(crate) fn complete_io(io: Box<IoInner>, status: IoStatus) {
 
 /// Accounts a finished I/O and runs its completion.
 fn finish(mut io: Box<IoInner>, status: IoStatus) {
-    // The I/O's reference to its channel moves to us; `put_io` would drop it.
-    let ch = io.ch.take();
+    // The I/O's reference to its channel moves to us.
+    let Some(ch) = io.ch.take() else {
+        debug_assert!(false, "an I/O without a channel finished");
+        return;
+    };
     let now = now_ns();
-    if let Some(ch) = &ch {
-        ch.stats.borrow_mut().record(
-            io.io_type,
-            if io.io_type.has_data() {
-                io.num_blocks * ch.bdev.props.block_size as u64
-            } else {
-                0
-            },
-            now.saturating_sub(io.submit_ns),
-            status.is_ok(),
-        );
-    }
+    let bytes = if io.io_type.has_data() {
+        io.num_blocks * ch.bdev.props.block_size as u64
+    } else {
+        0
+    };
+    ch.stats.borrow_mut().record(
+        io.io_type,
+        bytes,
+        now.saturating_sub(io.submit_ns),
+        status.is_ok(),
+    );
     if let Some(b) = io.bounce.take() {
         if status.is_ok() && io.io_type == IoType::Read {
             scatter(&b.buf, &b.user_iovs);
@@ -265,11 +271,11 @@ fn finish(mut io: Box<IoInner>, status: IoStatus) {
     }
     match std::mem::replace(&mut io.completion, Completion::None) {
         Completion::User(cb) => {
-            put_io(io);
-            run_completion(cb, status, now);
+            ch.free.put(io);
+            ch.run_completion(cb, status, now);
         }
         Completion::Child(parent_ptr) => {
-            put_io(io);
+            ch.free.put(io);
             // SAFETY: the parent was leaked by `submit_split` and is freed
             // only below, by its last child; completions of one channel run
             // on one thread, so this is the only access now.
@@ -282,21 +288,16 @@ fn finish(mut io: Box<IoInner>, status: IoStatus) {
                 // SAFETY: the last child: reclaim the Box leaked in `submit_split`.
                 let mut parent = unsafe { Box::from_raw(parent_ptr.as_ptr()) };
                 let st = parent.child_status;
-                if let Completion::User(cb) =
-                    std::mem::replace(&mut parent.completion, Completion::None)
-                {
-                    put_io(parent);
-                    run_completion(cb, st, now);
-                } else {
-                    put_io(parent);
+                let completion = std::mem::replace(&mut parent.completion, Completion::None);
+                ch.free.put(parent);
+                if let Completion::User(cb) = completion {
+                    ch.run_completion(cb, st, now);
                 }
             }
         }
-        Completion::None => put_io(io),
+        Completion::None => ch.free.put(io),
     }
-    if let Some(ch) = ch {
-        ch.resume_waiters();
-    }
+    ch.resume_waiters();
 }
 
 /// Copies a bounce buffer back into the user's buffers.
@@ -335,6 +336,14 @@ impl BdevIoChannel {
             .io_wait
             .borrow_mut()
             .push_back(Callback::new(move |()| cb()));
+    }
+
+    /// The time in ns for measuring this channel's I/O: inside one of its
+    /// completion callbacks, the completion's timestamp (no second clock
+    /// read when the callback submits again), else the clock.
+    #[inline]
+    pub fn now_ns(&self) -> u64 {
+        self.inner().io_now()
     }
 
     /// This channel's statistics.
@@ -397,7 +406,7 @@ impl BdevIoChannel {
                 )));
             }
         }
-        let mut io = get_io().ok_or(BdevError::NoMemory)?;
+        let mut io = ch.free.get().ok_or(BdevError::NoMemory)?;
         io.ch = Some(ch.clone());
         io.io_type = io_type;
         io.offset_blocks = offset_blocks;
@@ -405,7 +414,7 @@ impl BdevIoChannel {
         io.iovs.extend_from_slice(iovs);
         io.cmp_iovs.extend_from_slice(cmp_iovs);
         io.completion = Completion::User(Callback::new(cb));
-        io.submit_ns = io_now_ns();
+        io.submit_ns = ch.io_now();
         io.children_left = 0;
         io.child_status = IoStatus::Success;
         let align = bdev.props.required_alignment as usize;
@@ -413,7 +422,7 @@ impl BdevIoChannel {
             let mut buf = match DmaBuf::uninit_aligned(iovs_len(iovs), align, -1) {
                 Ok(b) => b,
                 Err(e) => {
-                    put_io(io);
+                    ch.free.put(io);
                     return Err(e.into());
                 }
             };
@@ -468,11 +477,11 @@ impl BdevIoChannel {
         }
         let mut children = Vec::with_capacity(pieces.len());
         for _ in &pieces {
-            match get_io() {
+            match ch.free.get() {
                 Some(c) => children.push(c),
                 None => {
-                    children.into_iter().for_each(put_io);
-                    put_io(parent);
+                    children.into_iter().for_each(|c| ch.free.put(c));
+                    ch.free.put(parent);
                     return Err(BdevError::NoMemory);
                 }
             }
@@ -488,7 +497,7 @@ impl BdevIoChannel {
             child.io_type = io_type;
             child.offset_blocks = *off;
             child.num_blocks = *len;
-            child.submit_ns = now_ns();
+            child.submit_ns = ch.io_now();
             let mut want = *len as usize * bs;
             while want > 0 {
                 let v = parent_iovs[byte.0];

@@ -23,7 +23,7 @@ use crate::types::{IoStatus, IoType, IoVec};
 /// SPDK's default `bdev_io_pool_size`.
 pub const DEFAULT_IO_POOL_SIZE: usize = 65535;
 /// SPDK's default `bdev_io_cache_size` (accepted and reported; threads
-/// keep every object they have used, see [`put_io`]).
+/// keep every object they have used, see `FreeList`).
 pub const DEFAULT_IO_CACHE_SIZE: usize = 256;
 
 static POOL_LIMIT: AtomicUsize = AtomicUsize::new(DEFAULT_IO_POOL_SIZE);
@@ -99,57 +99,53 @@ impl IoInner {
     }
 }
 
-/// A thread's free I/O objects; they leave the pool count when it exits.
-/// Boxed so that an I/O moves as one pointer and a split parent keeps its
-/// address while its children run.
+/// A channel's free I/O objects. Boxed so that an I/O moves as one pointer
+/// and a split parent keeps its address while its children run. Objects
+/// stay with the channel that used them: in steady state it holds as many
+/// as it keeps in flight, and none is allocated or freed again; they leave
+/// the pool count when the channel is destroyed.
 #[allow(clippy::vec_box)]
-struct FreeList(RefCell<Vec<Box<IoInner>>>);
+#[derive(Default)]
+pub(crate) struct FreeList(RefCell<Vec<Box<IoInner>>>);
+
+impl FreeList {
+    /// Takes an object, or `None` when the pool is spent.
+    #[inline]
+    pub(crate) fn get(&self) -> Option<Box<IoInner>> {
+        if let Some(io) = self.0.borrow_mut().pop() {
+            return Some(io);
+        }
+        let limit = POOL_LIMIT.load(Ordering::Relaxed);
+        let made = POOL_CREATED.fetch_add(1, Ordering::Relaxed);
+        if made >= limit {
+            POOL_CREATED.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Box::new(IoInner::new()))
+    }
+
+    /// True if `get` would succeed now.
+    #[inline]
+    pub(crate) fn available(&self) -> bool {
+        !self.0.borrow().is_empty()
+            || POOL_CREATED.load(Ordering::Relaxed) < POOL_LIMIT.load(Ordering::Relaxed)
+    }
+
+    /// Returns an object, cleared.
+    #[inline]
+    pub(crate) fn put(&self, mut io: Box<IoInner>) {
+        io.ch = None;
+        io.iovs.clear();
+        io.cmp_iovs.clear();
+        io.completion = Completion::None;
+        io.bounce = None;
+        self.0.borrow_mut().push(io);
+    }
+}
 
 impl Drop for FreeList {
     fn drop(&mut self) {
         POOL_CREATED.fetch_sub(self.0.get_mut().len(), Ordering::Relaxed);
-    }
-}
-
-thread_local! {
-    static FREE: FreeList = const { FreeList(RefCell::new(Vec::new())) };
-}
-
-/// Takes an I/O object for this thread, or `None` when the pool is spent.
-#[inline]
-pub(crate) fn get_io() -> Option<Box<IoInner>> {
-    if let Some(io) = FREE.with(|f| f.0.borrow_mut().pop()) {
-        return Some(io);
-    }
-    let limit = POOL_LIMIT.load(Ordering::Relaxed);
-    let made = POOL_CREATED.fetch_add(1, Ordering::Relaxed);
-    if made >= limit {
-        POOL_CREATED.fetch_sub(1, Ordering::Relaxed);
-        return None;
-    }
-    Some(Box::new(IoInner::new()))
-}
-
-/// True if `get_io` would succeed now.
-#[inline]
-pub(crate) fn io_available() -> bool {
-    FREE.with(|f| !f.0.borrow().is_empty())
-        || POOL_CREATED.load(Ordering::Relaxed) < POOL_LIMIT.load(Ordering::Relaxed)
-}
-
-/// Returns an I/O object to this thread's free list.
-#[inline]
-pub(crate) fn put_io(mut io: Box<IoInner>) {
-    io.ch = None;
-    io.iovs.clear();
-    io.cmp_iovs.clear();
-    io.completion = Completion::None;
-    io.bounce = None;
-    // Objects stay with the thread that finished them: in steady state
-    // each thread holds as many as it keeps in flight, and none is freed or
-    // allocated again. (They are freed only when the thread exits.)
-    if FREE.try_with(|f| f.0.borrow_mut().push(io)).is_err() {
-        POOL_CREATED.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -61,7 +61,7 @@ pub use bdev::{
     bdev_get, bdev_open, bdev_register, bdev_unregister, bdevs, module_register, modules,
     BackendChannel, Bdev, BdevBackend, BdevDesc, BdevModule,
 };
-pub use channel::{io_now_ns, BdevIoChannel};
+pub use channel::BdevIoChannel;
 pub use io::{io_objects_created, io_pool_options, set_io_pool_options, BdevIo};
 pub use qos::QosLimits;
 pub use stats::{IoStats, TypeStats};

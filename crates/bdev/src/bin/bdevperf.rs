@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use rspdk_bdev::{
-    bdev_open, bdevs, io_now_ns, BdevDesc, BdevIoChannel, BdevSubsystem, IoStatus, IoType,
+    bdev_open, bdevs, BdevDesc, BdevIoChannel, BdevSubsystem, IoStatus, IoType,
 };
 use rspdk_env::DmaBuf;
 use rspdk_event::{App, AppContext, AppOpts};
@@ -292,7 +292,7 @@ impl Job {
 
     /// Starts the next I/O of slot `i` with `buf`.
     fn submit(self: &Rc<Self>, i: usize, buf: DmaBuf) {
-        let now = io_now_ns();
+        let now = self.ch.now_ns();
         if self.stopping.get() || now >= self.end_ns.get() {
             self.retire();
             return;
@@ -364,7 +364,7 @@ impl Job {
 
     fn done(self: &Rc<Self>, i: usize, status: IoStatus, buf: DmaBuf) {
         let slot = &self.slots[i];
-        let lat = io_now_ns().saturating_sub(slot.submit_ns.get());
+        let lat = self.ch.now_ns().saturating_sub(slot.submit_ns.get());
         let next = buf;
         if !status.is_ok() {
             self.failed.set(self.failed.get() + 1);
