@@ -91,10 +91,33 @@ pub fn respond_later(resp: Responder, result: Value) -> (u64, impl FnOnce() + Se
     (id, done)
 }
 
+/// The `{"name": ...}` params many bdev methods take.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NameParam {
-    name: String,
+pub struct NameParam {
+    /// The bdev's name.
+    pub name: String,
+}
+
+/// What a module's delete function looks like to [`delete_method`].
+pub type DeleteFn = fn(&str, Box<dyn FnOnce() + Send>) -> Result<(), BdevError>;
+
+/// Registers a `*_delete` method: decodes `P`, calls `delete` with the name
+/// `name_of` picks, and answers `true` once the bdev is gone (SPDK answers
+/// after the unregister completes), or the error if it could not start.
+pub fn delete_method<P: DeserializeOwned + 'static>(
+    reg: &RpcRegistry,
+    method_name: &str,
+    name_of: fn(&P) -> &str,
+    delete: DeleteFn,
+) {
+    method_async(reg, method_name, StateMask::RUNTIME, move |p: P, resp| {
+        let (id, done) = respond_later(resp, json!(true));
+        if let Err(e) = delete(name_of(&p), Box::new(done)) {
+            // `done` was dropped unrun: answer the parked responder here.
+            answer_parked(id, Err(rpc_error(e)));
+        }
+    });
 }
 
 #[derive(Deserialize, Default)]
@@ -168,22 +191,21 @@ pub fn register_rpcs(reg: &RpcRegistry) {
     method(reg, "bdev_malloc_create", rt, |o: malloc::MallocOpts| {
         malloc::create(o).map(|b| json!(b.name()))
     });
-    method_async(reg, "bdev_malloc_delete", rt, |p: NameParam, resp| {
-        let (id, done) = respond_later(resp, json!(true));
-        if let Err(e) = malloc::delete(&p.name, done) {
-            // `done` was dropped unrun: answer the parked responder here.
-            answer_parked(id, Err(rpc_error(e)));
-        }
-    });
+    delete_method(
+        reg,
+        "bdev_malloc_delete",
+        |p: &NameParam| &p.name,
+        malloc::delete,
+    );
     method(reg, "bdev_null_create", rt, |o: null::NullOpts| {
         null::create(o).map(|b| json!(b.name()))
     });
-    method_async(reg, "bdev_null_delete", rt, |p: NameParam, resp| {
-        let (id, done) = respond_later(resp, json!(true));
-        if let Err(e) = null::delete(&p.name, done) {
-            answer_parked(id, Err(rpc_error(e)));
-        }
-    });
+    delete_method(
+        reg,
+        "bdev_null_delete",
+        |p: &NameParam| &p.name,
+        null::delete,
+    );
     method(reg, "bdev_null_resize", rt, |p: NullResizeParams| {
         null::resize(&p.name, p.new_size).map(|()| json!(true))
     });

@@ -2,37 +2,17 @@
 //! harness): data integrity, deferred completion, splitting, bouncing,
 //! hot remove, claims, errors.
 
+mod common;
+use common::*;
+
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use rspdk_bdev::modules::{malloc, null};
 use rspdk_bdev::*;
 use rspdk_env::DmaBuf;
 use rspdk_thread::testing::UtThreads;
-
-fn env() {
-    static ENV: OnceLock<()> = OnceLock::new();
-    ENV.get_or_init(|| {
-        rspdk_env::init(&rspdk_env::EnvOpts {
-            name: "bdev-test".into(),
-            no_huge: !rspdk_env::sys::pagemap_shows_pfns(),
-            mem_size_mb: 64,
-            ..Default::default()
-        })
-        .expect("env init");
-    });
-}
-
-fn malloc_disk(name: &str, blocks: u64, bs: u32) -> Bdev {
-    malloc::create(malloc::MallocOpts {
-        name: Some(name.into()),
-        num_blocks: blocks,
-        block_size: bs,
-        ..Default::default()
-    })
-    .unwrap()
-}
 
 fn pattern(len: usize, seed: u8) -> DmaBuf {
     let mut b = DmaBuf::zeroed(len).unwrap();

@@ -3,38 +3,18 @@
 //! integrity, remapping, latency, injected errors, deferred creation, hot
 //! remove.
 
+mod common;
+use common::*;
+
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rspdk_bdev::modules::{aio, delay, error, malloc, passthru, split, uring};
+use rspdk_bdev::modules::{aio, delay, error, passthru, split, uring};
 use rspdk_bdev::*;
 use rspdk_env::DmaBuf;
 use rspdk_thread::testing::UtThreads;
-
-fn env() {
-    static ENV: OnceLock<()> = OnceLock::new();
-    ENV.get_or_init(|| {
-        rspdk_env::init(&rspdk_env::EnvOpts {
-            name: "bdev-modules-test".into(),
-            no_huge: !rspdk_env::sys::pagemap_shows_pfns(),
-            mem_size_mb: 64,
-            ..Default::default()
-        })
-        .expect("env init");
-    });
-}
-
-fn malloc_disk(name: &str, blocks: u64, bs: u32) -> Bdev {
-    malloc::create(malloc::MallocOpts {
-        name: Some(name.into()),
-        num_blocks: blocks,
-        block_size: bs,
-        ..Default::default()
-    })
-    .unwrap()
-}
 
 fn pattern_bytes(len: usize, seed: u8) -> Vec<u8> {
     (0..len)

@@ -2,29 +2,12 @@
 //! in-process registry: clear errors for bad params, and save_config ->
 //! delete -> load -> save_config giving the same config.
 
-use std::cell::RefCell;
-use std::rc::Rc;
+mod common;
+use common::*;
 
-use rspdk_rpc::{RpcError, RpcRegistry, RpcState};
+use rspdk_rpc::{RpcRegistry, RpcState};
 use rspdk_thread::testing::UtThreads;
 use serde_json::{json, Value};
-
-fn call(ut: &UtThreads, reg: &RpcRegistry, method: &str, params: Value) -> Result<Value, RpcError> {
-    let out: Rc<RefCell<Option<Result<Value, RpcError>>>> = Rc::default();
-    let o = out.clone();
-    let params = if params.is_null() { None } else { Some(params) };
-    ut.run_on(0, || {
-        reg.call(method, params, move |r| *o.borrow_mut() = Some(r))
-    });
-    for _ in 0..10_000 {
-        if out.borrow().is_some() {
-            break;
-        }
-        ut.poll_threads();
-    }
-    let r = out.borrow_mut().take();
-    r.unwrap_or_else(|| panic!("{method} never answered"))
-}
 
 #[test]
 fn module_rpcs_errors_and_config_round_trip() {

@@ -1,43 +1,12 @@
 //! The bdev RPC methods through an in-process registry on an rspdk thread:
 //! shapes, errors, and save_config -> load -> save_config round trip.
 
-use std::cell::RefCell;
-use std::rc::Rc;
-use std::sync::OnceLock;
+mod common;
+use common::*;
 
-use rspdk_rpc::{RpcError, RpcRegistry, RpcState};
+use rspdk_rpc::{RpcRegistry, RpcState};
 use rspdk_thread::testing::UtThreads;
 use serde_json::{json, Value};
-
-fn env() {
-    static ENV: OnceLock<()> = OnceLock::new();
-    ENV.get_or_init(|| {
-        rspdk_env::init(&rspdk_env::EnvOpts {
-            name: "bdev-rpc-test".into(),
-            no_huge: !rspdk_env::sys::pagemap_shows_pfns(),
-            mem_size_mb: 32,
-            ..Default::default()
-        })
-        .expect("env init");
-    });
-}
-
-fn call(ut: &UtThreads, reg: &RpcRegistry, method: &str, params: Value) -> Result<Value, RpcError> {
-    let out: Rc<RefCell<Option<Result<Value, RpcError>>>> = Rc::default();
-    let o = out.clone();
-    let params = if params.is_null() { None } else { Some(params) };
-    ut.run_on(0, || {
-        reg.call(method, params, move |r| *o.borrow_mut() = Some(r))
-    });
-    for _ in 0..1000 {
-        if out.borrow().is_some() {
-            break;
-        }
-        ut.poll_threads();
-    }
-    let r = out.borrow_mut().take();
-    r.unwrap_or_else(|| panic!("{method} never answered"))
-}
 
 #[test]
 fn methods_shapes_errors_and_config_round_trip() {

@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 use super::file;
 use crate::bdev::{bdev_register, bdev_unregister, BackendChannel, BdevBackend};
 use crate::io::BdevIo;
-use crate::rpc::{answer_parked, method, method_async, respond_later, rpc_error};
+use crate::rpc::{delete_method, method, NameParam};
 use crate::types::{BdevError, BdevProps, IoStatus, IoType};
 use crate::Bdev;
 
@@ -589,24 +589,13 @@ impl Drop for AioChannel {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NameParam {
-    name: String,
-}
-
 /// Registers `bdev_aio_create`, `bdev_aio_delete` and `bdev_aio_rescan`.
 pub fn register_rpcs(reg: &rspdk_rpc::RpcRegistry) {
     let rt = rspdk_rpc::StateMask::RUNTIME;
     method(reg, "bdev_aio_create", rt, |o: AioOpts| {
         create(o).map(|b| json!(b.name()))
     });
-    method_async(reg, "bdev_aio_delete", rt, |p: NameParam, resp| {
-        let (id, done) = respond_later(resp, json!(true));
-        if let Err(e) = delete(&p.name, done) {
-            answer_parked(id, Err(rpc_error(e)));
-        }
-    });
+    delete_method(reg, "bdev_aio_delete", |p: &NameParam| &p.name, delete);
     method(reg, "bdev_aio_rescan", rt, |p: NameParam| {
         rescan(&p.name).map(|_| json!(true))
     });

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use super::vbdev::{check_free, open_base, BaseDesc, BaseLink};
 use crate::bdev::{bdev_register, bdev_unregister, BackendChannel, BdevBackend};
 use crate::io::BdevIo;
-use crate::rpc::{answer_parked, method, method_async, respond_later, rpc_error};
+use crate::rpc::{delete_method, method, NameParam};
 use crate::types::{BdevError, BdevProps, IoStatus, IoType};
 use crate::Bdev;
 
@@ -395,12 +395,6 @@ impl Drop for DelayChannel {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NameParam {
-    name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct UpdateParams {
     delay_bdev_name: String,
     latency_type: LatencyType,
@@ -414,12 +408,7 @@ pub fn register_rpcs(reg: &rspdk_rpc::RpcRegistry) {
     method(reg, "bdev_delay_create", rt, |o: DelayOpts| {
         create(o).map(|b| json!(b.name()))
     });
-    method_async(reg, "bdev_delay_delete", rt, |p: NameParam, resp| {
-        let (id, done) = respond_later(resp, json!(true));
-        if let Err(e) = delete(&p.name, done) {
-            answer_parked(id, Err(rpc_error(e)));
-        }
-    });
+    delete_method(reg, "bdev_delay_delete", |p: &NameParam| &p.name, delete);
     method(reg, "bdev_delay_update_latency", rt, |p: UpdateParams| {
         update_latency(&p.delay_bdev_name, p.latency_type, p.latency_us).map(|()| json!(true))
     });

@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use super::vbdev::{open_base, BaseDesc, BaseLink};
 use crate::bdev::{bdev_register, bdev_unregister, BackendChannel, BdevBackend};
 use crate::io::BdevIo;
-use crate::rpc::{answer_parked, method, method_async, respond_later, rpc_error};
+use crate::rpc::{delete_method, method, NameParam};
 use crate::types::{BdevError, BdevProps, IoStatus, IoType, IoVec};
 use crate::Bdev;
 
@@ -435,12 +435,6 @@ impl Drop for ErrorChannel {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NameParam {
-    name: String,
-}
-
 /// Registers `bdev_error_create`, `bdev_error_delete` and
 /// `bdev_error_inject_error`.
 pub fn register_rpcs(reg: &rspdk_rpc::RpcRegistry) {
@@ -448,12 +442,7 @@ pub fn register_rpcs(reg: &rspdk_rpc::RpcRegistry) {
     method(reg, "bdev_error_create", rt, |o: ErrorCreateOpts| {
         create(o).map(|b| json!(b.name()))
     });
-    method_async(reg, "bdev_error_delete", rt, |p: NameParam, resp| {
-        let (id, done) = respond_later(resp, json!(true));
-        if let Err(e) = delete(&p.name, done) {
-            answer_parked(id, Err(rpc_error(e)));
-        }
-    });
+    delete_method(reg, "bdev_error_delete", |p: &NameParam| &p.name, delete);
     method(reg, "bdev_error_inject_error", rt, |o: InjectOpts| {
         inject_error(&o).map(|()| json!(true))
     });

@@ -19,7 +19,7 @@ use crate::bdev::{
     bdev_register, bdev_unregister, module_register, BackendChannel, BdevBackend, BdevModule,
 };
 use crate::io::BdevIo;
-use crate::rpc::{answer_parked, method, method_async, respond_later, rpc_error};
+use crate::rpc::{delete_method, method, NameParam};
 use crate::types::{BdevError, BdevProps, IoType};
 use crate::Bdev;
 
@@ -198,12 +198,6 @@ impl BackendChannel for PassthruChannel {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NameParam {
-    name: String,
-}
-
 /// Registers `bdev_passthru_create` and `bdev_passthru_delete`.
 pub fn register_rpcs(reg: &rspdk_rpc::RpcRegistry) {
     init();
@@ -211,10 +205,5 @@ pub fn register_rpcs(reg: &rspdk_rpc::RpcRegistry) {
     method(reg, "bdev_passthru_create", rt, |o: PassthruOpts| {
         create(o).map(|n| json!(n))
     });
-    method_async(reg, "bdev_passthru_delete", rt, |p: NameParam, resp| {
-        let (id, done) = respond_later(resp, json!(true));
-        if let Err(e) = delete(&p.name, done) {
-            answer_parked(id, Err(rpc_error(e)));
-        }
-    });
+    delete_method(reg, "bdev_passthru_delete", |p: &NameParam| &p.name, delete);
 }

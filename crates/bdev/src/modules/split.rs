@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::vbdev::{check_free, complete_upper, open_base, BaseDesc, BaseLink};
 use crate::bdev::{bdev_register, bdev_unregister, BackendChannel, BdevBackend};
 use crate::io::BdevIo;
-use crate::rpc::{answer_parked, method, method_async, respond_later, rpc_error};
+use crate::rpc::{delete_method, method};
 use crate::types::{BdevError, BdevProps, IoType};
 use crate::Bdev;
 
@@ -217,10 +217,10 @@ pub fn register_rpcs(reg: &rspdk_rpc::RpcRegistry) {
     method(reg, "bdev_split_create", rt, |o: SplitOpts| {
         create(o).map(|n| json!(n))
     });
-    method_async(reg, "bdev_split_delete", rt, |p: DeleteParams, resp| {
-        let (id, done) = respond_later(resp, json!(true));
-        if let Err(e) = delete(&p.base_bdev, done) {
-            answer_parked(id, Err(rpc_error(e)));
-        }
-    });
+    delete_method(
+        reg,
+        "bdev_split_delete",
+        |p: &DeleteParams| &p.base_bdev,
+        delete,
+    );
 }

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use super::file;
 use crate::bdev::{bdev_register, bdev_unregister, BackendChannel, BdevBackend};
 use crate::io::BdevIo;
-use crate::rpc::{answer_parked, method, method_async, respond_later, rpc_error};
+use crate::rpc::{delete_method, method, NameParam};
 use crate::types::{BdevError, BdevProps, IoStatus, IoType};
 use crate::Bdev;
 
@@ -336,22 +336,11 @@ impl Drop for UringChannel {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NameParam {
-    name: String,
-}
-
 /// Registers `bdev_uring_create` and `bdev_uring_delete`.
 pub fn register_rpcs(reg: &rspdk_rpc::RpcRegistry) {
     let rt = rspdk_rpc::StateMask::RUNTIME;
     method(reg, "bdev_uring_create", rt, |o: UringOpts| {
         create(o).map(|b| json!(b.name()))
     });
-    method_async(reg, "bdev_uring_delete", rt, |p: NameParam, resp| {
-        let (id, done) = respond_later(resp, json!(true));
-        if let Err(e) = delete(&p.name, done) {
-            answer_parked(id, Err(rpc_error(e)));
-        }
-    });
+    delete_method(reg, "bdev_uring_delete", |p: &NameParam| &p.name, delete);
 }
