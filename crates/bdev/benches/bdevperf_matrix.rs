@@ -21,7 +21,12 @@ struct Run {
 fn bdevperf(config: &std::path::Path, args: &[&str]) -> Option<Run> {
     let sock = std::env::temp_dir().join(format!("bdevperf-matrix-{}.sock", std::process::id()));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bdevperf"));
-    cmd.arg("-c").arg(config).arg("-r").arg(&sock).arg("-m").arg("0x1");
+    cmd.arg("-c")
+        .arg(config)
+        .arg("-r")
+        .arg(&sock)
+        .arg("-m")
+        .arg("0x1");
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         cmd.arg("--no-huge");
@@ -31,7 +36,10 @@ fn bdevperf(config: &std::path::Path, args: &[&str]) -> Option<Run> {
         let text = String::from_utf8_lossy(&out.stdout);
         let allocs = text
             .lines()
-            .find_map(|l| l.trim().strip_prefix("heap allocations per I/O in steady state:"))
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("heap allocations per I/O in steady state:")
+            })
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or(f64::NAN);
         // The "Total" line of the table: IOPS MiB/s Fail/s TO/s Average min max.
@@ -100,18 +108,84 @@ fn main() {
     let t = seconds.to_string();
     // (label, bdev, workload, qd, io size, SPDK IOPS from issue 4 or 0)
     let rows: [(&str, &str, &str, &str, &str, f64); 9] = [
-        ("null randread 4K QD32", "Null0", "randread", "32", "4096", 12.4e6),
-        ("null randwrite 4K QD32", "Null0", "randwrite", "32", "4096", 12.9e6),
-        ("null randread 4K QD128", "Null0", "randread", "128", "4096", 0.0),
-        ("null randwrite 4K QD128", "Null0", "randwrite", "128", "4096", 0.0),
-        ("malloc randread 4K QD32", "Malloc0", "randread", "32", "4096", 1.65e6),
-        ("malloc randwrite 4K QD32", "Malloc0", "randwrite", "32", "4096", 1.56e6),
-        ("malloc randread 4K QD128", "Malloc0", "randread", "128", "4096", 0.0),
-        ("malloc randwrite 4K QD128", "Malloc0", "randwrite", "128", "4096", 0.0),
-        ("malloc read 128K QD128", "Malloc0", "read", "128", "131072", 76e3),
+        (
+            "null randread 4K QD32",
+            "Null0",
+            "randread",
+            "32",
+            "4096",
+            12.4e6,
+        ),
+        (
+            "null randwrite 4K QD32",
+            "Null0",
+            "randwrite",
+            "32",
+            "4096",
+            12.9e6,
+        ),
+        (
+            "null randread 4K QD128",
+            "Null0",
+            "randread",
+            "128",
+            "4096",
+            0.0,
+        ),
+        (
+            "null randwrite 4K QD128",
+            "Null0",
+            "randwrite",
+            "128",
+            "4096",
+            0.0,
+        ),
+        (
+            "malloc randread 4K QD32",
+            "Malloc0",
+            "randread",
+            "32",
+            "4096",
+            1.65e6,
+        ),
+        (
+            "malloc randwrite 4K QD32",
+            "Malloc0",
+            "randwrite",
+            "32",
+            "4096",
+            1.56e6,
+        ),
+        (
+            "malloc randread 4K QD128",
+            "Malloc0",
+            "randread",
+            "128",
+            "4096",
+            0.0,
+        ),
+        (
+            "malloc randwrite 4K QD128",
+            "Malloc0",
+            "randwrite",
+            "128",
+            "4096",
+            0.0,
+        ),
+        (
+            "malloc read 128K QD128",
+            "Malloc0",
+            "read",
+            "128",
+            "131072",
+            76e3,
+        ),
     ];
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("bdevperf on one core, {seconds} s per run; loadavg at start: {}", load.trim());
+    println!(
+        "bdevperf on one core, {seconds} s per run; loadavg at start: {}",
+        load.trim()
+    );
     let copy4k = memcpy_rate(128 << 20, 4096, 2.0);
     let copy128k = memcpy_rate(128 << 20, 128 << 10, 2.0);
     println!(
@@ -123,7 +197,14 @@ fn main() {
     );
     println!(
         "{:<27} {:>12} {:>10} {:>10} {:>12} {:>10} {:>12} {:>10}",
-        "workload", "IOPS", "avg us", "p99 us", "SPDK IOPS", "rspdk/SPDK", "memcpy bound", "allocs/IO"
+        "workload",
+        "IOPS",
+        "avg us",
+        "p99 us",
+        "SPDK IOPS",
+        "rspdk/SPDK",
+        "memcpy bound",
+        "allocs/IO"
     );
     for (label, bdev, w, qd, size, spdk) in rows {
         let bound = match (bdev, size) {
@@ -131,14 +212,25 @@ fn main() {
             ("Malloc0", _) => format!("{:.1}K", copy128k / 1e3),
             _ => "-".into(),
         };
-        match bdevperf(&config, &["-q", qd, "-o", size, "-w", w, "-t", &t, "-T", bdev]) {
+        match bdevperf(
+            &config,
+            &["-q", qd, "-o", size, "-w", w, "-t", &t, "-T", bdev],
+        ) {
             Some(r) => println!(
                 "{label:<27} {:>12.0} {:>10.2} {:>10.2} {:>12} {:>10} {:>12} {:>10.4}",
                 r.iops,
                 r.avg_us,
                 r.p99_us,
-                if spdk > 0.0 { format!("{spdk:.0}") } else { "-".into() },
-                if spdk > 0.0 { format!("{:.2}", r.iops / spdk) } else { "-".into() },
+                if spdk > 0.0 {
+                    format!("{spdk:.0}")
+                } else {
+                    "-".into()
+                },
+                if spdk > 0.0 {
+                    format!("{:.2}", r.iops / spdk)
+                } else {
+                    "-".into()
+                },
                 bound,
                 r.allocs_per_io
             ),
