@@ -66,11 +66,12 @@ fn bdevperf(config: &std::path::Path, args: &[&str]) -> Option<Run> {
     })
 }
 
-/// Copies of `size` bytes from random offsets of a `span`-byte buffer per
-/// second, on this thread: what a malloc read can at most do on one core.
-fn memcpy_rate(span: usize, size: usize, seconds: f64) -> f64 {
-    let src = vec![7u8; span];
-    let mut dst = vec![0u8; size];
+/// Copies of `size` bytes between random offsets of a `span`-byte buffer
+/// and a small one, per second on this thread: what a malloc read
+/// (`to_span` false) or write (true) can at most do on one core.
+fn memcpy_rate(span: usize, size: usize, seconds: f64, to_span: bool) -> f64 {
+    let mut big = vec![7u8; span];
+    let mut small = vec![0u8; size];
     let slots = span / size;
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let t = Instant::now();
@@ -81,8 +82,13 @@ fn memcpy_rate(span: usize, size: usize, seconds: f64) -> f64 {
             x ^= x >> 7;
             x ^= x << 17;
             let off = (x as usize % slots) * size;
-            dst.copy_from_slice(&src[off..off + size]);
-            black_box(&dst);
+            if to_span {
+                big[off..off + size].copy_from_slice(&small);
+                black_box(&big);
+            } else {
+                small.copy_from_slice(&big[off..off + size]);
+                black_box(&small);
+            }
         }
         n += 1024;
     }
@@ -186,12 +192,15 @@ fn main() {
         "bdevperf on one core, {seconds} s per run; loadavg at start: {}",
         load.trim()
     );
-    let copy4k = memcpy_rate(128 << 20, 4096, 2.0);
-    let copy128k = memcpy_rate(128 << 20, 128 << 10, 2.0);
+    let copy4k = memcpy_rate(128 << 20, 4096, 2.0, false);
+    let copy4k_w = memcpy_rate(128 << 20, 4096, 2.0, true);
+    let copy128k = memcpy_rate(128 << 20, 128 << 10, 2.0, false);
     println!(
-        "bound (same run): memcpy from random offsets of 128 MiB: 4 KiB {:.2}M copies/s ({:.1} GB/s), 128 KiB {:.1}K copies/s ({:.1} GB/s)",
+        "bound (same run): memcpy with random offsets in 128 MiB: 4 KiB out {:.2}M/s ({:.1} GB/s), 4 KiB in {:.2}M/s ({:.1} GB/s), 128 KiB out {:.1}K/s ({:.1} GB/s)",
         copy4k / 1e6,
         copy4k * 4096.0 / 1e9,
+        copy4k_w / 1e6,
+        copy4k_w * 4096.0 / 1e9,
         copy128k / 1e3,
         copy128k * 131072.0 / 1e9
     );
@@ -208,6 +217,7 @@ fn main() {
     );
     for (label, bdev, w, qd, size, spdk) in rows {
         let bound = match (bdev, size) {
+            ("Malloc0", "4096") if w.contains("write") => format!("{:.2}M", copy4k_w / 1e6),
             ("Malloc0", "4096") => format!("{:.2}M", copy4k / 1e6),
             ("Malloc0", _) => format!("{:.1}K", copy128k / 1e3),
             _ => "-".into(),
