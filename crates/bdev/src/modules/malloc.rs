@@ -154,13 +154,70 @@ fn copy(disk: &MallocDisk, off: usize, iovs: &[IoVec], to_disk: bool) {
         unsafe {
             let d = disk.mem.as_ptr().add(at);
             if to_disk {
-                std::ptr::copy_nonoverlapping(v.base, d, v.len);
+                copy_streaming(v.base, d, v.len);
             } else {
                 std::ptr::copy_nonoverlapping(d, v.base, v.len);
             }
         }
         at += v.len;
     }
+    if to_disk {
+        store_fence();
+    }
+}
+
+/// Copies into the disk with non-temporal stores where the destination is
+/// 16-byte aligned: a write to a RAM disk is rarely read back soon, and
+/// streaming stores skip the read-for-ownership of every destination line
+/// (random writes into a disk larger than the cache otherwise cost a
+/// memory read per line written). The rest goes through memcpy.
+///
+/// # Safety
+/// `src` and `dst` must be valid for `len` bytes and not overlap.
+#[inline]
+unsafe fn copy_streaming(src: *const u8, dst: *mut u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
+        const MIN_STREAM: usize = 1024;
+        if len >= MIN_STREAM && (dst as usize) % 16 == 0 {
+            let chunks = len / 64;
+            for i in 0..chunks {
+                // SAFETY: SSE2 is part of the x86_64 baseline; each 16-byte
+                // load and store is inside the caller's `len` bytes, and
+                // `dst + 64 * i + 16 * k` keeps the 16-byte alignment
+                // checked above that the streaming store needs.
+                unsafe {
+                    let s = src.add(i * 64) as *const __m128i;
+                    let d = dst.add(i * 64) as *mut __m128i;
+                    let a = _mm_loadu_si128(s);
+                    let b = _mm_loadu_si128(s.add(1));
+                    let c = _mm_loadu_si128(s.add(2));
+                    let e = _mm_loadu_si128(s.add(3));
+                    _mm_stream_si128(d, a);
+                    _mm_stream_si128(d.add(1), b);
+                    _mm_stream_si128(d.add(2), c);
+                    _mm_stream_si128(d.add(3), e);
+                }
+            }
+            let done = chunks * 64;
+            // SAFETY: the remaining tail is inside both buffers.
+            unsafe { std::ptr::copy_nonoverlapping(src.add(done), dst.add(done), len - done) };
+            return;
+        }
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { std::ptr::copy_nonoverlapping(src, dst, len) };
+}
+
+/// Orders the streaming stores before the completion that publishes them.
+#[inline]
+fn store_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: sfence has no preconditions (SSE, part of the x86_64 baseline).
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
 }
 
 /// The first differing byte between the disk at `off` and `iovs`.
