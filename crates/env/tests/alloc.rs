@@ -274,3 +274,19 @@ fn stats_count_live_buffers() {
     let json = serde_json::to_value(&after).unwrap();
     assert!(json["heaps"][0]["alloc_count"].is_u64());
 }
+
+#[test]
+fn a_socket_without_memory_falls_back_to_the_main_socket() {
+    let env = common::env();
+    let missing = (0..rspdk_env::MAX_SOCKETS as u32)
+        .find(|s| !env.sockets().contains(s))
+        .expect("a socket id with no memory");
+    let p = dma_malloc(4096, 0, missing as i32, None).unwrap();
+    assert_eq!(rspdk_env::dma_socket_of(p).unwrap(), env.main_socket());
+    // The pages really are on the node the kernel reports for them.
+    if let Some(node) = rspdk_env::sys::node_of(p.as_ptr() as usize) {
+        assert_eq!(node, env.main_socket());
+    }
+    // SAFETY: our buffer, not used again.
+    unsafe { dma_free(p).unwrap() };
+}

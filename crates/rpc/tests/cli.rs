@@ -150,3 +150,66 @@ fn dry_run_shows_request_without_server() {
         "Request:\n{\n  \"method\": \"framework_get_config\",\n  \"params\": {\n    \"name\": \"bdev\",\n    \"with_batches\": false\n  }\n}\n"
     );
 }
+
+/// The JSON params a subcommand would send.
+fn dry_params(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--dry-run"];
+    all.extend_from_slice(args);
+    let output = run_with_stdin("/nonexistent/sock", &all, None);
+    assert!(output.status.success(), "{args:?}: {output:?}");
+    let text = stdout(&output);
+    let json = text.strip_prefix("Request:\n").expect("dry-run header");
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    v["params"].clone()
+}
+
+#[test]
+fn bdev_subcommands_send_spdk_params() {
+    // rpc.py: total_size in MB and block_size become num_blocks.
+    assert_eq!(
+        dry_params(&["bdev_malloc_create", "-b", "Malloc1", "64", "4096"]),
+        serde_json::json!({"name": "Malloc1", "block_size": 4096, "num_blocks": 16384})
+    );
+    assert_eq!(
+        dry_params(&["bdev_null_create", "Null1", "8", "512"]),
+        serde_json::json!({"name": "Null1", "block_size": 512, "num_blocks": 16384})
+    );
+    // Flags whose JSON key differs from the flag.
+    let d = dry_params(&[
+        "bdev_delay_create",
+        "-b",
+        "Malloc0",
+        "-d",
+        "D0",
+        "-r",
+        "10",
+        "-t",
+        "100",
+        "-w",
+        "20",
+        "-n",
+        "200",
+    ]);
+    assert_eq!(d["p99_read_latency"], 100);
+    assert_eq!(d["p99_write_latency"], 200);
+    assert_eq!(d["base_bdev_name"], "Malloc0");
+    let q = dry_params(&["bdev_set_qos_limit", "Malloc0", "--rw_ios_per_sec", "20000"]);
+    assert_eq!(
+        q,
+        serde_json::json!({"name": "Malloc0", "rw_ios_per_sec": 20000})
+    );
+    let e = dry_params(&["bdev_error_inject_error", "EE_Malloc0", "read", "failure"]);
+    assert_eq!(e["num"], 1);
+    let s = dry_params(&["bdev_split_create", "Malloc0", "4", "-s", "16"]);
+    assert_eq!(
+        s,
+        serde_json::json!({"base_bdev": "Malloc0", "split_count": 4, "split_size_mb": 16})
+    );
+    // A missing required flag is a usage error, not a request.
+    let bad = run_with_stdin(
+        "/nonexistent/sock",
+        &["--dry-run", "bdev_passthru_create", "-b", "Malloc0"],
+        None,
+    );
+    assert!(!bad.status.success());
+}

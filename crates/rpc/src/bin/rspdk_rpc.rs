@@ -133,6 +133,33 @@ impl MethodSpec {
         })
     }
 
+    /// Optional positional argument.
+    fn pos_opt(self, key: &'static str, kind: Kind, help: &'static str) -> Self {
+        let mut this = self.pos(key, kind, help);
+        if let Some(last) = this.args.last_mut() {
+            last.required = false;
+        }
+        this
+    }
+
+    /// A required `-s/--long VALUE` option.
+    fn req(self, short: Option<char>, long: &'static str, kind: Kind, help: &'static str) -> Self {
+        let mut this = self.opt(short, long, kind, help);
+        if let Some(last) = this.args.last_mut() {
+            last.required = true;
+        }
+        this
+    }
+
+    /// Override the JSON key of the last argument (rpc.py's `dest` differs
+    /// from the flag, e.g. `--nine-nine-read-latency` → `p99_read_latency`).
+    fn key(mut self, key: &'static str) -> Self {
+        if let Some(last) = self.args.last_mut() {
+            last.key = key;
+        }
+        self
+    }
+
     /// Override the default of the last argument.
     fn default(mut self, value: Value) -> Self {
         if let Some(last) = self.args.last_mut() {
@@ -207,6 +234,122 @@ fn method_table() -> Vec<MethodSpec> {
             .pos_choice("level", LOG_LEVELS, "Log level")
             .output(Nothing),
         method("log_get_level", "get log level"),
+        // bdev layer and modules (python/spdk/cli/bdev.py).
+        method("bdev_malloc_create", "Create a bdev with malloc backend")
+            .pos("total_size", Float, "Size of malloc bdev in MB (float > 0)")
+            .pos("block_size", Int, "Data block size for this bdev")
+            .opt(Some('b'), "name", Str, "Name of the bdev")
+            .opt(Some('u'), "uuid", Str, "UUID of the bdev (optional)")
+            .opt(Some('p'), "physical-block-size", Int, "Physical block size of this bdev")
+            .opt(Some('o'), "optimal-io-boundary", Int, "Split on optimal IO boundary, in number of blocks")
+            .output(JsonUnquoted)
+            .runner(run_size_to_blocks),
+        method("bdev_malloc_delete", "Delete a malloc disk")
+            .pos("name", Str, "malloc bdev name")
+            .output(Nothing),
+        method("bdev_null_create", "Add a bdev with null backend")
+            .pos("name", Str, "Name of the bdev")
+            .pos("total_size", Float, "Size of null bdev in MB (int > 0)")
+            .pos("block_size", Int, "Block size for this bdev")
+            .opt(Some('u'), "uuid", Str, "UUID of the bdev (optional)")
+            .output(JsonUnquoted)
+            .runner(run_size_to_blocks),
+        method("bdev_null_delete", "Delete a null bdev")
+            .pos("name", Str, "null bdev name")
+            .output(Nothing),
+        method("bdev_null_resize", "Resize a null bdev")
+            .pos("name", Str, "null bdev name")
+            .pos("new_size", Int, "new bdev size for resize operation. The unit is MiB")
+            .output(Nothing),
+        method("bdev_get_bdevs", "Display current blockdev list or required blockdev")
+            .opt(Some('b'), "name", Str, "Name of the Blockdev. Example: Nvme0n1")
+            .opt(Some('t'), "timeout", Int, "Time (ms) to wait for the bdev with specified name to appear"),
+        method("bdev_get_iostat", "Display current I/O statistics of all the blockdevs or specified blockdev.")
+            .opt(Some('b'), "name", Str, "Name of the Blockdev. Example: Nvme0n1"),
+        method("bdev_set_qos_limit", "Set QoS rate limit on a blockdev")
+            .pos("name", Str, "Blockdev name to set QoS. Example: Malloc0")
+            .opt(None, "rw_ios_per_sec", Int, "R/W IOs per second limit (>=1000, example: 20000). 0 means unlimited.")
+            .opt(None, "rw_mbytes_per_sec", Int, "R/W megabytes per second limit (>=10, example: 100). 0 means unlimited.")
+            .opt(None, "r_mbytes_per_sec", Int, "Read megabytes per second limit (>=10, example: 100). 0 means unlimited.")
+            .opt(None, "w_mbytes_per_sec", Int, "Write megabytes per second limit (>=10, example: 100). 0 means unlimited.")
+            .output(Nothing),
+        method("bdev_wait_for_examine", "Report when all bdevs have been examined").output(Nothing),
+        method("bdev_examine", "examine a bdev if it exists, or queue it for examine when it is added")
+            .pos("name", Str, "Name of the block device")
+            .output(Nothing),
+        method("bdev_aio_create", "Add a bdev with aio backend")
+            .pos("filename", Str, "Path to device or file (ex: /dev/sda)")
+            .pos("name", Str, "Block device name")
+            .pos_opt("block_size", Int, "Block size for this bdev")
+            .opt(Some('r'), "readonly", Flag, "Set this bdev as read-only")
+            .opt(None, "fallocate", Flag, "Support unmap/writezeros by fallocate")
+            .opt(Some('u'), "uuid", Str, "UUID of the bdev")
+            .output(JsonUnquoted),
+        method("bdev_aio_delete", "Delete an aio disk")
+            .pos("name", Str, "aio bdev name")
+            .output(Nothing),
+        method("bdev_aio_rescan", "Re-scan an aio disk")
+            .pos("name", Str, "aio bdev name")
+            .output(Nothing),
+        method("bdev_uring_create", "Create a bdev with io_uring backend")
+            .pos("filename", Str, "Path to device or file (ex: /dev/nvme0n1)")
+            .pos("name", Str, "bdev name")
+            .pos_opt("block_size", Int, "Block size for this bdev")
+            .opt(Some('u'), "uuid", Str, "UUID of the bdev")
+            .output(JsonUnquoted),
+        method("bdev_uring_delete", "Delete a uring bdev")
+            .pos("name", Str, "uring bdev name")
+            .output(Nothing),
+        method("bdev_passthru_create", "Add a pass through bdev on existing bdev")
+            .req(Some('b'), "base-bdev-name", Str, "Name of the existing bdev")
+            .req(Some('p'), "name", Str, "Name of the pass through bdev")
+            .opt(Some('u'), "uuid", Str, "UUID of the bdev")
+            .output(JsonUnquoted),
+        method("bdev_passthru_delete", "Delete a pass through bdev")
+            .pos("name", Str, "pass through bdev name")
+            .output(Nothing),
+        method("bdev_delay_create", "Add a delay bdev on existing bdev")
+            .req(Some('b'), "base-bdev-name", Str, "Name of the existing bdev")
+            .req(Some('d'), "name", Str, "Name of the delay bdev")
+            .req(Some('r'), "avg-read-latency", Int, "Average latency to apply before completing read ops (in microseconds)")
+            .req(Some('t'), "nine-nine-read-latency", Int, "latency to apply to 1 in 100 read ops (in microseconds)")
+            .key("p99_read_latency")
+            .req(Some('w'), "avg-write-latency", Int, "Average latency to apply before completing write ops (in microseconds)")
+            .req(Some('n'), "nine-nine-write-latency", Int, "latency to apply to 1 in 100 write ops (in microseconds)")
+            .key("p99_write_latency")
+            .output(JsonUnquoted),
+        method("bdev_delay_delete", "Delete a delay bdev")
+            .pos("name", Str, "delay bdev name")
+            .output(Nothing),
+        method("bdev_delay_update_latency", "Update one of the latency values for a given delay bdev")
+            .pos("delay_bdev_name", Str, "The name of the given delay bdev")
+            .pos_choice("latency_type", &["avg_read", "avg_write", "p99_read", "p99_write"], "one of: avg_read, avg_write, p99_read, p99_write")
+            .pos("latency_us", Int, "new latency value in microseconds")
+            .output(Nothing),
+        method("bdev_error_create", "Add bdev with error injection backend")
+            .pos("base_name", Str, "base bdev name")
+            .opt(Some('u'), "uuid", Str, "UUID for this bdev")
+            .output(Nothing),
+        method("bdev_error_delete", "Delete an error bdev")
+            .pos("name", Str, "error bdev name")
+            .output(Nothing),
+        method("bdev_error_inject_error", "bdev inject error")
+            .pos("name", Str, "the name of the error injection bdev")
+            .pos_choice("io_type", &["read", "write", "unmap", "flush", "all"], "io_type: 'clear' 'read' 'write' 'unmap' 'flush' 'all'")
+            .pos_choice("error_type", &["failure", "pending", "corrupt_data", "clear"], "error_type: 'failure' 'pending' 'corrupt_data' 'clear'")
+            .opt(Some('n'), "num", Int, "the number of commands you want to fail")
+            .default(json!(1))
+            .opt(Some('q'), "queue-depth", Int, "the queue depth at which to trigger the error")
+            .opt(Some('o'), "corrupt-offset", Int, "the offset in bytes to xor with corrupt_value")
+            .opt(Some('v'), "corrupt-value", Int, "the value for xor (1-255, 0 is invalid)")
+            .output(Nothing),
+        method("bdev_split_create", "Add given disk name to split config. If bdev with base_name name exist the split bdevs will be created right away, if not split bdevs will be created when base bdev became available (during examination process).")
+            .pos("base_bdev", Str, "base bdev name")
+            .pos("split_count", Int, "number of splits")
+            .opt(Some('s'), "split-size-mb", Int, "size in MiB to restrict size of split bdevs"),
+        method("bdev_split_delete", "Delete split config with all created splits.")
+            .pos("base_bdev", Str, "base bdev name")
+            .output(Nothing),
         method("call", "Call any RPC method with raw JSON params (rspdk extension)")
             .pos("method", Str, "RPC method name")
             .arg(ArgSpec {
@@ -323,6 +466,8 @@ struct Ctx {
     client: Option<RpcClient>,
     dry_run: bool,
     verbose: bool,
+    /// The subcommand's RPC method, for runners shared by several methods.
+    method_name: &'static str,
 }
 
 impl Ctx {
@@ -473,6 +618,34 @@ fn run_kill_instance(
         Err(CliError::Message(msg)) if msg.starts_with("Connection closed") => Ok(()),
         other => other.map(|_| ()),
     }
+}
+
+/// rpc.py's bdev_malloc_create / bdev_null_create: `total_size` in MB and
+/// `block_size` become `num_blocks`.
+fn run_size_to_blocks(
+    ctx: &mut Ctx,
+    _: &ArgMatches,
+    mut params: Map<String, Value>,
+) -> Result<(), CliError> {
+    let method = ctx.method_name;
+    let total_mb = params
+        .remove("total_size")
+        .and_then(|v| v.as_f64())
+        .ok_or_else(|| CliError::Message("total_size must be a number of MB".into()))?;
+    let block_size = params
+        .get("block_size")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if block_size == 0 {
+        return Err(CliError::Message(
+            "block_size must be greater than 0".into(),
+        ));
+    }
+    let num_blocks = (total_mb * 1024.0 * 1024.0) as u64 / block_size;
+    params.insert("num_blocks".into(), json!(num_blocks));
+    let result = ctx.call(method, params)?;
+    ctx.print(Output::JsonUnquoted, &result);
+    Ok(())
 }
 
 fn run_raw_call(
@@ -743,6 +916,7 @@ fn main() -> ExitCode {
         client,
         dry_run,
         verbose,
+        method_name: spec.name,
     };
     let params = collect_params(spec, sub_matches);
     let outcome = match spec.runner {

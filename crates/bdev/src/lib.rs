@@ -1,0 +1,69 @@
+//! # rspdk_bdev — the block device layer (SPDK: lib/bdev, include/spdk/bdev.h, bdev_module.h)
+//!
+//! The common block interface every target and tool sits on.
+//!
+//! ## For modules
+//! A module implements [`BdevBackend`] for each bdev it makes (SPDK's
+//! function table: `create_channel`, `io_type_supported`,
+//! `dump_info_json`, `write_config_json`, `destruct`) and a
+//! [`BackendChannel`] per thread whose `submit` executes [`BdevIo`]s and
+//! completes each exactly once with [`BdevIo::complete`], now or later, on
+//! that thread. [`bdev_register`] publishes a bdev; [`BdevModule::examine`]
+//! (modules registered with [`module_register`]) sees each new bdev so
+//! virtual bdevs can stack on it.
+//!
+//! Virtual bdevs open their base with [`bdev_open`], claim it, take the
+//! base's channel inside their own `create_channel`, and pass I/O down with
+//! [`BdevIoChannel::forward`] (which hands the I/O back on error, so an
+//! empty pool means "park with `queue_io_wait` and retry", never failure).
+//!
+//! ## The modules ([`mod@modules`], RPC names as SPDK's)
+//! - `malloc` (`bdev_malloc_create`/`_delete`), `null` (`bdev_null_create`/`_delete`/`_resize`);
+//! - `aio` (`bdev_aio_create`/`_delete`/`_rescan`): Linux AIO, one context per
+//!   channel, one `io_submit` per poll, completions reaped from the ring in
+//!   user space; `uring` (`bdev_uring_create`/`_delete`): one io_uring per
+//!   channel, one enter per poll when entries wait, completions polled;
+//!   both O_DIRECT where the filesystem allows;
+//! - `passthru` (`bdev_passthru_create`/`_delete`, deferred until the base
+//!   appears), `delay` (`bdev_delay_create`/`_delete`/`_update_latency`),
+//!   `error` (`bdev_error_create`/`_delete`/`_inject_error`), `split`
+//!   (`bdev_split_create`/`_delete`): virtual bdevs; a base's hot remove
+//!   unregisters what stands on it.
+//!
+//! ## For consumers
+//! [`bdev_open`] gives a [`BdevDesc`] (with an event callback for hot
+//! remove and resize, run on the opening thread); [`BdevDesc::claim`] takes
+//! exclusive write; [`BdevDesc::get_io_channel`] gives this thread's
+//! [`BdevIoChannel`], whose `readv`/`writev`/`submit`/`read`/`write`/...
+//! start I/O. The callback runs on the submitting thread, never inside the
+//! submit call.
+//!
+//! ## The I/O path
+//! Each I/O is a pooled object (no heap allocation per I/O in steady
+//! state); an empty pool makes submission fail with
+//! [`BdevError::NoMemory`], and [`BdevIoChannel::queue_io_wait`] resumes
+//! the caller when an object frees. The layer splits I/O at the optimal
+//! I/O boundary and the maximum transfer size, bounces buffers that are not
+//! aligned as the bdev requires, applies QoS limits across threads, and
+//! keeps per-channel statistics.
+
+mod bdev;
+mod channel;
+mod io;
+pub mod modules;
+mod qos;
+pub mod rpc;
+mod stats;
+mod subsystem;
+mod types;
+
+pub use bdev::{
+    bdev_get, bdev_open, bdev_register, bdev_unregister, bdevs, module_register, modules,
+    BackendChannel, Bdev, BdevBackend, BdevDesc, BdevModule,
+};
+pub use channel::BdevIoChannel;
+pub use io::{io_objects_created, io_pool_options, set_io_pool_options, BdevIo};
+pub use qos::QosLimits;
+pub use stats::{IoStats, TypeStats};
+pub use subsystem::BdevSubsystem;
+pub use types::{iovs_len, BdevError, BdevEvent, BdevProps, IoStatus, IoType, IoVec};

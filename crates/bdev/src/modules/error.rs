@@ -1,0 +1,449 @@
+//! The error injection bdev (SPDK: module/bdev/error): `EE_<base>`, a
+//! virtual bdev that forwards I/O to its base except where an injected
+//! error says otherwise.
+//!
+//! `bdev_error_inject_error` arms, per I/O type (or all), one kind for the
+//! next `num` I/Os of that type:
+//! - `failure`: complete them with [`IoStatus::Failed`] without touching the base;
+//! - `pending`: hold them, never completed until a reset reaches the bdev
+//!   (then [`IoStatus::Aborted`]), or it goes away;
+//! - `corrupt_data`: reads succeed but byte `corrupt_offset` of the data
+//!   is XORed with `corrupt_value`;
+//! - `clear`: disarm.
+//!
+//! With `queue_depth` set, an I/O is hit only while that many I/Os (itself
+//! included) are outstanding on its channel. The armed state is shared by
+//! every channel (atomics: no lock on the I/O path).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use rspdk_thread::{poller_register, Poller, PollerStatus};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::vbdev::{open_base, BaseDesc, BaseLink};
+use crate::bdev::{bdev_register, bdev_unregister, BackendChannel, BdevBackend};
+use crate::io::BdevIo;
+use crate::rpc::{delete_method, method, NameParam};
+use crate::types::{BdevError, BdevProps, IoStatus, IoType, IoVec};
+use crate::Bdev;
+
+/// The module name.
+pub const MODULE: &str = "error";
+
+/// Parameters of `bdev_error_create`, as SPDK names them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorCreateOpts {
+    /// The base bdev; the error bdev is `EE_<base_name>`.
+    pub base_name: String,
+    /// UUID; generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<uuid::Uuid>,
+}
+
+/// The I/O types `bdev_error_inject_error` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InjectIoType {
+    /// Reads.
+    Read,
+    /// Writes.
+    Write,
+    /// Unmaps.
+    Unmap,
+    /// Flushes.
+    Flush,
+    /// Every type.
+    All,
+}
+
+/// The kinds of error `bdev_error_inject_error` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorType {
+    /// Complete with failure.
+    Failure,
+    /// Hold until a reset.
+    Pending,
+    /// Corrupt read data.
+    CorruptData,
+    /// Out of resources (not supported yet: refused with a clear error).
+    Nomem,
+    /// Disarm.
+    Clear,
+}
+
+/// Parameters of `bdev_error_inject_error`, as SPDK names them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InjectOpts {
+    /// The error bdev (`EE_...`).
+    pub name: String,
+    /// Which I/O type.
+    pub io_type: InjectIoType,
+    /// Which error.
+    pub error_type: ErrorType,
+    /// How many I/Os to hit (default 1).
+    #[serde(default = "one")]
+    pub num: u32,
+    /// Hit only while this many I/Os are outstanding on the channel (0 = always).
+    #[serde(default)]
+    pub queue_depth: u32,
+    /// Byte of the read data to corrupt (`corrupt_data`).
+    #[serde(default)]
+    pub corrupt_offset: u64,
+    /// XOR value for the corrupted byte (`corrupt_data`; not 0).
+    #[serde(default)]
+    pub corrupt_value: u8,
+}
+
+fn one() -> u32 {
+    1
+}
+
+const KIND_NONE: u8 = 0;
+const KIND_FAILURE: u8 = 1;
+const KIND_PENDING: u8 = 2;
+const KIND_CORRUPT: u8 = 3;
+
+/// One I/O type's armed error.
+#[derive(Default)]
+struct Armed {
+    kind: AtomicU8,
+    left: AtomicU32,
+    queue_depth: AtomicU32,
+    corrupt_offset: AtomicU64,
+    corrupt_value: AtomicU8,
+}
+
+struct ErrorShared {
+    armed: [Armed; 8],
+    /// Set when the bdev goes away: channels abort what they hold.
+    removing: AtomicBool,
+}
+
+impl ErrorShared {
+    /// The kind to apply to an I/O of `io_type` with `inflight` outstanding
+    /// (itself included), consuming one of the armed count.
+    fn take(&self, io_type: IoType, inflight: u32) -> u8 {
+        let a = &self.armed[io_type.index()];
+        let kind = a.kind.load(Ordering::Relaxed);
+        if kind == KIND_NONE {
+            return KIND_NONE;
+        }
+        let qd = a.queue_depth.load(Ordering::Relaxed);
+        if qd != 0 && inflight < qd {
+            return KIND_NONE;
+        }
+        let got = a
+            .left
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if got {
+            kind
+        } else {
+            KIND_NONE
+        }
+    }
+}
+
+/// Error bdevs by name, for `inject_error`.
+type ErrorList = Vec<(String, Arc<ErrorShared>)>;
+static ERRORS: std::sync::Mutex<ErrorList> = std::sync::Mutex::new(Vec::new());
+
+fn errors() -> std::sync::MutexGuard<'static, ErrorList> {
+    ERRORS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Creates `EE_<base_name>` (SPDK: `vbdev_error_create`).
+pub fn create(opts: ErrorCreateOpts) -> Result<Bdev, BdevError> {
+    let name = format!("EE_{}", opts.base_name);
+    super::vbdev::check_free(&name)?;
+    if crate::bdev_get(&opts.base_name).is_none() {
+        return Err(BdevError::NotFound(opts.base_name.clone()));
+    }
+    let shared = Arc::new(ErrorShared {
+        armed: Default::default(),
+        removing: AtomicBool::new(false),
+    });
+    let (n2, s2) = (name.clone(), shared.clone());
+    let desc = open_base(&opts.base_name, MODULE, move || {
+        s2.removing.store(true, Ordering::Release);
+        let _ = bdev_unregister(&n2, || {});
+    })?;
+    let base = desc.bdev().clone();
+    let bp = base.props();
+    let mut props = BdevProps::new(
+        &name,
+        bp.block_size,
+        base.num_blocks(),
+        "Error Injection Disk",
+    );
+    props.required_alignment = bp.required_alignment;
+    props.write_unit_size = bp.write_unit_size;
+    props.optimal_io_boundary = bp.optimal_io_boundary;
+    props.max_transfer_blocks = bp.max_transfer_blocks;
+    props.write_cache = bp.write_cache;
+    if let Some(u) = opts.uuid {
+        props.uuid = u;
+    }
+    errors().push((name.clone(), shared.clone()));
+    let r = bdev_register(
+        props,
+        MODULE,
+        Box::new(ErrorBackend {
+            base: BaseDesc::new(desc),
+            base_bdev: base,
+            shared: shared.clone(),
+            opts,
+        }),
+    );
+    if r.is_err() {
+        errors().retain(|(_, s)| !Arc::ptr_eq(s, &shared));
+    }
+    r
+}
+
+/// Deletes an error bdev; `done` runs when it is gone.
+pub fn delete(name: &str, done: impl FnOnce() + Send + 'static) -> Result<(), BdevError> {
+    match crate::bdev_get(name) {
+        Some(b) if b.module_name() == MODULE => {
+            if let Some((_, s)) = errors().iter().find(|(n, _)| n == name) {
+                s.removing.store(true, Ordering::Release);
+            }
+            bdev_unregister(name, done)
+        }
+        Some(_) => Err(BdevError::InvalidParam(format!(
+            "bdev '{name}' is not an error bdev"
+        ))),
+        None => Err(BdevError::NotFound(name.to_string())),
+    }
+}
+
+/// Arms (or with `clear`, disarms) an error (SPDK: `vbdev_error_inject_error`).
+pub fn inject_error(opts: &InjectOpts) -> Result<(), BdevError> {
+    let shared = errors()
+        .iter()
+        .find(|(n, _)| *n == opts.name)
+        .map(|(_, s)| s.clone())
+        .ok_or_else(|| match crate::bdev_get(&opts.name) {
+            Some(_) => BdevError::InvalidParam(format!(
+                "bdev '{}' is not an error bdev (create one with bdev_error_create)",
+                opts.name
+            )),
+            None => BdevError::NotFound(opts.name.clone()),
+        })?;
+    let kind = match opts.error_type {
+        ErrorType::Failure => KIND_FAILURE,
+        ErrorType::Pending => KIND_PENDING,
+        ErrorType::CorruptData => {
+            if opts.corrupt_value == 0 {
+                return Err(BdevError::InvalidParam(
+                    "corrupt_value must be non-zero for corrupt_data (it is XORed into the data)"
+                        .into(),
+                ));
+            }
+            KIND_CORRUPT
+        }
+        ErrorType::Nomem => return Err(BdevError::InvalidParam(
+            "error_type 'nomem' is not supported yet: use failure, pending, corrupt_data or clear"
+                .into(),
+        )),
+        ErrorType::Clear => KIND_NONE,
+    };
+    if kind != KIND_NONE && opts.num == 0 {
+        return Err(BdevError::InvalidParam(
+            "num must be at least 1 (the number of I/Os to hit)".into(),
+        ));
+    }
+    let types: &[IoType] = match opts.io_type {
+        InjectIoType::Read => &[IoType::Read],
+        InjectIoType::Write => &[IoType::Write],
+        InjectIoType::Unmap => &[IoType::Unmap],
+        InjectIoType::Flush => &[IoType::Flush],
+        InjectIoType::All => &IoType::ALL,
+    };
+    for t in types {
+        if opts.io_type == InjectIoType::All && *t == IoType::Reset {
+            continue;
+        }
+        let a = &shared.armed[t.index()];
+        a.kind.store(KIND_NONE, Ordering::Release);
+        a.left.store(
+            if kind == KIND_NONE { 0 } else { opts.num },
+            Ordering::Release,
+        );
+        a.queue_depth.store(opts.queue_depth, Ordering::Release);
+        a.corrupt_offset
+            .store(opts.corrupt_offset, Ordering::Release);
+        a.corrupt_value.store(opts.corrupt_value, Ordering::Release);
+        a.kind.store(kind, Ordering::Release);
+    }
+    Ok(())
+}
+
+struct ErrorBackend {
+    base: BaseDesc,
+    base_bdev: Bdev,
+    shared: Arc<ErrorShared>,
+    opts: ErrorCreateOpts,
+}
+
+struct ErrorChannelState {
+    base: Rc<BaseLink>,
+    shared: Arc<ErrorShared>,
+    inflight: Cell<u32>,
+    pending: RefCell<VecDeque<BdevIo>>,
+}
+
+struct ErrorChannel {
+    st: Rc<ErrorChannelState>,
+    poller: Option<Poller>,
+}
+
+impl BdevBackend for ErrorBackend {
+    fn create_channel(&self) -> Result<Box<dyn BackendChannel>, BdevError> {
+        let st = Rc::new(ErrorChannelState {
+            base: self.base.link()?,
+            shared: self.shared.clone(),
+            inflight: Cell::new(0),
+            pending: RefCell::new(VecDeque::new()),
+        });
+        let weak = Rc::downgrade(&st);
+        // Held I/O is aborted once the bdev goes away, so none is lost.
+        let poller = poller_register("error_removal", 0, move |_| match weak.upgrade() {
+            Some(st) if st.shared.removing.load(Ordering::Acquire) => {
+                if st.abort_pending() > 0 {
+                    PollerStatus::Busy
+                } else {
+                    PollerStatus::Idle
+                }
+            }
+            _ => PollerStatus::Idle,
+        })
+        .map_err(|e| BdevError::Channel {
+            bdev: format!("EE_{}", self.opts.base_name),
+            detail: e.to_string(),
+        })?;
+        Ok(Box::new(ErrorChannel {
+            st,
+            poller: Some(poller),
+        }))
+    }
+
+    fn io_type_supported(&self, io_type: IoType) -> bool {
+        self.base_bdev.io_type_supported(io_type)
+    }
+
+    fn dump_info_json(&self) -> Value {
+        json!({"error": {"base_bdev": self.opts.base_name}})
+    }
+
+    fn write_config_json(&self, props: &BdevProps) -> Option<Value> {
+        let mut o = self.opts.clone();
+        o.uuid = Some(props.uuid);
+        Some(json!({"method": "bdev_error_create", "params": o}))
+    }
+
+    fn destruct(&self) {
+        self.shared.removing.store(true, Ordering::Release);
+        errors().retain(|(_, s)| !Arc::ptr_eq(s, &self.shared));
+        self.base.release();
+    }
+}
+
+impl ErrorChannelState {
+    /// Completes every held (`pending`) I/O as aborted; returns how many.
+    fn abort_pending(&self) -> usize {
+        let mut n = 0;
+        loop {
+            let next = self.pending.borrow_mut().pop_front();
+            match next {
+                Some(io) => {
+                    self.inflight.set(self.inflight.get() - 1);
+                    io.complete(IoStatus::Aborted);
+                    n += 1;
+                }
+                None => return n,
+            }
+        }
+    }
+
+    fn forward(self: &Rc<Self>, io: BdevIo, corrupt: bool) {
+        let off = io.offset_blocks();
+        let st = self.clone();
+        self.base.forward(io, off, move |io, status| {
+            st.inflight.set(st.inflight.get() - 1);
+            if status.is_ok() && corrupt {
+                st.corrupt(&io);
+            }
+            if io.io_type() == IoType::Reset {
+                st.abort_pending();
+            }
+            io.complete(status);
+        });
+    }
+
+    /// XORs the armed byte of a read's data.
+    fn corrupt(&self, io: &BdevIo) {
+        let a = &self.shared.armed[io.io_type().index()];
+        let mut off = a.corrupt_offset.load(Ordering::Relaxed) as usize;
+        let val = a.corrupt_value.load(Ordering::Relaxed);
+        for v in io.iovs() {
+            let IoVec { base, len } = *v;
+            if off < len {
+                // SAFETY: the read just completed into this buffer, which the
+                // submitter keeps valid until we complete the I/O; `off < len`.
+                unsafe { *base.add(off) ^= val };
+                return;
+            }
+            off -= len;
+        }
+    }
+}
+
+impl BackendChannel for ErrorChannel {
+    fn submit(&mut self, io: BdevIo) {
+        let st = &self.st;
+        st.inflight.set(st.inflight.get() + 1);
+        match st.shared.take(io.io_type(), st.inflight.get()) {
+            KIND_FAILURE => {
+                st.inflight.set(st.inflight.get() - 1);
+                io.complete(IoStatus::Failed);
+            }
+            KIND_PENDING => st.pending.borrow_mut().push_back(io),
+            KIND_CORRUPT => {
+                let corrupt = io.io_type() == IoType::Read;
+                st.forward(io, corrupt);
+            }
+            _ => st.forward(io, false),
+        }
+    }
+}
+
+impl Drop for ErrorChannel {
+    fn drop(&mut self) {
+        if let Some(p) = self.poller.take() {
+            p.unregister();
+        }
+        self.st.abort_pending();
+    }
+}
+
+/// Registers `bdev_error_create`, `bdev_error_delete` and
+/// `bdev_error_inject_error`.
+pub fn register_rpcs(reg: &rspdk_rpc::RpcRegistry) {
+    let rt = rspdk_rpc::StateMask::RUNTIME;
+    method(reg, "bdev_error_create", rt, |o: ErrorCreateOpts| {
+        create(o).map(|b| json!(b.name()))
+    });
+    delete_method(reg, "bdev_error_delete", |p: &NameParam| &p.name, delete);
+    method(reg, "bdev_error_inject_error", rt, |o: InjectOpts| {
+        inject_error(&o).map(|()| json!(true))
+    });
+}

@@ -1,0 +1,131 @@
+//! The null bdev: completes every I/O without moving data (SPDK:
+//! module/bdev/null). Reads return whatever the buffers held.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::bdev::{bdev_register, bdev_unregister, BackendChannel, BdevBackend};
+use crate::io::BdevIo;
+use crate::types::{BdevError, BdevProps, IoStatus, IoType};
+use crate::Bdev;
+
+/// Parameters of `bdev_null_create`, as SPDK names them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NullOpts {
+    /// Bdev name.
+    pub name: String,
+    /// Number of blocks.
+    pub num_blocks: u64,
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Physical block size (reported only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical_block_size: Option<u32>,
+    /// UUID; generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<uuid::Uuid>,
+    /// Metadata size (only 0 is supported).
+    #[serde(default)]
+    pub md_size: u32,
+    /// DIF type (only 0 is supported).
+    #[serde(default)]
+    pub dif_type: u8,
+    /// DIF at the head of metadata.
+    #[serde(default)]
+    pub dif_is_head_of_md: bool,
+}
+
+struct NullBackend {
+    opts: std::sync::Mutex<NullOpts>,
+}
+
+struct NullChannel;
+
+/// Creates a null bdev.
+pub fn create(opts: NullOpts) -> Result<Bdev, BdevError> {
+    if opts.md_size != 0 || opts.dif_type != 0 {
+        return Err(BdevError::InvalidParam(
+            "metadata and DIF are not supported yet: omit md_size and dif_type".into(),
+        ));
+    }
+    let mut props = BdevProps::new(&opts.name, opts.block_size, opts.num_blocks, "Null disk");
+    if let Some(u) = opts.uuid {
+        props.uuid = u;
+    }
+    let mut opts = opts;
+    opts.uuid = Some(props.uuid);
+    bdev_register(
+        props,
+        "null",
+        Box::new(NullBackend {
+            opts: std::sync::Mutex::new(opts),
+        }),
+    )
+}
+
+/// Deletes a null bdev.
+pub fn delete(name: &str, done: impl FnOnce() + Send + 'static) -> Result<(), BdevError> {
+    match crate::bdev_get(name) {
+        Some(b) if b.module_name() == "null" => bdev_unregister(name, done),
+        Some(_) => Err(BdevError::InvalidParam(format!(
+            "bdev '{name}' is not a null bdev"
+        ))),
+        None => Err(BdevError::NotFound(name.to_string())),
+    }
+}
+
+/// Resizes a null bdev to `new_size_mib` MiB (SPDK: `bdev_null_resize`);
+/// shrinking is refused as SPDK does.
+pub fn resize(name: &str, new_size_mib: u64) -> Result<(), BdevError> {
+    let bdev = crate::bdev_get(name).ok_or_else(|| BdevError::NotFound(name.to_string()))?;
+    if bdev.module_name() != "null" {
+        return Err(BdevError::InvalidParam(format!(
+            "bdev '{name}' is not a null bdev"
+        )));
+    }
+    let bs = bdev.block_size() as u64;
+    let new_blocks = (new_size_mib << 20) / bs;
+    if new_blocks < bdev.num_blocks() {
+        return Err(BdevError::InvalidParam(format!(
+            "new size {new_size_mib} MiB is smaller than the current {} MiB: null bdevs only grow",
+            (bdev.num_blocks() * bs) >> 20
+        )));
+    }
+    bdev.resize(new_blocks)
+}
+
+impl BdevBackend for NullBackend {
+    fn create_channel(&self) -> Result<Box<dyn BackendChannel>, BdevError> {
+        Ok(Box::new(NullChannel))
+    }
+
+    fn io_type_supported(&self, io_type: IoType) -> bool {
+        matches!(
+            io_type,
+            IoType::Read
+                | IoType::Write
+                | IoType::WriteZeroes
+                | IoType::Flush
+                | IoType::Reset
+                | IoType::Unmap
+        )
+    }
+
+    fn write_config_json(&self, props: &BdevProps) -> Option<Value> {
+        let mut o = self.opts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        o.name = props.name.clone();
+        o.uuid = Some(props.uuid);
+        if let Some(b) = crate::bdev_get(&props.name) {
+            o.num_blocks = b.num_blocks();
+        }
+        Some(json!({"method": "bdev_null_create", "params": o}))
+    }
+}
+
+impl BackendChannel for NullChannel {
+    #[inline]
+    fn submit(&mut self, io: BdevIo) {
+        io.complete(IoStatus::Success);
+    }
+}

@@ -1,0 +1,378 @@
+//! The bdev layer's JSON-RPC methods, with SPDK's names and parameters,
+//! and the `bdev` subsystem's save_config output.
+//!
+//! Handlers run on the app thread (where the RPC server is polled). Each
+//! module adds its methods in its own `register_rpcs`, called from
+//! [`register_rpcs`] here.
+
+use rspdk_rpc::{parse_params, Responder, RpcError, RpcRegistry, StateMask};
+use rspdk_thread::now_ns;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::modules::{malloc, null};
+use crate::types::BdevError;
+use crate::{bdev_get, bdevs, QosLimits};
+
+/// Converts a layer error into SPDK's response: code `-errno`, and our
+/// message (which names the problem).
+pub fn rpc_error(e: BdevError) -> RpcError {
+    RpcError::new(-e.errno(), e.to_string())
+}
+
+/// Registers a method whose params decode into `P` and whose handler
+/// answers at once.
+pub fn method<P, F>(reg: &RpcRegistry, name: &str, states: StateMask, f: F)
+where
+    P: DeserializeOwned + 'static,
+    F: Fn(P) -> Result<Value, BdevError> + 'static,
+{
+    let r = reg.register(
+        name,
+        states,
+        move |params: Option<Value>, resp: Responder| match parse_params::<P>(params) {
+            Ok(p) => resp.complete(f(p).map_err(rpc_error)),
+            Err(e) => resp.error(e),
+        },
+    );
+    if let Err(e) = r {
+        tracing::error!(method = name, error = %e, "RPC method registration failed");
+    }
+}
+
+/// Registers a method whose handler answers later through the responder.
+pub fn method_async<P, F>(reg: &RpcRegistry, name: &str, states: StateMask, f: F)
+where
+    P: DeserializeOwned + 'static,
+    F: Fn(P, Responder) + 'static,
+{
+    let r = reg.register(
+        name,
+        states,
+        move |params: Option<Value>, resp: Responder| match parse_params::<P>(params) {
+            Ok(p) => f(p, resp),
+            Err(e) => resp.error(e),
+        },
+    );
+    if let Err(e) = r {
+        tracing::error!(method = name, error = %e, "RPC method registration failed");
+    }
+}
+
+thread_local! {
+    /// Responders waiting for work that finishes on another thread.
+    static PARKED: std::cell::RefCell<std::collections::HashMap<u64, Responder>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+static NEXT_PARKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Parks `resp` on this (the app) thread. Returns its id, for
+/// [`answer_parked`] if the operation fails to start, and a `Send` callback
+/// that, from any thread, has it answered with `result` back here.
+pub fn respond_later(resp: Responder, result: Value) -> (u64, impl FnOnce() + Send + 'static) {
+    let id = NEXT_PARKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    PARKED.with(|p| p.borrow_mut().insert(id, resp));
+    let home = rspdk_thread::get_thread().map(|t| t.handle());
+    let done = move || {
+        let answer = move || {
+            if let Some(r) = PARKED.with(|p| p.borrow_mut().remove(&id)) {
+                r.success(&result);
+            }
+        };
+        match home {
+            Some(t) => {
+                let _ = t.send_msg(answer);
+            }
+            None => answer(),
+        }
+    };
+    (id, done)
+}
+
+/// The `{"name": ...}` params many bdev methods take.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameParam {
+    /// The bdev's name.
+    pub name: String,
+}
+
+/// What a module's delete function looks like to [`delete_method`].
+pub type DeleteFn = fn(&str, Box<dyn FnOnce() + Send>) -> Result<(), BdevError>;
+
+/// Registers a `*_delete` method: decodes `P`, calls `delete` with the name
+/// `name_of` picks, and answers `true` once the bdev is gone (SPDK answers
+/// after the unregister completes), or the error if it could not start.
+pub fn delete_method<P: DeserializeOwned + 'static>(
+    reg: &RpcRegistry,
+    method_name: &str,
+    name_of: fn(&P) -> &str,
+    delete: DeleteFn,
+) {
+    method_async(reg, method_name, StateMask::RUNTIME, move |p: P, resp| {
+        let (id, done) = respond_later(resp, json!(true));
+        if let Err(e) = delete(name_of(&p), Box::new(done)) {
+            // `done` was dropped unrun: answer the parked responder here.
+            answer_parked(id, Err(rpc_error(e)));
+        }
+    });
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GetBdevsParams {
+    #[serde(default)]
+    name: Option<String>,
+    /// Milliseconds to wait for the bdev to appear (accepted; bdevs here
+    /// appear synchronously).
+    #[serde(default)]
+    #[allow(dead_code)]
+    timeout: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NullResizeParams {
+    name: String,
+    new_size: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QosParams {
+    name: String,
+    #[serde(default)]
+    rw_ios_per_sec: Option<u64>,
+    #[serde(default)]
+    rw_mbytes_per_sec: Option<u64>,
+    #[serde(default)]
+    r_mbytes_per_sec: Option<u64>,
+    #[serde(default)]
+    w_mbytes_per_sec: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct IostatParams {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    per_channel: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BdevOptions {
+    #[serde(default)]
+    bdev_io_pool_size: Option<usize>,
+    #[serde(default)]
+    bdev_io_cache_size: Option<usize>,
+    #[serde(default)]
+    bdev_auto_examine: Option<bool>,
+    #[serde(default)]
+    iobuf_small_cache_size: Option<u32>,
+    #[serde(default)]
+    iobuf_large_cache_size: Option<u32>,
+}
+
+fn opt_params<P: DeserializeOwned + Default>(v: Option<Value>) -> Result<P, RpcError> {
+    match v {
+        None | Some(Value::Null) => Ok(P::default()),
+        some => parse_params(some),
+    }
+}
+
+/// Registers the bdev layer's and every module's methods.
+pub fn register_rpcs(reg: &RpcRegistry) {
+    let rt = StateMask::RUNTIME;
+    method(reg, "bdev_malloc_create", rt, |o: malloc::MallocOpts| {
+        malloc::create(o).map(|b| json!(b.name()))
+    });
+    delete_method(
+        reg,
+        "bdev_malloc_delete",
+        |p: &NameParam| &p.name,
+        malloc::delete,
+    );
+    method(reg, "bdev_null_create", rt, |o: null::NullOpts| {
+        null::create(o).map(|b| json!(b.name()))
+    });
+    delete_method(
+        reg,
+        "bdev_null_delete",
+        |p: &NameParam| &p.name,
+        null::delete,
+    );
+    method(reg, "bdev_null_resize", rt, |p: NullResizeParams| {
+        null::resize(&p.name, p.new_size).map(|()| json!(true))
+    });
+    let r = reg.register(
+        "bdev_get_bdevs",
+        rt,
+        |params: Option<Value>, resp: Responder| {
+            let p: GetBdevsParams = match opt_params(params) {
+                Ok(p) => p,
+                Err(e) => return resp.error(e),
+            };
+            match p.name {
+                Some(n) => match bdev_get(&n) {
+                    Some(b) => resp.success(&json!([b.info_json()])),
+                    None => resp.error(rpc_error(BdevError::NotFound(n))),
+                },
+                None => resp.success(&Value::Array(
+                    bdevs().iter().map(|b| b.info_json()).collect(),
+                )),
+            }
+        },
+    );
+    log_reg(r, "bdev_get_bdevs");
+    let r = reg.register(
+        "bdev_get_iostat",
+        rt,
+        |params: Option<Value>, resp: Responder| {
+            let p: IostatParams = match opt_params(params) {
+                Ok(p) => p,
+                Err(e) => return resp.error(e),
+            };
+            let list = match p.name {
+                Some(n) => match bdev_get(&n) {
+                    Some(b) => vec![b],
+                    None => return resp.error(rpc_error(BdevError::NotFound(n))),
+                },
+                None => bdevs(),
+            };
+            crate::channel::gather_stats(list, move |stats| {
+                let bdevs: Vec<Value> = stats.iter().map(|(n, s)| s.to_json(n)).collect();
+                resp.success(&json!({
+                    "tick_rate": 1_000_000_000u64,
+                    "ticks": now_ns(),
+                    "bdevs": bdevs,
+                }));
+            });
+        },
+    );
+    log_reg(r, "bdev_get_iostat");
+    method(reg, "bdev_set_qos_limit", rt, |p: QosParams| {
+        let b = bdev_get(&p.name).ok_or_else(|| BdevError::NotFound(p.name.clone()))?;
+        let mut l = b.0.qos.limits();
+        if p.rw_ios_per_sec.is_none()
+            && p.rw_mbytes_per_sec.is_none()
+            && p.r_mbytes_per_sec.is_none()
+            && p.w_mbytes_per_sec.is_none()
+        {
+            return Err(BdevError::InvalidParam(
+                "give at least one of rw_ios_per_sec, rw_mbytes_per_sec, r_mbytes_per_sec, w_mbytes_per_sec".into(),
+            ));
+        }
+        if let Some(v) = p.rw_ios_per_sec {
+            if v % 1000 != 0 {
+                return Err(BdevError::InvalidParam(format!(
+                    "rw_ios_per_sec {v} must be a multiple of 1000 (as SPDK requires)"
+                )));
+            }
+            l.rw_ios_per_sec = v;
+        }
+        if let Some(v) = p.rw_mbytes_per_sec {
+            l.rw_mbytes_per_sec = v;
+        }
+        if let Some(v) = p.r_mbytes_per_sec {
+            l.r_mbytes_per_sec = v;
+        }
+        if let Some(v) = p.w_mbytes_per_sec {
+            l.w_mbytes_per_sec = v;
+        }
+        b.set_qos_limits(l);
+        Ok(json!(true))
+    });
+    let r = reg.register(
+        "bdev_wait_for_examine",
+        StateMask::ALL,
+        |params, resp: Responder| {
+            match rspdk_rpc::expect_no_params("bdev_wait_for_examine", &params) {
+                // Examine runs synchronously at registration: nothing is pending.
+                Ok(()) => resp.success(&true),
+                Err(e) => resp.error(e),
+            }
+        },
+    );
+    log_reg(r, "bdev_wait_for_examine");
+    method(reg, "bdev_examine", rt, |p: NameParam| {
+        let b = bdev_get(&p.name).ok_or_else(|| BdevError::NotFound(p.name.clone()))?;
+        for m in crate::modules() {
+            m.examine(&b);
+        }
+        Ok(json!(true))
+    });
+    method(
+        reg,
+        "bdev_set_options",
+        StateMask::STARTUP,
+        |p: BdevOptions| {
+            let (pool, cache) = crate::io_pool_options();
+            let _ = (
+                p.bdev_auto_examine,
+                p.iobuf_small_cache_size,
+                p.iobuf_large_cache_size,
+            );
+            crate::set_io_pool_options(
+                p.bdev_io_pool_size.unwrap_or(pool),
+                p.bdev_io_cache_size.unwrap_or(cache),
+            );
+            Ok(json!(true))
+        },
+    );
+    for m in crate::modules::rpc_registrars() {
+        m(reg);
+    }
+}
+
+fn log_reg(r: Result<(), rspdk_rpc::Error>, name: &str) {
+    if let Err(e) = r {
+        tracing::error!(method = name, error = %e, "RPC method registration failed");
+    }
+}
+
+/// Answers a parked responder now, on this thread (when the operation that
+/// would have answered it failed to start).
+pub fn answer_parked(id: u64, result: Result<Value, RpcError>) {
+    if let Some(r) = PARKED.with(|p| p.borrow_mut().remove(&id)) {
+        r.complete(result);
+    }
+}
+
+/// The `bdev` subsystem's save_config array (SPDK's order: options,
+/// module-wide settings, the bdevs in registration order, QoS limits,
+/// then `bdev_wait_for_examine`).
+pub fn config_json() -> Vec<Value> {
+    let (pool, cache) = crate::io_pool_options();
+    let mut out = vec![json!({
+        "method": "bdev_set_options",
+        "params": {"bdev_io_pool_size": pool, "bdev_io_cache_size": cache, "bdev_auto_examine": true}
+    })];
+    for m in crate::modules() {
+        out.extend(m.config_json());
+    }
+    let all = bdevs();
+    for b in &all {
+        if let Some(c) = b.config_json() {
+            out.push(c);
+        }
+    }
+    for b in &all {
+        let l: QosLimits = b.0.qos.limits();
+        if l != QosLimits::default() {
+            out.push(json!({"method": "bdev_set_qos_limit", "params": {
+                "name": b.name(),
+                "rw_ios_per_sec": l.rw_ios_per_sec,
+                "rw_mbytes_per_sec": l.rw_mbytes_per_sec,
+                "r_mbytes_per_sec": l.r_mbytes_per_sec,
+                "w_mbytes_per_sec": l.w_mbytes_per_sec,
+            }}));
+        }
+    }
+    out.push(json!({"method": "bdev_wait_for_examine"}));
+    out
+}

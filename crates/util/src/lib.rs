@@ -1,0 +1,10 @@
+//! Small allocation-free building blocks shared by every rspdk layer (SPDK:
+//! `lib/util`). Depends on nothing.
+//!
+//! - [`Callback`]: a one-shot `FnOnce(A)` stored inline (no heap allocation
+//!   for closures up to [`CALLBACK_INLINE_BYTES`]), for per-I/O completion
+//!   callbacks on data paths.
+
+mod callback;
+
+pub use callback::{Callback, CALLBACK_INLINE_BYTES};
