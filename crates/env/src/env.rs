@@ -102,6 +102,9 @@ pub fn init(opts: &EnvOpts) -> Result<&'static Env> {
     }
     let backing = choose_backing(opts)?;
     let iova_mode = resolve_iova_mode(opts)?;
+    let mut opts = opts.clone();
+    place_below_iommu_limit(&mut opts, iova_mode, crate::vfio::iommu_address_width());
+    let opts = &opts;
     let nodes = sys::nodes_with_memory();
     let here = sys::current_node();
     let main_socket = if nodes.contains(&here) {
@@ -196,8 +199,53 @@ fn choose_backing(opts: &EnvOpts) -> Result<Backing> {
     Ok(Backing::AnonHuge { page_size })
 }
 
+/// With IOVA = VA, the heap's addresses are what the IOMMU sees: an IOMMU
+/// narrower than the default window (Intel's 39-bit one) cannot map it.
+/// When the caller kept the default base, the heap moves down to a quarter
+/// of the IOMMU's range; a base the caller chose is kept (VFIO then reports
+/// memory beyond the aperture with the fix).
+fn place_below_iommu_limit(opts: &mut EnvOpts, mode: IovaMode, width: Option<u32>) {
+    let Some(width) = width else { return };
+    if mode != IovaMode::Va || width >= 64 {
+        return;
+    }
+    let limit = 1usize << width;
+    let window = (opts.mem_limit_mb << 20).next_power_of_two();
+    if opts.base_virtaddr + window <= limit {
+        return;
+    }
+    if opts.base_virtaddr != DEFAULT_BASE_VIRTADDR {
+        tracing::warn!(
+            base = format_args!("{:#x}", opts.base_virtaddr),
+            iommu_bits = width,
+            "the DMA heap's base is beyond the IOMMU's {width}-bit address range; VFIO will refuse to map it"
+        );
+        return;
+    }
+    let base = limit / 4;
+    if base + window > limit {
+        opts.mem_limit_mb = ((limit - base) / 2) >> 20;
+    }
+    tracing::info!(
+        from = format_args!("{:#x}", DEFAULT_BASE_VIRTADDR),
+        to = format_args!("{base:#x}"),
+        iommu_bits = width,
+        "IOMMU addresses are {width} bits wide: placing the DMA heap low so that IOVA = VA fits"
+    );
+    opts.base_virtaddr = base;
+}
+
 fn resolve_iova_mode(opts: &EnvOpts) -> Result<IovaMode> {
     let pfns = sys::pagemap_shows_pfns();
+    // SPDK's rule: with an IOMMU (devices through VFIO) use virtual
+    // addresses; without one, physical addresses.
+    let iommu = crate::pci::iommu_state();
+    if opts.iova_mode == IovaMode::Auto
+        && iommu.units > 0
+        && std::path::Path::new("/dev/vfio/vfio").exists()
+    {
+        return Ok(IovaMode::Va);
+    }
     match opts.iova_mode {
         IovaMode::Va => Ok(IovaMode::Va),
         IovaMode::Pa if pfns => Ok(IovaMode::Pa),
@@ -215,7 +263,8 @@ fn resolve_iova_mode(opts: &EnvOpts) -> Result<IovaMode> {
 }
 
 impl Env {
-    /// The options it was initialised with.
+    /// The options it was initialised with (after placement: the heap
+    /// base may have moved below a narrow IOMMU's limit).
     pub fn opts(&self) -> &EnvOpts {
         &self.opts
     }
@@ -313,5 +362,30 @@ impl Env {
         let heap = Heap::new(config, crate::alloc::NUM_CLASSES, initial)?;
         let _ = cell.set(heap);
         Ok(cell.get().expect("set above"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heap_moves_below_a_39_bit_iommu() {
+        let mut o = EnvOpts::default();
+        place_below_iommu_limit(&mut o, IovaMode::Va, Some(39));
+        assert_eq!(o.base_virtaddr, 1 << 37);
+        assert!(o.base_virtaddr + ((o.mem_limit_mb << 20).next_power_of_two()) <= 1 << 39);
+        let mut o = EnvOpts::default();
+        place_below_iommu_limit(&mut o, IovaMode::Va, Some(48));
+        assert_eq!(o.base_virtaddr, DEFAULT_BASE_VIRTADDR);
+        let mut o = EnvOpts::default();
+        place_below_iommu_limit(&mut o, IovaMode::Pa, Some(39));
+        assert_eq!(o.base_virtaddr, DEFAULT_BASE_VIRTADDR);
+        let mut o = EnvOpts {
+            base_virtaddr: 0x3000_0000_0000,
+            ..Default::default()
+        };
+        place_below_iommu_limit(&mut o, IovaMode::Va, Some(39));
+        assert_eq!(o.base_virtaddr, 0x3000_0000_0000, "a chosen base is kept");
     }
 }

@@ -38,6 +38,22 @@ pub enum EnvError {
     #[error("environment state: {0}")]
     State(String),
 
+    /// VFIO or the IOMMU cannot give access to a device or to DMA memory:
+    /// no IOMMU, a group that is not viable, memory beyond the aperture.
+    /// The message names the fix. SPDK: `-ENODEV` / `-EFAULT`.
+    #[error("IOMMU/VFIO: {0}")]
+    Iommu(String),
+
+    /// A PCI device cannot be used as asked (wrong driver, removed, in use
+    /// by a mounted filesystem).
+    #[error("PCI device {bdf}: {reason}")]
+    Device {
+        /// The device's address.
+        bdf: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+
     /// A system call failed. `op` says which, `detail` what it was doing.
     #[error("{op} failed ({detail}): {source}")]
     Sys {
@@ -61,6 +77,8 @@ impl EnvError {
             EnvError::NoMemory(_) => libc::ENOMEM,
             EnvError::NotFound(_) => libc::ENOENT,
             EnvError::State(_) => libc::EALREADY,
+            EnvError::Iommu(_) => libc::ENODEV,
+            EnvError::Device { .. } => libc::ENODEV,
             EnvError::Sys { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
         }
     }

@@ -13,6 +13,9 @@
 //! - [`memzone_reserve`], [`Mempool`], [`Ring`]: SPDK's named zones, object
 //!   pools and lock-free rings.
 //! - [`mem_stats`]: per-socket heap statistics.
+//! - [`pci`], [`pcidev`], [`vfio`], [`mmio`]: PCI devices from sysfs,
+//!   binding to vfio-pci/uio_pci_generic, and user-space access to them
+//!   (BARs, config space, IOMMU mappings of every DMA region).
 //! - [`hugepages`] and [`sys`]: the kernel's view (hugepage pools, mounts,
 //!   pagemap), used by `rspdk_setup` and `rspdk_mem`.
 //!
@@ -27,9 +30,13 @@ pub mod hugepages;
 pub mod memmap;
 pub mod mempool;
 pub mod memzone;
+pub mod mmio;
 pub mod pci;
+pub mod pcidev;
 pub mod ring;
 pub mod sys;
+pub mod vfio;
+mod vfio_sys;
 pub mod vtophys;
 
 pub use alloc::{

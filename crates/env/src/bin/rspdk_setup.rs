@@ -1,12 +1,14 @@
 //! `rspdk_setup`: prepares a machine for rspdk, like SPDK's scripts/setup.sh.
 //!
 //! - `config`: reserve hugepages (HUGEMEM MiB or NRHUGE pages, per node with
-//!   HUGENODE) and mount hugetlbfs.
+//!   HUGENODE), mount hugetlbfs, and bind NVMe controllers (class 0x010802)
+//!   to vfio-pci (DRIVER_OVERRIDE / `--driver uio_pci_generic` without an
+//!   IOMMU), honouring PCI_ALLOWED / PCI_BLOCKED and never taking a device
+//!   whose block devices are mounted or otherwise in use.
 //! - `status`: hugepages per node and size, hugetlbfs mounts, PCI storage
 //!   devices and their drivers, IOMMU state.
-//! - `reset`: give devices back to the kernel (none are bound yet: device
-//!   binding arrives with the NVMe driver) and, with CLEAR_HUGE=yes, release
-//!   the hugepages.
+//! - `reset`: give devices bound to vfio-pci/uio_pci_generic back to their
+//!   kernel driver and, with CLEAR_HUGE=yes, release the hugepages.
 //!
 //! setup.sh's environment variables are honoured alongside the flags.
 
@@ -22,7 +24,7 @@ use rspdk_env::sys::human_size;
 #[command(
     name = "rspdk_setup",
     version,
-    about = "Prepare hugepages (and later devices) for rspdk"
+    about = "Prepare hugepages and NVMe devices for rspdk"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -53,6 +55,11 @@ enum Cmd {
         /// Where to mount hugetlbfs if no mount of that page size exists.
         #[arg(long = "huge-dir", default_value = "/dev/hugepages")]
         huge_dir: PathBuf,
+        #[command(flatten)]
+        devices: DeviceArgs,
+        /// Leave the hugepages alone (bind devices only).
+        #[arg(long = "skip-huge")]
+        skip_huge: bool,
     },
     /// Show hugepages, mounts, PCI storage devices and the IOMMU.
     Status {
@@ -65,7 +72,62 @@ enum Cmd {
         /// Release every reserved hugepage.
         #[arg(long = "clear-huge", env = "CLEAR_HUGE", value_parser = parse_yes, default_value = "no")]
         clear_huge: bool,
+        #[command(flatten)]
+        devices: DeviceArgs,
     },
+}
+
+#[derive(clap::Args)]
+struct DeviceArgs {
+    /// Driver for NVMe devices: vfio-pci (with an IOMMU) or uio_pci_generic.
+    #[arg(long, env = "DRIVER_OVERRIDE", default_value = "vfio-pci")]
+    driver: String,
+    /// Only these devices (BDFs, space or comma separated).
+    #[arg(long = "pci-allowed", env = "PCI_ALLOWED", default_value = "")]
+    pci_allowed: String,
+    /// Never these devices.
+    #[arg(long = "pci-blocked", env = "PCI_BLOCKED", default_value = "")]
+    pci_blocked: String,
+}
+
+fn nvme_devices(d: &DeviceArgs) -> Result<Vec<pci::PciDevice>, String> {
+    let filter =
+        pci::PciFilter::parse(&d.pci_allowed, &d.pci_blocked).map_err(|e| e.to_string())?;
+    Ok(pci::devices()
+        .into_iter()
+        .filter(|x| x.class == pci::CLASS_NVME && filter.allows(&x.bdf))
+        .collect())
+}
+
+fn bind_devices(d: &DeviceArgs) -> Result<(), String> {
+    if !matches!(d.driver.as_str(), "vfio-pci" | "uio_pci_generic") {
+        return Err(format!(
+            "driver '{}' is not vfio-pci or uio_pci_generic",
+            d.driver
+        ));
+    }
+    let devs = nvme_devices(d)?;
+    if devs.is_empty() {
+        println!("no NVMe devices to bind");
+    }
+    let mut failed = 0;
+    for dev in devs {
+        let from = dev.driver.clone().unwrap_or_else(|| "no driver".into());
+        match pci::bind(&dev.bdf, &d.driver) {
+            Ok(()) => println!(
+                "{} ({:04x} {:04x}): {} -> {}",
+                dev.bdf, dev.vendor, dev.device, from, d.driver
+            ),
+            Err(e) => {
+                eprintln!("{}: not bound: {e}", dev.bdf);
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} device(s) could not be bound"));
+    }
+    Ok(())
 }
 
 fn parse_yes(s: &str) -> Result<bool, String> {
@@ -106,6 +168,24 @@ fn is_root() -> bool {
 }
 
 fn config(
+    hugemem: Option<u64>,
+    nr: Option<u64>,
+    node: Option<u32>,
+    page_size: &str,
+    huge_dir: &std::path::Path,
+    devices: &DeviceArgs,
+    skip_huge: bool,
+) -> Result<(), String> {
+    if !skip_huge {
+        config_huge(hugemem, nr, node, page_size, huge_dir)?;
+    }
+    if !is_root() {
+        return Err("binding devices needs root".into());
+    }
+    bind_devices(devices)
+}
+
+fn config_huge(
     hugemem: Option<u64>,
     nr: Option<u64>,
     node: Option<u32>,
@@ -246,26 +326,39 @@ fn status(json: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn reset(clear_huge: bool) -> Result<(), String> {
+fn reset(clear_huge: bool, devices: &DeviceArgs) -> Result<(), String> {
+    let filter = pci::PciFilter::parse(&devices.pci_allowed, &devices.pci_blocked)
+        .map_err(|e| e.to_string())?;
     let ours: Vec<_> = pci::devices()
         .into_iter()
         .filter(|d| {
             matches!(
                 d.driver.as_deref(),
                 Some("vfio-pci") | Some("uio_pci_generic")
-            )
+            ) && filter.allows(&d.bdf)
         })
         .collect();
     if ours.is_empty() {
         println!("no devices bound to vfio-pci or uio_pci_generic");
-    } else {
-        for d in &ours {
-            println!(
-                "{} is bound to {}: rebinding to kernel drivers arrives with the NVMe driver (issue 5); unbind it by hand for now",
+    }
+    let mut failed = 0;
+    for d in &ours {
+        match pci::unbind_to_kernel(&d.bdf) {
+            Ok(now) => println!(
+                "{}: {} -> {}",
                 d.bdf,
-                d.driver.as_deref().unwrap_or("?")
-            );
+                d.driver.as_deref().unwrap_or("?"),
+                now.as_deref()
+                    .unwrap_or("no driver (is its kernel driver loaded?)")
+            ),
+            Err(e) => {
+                eprintln!("{}: {e}", d.bdf);
+                failed += 1;
+            }
         }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} device(s) could not be given back"));
     }
     if clear_huge {
         if !is_root() {
@@ -290,9 +383,22 @@ fn main() -> ExitCode {
             node,
             page_size,
             huge_dir,
-        } => config(*hugemem, *nr_hugepages, *node, page_size, huge_dir),
+            devices,
+            skip_huge,
+        } => config(
+            *hugemem,
+            *nr_hugepages,
+            *node,
+            page_size,
+            huge_dir,
+            devices,
+            *skip_huge,
+        ),
         Cmd::Status { json } => status(*json),
-        Cmd::Reset { clear_huge } => reset(*clear_huge),
+        Cmd::Reset {
+            clear_huge,
+            devices,
+        } => reset(*clear_huge, devices),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

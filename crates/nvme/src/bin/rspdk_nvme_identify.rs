@@ -1,0 +1,344 @@
+//! `rspdk_nvme_identify`: prints what NVMe controllers report about
+//! themselves, like SPDK's spdk_nvme_identify: controller data, every
+//! active namespace, the SMART / health log, the firmware slot log and the
+//! error log.
+//!
+//! `rspdk_nvme_identify -r 'trtype:PCIe traddr:0000:00:04.0'`; without
+//! `-r`, every NVMe controller bound to vfio-pci or uio_pci_generic.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use rspdk_nvme::{Controller, ControllerOpts, TransportId};
+
+#[derive(Parser)]
+#[command(
+    name = "rspdk_nvme_identify",
+    version,
+    about = "Identify NVMe controllers"
+)]
+struct Cli {
+    /// Transport ID of the controller, e.g. 'trtype:PCIe traddr:0000:00:04.0'.
+    #[arg(short = 'r', long = "transport")]
+    trid: Option<String>,
+    /// Memory to reserve in MiB (SPDK's -s).
+    #[arg(short = 's', long = "mem-size", default_value_t = 0)]
+    mem_size: usize,
+    /// IOVA mode: pa, va or auto.
+    #[arg(long = "iova-mode", default_value = "auto")]
+    iova_mode: String,
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "Supported"
+    } else {
+        "Not Supported"
+    }
+}
+
+fn print_ctrlr(c: &Controller) -> Result<(), rspdk_nvme::NvmeError> {
+    let d = c.data();
+    let cap = c.cap();
+    let (maj, min, ter) = c.version();
+    println!("=====================================================");
+    println!(
+        "NVMe Controller at {} [{:04x}:{:04x}] ({})",
+        c.trid().traddr,
+        d.vid(),
+        d.ssvid(),
+        c.driver()
+    );
+    println!("=====================================================");
+    println!("Controller Capabilities/Features");
+    println!("================================");
+    println!("Vendor ID:                             {:04x}", d.vid());
+    println!("Subsystem Vendor ID:                   {:04x}", d.ssvid());
+    println!("Serial Number:                         {}", d.serial());
+    println!("Model Number:                          {}", d.model());
+    println!("Firmware Version:                      {}", d.firmware());
+    println!("IEEE OUI Identifier:                   {:06x}", d.ieee());
+    println!("Controller ID:                         {}", d.cntlid());
+    println!("NVMe Specification Version (VS):       {maj}.{min}.{ter}");
+    println!(
+        "Maximum Data Transfer Size:            {}",
+        if d.mdts() == 0 {
+            "Unlimited".to_string()
+        } else {
+            format!("{}", 4096u64 << d.mdts())
+        }
+    );
+    println!(
+        "Maximum Queue Entries:                 {}",
+        cap.mqes() as u32 + 1
+    );
+    println!(
+        "Contiguous Queues Required:            {}",
+        if cap.cqr() { "Yes" } else { "No" }
+    );
+    println!(
+        "Reset Timeout:                         {} ms",
+        cap.timeout_ms()
+    );
+    println!(
+        "Doorbell Stride:                       {} bytes",
+        4u32 << cap.dstrd()
+    );
+    println!(
+        "NVM Subsystem Reset:                   {}",
+        yes(cap.nssrs())
+    );
+    println!(
+        "Memory Page Size Minimum:              {} bytes",
+        4096u64 << cap.mpsmin()
+    );
+    println!(
+        "Memory Page Size Maximum:              {} bytes",
+        4096u64 << cap.mpsmax()
+    );
+    println!("Number of Namespaces:                  {}", d.nn());
+    println!(
+        "I/O Queue Pairs Granted:               {}",
+        c.max_io_qpairs()
+    );
+    println!(
+        "Abort Command Limit:                   {}",
+        d.acl() as u32 + 1
+    );
+    println!(
+        "Async Event Request Limit:             {}",
+        d.aerl() as u32 + 1
+    );
+    println!(
+        "Error Log Page Entries:                {}",
+        d.elpe() as u32 + 1
+    );
+    println!(
+        "Volatile Write Cache:                  {}",
+        if d.vwc_present() {
+            "Present"
+        } else {
+            "Not Present"
+        }
+    );
+    if d.vwc_present() {
+        println!(
+            "Volatile Write Cache Enabled:          {}",
+            if c.write_cache()? { "Yes" } else { "No" }
+        );
+    }
+    println!(
+        "SGL Support:                           {}",
+        yes(d.sgl_supported())
+    );
+    println!("Subsystem NQN:                         {}", d.subnqn());
+    println!();
+    println!("NVM Command Set Attributes");
+    println!("==========================");
+    let oncs = d.oncs();
+    use rspdk_nvme::spec::oncs as o;
+    println!(
+        "Compare Command:                       {}",
+        yes(oncs & o::COMPARE != 0)
+    );
+    println!(
+        "Write Uncorrectable Command:           {}",
+        yes(oncs & o::WRITE_UNCORRECTABLE != 0)
+    );
+    println!(
+        "Dataset Management Command:            {}",
+        yes(oncs & o::DSM != 0)
+    );
+    println!(
+        "Write Zeroes Command:                  {}",
+        yes(oncs & o::WRITE_ZEROES != 0)
+    );
+    println!(
+        "Reservation:                           {}",
+        yes(oncs & o::RESERVATIONS != 0)
+    );
+    println!();
+    let h = c.health_log()?;
+    println!("Health Information");
+    println!("==================");
+    println!(
+        "Critical Warnings:                     {:#04x}",
+        h.critical_warning()
+    );
+    println!(
+        "Current Temperature:                   {} Kelvin ({} Celsius)",
+        h.temperature(),
+        h.temperature() as i32 - 273
+    );
+    println!(
+        "Available Spare:                       {}% (threshold {}%)",
+        h.available_spare(),
+        h.available_spare_threshold()
+    );
+    println!(
+        "Life Percentage Used:                  {}%",
+        h.percentage_used()
+    );
+    println!(
+        "Data Units Read:                       {}",
+        h.data_units_read()
+    );
+    println!(
+        "Data Units Written:                    {}",
+        h.data_units_written()
+    );
+    println!(
+        "Host Read Commands:                    {}",
+        h.host_read_commands()
+    );
+    println!(
+        "Host Write Commands:                   {}",
+        h.host_write_commands()
+    );
+    println!(
+        "Power Cycles:                          {}",
+        h.power_cycles()
+    );
+    println!(
+        "Power On Hours:                        {} hours",
+        h.power_on_hours()
+    );
+    println!(
+        "Unsafe Shutdowns:                      {}",
+        h.unsafe_shutdowns()
+    );
+    println!(
+        "Media Errors:                          {}",
+        h.media_errors()
+    );
+    println!(
+        "Error Log Entries:                     {}",
+        h.num_error_log_entries()
+    );
+    println!();
+    let fw = c.firmware_log()?;
+    println!("Firmware Slot Information");
+    println!("=========================");
+    println!(
+        "Active slot:                           {}",
+        fw.active_slot()
+    );
+    for s in 1..=7 {
+        let r = fw.revision(s);
+        if !r.is_empty() {
+            println!("Slot {s} Firmware Revision:              {r}");
+        }
+    }
+    println!();
+    let errs = c.error_log(4)?;
+    println!("Error Log");
+    println!("=========");
+    let mut any = false;
+    for e in errs.iter().filter(|e| e.error_count() != 0) {
+        any = true;
+        println!(
+            "Entry {}: SQID {} CID {} LBA {} NSID {}: {}",
+            e.error_count(),
+            e.sqid(),
+            e.cid(),
+            e.lba(),
+            e.nsid(),
+            e.status()
+        );
+    }
+    if !any {
+        println!("No errors logged");
+    }
+    println!();
+    for ns in c.namespaces() {
+        let n = &ns.data;
+        println!("Namespace ID:{}", ns.id);
+        println!(
+            "Size (in LBAs):                        {} ({}M)",
+            n.nsze(),
+            ns.size() >> 20
+        );
+        println!("Capacity (in LBAs):                    {}", n.ncap());
+        println!("Utilization (in LBAs):                 {}", n.nuse());
+        println!(
+            "Thin Provisioning:                     {}",
+            yes(n.nsfeat() & 1 != 0)
+        );
+        println!(
+            "Number of LBA Formats:                 {}",
+            n.nlbaf() as u32 + 1
+        );
+        println!(
+            "Current LBA Format:                    LBA Format #{:02}",
+            n.flbas_index()
+        );
+        for i in 0..=n.nlbaf() as usize {
+            let f = n.lbaf(i);
+            println!(
+                "LBA Format #{i:02}: Data Size: {:5}  Metadata Size: {:5}",
+                1u64 << f.lbads,
+                f.ms
+            );
+        }
+        println!("EUI64:                                 {:016x}", n.eui64());
+        println!("NGUID:                                 {:032x}", n.nguid());
+        println!();
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    let iova_mode = match cli.iova_mode.parse() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("rspdk_nvme_identify: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = rspdk_env::EnvOpts {
+        name: "identify".into(),
+        mem_size_mb: cli.mem_size,
+        iova_mode,
+        ..Default::default()
+    };
+    if let Err(e) = rspdk_env::init(&opts) {
+        eprintln!("rspdk_nvme_identify: env init: {e}");
+        return ExitCode::FAILURE;
+    }
+    let trids: Vec<TransportId> = match &cli.trid {
+        Some(s) => match s.parse() {
+            Ok(t) => vec![t],
+            Err(e) => {
+                eprintln!("rspdk_nvme_identify: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => rspdk_nvme::probe_pcie(&Default::default()),
+    };
+    if trids.is_empty() {
+        eprintln!("rspdk_nvme_identify: no NVMe controllers bound to vfio-pci or uio_pci_generic (run rspdk_setup config)");
+        return ExitCode::FAILURE;
+    }
+    let mut rc = ExitCode::SUCCESS;
+    for t in trids {
+        match Controller::connect(&t, &ControllerOpts::default()) {
+            Ok(c) => {
+                if let Err(e) = print_ctrlr(&c) {
+                    eprintln!("rspdk_nvme_identify: {t}: {e}");
+                    rc = ExitCode::FAILURE;
+                }
+                let _ = c.detach();
+            }
+            Err(e) => {
+                eprintln!("rspdk_nvme_identify: attaching {t}: {e}");
+                rc = ExitCode::FAILURE;
+            }
+        }
+    }
+    rc
+}

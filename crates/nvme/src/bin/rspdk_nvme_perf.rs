@@ -1,0 +1,401 @@
+//! `rspdk_nvme_perf`: an I/O load generator like SPDK's spdk_nvme_perf.
+//!
+//! `rspdk_nvme_perf -r 'trtype:PCIe traddr:0000:00:04.0' -q 32 -o 4096 -w randread -t 10 -c 0x1`
+//!
+//! One worker thread per core in the mask (pinned), each with a queue pair
+//! per namespace keeping `-q` I/Os of `-o` bytes in flight for `-t`
+//! seconds. Prints IOPS, MiB/s and latency (average, min, max) per
+//! namespace and core, a total, and latency percentiles (hdrhistogram).
+
+use std::process::ExitCode;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use rspdk_env::DmaBuf;
+use rspdk_nvme::{Controller, ControllerOpts, Namespace, QpairOpts, TransportId};
+
+#[derive(Parser, Clone)]
+#[command(name = "rspdk_nvme_perf", version, about = "NVMe I/O load generator")]
+struct Cli {
+    /// Transport ID, e.g. 'trtype:PCIe traddr:0000:00:04.0' (repeatable;
+    /// default: every NVMe controller bound to vfio-pci/uio_pci_generic).
+    #[arg(short = 'r', long = "transport")]
+    trid: Vec<String>,
+    /// Queue depth per namespace and core.
+    #[arg(short = 'q', long = "io-depth")]
+    qd: u32,
+    /// I/O size in bytes.
+    #[arg(short = 'o', long = "io-size")]
+    io_size: usize,
+    /// Pattern: read, write, randread, randwrite, rw, randrw.
+    #[arg(short = 'w', long = "io-pattern")]
+    pattern: String,
+    /// Percentage of reads for rw and randrw.
+    #[arg(short = 'M', long = "rwmixread")]
+    rwmixread: Option<u32>,
+    /// Run time in seconds.
+    #[arg(short = 't', long = "time")]
+    time: u64,
+    /// Core mask (hex), one worker per core.
+    #[arg(short = 'c', long = "core-mask", default_value = "0x1")]
+    core_mask: String,
+    /// Memory to reserve in MiB.
+    #[arg(short = 's', long = "mem-size", default_value_t = 0)]
+    mem_size: usize,
+    /// IOVA mode: pa, va or auto.
+    #[arg(long = "iova-mode", default_value = "auto")]
+    iova_mode: String,
+}
+
+#[derive(Clone, Copy)]
+struct Workload {
+    random: bool,
+    read_pct: u32,
+    qd: u32,
+    io_size: usize,
+    time: Duration,
+}
+
+struct Result1 {
+    name: String,
+    core: u32,
+    ios: u64,
+    bytes: u64,
+    errors: u64,
+    elapsed: Duration,
+    hist: Histogram<u64>,
+}
+
+/// xorshift64*: per-worker randomness without allocation or locks.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+fn parse_mask(s: &str) -> Result<Vec<u32>, String> {
+    let v = u64::from_str_radix(s.trim_start_matches("0x").trim_start_matches("0X"), 16)
+        .map_err(|_| format!("core mask '{s}' is not hex like 0x3"))?;
+    let cores: Vec<u32> = (0..64).filter(|b| v & (1 << b) != 0).collect();
+    if cores.is_empty() {
+        return Err("core mask selects no core".into());
+    }
+    Ok(cores)
+}
+
+fn pin(core: u32) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
+    // sched_setaffinity only read/write that local set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core as usize, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            eprintln!("warning: could not pin a worker to core {core}");
+        }
+    }
+}
+
+fn worker(
+    ctrlr: &Controller,
+    ns: &Namespace,
+    core: u32,
+    w: Workload,
+    start: &Barrier,
+) -> Result<Result1, String> {
+    let bs = ns.block_size as usize;
+    if w.io_size == 0 || w.io_size % bs != 0 {
+        return Err(format!(
+            "I/O size {} is not a multiple of namespace {}'s block size {bs}",
+            w.io_size, ns.id
+        ));
+    }
+    let nlb = (w.io_size / bs) as u32;
+    let slots = ns.num_blocks / nlb as u64;
+    if slots == 0 {
+        return Err(format!("namespace {} is smaller than one I/O", ns.id));
+    }
+    let mut qp = ctrlr
+        .alloc_io_qpair(Some(QpairOpts {
+            io_queue_size: (w.qd + 1).clamp(2, 1024) as u16,
+            io_queue_requests: w.qd * 2,
+            delay_doorbell: true,
+        }))
+        .map_err(|e| e.to_string())?;
+    let mut bufs: Vec<DmaBuf> = (0..w.qd)
+        .map(|_| DmaBuf::zeroed(w.io_size))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let ptrs: Vec<*mut u8> = bufs.iter_mut().map(|b| b.as_mut_ptr()).collect();
+    let mut sent = vec![Instant::now(); w.qd as usize];
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| e.to_string())?;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((core as u64 + 1) << 32) ^ ns.id as u64);
+    let mut seq = 0u64;
+    let mut next = |rng: &mut Rng| -> (u64, bool) {
+        let slot = if w.random {
+            rng.next() % slots
+        } else {
+            seq = (seq + 1) % slots;
+            seq
+        };
+        let read = (rng.next() % 100) < w.read_pct as u64;
+        (slot * nlb as u64, read)
+    };
+    let submit =
+        |qp: &mut rspdk_nvme::IoQpair, i: usize, lba: u64, read: bool| -> Result<(), String> {
+            // SAFETY: each task's buffer lives in `bufs` until the end of the
+            // run, after every command has completed; a task is resubmitted
+            // only after its completion.
+            unsafe {
+                if read {
+                    qp.read(ns.id, ptrs[i], lba, nlb, i as u64)
+                } else {
+                    qp.write(ns.id, ptrs[i], lba, nlb, i as u64)
+                }
+            }
+            .map_err(|e| e.to_string())
+        };
+    start.wait();
+    let t0 = Instant::now();
+    let end = t0 + w.time;
+    for (i, t) in sent.iter_mut().enumerate() {
+        let (lba, read) = next(&mut rng);
+        *t = Instant::now();
+        submit(&mut qp, i, lba, read)?;
+    }
+    let (mut ios, mut errors, mut inflight) = (0u64, 0u64, w.qd as u64);
+    let mut stopping = false;
+    let mut done_ids = [0usize; 1024];
+    while inflight > 0 {
+        let mut k = 0;
+        qp.process_completions(0, |c| {
+            if c.status.is_error() {
+                errors += 1;
+            }
+            if k < done_ids.len() {
+                done_ids[k] = c.ctx as usize;
+                k += 1;
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        if k == 0 {
+            continue;
+        }
+        let now = Instant::now();
+        if !stopping && now >= end {
+            stopping = true;
+        }
+        for &i in &done_ids[..k] {
+            let lat = now.duration_since(sent[i]).as_nanos() as u64;
+            let _ = hist.record(lat.max(1));
+            ios += 1;
+            if stopping {
+                inflight -= 1;
+            } else {
+                let (lba, read) = next(&mut rng);
+                sent[i] = Instant::now();
+                submit(&mut qp, i, lba, read)?;
+            }
+        }
+    }
+    let elapsed = t0.elapsed();
+    drop(qp);
+    drop(bufs);
+    Ok(Result1 {
+        name: format!("PCIE ({}) NSID {}", ctrlr.trid().traddr, ns.id),
+        core,
+        ios,
+        bytes: ios * w.io_size as u64,
+        errors,
+        elapsed,
+        hist,
+    })
+}
+
+fn run(cli: &Cli) -> Result<(), String> {
+    let (random, default_read) = match cli.pattern.as_str() {
+        "read" => (false, 100),
+        "write" => (false, 0),
+        "randread" => (true, 100),
+        "randwrite" => (true, 0),
+        "rw" => (false, 50),
+        "randrw" => (true, 50),
+        p => {
+            return Err(format!(
+                "-w {p}: use read, write, randread, randwrite, rw or randrw"
+            ))
+        }
+    };
+    let read_pct = if cli.pattern.ends_with("rw") {
+        let m = cli
+            .rwmixread
+            .ok_or("rw and randrw need -M (read percentage)")?;
+        if m > 100 {
+            return Err(format!("-M {m} is over 100"));
+        }
+        m
+    } else {
+        default_read
+    };
+    if cli.qd == 0 || cli.qd > 1023 {
+        return Err(format!("-q {} is not in 1..=1023", cli.qd));
+    }
+    let cores = parse_mask(&cli.core_mask)?;
+    let w = Workload {
+        random,
+        read_pct,
+        qd: cli.qd,
+        io_size: cli.io_size,
+        time: Duration::from_secs(cli.time.max(1)),
+    };
+    let iova_mode = cli
+        .iova_mode
+        .parse()
+        .map_err(|e: rspdk_env::EnvError| e.to_string())?;
+    rspdk_env::init(&rspdk_env::EnvOpts {
+        name: "perf".into(),
+        mem_size_mb: cli.mem_size,
+        iova_mode,
+        ..Default::default()
+    })
+    .map_err(|e| format!("env init: {e}"))?;
+    let trids: Vec<TransportId> = if cli.trid.is_empty() {
+        rspdk_nvme::probe_pcie(&Default::default())
+    } else {
+        cli.trid
+            .iter()
+            .map(|s| s.parse().map_err(|e: rspdk_nvme::NvmeError| e.to_string()))
+            .collect::<Result<_, _>>()?
+    };
+    if trids.is_empty() {
+        return Err("no NVMe controllers (bind them with rspdk_setup config, or pass -r)".into());
+    }
+    let mut ctrlrs = Vec::new();
+    for t in &trids {
+        let c = Controller::connect(t, &ControllerOpts::default())
+            .map_err(|e| format!("attaching {t}: {e}"))?;
+        println!(
+            "Attached to NVMe Controller at {} [{:04x}:{:04x}]",
+            t.traddr,
+            c.data().vid(),
+            c.data().ssvid()
+        );
+        ctrlrs.push(c);
+    }
+    let mut jobs = Vec::new();
+    for c in &ctrlrs {
+        for ns in c.namespaces() {
+            for &core in &cores {
+                println!(
+                    "Associating PCIE ({}) NSID {} with lcore {core}",
+                    c.trid().traddr,
+                    ns.id
+                );
+                jobs.push((c.clone(), ns.clone(), core));
+            }
+        }
+    }
+    println!("Initialization complete. Launching workers.");
+    let barrier = Arc::new(Barrier::new(jobs.len()));
+    let results: Vec<Result<Result1, String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = jobs
+            .iter()
+            .map(|(c, ns, core)| {
+                let b = barrier.clone();
+                s.spawn(move || {
+                    pin(*core);
+                    worker(c, ns, *core, w, &b)
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("worker panicked".into())))
+            .collect()
+    });
+    let mut all =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| e.to_string())?;
+    let (mut tiops, mut tmib, mut terr) = (0f64, 0f64, 0u64);
+    println!("========================================================");
+    println!("{:<55}{:>36}", "", "Latency(us)");
+    println!(
+        "{:<55}: {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "Device Information", "IOPS", "MiB/s", "Average", "min", "max"
+    );
+    let mut failed = None;
+    for r in results {
+        match r {
+            Ok(r) => {
+                let secs = r.elapsed.as_secs_f64();
+                let iops = r.ios as f64 / secs;
+                let mib = r.bytes as f64 / secs / (1 << 20) as f64;
+                println!(
+                    "{:<55}: {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+                    format!("{} from core {:>2}", r.name, r.core),
+                    iops,
+                    mib,
+                    r.hist.mean() / 1000.0,
+                    r.hist.min() as f64 / 1000.0,
+                    r.hist.max() as f64 / 1000.0
+                );
+                tiops += iops;
+                tmib += mib;
+                terr += r.errors;
+                all.add(&r.hist).map_err(|e| e.to_string())?;
+            }
+            Err(e) => failed = Some(e),
+        }
+    }
+    println!("========================================================");
+    println!(
+        "{:<55}: {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+        "Total",
+        tiops,
+        tmib,
+        all.mean() / 1000.0,
+        all.min() as f64 / 1000.0,
+        all.max() as f64 / 1000.0
+    );
+    println!();
+    println!("Summary latency data for all devices and cores:");
+    println!("=================================================================================");
+    for p in [
+        1.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 98.0, 99.0, 99.5, 99.9, 99.99, 99.999,
+    ] {
+        println!(
+            "{p:>10.5}% : {:>12.3}us",
+            all.value_at_percentile(p) as f64 / 1000.0
+        );
+    }
+    for c in ctrlrs {
+        let _ = c.detach();
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if terr > 0 {
+        return Err(format!("{terr} I/Os completed with an error"));
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rspdk_nvme_perf: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

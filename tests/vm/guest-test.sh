@@ -1,0 +1,58 @@
+#!/bin/sh
+# Runs in the guest (from tests/vm/init) with RSPDK_VM_MODE and RSPDK_VM_BOOT
+# set. Each check prints "CHECK ok|FAILED <name>"; the tests print libtest's
+# "test ... ok|FAILED" lines. tests/vm/run counts both.
+cd /mnt/host
+B=/mnt/host/bin
+rc=0
+check() { # name command...
+  name=$1; shift
+  echo "---- $name: $*"
+  if "$@" > /tmp/check.out 2>&1; then cat /tmp/check.out; echo "CHECK ok $name"
+  else cat /tmp/check.out; echo "CHECK FAILED $name"; rc=1; fi
+}
+DRV=vfio-pci; [ "$RSPDK_VM_MODE" = uio ] && DRV=uio_pci_generic
+check "rspdk_setup config binds NVMe to $DRV" $B/rspdk_setup config --skip-huge --driver $DRV
+# The first NVMe controller is the one under test; a second one (vfio boots)
+# sits in a non-viable IOMMU group.
+BDF= BDF2=
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat $d/class)" = 0x010802 ] || continue
+  if [ -z "$BDF" ]; then BDF=${d##*/}; elif [ -z "$BDF2" ]; then BDF2=${d##*/}; fi
+done
+export RSPDK_VM_BDF=$BDF RSPDK_VM_BDF2=$BDF2
+[ -n "$BDF2" ] && echo "VM: second controller $BDF2 in IOMMU group $(basename "$(readlink /sys/bus/pci/devices/$BDF2/iommu_group)") with: $(ls /sys/bus/pci/devices/$BDF2/iommu_group/devices | tr '\n' ' ')"
+echo "VM: NVMe controller at $BDF, driver $(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")"
+[ "$(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")" = $DRV ] || { echo "CHECK FAILED bound to $DRV"; rc=1; }
+$B/vm --test-threads=1 || rc=1
+check "rspdk_nvme_identify" $B/rspdk_nvme_identify -r "trtype:PCIe traddr:$BDF"
+check "rspdk_nvme_perf" $B/rspdk_nvme_perf -r "trtype:PCIe traddr:$BDF" -q 8 -o 4096 -w randrw -M 50 -t 2
+modprobe nvme
+check "rspdk_setup reset gives the controller back to nvme" $B/rspdk_setup reset
+[ "$(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")" = nvme ] || { echo "CHECK FAILED $BDF back on nvme"; rc=1; }
+
+# rspdk_setup must never take a controller whose namespace is mounted.
+modprobe ext4
+NS2=
+for i in $(seq 50); do
+  NS2=$(ls -d /sys/bus/pci/devices/$BDF/nvme/nvme*/nvme*n2 2>/dev/null | head -1)
+  [ -n "$NS2" ] && [ -b /dev/${NS2##*/} ] && break
+  sleep 0.1
+done
+NS2=${NS2##*/}
+mkdir -p /mnt/fs
+if [ -n "$NS2" ] && mke2fs -q -b 4096 /dev/$NS2 && mount -t ext2 /dev/$NS2 /mnt/fs; then
+  echo "---- rspdk_setup config with /dev/$NS2 mounted at /mnt/fs"
+  out=$(PCI_ALLOWED=$BDF $B/rspdk_setup config --skip-huge --driver $DRV 2>&1); r=$?
+  echo "$out"
+  if [ $r != 0 ] && echo "$out" | grep -q "/dev/$NS2 is mounted at /mnt/fs" &&
+     [ "$(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")" = nvme ]; then
+    echo "CHECK ok rspdk_setup config leaves a controller with a mounted filesystem alone"
+  else
+    echo "CHECK FAILED rspdk_setup config leaves a controller with a mounted filesystem alone"; rc=1
+  fi
+  umount /mnt/fs
+else
+  echo "CHECK FAILED could not make and mount a filesystem on $BDF namespace 2 ($NS2)"; rc=1
+fi
+exit $rc
