@@ -230,7 +230,7 @@ pub fn discovery_log(t: &TargetState, hostnqn: &str, genctr: u64) -> Vec<u8> {
             e[0] = 3; // TRTYPE: TCP
             e[1] = if l.adrfam == "IPv6" { 2 } else { 1 };
             e[2] = 2; // SUBTYPE: NVM subsystem
-            e[3] = 0x02 | 0x04; // TREQ: secure channel not required; SQ flow control disable supported
+            e[3] = 0x02; // TREQ: secure channel not required
             put(&mut e, 4..6, i as u64 + 1);
             put(&mut e, 6..8, 0xffff);
             put(&mut e, 8..10, aq as u64);

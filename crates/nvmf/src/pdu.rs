@@ -413,6 +413,16 @@ pub fn parse(
             ),
         ));
     }
+    if is_term && plen > hlen + TERM_REQ_MAX_DATA {
+        return Err(NvmfError::pdu(
+            fes::INVALID_HEADER_FIELD,
+            plen_off,
+            format!(
+                "PLEN {plen} of a TermReq (at most {})",
+                hlen + TERM_REQ_MAX_DATA
+            ),
+        ));
+    }
     let has_ddgst = ch.flags & flags::DDGSTF != 0;
     let data_present = plen > hlen + hdgst_len;
     if !may_data && data_present {
