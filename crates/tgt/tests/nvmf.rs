@@ -499,3 +499,88 @@ fn rpcs_and_save_config() {
         2
     );
 }
+
+#[test]
+fn shutdown_with_connected_hosts_is_clean_in_both_modes() {
+    for mode in [&["-m", "0x3"][..], &["--interrupt-mode", "-m", "0x3"][..]] {
+        let mut t = start(mode);
+        let mut a = admin_queue(t.addr(), NQN, false, false);
+        let mut q = io_queue(t.addr(), NQN, a.cntlid, 1, false, false, false);
+        let d = pattern(3, 8192);
+        assert_eq!(status(&q.write(1, 64, &d, BS, false)), (0, 0));
+        let (c, r) = q.read(1, 64, 16, BS);
+        assert_eq!(status(&c), (0, 0));
+        assert!(r == d, "{mode:?}");
+        // SAFETY: signalling our own child process.
+        assert_eq!(unsafe { libc::kill(t.child.id() as i32, libc::SIGTERM) }, 0);
+        let t0 = std::time::Instant::now();
+        let st = loop {
+            if let Some(s) = t.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                t0.elapsed().as_secs() < 10,
+                "rspdk_tgt did not exit with hosts connected ({mode:?})"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(st.success(), "{mode:?}: {st:?}\n{}", t.stderr());
+        assert!(
+            t0.elapsed().as_secs() < 4,
+            "exit took {:?} ({mode:?})\n{}",
+            t0.elapsed(),
+            t.stderr()
+        );
+        assert!(!t.stderr().contains("panicked"), "{}", t.stderr());
+        assert!(
+            q.try_recv().is_none() && a.try_recv().is_none(),
+            "connections closed"
+        );
+    }
+}
+
+#[test]
+fn many_queues_from_many_threads() {
+    let t = start(&["-m", "0x3"]);
+    let a = admin_queue(t.addr(), NQN, false, false);
+    let addr = t.addr();
+    let cntlid = a.cntlid;
+    let workers: Vec<_> = (1..=8u16)
+        .map(|qid| {
+            std::thread::spawn(move || {
+                let mut q = io_queue(
+                    addr,
+                    NQN,
+                    cntlid,
+                    qid,
+                    qid % 2 == 0,
+                    qid % 3 == 0,
+                    qid % 4 == 0,
+                );
+                for i in 0..50u64 {
+                    let len = [512usize, 4096, 16384, 131072][(i % 4) as usize];
+                    let d = pattern(qid as u8 ^ i as u8, len);
+                    let lba = qid as u64 * 2048 + (i % 4) * 256;
+                    let in_capsule = len <= 4096 && i % 2 == 0;
+                    assert_eq!(status(&q.write(1, lba, &d, BS, in_capsule)), (0, 0));
+                    let (c, r) = q.read(1, lba, (len / BS) as u32, BS);
+                    assert_eq!(status(&c), (0, 0));
+                    assert!(r == d, "queue {qid} op {i}");
+                }
+                q.disconnect();
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let st = ok(&t.sock, "nvmf_get_stats", None);
+    let done: u64 = st["poll_groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["completed_nvme_io"].as_u64().unwrap())
+        .sum();
+    assert!(done >= 8 * 100, "{st}");
+    drop(a);
+}
