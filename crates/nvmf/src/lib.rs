@@ -21,6 +21,9 @@
 //!   subsystem for `rspdk_event::App` (depends on `bdev`, saved by
 //!   `save_config`).
 //!
+//! - [`host`]: a polled NVMe/TCP host (admin and I/O queues, pipelined
+//!   reads and writes), used by the `rspdk_nvmf_perf` load generator.
+//!
 //! A PDU that breaks the rules gets that connection a C2HTermReq naming the
 //! Fatal Error Status and the byte at fault, then it is closed; others go
 //! on.
@@ -28,6 +31,7 @@
 pub mod admin;
 mod conn;
 pub mod error;
+pub mod host;
 pub mod pdu;
 pub mod rpc;
 pub mod target;

@@ -584,3 +584,81 @@ fn many_queues_from_many_threads() {
     assert!(done >= 8 * 100, "{st}");
     drop(a);
 }
+
+#[test]
+fn rspdk_nvmf_host_pipelines_io_against_the_target() {
+    use rspdk_nvmf::host::{read_cmd, write_cmd, HostOpts, TcpController};
+    let t = start(&["-m", "0x3"]);
+    for (hd, dd) in [(false, false), (true, true)] {
+        let trid = format!(
+            "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{} subnqn:{NQN}",
+            t.port
+        )
+        .parse()
+        .unwrap();
+        let opts = HostOpts {
+            header_digest: hd,
+            data_digest: dd,
+            io_queue_size: 64,
+            ..HostOpts::default()
+        };
+        let mut c = TcpController::connect(&trid, &opts).unwrap();
+        assert_eq!(c.serial(), "SPDK001");
+        assert_eq!(c.namespaces().unwrap(), vec![(1, 32768, 512)]);
+        let mut q = c.alloc_io_qpair().unwrap();
+        // 48 writes of mixed sizes in flight at once, then 48 reads.
+        let sizes = [512usize, 4096, 8192, 131072];
+        let lba = |i: u64| 4096 + i * 256;
+        for i in 0..48u64 {
+            let len = sizes[i as usize % 4];
+            q.submit(
+                write_cmd(1, lba(i), (len / BS) as u32),
+                pattern(i as u8, len),
+                true,
+                i,
+            )
+            .unwrap();
+        }
+        let mut done = 0;
+        while done < 48 {
+            done += q
+                .process_completions(|comp| assert_eq!(comp.status(), (0, 0), "write {}", comp.ctx))
+                .unwrap();
+        }
+        for i in 0..48u64 {
+            let len = sizes[i as usize % 4];
+            q.submit(
+                read_cmd(1, lba(i), (len / BS) as u32),
+                vec![0; len],
+                false,
+                i,
+            )
+            .unwrap();
+        }
+        let mut done = 0;
+        while done < 48 {
+            done += q
+                .process_completions(|comp| {
+                    assert_eq!(comp.status(), (0, 0));
+                    let len = sizes[comp.ctx as usize % 4];
+                    assert!(
+                        comp.buf == pattern(comp.ctx as u8, len),
+                        "read {} back",
+                        comp.ctx
+                    );
+                })
+                .unwrap();
+        }
+    }
+    // A subsystem that does not exist: a clear error.
+    let trid = format!(
+        "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{} subnqn:nqn.2016-06.io.spdk:none",
+        t.port
+    )
+    .parse()
+    .unwrap();
+    let e = TcpController::connect(&trid, &HostOpts::default())
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("Connect of queue 0"), "{e}");
+}
