@@ -513,6 +513,14 @@ impl TcpController {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+        // CAP.MQES bounds the I/O queue size.
+        let mut sqe = Sqe::new(0x7f, 0x04);
+        sqe.dw[10] = 1;
+        sqe.dw[11] = 0x00;
+        let c = admin.sync(sqe, Vec::new(), false, opts.timeout)?;
+        let mqes = (c.cqe.dw[0] & 0xffff) as u16;
+        let mut opts = opts.clone();
+        opts.io_queue_size = opts.io_queue_size.min(mqes.saturating_add(1)).max(2);
         let mut sqe = Sqe::new(0x06, 0);
         sqe.dw[10] = 1;
         let c = admin.sync(sqe, vec![0; 4096], false, opts.timeout)?;
@@ -530,7 +538,7 @@ impl TcpController {
             id,
             addr,
             subnqn,
-            opts: opts.clone(),
+            opts,
             next_qid: 1,
         };
         if ioccsz < 4 && ctrlr.id[111] != 2 {
