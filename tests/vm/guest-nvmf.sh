@@ -62,4 +62,27 @@ check "digest queue: earlier data still there" sh -c "dd if=$DEV of=/tmp/back bs
 dd if=/dev/urandom of=/tmp/p1m bs=1048576 count=1 2>/dev/null
 check "digest queue: 1 MiB write reads back" roundtrip $DEV 16777216 1048576 1 /tmp/p1m
 check "nvme disconnect (digests)" sh -c "$NVME disconnect -n $NQN | tee /tmp/dis; grep -q 'disconnected 1' /tmp/dis"
+
+# The other direction: the kernel's target (nvmet-tcp) here, our host
+# (rspdk_nvmf_perf) on the host through QEMU's port forward.
+C=/sys/kernel/config/nvmet
+SUB=nqn.2024-01.io.rspdk:nvmet
+nvmet_up() {
+  modprobe nvmet-tcp || return 1
+  mount -t configfs none /sys/kernel/config 2>/dev/null
+  truncate -s 64M /tmp/nvmet.img || return 1
+  mkdir $C/subsystems/$SUB && echo 1 > $C/subsystems/$SUB/attr_allow_any_host &&
+  mkdir $C/subsystems/$SUB/namespaces/1 &&
+  echo -n /tmp/nvmet.img > $C/subsystems/$SUB/namespaces/1/device_path &&
+  echo 1 > $C/subsystems/$SUB/namespaces/1/buffered_io &&
+  echo 1 > $C/subsystems/$SUB/namespaces/1/enable &&
+  mkdir $C/ports/1 && echo tcp > $C/ports/1/addr_trtype && echo ipv4 > $C/ports/1/addr_adrfam &&
+  echo 0.0.0.0 > $C/ports/1/addr_traddr && echo 4420 > $C/ports/1/addr_trsvcid &&
+  ln -s $C/subsystems/$SUB $C/ports/1/subsystems/$SUB
+}
+check "kernel target nvmet-tcp up on 10.0.2.15:4420" nvmet_up
+touch /mnt/host/nvmet_ready
+for i in $(seq 300); do [ -f /mnt/host/host_result ] && break; sleep 1; done
+sed 's/^/    /' /mnt/host/host_result.log 2>/dev/null
+check "rspdk_nvmf host against the kernel's nvmet-tcp (verify, digests, randrw)" grep -qx ok /mnt/host/host_result
 exit $rc

@@ -27,7 +27,8 @@ struct Cli {
     /// I/O size in bytes.
     #[arg(short = 'o', long = "io-size", default_value_t = 4096)]
     size: usize,
-    /// read, write, randread, randwrite, rw, randrw.
+    /// read, write, randread, randwrite, rw, randrw, verify (write, read
+    /// back and compare, a queue depth at a time).
     #[arg(short = 'w', long = "io-pattern")]
     pattern: String,
     /// Read percentage for rw/randrw.
@@ -70,6 +71,7 @@ fn run(cli: Cli) -> Result<(), String> {
         pin(m)?;
     }
     let (rand, read_pct) = match cli.pattern.as_str() {
+        "verify" => (true, 0),
         "read" => (false, 100),
         "write" => (false, 0),
         "randread" => (true, 100),
@@ -111,6 +113,9 @@ fn run(cli: Cli) -> Result<(), String> {
         nblocks
     );
     let mut q = c.alloc_io_qpair().map_err(|e| e.to_string())?;
+    if cli.pattern == "verify" {
+        return verify(&mut q, &cli, nsid, nlb, slots);
+    }
     let mut hist =
         Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| e.to_string())?;
     let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -198,6 +203,100 @@ fn run(cli: Cli) -> Result<(), String> {
     if failed > 0 {
         return Err(format!("{failed} I/Os failed"));
     }
+    Ok(())
+}
+
+/// Batches of `depth` writes of seeded patterns at random slots, each read
+/// back and compared, until the time is up.
+fn verify(
+    q: &mut rspdk_nvmf::host::TcpQpair,
+    cli: &Cli,
+    nsid: u32,
+    nlb: u32,
+    slots: u64,
+) -> Result<(), String> {
+    use rspdk_nvmf::host::HostCompletion;
+    let end = Instant::now() + Duration::from_secs(cli.time);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let (mut rounds, mut ios) = (0u64, 0u64);
+    let wait =
+        |q: &mut rspdk_nvmf::host::TcpQpair, n: usize| -> Result<Vec<HostCompletion>, String> {
+            let mut out = Vec::with_capacity(n);
+            while out.len() < n {
+                q.process_completions(|c| out.push(c))
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(out)
+        };
+    while Instant::now() < end || rounds == 0 {
+        // Distinct slots per batch so the reads see this batch's writes.
+        let mut batch: Vec<u64> = Vec::with_capacity(cli.depth);
+        while batch.len() < cli.depth.min(slots as usize) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let s = seed % slots.max(1);
+            if !batch.contains(&s) {
+                batch.push(s);
+            }
+        }
+        let pat = |slot: u64| -> Vec<u8> {
+            (0..cli.size)
+                .map(|i| (i as u64 ^ slot.wrapping_mul(0x9e37) ^ rounds) as u8)
+                .collect()
+        };
+        for (i, &slot) in batch.iter().enumerate() {
+            q.submit(
+                write_cmd(nsid, slot * nlb as u64, nlb),
+                pat(slot),
+                true,
+                i as u64,
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        for c in wait(q, batch.len())? {
+            if c.status() != (0, 0) {
+                return Err(format!(
+                    "write of slot {} failed: status {:?}",
+                    batch[c.ctx as usize],
+                    c.status()
+                ));
+            }
+        }
+        for (i, &slot) in batch.iter().enumerate() {
+            q.submit(
+                read_cmd(nsid, slot * nlb as u64, nlb),
+                vec![0; cli.size],
+                false,
+                i as u64,
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        for c in wait(q, batch.len())? {
+            let slot = batch[c.ctx as usize];
+            if c.status() != (0, 0) {
+                return Err(format!(
+                    "read of slot {slot} failed: status {:?}",
+                    c.status()
+                ));
+            }
+            let want = pat(slot);
+            if let Some(i) = (0..cli.size).find(|&i| c.buf[i] != want[i]) {
+                return Err(format!(
+                    "miscompare at LBA {} byte {i}: read {:#04x}, wrote {:#04x}",
+                    slot * nlb as u64,
+                    c.buf[i],
+                    want[i]
+                ));
+            }
+        }
+        rounds += 1;
+        ios += 2 * batch.len() as u64;
+    }
+    println!(
+        "verify: {rounds} rounds, {ios} I/Os of {} bytes, every byte read back matched",
+        cli.size
+    );
     Ok(())
 }
 
