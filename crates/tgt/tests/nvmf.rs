@@ -662,3 +662,123 @@ fn rspdk_nvmf_host_pipelines_io_against_the_target() {
         .unwrap();
     assert!(e.to_string().contains("Connect of queue 0"), "{e}");
 }
+
+#[test]
+fn keep_alive_timeout_drops_a_silent_host() {
+    let t = start(&[]);
+    let mut a = Host::connect(t.addr(), false, false);
+    assert_eq!(
+        status(&a.fabric_connect(0, 32, NQN, HOSTNQN, 0xffff, 500)),
+        (0, 0)
+    );
+    a.enable();
+    let cntlid = a.cntlid;
+    let mut q = io_queue(t.addr(), NQN, cntlid, 1, false, false, false);
+    // Keep alives keep it up past the timeout...
+    for _ in 0..4 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let (c, _) = a.cmd(rspdk_nvme::spec::Sqe::new(0x18, 0), &[], false, 0);
+        assert_eq!(status(&c), (0, 0));
+    }
+    // ...silence ends the controller and its I/O queue.
+    let t0 = std::time::Instant::now();
+    assert!(a.try_recv().is_none(), "admin queue closed");
+    assert!(
+        q.try_recv().is_none(),
+        "I/O queue closed with its controller"
+    );
+    assert!(t0.elapsed().as_millis() >= 500, "not before KATO");
+    let c = ok(
+        &t.sock,
+        "nvmf_subsystem_get_controllers",
+        Some(json!({"nqn": NQN})),
+    );
+    assert_eq!(c, json!([]));
+}
+
+#[test]
+fn random_pdus_on_live_connections_only_hurt_themselves() {
+    use std::io::{Read, Write};
+    let t = start(&["-m", "0x3"]);
+    let mut good = admin_queue(t.addr(), NQN, true, true);
+    let mut seed = 0x1234_5678_9abc_def1u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..60 {
+        let (hd, dd) = (round % 2 == 0, round % 3 == 0);
+        let mut h = Host::connect(t.addr(), hd, dd);
+        // A valid PDU of some kind, mutated, truncated or padded.
+        let mut sqe = rspdk_nvme::spec::Sqe::new(if round % 4 == 0 { 0x7f } else { 0x01 }, 1);
+        sqe.dw[8] = (rnd() % 9000) as u32;
+        sqe.dw[9] = if rnd() % 2 == 0 {
+            0x01 << 24
+        } else {
+            0x5a << 24
+        };
+        let data = vec![0x5au8; (rnd() % 5000) as usize];
+        let mut raw = Vec::new();
+        let p = match round % 4 {
+            0 | 1 => rspdk_nvmf::pdu::Pdu::CapsuleCmd { sqe, data: &data },
+            2 => rspdk_nvmf::pdu::Pdu::H2cData {
+                hdr: rspdk_nvmf::pdu::DataHeader {
+                    cccid: 1,
+                    ttag: rnd() as u16,
+                    datao: 0,
+                    datal: data.len() as u32,
+                },
+                last: true,
+                data: &data,
+            },
+            _ => rspdk_nvmf::pdu::Pdu::R2t(Default::default()),
+        };
+        p.emit(&mut raw, h.dg);
+        for _ in 0..(rnd() % 6) {
+            let i = (rnd() as usize) % raw.len();
+            raw[i] = rnd() as u8;
+        }
+        let cut = if rnd() % 3 == 0 {
+            (rnd() as usize) % raw.len()
+        } else {
+            raw.len()
+        };
+        h.send_raw(&raw[..cut]);
+        if rnd() % 2 == 0 {
+            let _ = h.s.write_all(&[0u8; 200]);
+        }
+        // The target answers, terminates, or waits for more bytes; closing
+        // our end must always be fine.
+        h.s.set_read_timeout(Some(std::time::Duration::from_millis(50)))
+            .unwrap();
+        let mut b = [0u8; 4096];
+        let _ = h.s.read(&mut b);
+        drop(h);
+        if round % 10 == 9 {
+            let (c, _) = good.identify(1, 0);
+            assert_eq!(
+                status(&c),
+                (0, 0),
+                "the good connection still works after round {round}"
+            );
+        }
+    }
+    // Nothing leaks: only the good connection's queue is left.
+    let mut qp = Value::Null;
+    for _ in 0..100 {
+        qp = ok(
+            &t.sock,
+            "nvmf_subsystem_get_qpairs",
+            Some(json!({"nqn": NQN})),
+        );
+        if qp.as_array().unwrap().len() == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(qp.as_array().unwrap().len(), 1, "{qp}");
+    assert!(!t.stderr().contains("panicked"), "{}", t.stderr());
+    good.disconnect();
+}
