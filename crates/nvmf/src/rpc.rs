@@ -371,11 +371,11 @@ pub fn register_rpcs(reg: &RpcRegistry) {
     });
     method(reg, "nvmf_subsystem_get_qpairs", rt, |p: NqnParam| {
         let t = target();
-        t.get(&p.nqn)?;
+        let s = t.get(&p.nqn)?;
         let list: Vec<Value> = t
             .qpairs
             .values()
-            .filter(|q| q.nqn == p.nqn)
+            .filter(|q| q.nqn == s.nqn)
             .map(|q| {
                 json!({
                     "cntlid": q.cntlid,

@@ -582,8 +582,14 @@ pub fn validate_nqn(nqn: &str) -> Result<()> {
 }
 
 impl TargetState {
-    /// The subsystem named `nqn`.
+    /// The subsystem named `nqn` (`discovery` names the discovery
+    /// subsystem, as in rpc.py).
     pub fn find(&self, nqn: &str) -> Option<Arc<Subsystem>> {
+        let nqn = if nqn == "discovery" {
+            DISCOVERY_NQN
+        } else {
+            nqn
+        };
         self.subsystems.iter().find(|s| s.nqn == nqn).cloned()
     }
 

@@ -104,6 +104,16 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 fn discovery_lists_the_listener() {
     let t = start(&[]);
     let mut h = admin_queue(t.addr(), rspdk_nvmf::DISCOVERY, false, false);
+    let qp = ok(
+        &t.sock,
+        "nvmf_subsystem_get_qpairs",
+        Some(json!({"nqn": "discovery"})),
+    );
+    assert_eq!(
+        qp[0]["qid"],
+        json!(0),
+        "rpc.py's 'discovery' shortcut: {qp}"
+    );
     let (c, id) = h.identify(1, 0);
     assert_eq!(status(&c), (0, 0));
     assert_eq!(id[111], 2, "CNTRLTYPE: discovery controller");
