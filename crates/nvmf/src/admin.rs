@@ -78,8 +78,9 @@ pub fn put_str0(b: &mut [u8], r: Range<usize>, s: &str) {
 /// The NVMe version the target reports (1.3).
 pub const VERSION: u32 = 0x0001_0300;
 
-/// Identify Controller for `ctrlr`.
-pub fn identify_controller(ctrlr: &Controller, opts: &TransportOpts) -> Vec<u8> {
+/// Identify Controller for `ctrlr`; `crdt` are the command retry delay
+/// times (CRDT1-3, bytes 134..140).
+pub fn identify_controller(ctrlr: &Controller, opts: &TransportOpts, crdt: [u16; 3]) -> Vec<u8> {
     let s = &ctrlr.subsys;
     let mut b = vec![0u8; 4096];
     put_text(&mut b, cf::SN, &s.serial);
@@ -93,6 +94,9 @@ pub fn identify_controller(ctrlr: &Controller, opts: &TransportOpts) -> Vec<u8> 
     put(&mut b, cf::VER, VERSION as u64);
     put(&mut b, cf::OAES, if s.discovery { 0 } else { 1 << 8 });
     put(&mut b, ctrlr_extra::CTRATT, 1);
+    for (i, c) in crdt.iter().enumerate() {
+        put(&mut b, 134 + 2 * i..136 + 2 * i, *c as u64);
+    }
     put(
         &mut b,
         ctrlr_extra::CNTRLTYPE,

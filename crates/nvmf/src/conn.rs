@@ -1092,7 +1092,10 @@ impl ConnInner {
                 let cns = (dw10 & 0xff) as u8;
                 let nsid = sqe.nsid();
                 let data = match cns {
-                    1 => admin::identify_controller(&c, &self.opts),
+                    1 => {
+                        let crdt = target().crdt;
+                        admin::identify_controller(&c, &self.opts, crdt)
+                    }
                     0 if !s.discovery => {
                         let nn = if s.max_namespaces == 0 {
                             1024

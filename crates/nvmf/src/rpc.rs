@@ -203,6 +203,42 @@ struct TgtOnly {
     trtype: Option<String>,
 }
 
+#[derive(Deserialize, serde::Serialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SetConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    acceptor_poll_rate: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    conn_sched: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    admin_cmd_passthru: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    poll_groups_mask: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    discovery_filter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dhchap_digests: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dhchap_dhgroups: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MaxSubsystems {
+    max_subsystems: u32,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Crdt {
+    #[serde(default)]
+    crdt1: u16,
+    #[serde(default)]
+    crdt2: u16,
+    #[serde(default)]
+    crdt3: u16,
+}
+
 fn bump() {
     DISCOVERY_GENCTR.fetch_add(1, Ordering::AcqRel);
 }
@@ -219,6 +255,31 @@ fn transport_json(o: &TransportOpts) -> Value {
 pub fn register_rpcs(reg: &RpcRegistry) {
     let rt = StateMask::RUNTIME;
     let any = StateMask::STARTUP | StateMask::RUNTIME;
+    method(reg, "nvmf_set_config", any, |p: SetConfig| {
+        if let Some(f) = &p.discovery_filter {
+            let ok = f
+                .split(',')
+                .all(|x| matches!(x, "match_any" | "transport" | "address" | "svcid"));
+            if !ok {
+                return Err(NvmfError::param(format!(
+                    "discovery_filter '{f}': match_any, or a comma list of transport, address, svcid"
+                )));
+            }
+        }
+        target().config = serde_json::to_value(&p).unwrap_or(Value::Null);
+        Ok(json!(true))
+    });
+    method(reg, "nvmf_set_max_subsystems", any, |p: MaxSubsystems| {
+        if p.max_subsystems == 0 {
+            return Err(NvmfError::param("max_subsystems must be at least 1"));
+        }
+        target().max_subsystems = p.max_subsystems;
+        Ok(json!(true))
+    });
+    method(reg, "nvmf_set_crdt", any, |p: Crdt| {
+        target().crdt = [p.crdt1, p.crdt2, p.crdt3];
+        Ok(json!(true))
+    });
     method(reg, "nvmf_create_transport", any, |o: TransportOpts| {
         o.validate()?;
         let mut t = target();
@@ -427,6 +488,22 @@ pub fn register_rpcs(reg: &RpcRegistry) {
 pub fn config_json() -> Vec<Value> {
     let t = target();
     let mut out = Vec::new();
+    let mut cfg = match &t.config {
+        Value::Object(m) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    cfg.entry("discovery_filter").or_insert(json!("match_any"));
+    cfg.entry("admin_cmd_passthru")
+        .or_insert(json!({"identify_ctrlr": false}));
+    out.push(json!({"method": "nvmf_set_config", "params": cfg}));
+    let max = if t.max_subsystems == 0 {
+        1024
+    } else {
+        t.max_subsystems
+    };
+    out.push(json!({"method": "nvmf_set_max_subsystems", "params": {"max_subsystems": max}}));
+    out.push(json!({"method": "nvmf_set_crdt", "params": {
+        "crdt1": t.crdt[0], "crdt2": t.crdt[1], "crdt3": t.crdt[2]}}));
     if let Some(o) = &t.transport {
         out.push(json!({"method": "nvmf_create_transport", "params": transport_json(o)}));
     }

@@ -505,6 +505,12 @@ pub struct TargetState {
     pub poll_groups: Vec<PollGroupInfo>,
     /// Live queue pairs, by connection id.
     pub qpairs: BTreeMap<u64, QpairInfo>,
+    /// `nvmf_set_config` (kept as given, written back by save_config).
+    pub config: Value,
+    /// `nvmf_set_max_subsystems` (0: the default, 1024).
+    pub max_subsystems: u32,
+    /// `nvmf_set_crdt`: command retry delay times (100 ms units).
+    pub crdt: [u16; 3],
     next_pg: usize,
 }
 
@@ -619,6 +625,16 @@ impl TargetState {
                 kind: "subsystem",
                 name: nqn.to_string(),
             });
+        }
+        let max = if self.max_subsystems == 0 {
+            1024
+        } else {
+            self.max_subsystems
+        };
+        if self.subsystems.len() >= max as usize {
+            return Err(NvmfError::param(format!(
+                "max_subsystems {max} reached (nvmf_set_max_subsystems)"
+            )));
         }
         if serial.len() > 20 || !serial.bytes().all(|c| (0x20..0x7f).contains(&c)) {
             return Err(NvmfError::param(format!(

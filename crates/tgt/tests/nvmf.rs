@@ -416,6 +416,22 @@ fn rpcs_and_save_config() {
     assert!(e.message.contains("nope"), "{}", e.message);
     let e = rpc(s, "nvmf_create_transport", Some(json!({"trtype": "RDMA"}))).unwrap_err();
     assert!(e.message.contains("RDMA"), "{}", e.message);
+    // SPDK's target-wide settings are accepted and saved.
+    ok(s, "nvmf_set_crdt", Some(json!({"crdt1": 5})));
+    ok(
+        s,
+        "nvmf_set_config",
+        Some(
+            json!({"discovery_filter": "match_any", "admin_cmd_passthru": {"identify_ctrlr": false}}),
+        ),
+    );
+    let e = rpc(
+        s,
+        "nvmf_set_config",
+        Some(json!({"discovery_filter": "bogus"})),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("bogus"), "{}", e.message);
     // Create, populate, save, delete.
     let n2 = "nqn.2016-06.io.spdk:cnode2";
     ok(
@@ -461,7 +477,15 @@ fn rpcs_and_save_config() {
         .iter()
         .map(|e| e["method"].as_str().unwrap())
         .collect();
-    assert_eq!(methods[0], "nvmf_create_transport");
+    assert_eq!(
+        methods[..4],
+        [
+            "nvmf_set_config",
+            "nvmf_set_max_subsystems",
+            "nvmf_set_crdt",
+            "nvmf_create_transport"
+        ]
+    );
     assert!(methods.contains(&"nvmf_subsystem_add_host"));
     let ns: Vec<&Value> = nvmf["config"]
         .as_array()
@@ -791,4 +815,47 @@ fn random_pdus_on_live_connections_only_hurt_themselves() {
     assert_eq!(qp.as_array().unwrap().len(), 1, "{qp}");
     assert!(!t.stderr().contains("panicked"), "{}", t.stderr());
     good.disconnect();
+}
+
+#[test]
+fn save_config_output_starts_an_identical_target() {
+    let mut t = start(&[]);
+    ok(
+        &t.sock,
+        "nvmf_subsystem_add_host",
+        Some(json!({"nqn": NQN, "host": HOSTNQN})),
+    );
+    ok(
+        &t.sock,
+        "nvmf_subsystem_allow_any_host",
+        Some(json!({"nqn": NQN, "allow_any_host": false})),
+    );
+    let saved = ok(&t.sock, "save_config", None);
+    let before = ok(&t.sock, "nvmf_get_subsystems", None);
+    let _ = t.child.kill();
+    let _ = t.child.wait();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("saved.json");
+    std::fs::write(&cfg, saved.to_string()).unwrap();
+    let sock = dir.path().join("spdk.sock");
+    let mut child = Command::new(TGT)
+        .arg("-r")
+        .arg(&sock)
+        .arg("--no-huge")
+        .arg("-c")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_started(&sock);
+    let after = ok(&sock, "nvmf_get_subsystems", None);
+    assert_eq!(before, after);
+    // And it serves: the listed host connects.
+    let mut h = admin_queue(t.addr(), NQN, false, false);
+    let (c, _) = h.identify(1, 0);
+    assert_eq!(status(&c), (0, 0));
+    h.disconnect();
+    let _ = child.kill();
+    let _ = child.wait();
 }
