@@ -92,6 +92,9 @@ const SGL_DATA_BLOCK_OFFSET: u8 = 0x01;
 const SGL_TRANSPORT_DATA_BLOCK: u8 = 0x5a;
 /// Most AERs held per controller (AERL + 1).
 const MAX_AERS: usize = 4;
+/// Reads at least this large are sent straight from their buffer when
+/// nothing else is queued (smaller ones are batched into one write).
+const DIRECT_SEND_MIN: usize = 32 * 1024;
 /// Stop reading when this much output waits (back-pressure).
 const WBUF_HIGH: usize = 4 << 20;
 
@@ -289,6 +292,8 @@ struct ConnInner {
     rlen: usize,
     wbuf: Vec<u8>,
     wpos: usize,
+    /// Header and digest bytes of a direct send.
+    scratch: Vec<u8>,
     ic_done: bool,
     digests: Digests,
     max_plen: u32,
@@ -328,6 +333,7 @@ impl ConnInner {
             rlen: 0,
             wbuf: Vec::with_capacity(64 * 1024),
             wpos: 0,
+            scratch: Vec::with_capacity(64),
             ic_done: false,
             digests: Digests::default(),
             max_plen: pdu::IC_LEN as u32,
@@ -472,9 +478,34 @@ impl ConnInner {
                 if success {
                     f |= pdu::flags::SUCCESS;
                 }
-                pdu::emit_c2h_data_header(&mut self.wbuf, &hdr, f, self.digests);
-                self.wbuf.extend_from_slice(data);
-                pdu::finish_c2h_data(&mut self.wbuf, data, self.digests);
+                if data.len() >= DIRECT_SEND_MIN && self.wpos == self.wbuf.len() {
+                    // Nothing queued: send header, data and digest straight
+                    // from the DMA buffer; queue (copy) only what the socket
+                    // did not take.
+                    let mut hd = std::mem::take(&mut self.scratch);
+                    hd.clear();
+                    pdu::emit_c2h_data_header(&mut hd, &hdr, f, self.digests);
+                    let split = hd.len();
+                    pdu::finish_c2h_data(&mut hd, data, self.digests);
+                    let (head, tail) = hd.split_at(split);
+                    let bufs = [
+                        std::io::IoSlice::new(head),
+                        std::io::IoSlice::new(data),
+                        std::io::IoSlice::new(tail),
+                    ];
+                    let sent = self.stream.write_vectored(&bufs).unwrap_or(0);
+                    let mut skip = sent;
+                    for part in [head, data, tail] {
+                        let k = skip.min(part.len());
+                        self.wbuf.extend_from_slice(&part[k..]);
+                        skip -= k;
+                    }
+                    self.scratch = hd;
+                } else {
+                    pdu::emit_c2h_data_header(&mut self.wbuf, &hdr, f, self.digests);
+                    self.wbuf.extend_from_slice(data);
+                    pdu::finish_c2h_data(&mut self.wbuf, data, self.digests);
+                }
                 skip_resp = success;
             }
         }
