@@ -591,19 +591,29 @@ fn run_nvmf_create_transport(
 }
 
 /// `-t -a -f -s` become the `listen_address` object.
-fn nvmf_listener(
-    ctx: &mut Ctx,
-    method: &str,
-    mut params: Map<String, Value>,
-) -> Result<(), CliError> {
-    let mut la = Map::new();
-    for k in ["trtype", "traddr", "adrfam", "trsvcid"] {
-        if let Some(v) = params.remove(k) {
-            la.insert(k.to_string(), v);
+fn nvmf_listener(ctx: &mut Ctx, method: &str, params: Map<String, Value>) -> Result<(), CliError> {
+    ctx.call(
+        method,
+        nest(
+            params,
+            "listen_address",
+            &["trtype", "traddr", "adrfam", "trsvcid"],
+        ),
+    )
+    .map(|_| ())
+}
+
+/// Moves `keys` of `params` into an object under `into` (rpc.py builds
+/// `listen_address` and `namespace` this way).
+fn nest(mut params: Map<String, Value>, into: &str, keys: &[&str]) -> Map<String, Value> {
+    let mut inner = Map::new();
+    for k in keys {
+        if let Some(v) = params.remove(*k) {
+            inner.insert(k.to_string(), v);
         }
     }
-    params.insert("listen_address".into(), Value::Object(la));
-    ctx.call(method, params).map(|_| ())
+    params.insert(into.to_string(), Value::Object(inner));
+    params
 }
 
 fn run_nvmf_add_listener(
@@ -626,15 +636,13 @@ fn run_nvmf_remove_listener(
 fn run_nvmf_add_ns(
     ctx: &mut Ctx,
     _: &ArgMatches,
-    mut params: Map<String, Value>,
+    params: Map<String, Value>,
 ) -> Result<(), CliError> {
-    let mut ns = Map::new();
-    for k in ["bdev_name", "nsid", "nguid", "eui64", "uuid"] {
-        if let Some(v) = params.remove(k) {
-            ns.insert(k.to_string(), v);
-        }
-    }
-    params.insert("namespace".into(), Value::Object(ns));
+    let params = nest(
+        params,
+        "namespace",
+        &["bdev_name", "nsid", "nguid", "eui64", "uuid"],
+    );
     let result = ctx.call("nvmf_subsystem_add_ns", params)?;
     ctx.print(Output::Json, &result);
     Ok(())
@@ -963,6 +971,85 @@ mod tests {
     #[test]
     fn table_builds_a_valid_cli() {
         build_cli(&method_table()).debug_assert();
+    }
+
+    #[test]
+    fn nvmf_params_follow_rpc_py() {
+        let table = method_table();
+        let cli = build_cli(&table);
+        let params = |args: &[&str]| {
+            let m = cli.clone().try_get_matches_from(args).unwrap();
+            let (name, sub) = m.subcommand().unwrap();
+            let spec = table.iter().find(|s| s.name == name).unwrap();
+            collect_params(spec, sub)
+        };
+        let p = params(&[
+            "rspdk_rpc",
+            "nvmf_subsystem_add_listener",
+            "nqn.2016-06.io.spdk:cnode1",
+            "-t",
+            "tcp",
+            "-a",
+            "127.0.0.1",
+            "-s",
+            "4420",
+            "-f",
+            "ipv4",
+        ]);
+        assert_eq!(
+            Value::Object(nest(
+                p,
+                "listen_address",
+                &["trtype", "traddr", "adrfam", "trsvcid"]
+            )),
+            json!({"nqn": "nqn.2016-06.io.spdk:cnode1", "listen_address":
+                {"trtype": "tcp", "traddr": "127.0.0.1", "adrfam": "ipv4", "trsvcid": "4420"}})
+        );
+        let p = params(&[
+            "rspdk_rpc",
+            "nvmf_subsystem_add_ns",
+            "nqn.2016-06.io.spdk:cnode1",
+            "Malloc0",
+            "-n",
+            "3",
+        ]);
+        assert_eq!(
+            Value::Object(nest(
+                p,
+                "namespace",
+                &["bdev_name", "nsid", "nguid", "eui64", "uuid"]
+            )),
+            json!({"nqn": "nqn.2016-06.io.spdk:cnode1", "namespace": {"bdev_name": "Malloc0", "nsid": 3}})
+        );
+        let p = params(&[
+            "rspdk_rpc",
+            "nvmf_create_subsystem",
+            "nqn.2016-06.io.spdk:cnode1",
+            "-a",
+            "-s",
+            "SPDK1",
+            "-m",
+            "8",
+        ]);
+        assert_eq!(
+            Value::Object(p),
+            json!({"nqn": "nqn.2016-06.io.spdk:cnode1", "serial_number": "SPDK1",
+                   "allow_any_host": true, "max_namespaces": 8})
+        );
+        let p = params(&[
+            "rspdk_rpc",
+            "nvmf_create_transport",
+            "-t",
+            "TCP",
+            "-u",
+            "16384",
+            "-c",
+            "8192",
+        ]);
+        assert_eq!(
+            Value::Object(p),
+            json!({"trtype": "TCP", "in_capsule_data_size": 8192, "io_unit_size": 16384})
+        );
     }
 
     #[test]
