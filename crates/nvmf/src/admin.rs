@@ -120,6 +120,8 @@ pub fn identify_controller(ctrlr: &Controller, opts: &TransportOpts, crdt: [u16;
         put(&mut b, cf::NN, nn as u64);
         // Compare, Dataset Management, Write Zeroes.
         put(&mut b, cf::ONCS, 0x0d);
+        // FUSES: Compare and Write.
+        put(&mut b, 522..524, 1);
         put(&mut b, cf::VWC, 1);
     }
     // SGLs supported (bit 0), SGL offsets (bit 20).

@@ -72,6 +72,10 @@ pub mod sc {
     pub const READ_ERROR: (u8, u8) = (2, 0x81);
     /// Compare Failure.
     pub const COMPARE_FAILURE: (u8, u8) = (2, 0x85);
+    /// Command Aborted due to Failed Fused Command.
+    pub const FUSED_FAILED: (u8, u8) = (0, 0x05);
+    /// Command Aborted due to Missing Fused Command.
+    pub const FUSED_MISSING: (u8, u8) = (0, 0x06);
 }
 
 /// Fabrics command types (NVMe-oF 1.1, figure 13).
@@ -305,6 +309,9 @@ struct ConnInner {
     pool: Vec<Vec<DmaBuf>>,
     ns: Vec<NsChan>,
     ns_gen: u64,
+    /// The first (Compare) half of a fused compare-and-write, waiting for
+    /// its Write.
+    fused_first: Option<usize>,
 }
 
 fn class_of(len: usize) -> usize {
@@ -344,6 +351,7 @@ impl ConnInner {
             pool: Vec::new(),
             ns: Vec::new(),
             ns_gen: u64::MAX,
+            fused_first: None,
         }
     }
 
@@ -897,7 +905,19 @@ impl ConnInner {
             if !q.ctrlr.ready() {
                 return self.complete(slot, sc::NS_NOT_READY, 0);
             }
-            self.io(this, slot);
+            match (sqe.fuse(), self.fused_first.take()) {
+                (0, None) => self.io(this, slot),
+                (1, None) if sqe.opcode() == 0x05 => self.fused_first = Some(slot),
+                (2, Some(first)) if sqe.opcode() == 0x01 => {
+                    self.compare_and_write(this, first, slot)
+                }
+                (_, Some(first)) => {
+                    // The pair is broken: both halves fail.
+                    self.complete(first, sc::FUSED_MISSING, 0);
+                    self.complete(slot, sc::FUSED_MISSING, 0);
+                }
+                _ => self.complete(slot, sc::FUSED_MISSING, 0),
+            }
         }
     }
 
@@ -1316,6 +1336,80 @@ impl ConnInner {
                 });
             }
             Err(e) => self.complete(slot, bdev_error_status(&e), 0),
+        }
+    }
+
+    /// A fused Compare (`first`) + Write (`second`) as one bdev
+    /// compare-and-write.
+    fn compare_and_write(&mut self, this: &Rc<Conn>, first: usize, second: usize) {
+        let (c, w) = (self.reqs[first].sqe, self.reqs[second].sqe);
+        let same =
+            c.nsid() == w.nsid() && c.slba() == w.slba() && c.dw[12] & 0xffff == w.dw[12] & 0xffff;
+        let Some(ni) = self.ns_chan(c.nsid()).filter(|_| same) else {
+            let st = if same {
+                sc::INVALID_NS
+            } else {
+                sc::INVALID_FIELD
+            };
+            self.complete(first, st, 0);
+            return self.complete(second, st, 0);
+        };
+        let nlb = (c.dw[12] & 0xffff) as u64 + 1;
+        let bytes = (nlb * self.ns[ni].block_size) as usize;
+        let lens_ok = self.reqs[first].len == bytes && self.reqs[second].len == bytes;
+        let cp = self.reqs[first].buf.as_mut().map(|b| b.as_mut_ptr());
+        let wp = self.reqs[second].buf.as_mut().map(|b| b.as_mut_ptr());
+        let (Some(cp), Some(wp), true) = (cp, wp, lens_ok) else {
+            self.complete(first, sc::SGL_LENGTH, 0);
+            return self.complete(second, sc::SGL_LENGTH, 0);
+        };
+        let cmp = [IoVec::new(cp, bytes)];
+        let data = [IoVec::new(wp, bytes)];
+        let conn = this.clone();
+        let done = move |st: IoStatus| {
+            let mut i = conn.inner.borrow_mut();
+            i.stats.pending_bdev_io.fetch_sub(1, Ordering::Relaxed);
+            if i.closed {
+                for s in [first, second] {
+                    let r = &mut i.reqs[s];
+                    r.state = ReqState::Free;
+                    if let Some(b) = r.buf.take() {
+                        i.put_buf(b);
+                    }
+                }
+                return;
+            }
+            let (a, b) = match io_status(st) {
+                sc::SUCCESS => (sc::SUCCESS, sc::SUCCESS),
+                sc::COMPARE_FAILURE => (sc::COMPARE_FAILURE, sc::FUSED_FAILED),
+                other => (other, sc::FUSED_FAILED),
+            };
+            i.complete(first, a, 0);
+            i.complete(second, b, 0);
+        };
+        let ns = &self.ns[ni];
+        // SAFETY: both buffers belong to requests `first` and `second`,
+        // which stay allocated until `done` runs; nothing else touches them.
+        let r = unsafe {
+            ns.ch.submit(
+                &ns.desc,
+                IoType::CompareAndWrite,
+                &data,
+                &cmp,
+                c.slba(),
+                nlb,
+                done,
+            )
+        };
+        match r {
+            Ok(()) => {
+                self.stats.pending_bdev_io.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let st = bdev_error_status(&e);
+                self.complete(first, st, 0);
+                self.complete(second, sc::FUSED_FAILED, 0);
+            }
         }
     }
 

@@ -15,8 +15,8 @@
 //!   host needs (Identify CNS 0/1/2/3, Get Log Page error / SMART /
 //!   firmware / changed namespaces / discovery, Get/Set Features, Keep
 //!   Alive with the keep-alive timeout enforced, AER with namespace-change
-//!   notices) and NVM commands as bdev I/O (read, write, compare, flush,
-//!   write zeroes, DSM deallocate).
+//!   notices) and NVM commands as bdev I/O (read, write, compare, fused
+//!   compare-and-write, flush, write zeroes, DSM deallocate).
 //! - [`rpc`]: SPDK's `nvmf_*` methods; [`NvmfSubsystem`] is the `nvmf`
 //!   subsystem for `rspdk_event::App` (depends on `bdev`, saved by
 //!   `save_config`).

@@ -859,3 +859,56 @@ fn save_config_output_starts_an_identical_target() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn fused_compare_and_write() {
+    use rspdk_nvme::spec::Sqe;
+    let t = start(&[]);
+    let mut a = admin_queue(t.addr(), NQN, false, false);
+    let (_, id) = a.identify(1, 0);
+    assert_eq!(id[522] & 1, 1, "FUSES: compare and write");
+    let mut q = io_queue(t.addr(), NQN, a.cntlid, 1, false, false, false);
+    let old = pattern(40, 4096);
+    let new = pattern(41, 4096);
+    assert_eq!(status(&q.write(1, 300, &old, BS, true)), (0, 0));
+    let fused = |q: &mut Host, cmp: &[u8], data: &[u8], cid: u16| -> ((u8, u8), (u8, u8)) {
+        let mk = |op: u8, fuse: u32, cid: u16| {
+            let mut s = Sqe::new(op, 1);
+            s.set_slba(300);
+            s.dw[12] = 7;
+            s.set_cid(cid);
+            s.set_psdt(1);
+            s.dw[0] |= fuse << 8;
+            s.dw[8] = 4096;
+            s.dw[9] = 0x01 << 24;
+            s
+        };
+        q.send(&rspdk_nvmf::pdu::Pdu::CapsuleCmd {
+            sqe: mk(0x05, 1, cid),
+            data: cmp,
+        });
+        q.send(&rspdk_nvmf::pdu::Pdu::CapsuleCmd {
+            sqe: mk(0x01, 2, cid + 1),
+            data,
+        });
+        let mut st = [(9, 9); 2];
+        for _ in 0..2 {
+            match q.recv() {
+                Rx::Resp(c) => st[(c.cid() - cid) as usize] = status(&c),
+                other => panic!("{other:?}"),
+            }
+        }
+        (st[0], st[1])
+    };
+    // Matches: written.
+    assert_eq!(fused(&mut q, &old, &new, 500), ((0, 0), (0, 0)));
+    let (_, r) = q.read(1, 300, 8, BS);
+    assert!(r == new, "compare-and-write wrote");
+    // Differs: compare failure, write aborted, data unchanged.
+    assert_eq!(
+        fused(&mut q, &old, &pattern(42, 4096), 510),
+        ((2, 0x85), (0, 0x05))
+    );
+    let (_, r) = q.read(1, 300, 8, BS);
+    assert!(r == new, "a failed compare-and-write writes nothing");
+}
