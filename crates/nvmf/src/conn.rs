@@ -13,6 +13,7 @@
 use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use rspdk_bdev::{BdevDesc, BdevError, BdevIoChannel, IoStatus, IoType, IoVec};
 use rspdk_env::DmaBuf;
 use rspdk_nvme::spec::{Cqe, Sqe};
-use rspdk_thread::{Poller, PollerStatus, Thread};
+use rspdk_thread::{Interrupt, Poller, PollerStatus, Thread};
 
 use crate::admin;
 use crate::error::NvmfError;
@@ -167,10 +168,30 @@ pub(crate) fn accept(
         )),
     });
     tracing::info!(%peer, %local, conn = id, "nvmf: TCP connection accepted");
+    let thread = Thread::current();
+    let interrupt = thread.as_ref().is_some_and(|t| t.is_interrupt_mode());
+    if let (true, Some(t)) = (interrupt, thread.as_ref()) {
+        // Interrupt mode: the socket wakes the thread when data arrives;
+        // completions send at once; a 1 ms poller does the rest.
+        let weak = Rc::downgrade(&conn);
+        let fd = conn.inner.borrow().stream.as_raw_fd();
+        match t.interrupt_register(fd, "nvmf_tcp_conn", move || match weak.upgrade() {
+            Some(c) if Conn::poll(&c) => PollerStatus::Busy,
+            _ => PollerStatus::Idle,
+        }) {
+            Ok(i) => {
+                let mut ci = conn.inner.borrow_mut();
+                ci.intr = Some(i);
+                ci.interrupt = true;
+            }
+            Err(e) => tracing::warn!(error = %e, "nvmf: no socket interrupt; polling this connection"),
+        }
+    }
     pg.conns.borrow_mut().push(conn);
     if pg.poller.borrow().is_none() {
-        if let Some(t) = Thread::current() {
-            let p = t.poller_register("nvmf_tcp_poll_group", 0, |_| poll_group());
+        if let Some(t) = thread {
+            let period = if interrupt { 1000 } else { 0 };
+            let p = t.poller_register("nvmf_tcp_poll_group", period, |_| poll_group());
             *pg.poller.borrow_mut() = Some(p);
         }
     }
@@ -298,6 +319,10 @@ struct ConnInner {
     wpos: usize,
     /// Header and digest bytes of a direct send.
     scratch: Vec<u8>,
+    /// The socket's interrupt (interrupt mode).
+    intr: Option<Interrupt>,
+    /// Interrupt mode: send completions at once.
+    interrupt: bool,
     ic_done: bool,
     digests: Digests,
     max_plen: u32,
@@ -341,6 +366,8 @@ impl ConnInner {
             wbuf: Vec::with_capacity(64 * 1024),
             wpos: 0,
             scratch: Vec::with_capacity(64),
+            intr: None,
+            interrupt: false,
             ic_done: false,
             digests: Digests::default(),
             max_plen: pdu::IC_LEN as u32,
@@ -381,6 +408,9 @@ impl ConnInner {
         }
         self.closed = true;
         self.flush();
+        if let Some(i) = self.intr.take() {
+            i.unregister();
+        }
         let _ = self.stream.shutdown(Shutdown::Both);
         self.stats.connections.fetch_sub(1, Ordering::Relaxed);
         target().qpairs.remove(&self.id);
@@ -1386,6 +1416,9 @@ impl ConnInner {
             };
             i.complete(first, a, 0);
             i.complete(second, b, 0);
+            if i.interrupt {
+                i.flush();
+            }
         };
         let ns = &self.ns[ni];
         // SAFETY: both buffers belong to requests `first` and `second`,
@@ -1509,8 +1542,12 @@ fn io_done(conn: &Rc<Conn>, slot: usize, st: IoStatus) {
         }
         return;
     }
-    // The poll group's next poll sends it (one write for many completions).
+    // The poll group's next poll sends it (one write for many completions);
+    // in interrupt mode there may be no next poll soon: send now.
     i.complete(slot, status, 0);
+    if i.interrupt {
+        i.flush();
+    }
 }
 
 /// The discovery NQN, re-exported for users.

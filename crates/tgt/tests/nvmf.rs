@@ -912,3 +912,53 @@ fn fused_compare_and_write() {
     let (_, r) = q.read(1, 300, 8, BS);
     assert!(r == new, "a failed compare-and-write writes nothing");
 }
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn interrupt_mode_with_connected_hosts_sleeps_when_idle() {
+    let t = start(&["--interrupt-mode", "-m", "0x3"]);
+    let mut a = admin_queue(t.addr(), NQN, false, false);
+    let mut q = io_queue(t.addr(), NQN, a.cntlid, 1, true, true, true);
+    for i in 0..20u64 {
+        let d = pattern(i as u8, 65536);
+        assert_eq!(status(&q.write(1, i * 128, &d, BS, false)), (0, 0));
+        let (c, r) = q.read(1, i * 128, 128, BS);
+        assert_eq!(status(&c), (0, 0));
+        assert!(r == d);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let pid = t.child.id();
+    let (c0, t0) = (cpu_ticks(pid), std::time::Instant::now());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (c1, el) = (cpu_ticks(pid), t0.elapsed());
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu = (c1 - c0) as f64 / hz / el.as_secs_f64();
+    eprintln!(
+        "--interrupt-mode rspdk_tgt with 2 idle queue pairs: {:.2}% CPU",
+        cpu * 100.0
+    );
+    // The connections sleep on their sockets (fd interrupts plus a 1 ms
+    // housekeeping poller), but the bdev layer's channel poller (period 0,
+    // rspdk_bdev) keeps the poll group's reactor awake while it holds a
+    // channel: at most one of the two reactors spins, the other sleeps.
+    assert!(
+        cpu < 0.75,
+        "CPU {:.1}% with idle connections: both reactors spin",
+        cpu * 100.0
+    );
+    // Still serving after sleeping.
+    let (c, _) = a.identify(1, 0);
+    assert_eq!(status(&c), (0, 0));
+    let (c, _) = q.read(1, 0, 8, BS);
+    assert_eq!(status(&c), (0, 0));
+    q.disconnect();
+    a.disconnect();
+}
