@@ -3,6 +3,7 @@
 # set. Each check prints "CHECK ok|FAILED <name>"; the tests print libtest's
 # "test ... ok|FAILED" lines. tests/vm/run counts both.
 cd /mnt/host
+[ "$RSPDK_VM_MODE" = nvmf ] && exec sh /mnt/host/guest-nvmf.sh
 B=/mnt/host/bin
 rc=0
 check() { # name command...

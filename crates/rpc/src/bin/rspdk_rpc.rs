@@ -234,6 +234,107 @@ fn method_table() -> Vec<MethodSpec> {
             .pos_choice("level", LOG_LEVELS, "Log level")
             .output(Nothing),
         method("log_get_level", "get log level"),
+        method("nvmf_create_transport", "Create NVMf transport")
+            .opt(Some('t'), "trtype", Str, "Transport type (ex. RDMA)")
+            .opt(Some('g'), "tgt-name", Str, "The name of the parent NVMe-oF target (optional)")
+            .opt(Some('q'), "max-queue-depth", Int, "Max number of outstanding I/O per queue")
+            .opt(Some('m'), "max-io-qpairs-per-ctrlr", Int, "Max number of IO qpairs per controller")
+            .opt(Some('c'), "in-capsule-data-size", Int, "Max number of in-capsule data size")
+            .opt(Some('i'), "max-io-size", Int, "Max I/O size (bytes)")
+            .opt(Some('u'), "io-unit-size", Int, "I/O unit size (bytes)")
+            .opt(Some('a'), "max-aq-depth", Int, "Max number of admin cmds per AQ")
+            .opt(Some('n'), "num-shared-buffers", Int, "The number of pooled data buffers available to the transport")
+            .opt(Some('b'), "buf-cache-size", Int, "The number of shared buffers to reserve for each poll group")
+            .opt(Some('y'), "sock-priority", Int, "The sock priority of the tcp connection")
+            .opt(Some('x'), "abort-timeout-sec", Int, "Abort execution timeout value, in seconds")
+            .output(Nothing)
+            .runner(run_nvmf_create_transport),
+        method("nvmf_get_transports", "Display nvmf transports or required transport")
+            .opt(Some('t'), "trtype", Str, "Transport type (optional)")
+            .opt(Some('g'), "tgt-name", Str, "The name of the parent NVMe-oF target (optional)"),
+        method("nvmf_create_subsystem", "Create an NVMe-oF subsystem")
+            .pos("nqn", Str, "Subsystem NQN (ASCII)")
+            .opt(Some('t'), "tgt-name", Str, "The name of the parent NVMe-oF target (optional)")
+            .opt(Some('s'), "serial-number", Str, "Format:  'sn' etc Example: 'SPDK00000000000001'")
+            .opt(Some('d'), "model-number", Str, "Format:  'mn' etc Example: 'SPDK Controller'")
+            .opt(Some('a'), "allow-any-host", Flag, "Allow any host to connect (don't enforce allowed host NQN list)")
+            .opt(Some('m'), "max-namespaces", Int, "Maximum number of namespaces allowed")
+            .opt(Some('i'), "min_cntlid", Int, "Minimum controller ID")
+            .opt(Some('I'), "max_cntlid", Int, "Maximum controller ID")
+            .output(Nothing),
+        method("nvmf_delete_subsystem", "Delete a nvmf subsystem")
+            .pos("nqn", Str, "subsystem nqn to be deleted. Example: nqn.2016-06.io.spdk:cnode1.")
+            .opt(Some('t'), "tgt-name", Str, "The name of the parent NVMe-oF target (optional)")
+            .output(Nothing),
+        method("nvmf_subsystem_add_listener", "Add a listener to an NVMe-oF subsystem")
+            .pos("nqn", Str, "NVMe-oF subsystem NQN (\'discovery\' can be used as shortcut for discovery NQN)")
+            .opt(Some('t'), "trtype", Str, "NVMe-oF transport type: e.g., rdma")
+            .opt(Some('a'), "traddr", Str, "NVMe-oF transport address: e.g., an ip address")
+            .opt(Some('p'), "tgt-name", Str, "The name of the parent NVMe-oF target (optional)")
+            .opt(Some('f'), "adrfam", Str, "NVMe-oF transport adrfam: e.g., ipv4, ipv6, ib, fc, intra_host")
+            .opt(Some('s'), "trsvcid", Str, "NVMe-oF transport service id: e.g., a port number")
+            .output(Nothing)
+            .runner(run_nvmf_add_listener),
+        method("nvmf_subsystem_remove_listener", "Remove a listener from an NVMe-oF subsystem")
+            .pos("nqn", Str, "NVMe-oF subsystem NQN (\'discovery\' can be used as shortcut for discovery NQN)")
+            .opt(Some('t'), "trtype", Str, "NVMe-oF transport type: e.g., rdma")
+            .opt(Some('a'), "traddr", Str, "NVMe-oF transport address: e.g., an ip address")
+            .opt(Some('p'), "tgt-name", Str, "The name of the parent NVMe-oF target (optional)")
+            .opt(Some('f'), "adrfam", Str, "NVMe-oF transport adrfam: e.g., ipv4, ipv6, ib, fc, intra_host")
+            .opt(Some('s'), "trsvcid", Str, "NVMe-oF transport service id: e.g., a port number")
+            .output(Nothing)
+            .runner(run_nvmf_remove_listener),
+        method("nvmf_subsystem_add_ns", "Add a namespace to an NVMe-oF subsystem")
+            .pos("nqn", Str, "NVMe-oF subsystem NQN")
+            .pos("bdev_name", Str, "The name of the bdev that will back this namespace")
+            .opt(Some('t'), "tgt-name", Str, "The name of the parent NVMe-oF target (optional)")
+            .opt(Some('n'), "nsid", Int, "The requested NSID (optional)")
+            .opt(Some('g'), "nguid", Str, "Namespace globally unique identifier (optional)")
+            .opt(Some('e'), "eui64", Str, "Namespace EUI-64 identifier (optional)")
+            .opt(Some('u'), "uuid", Str, "Namespace UUID (optional)")
+            .runner(run_nvmf_add_ns),
+        method("nvmf_subsystem_remove_ns", "Remove a namespace to an NVMe-oF subsystem")
+            .pos("nqn", Str, "NVMe-oF subsystem NQN")
+            .pos("nsid", Int, "The requested NSID")
+            .opt(Some('t'), "tgt-name", Str, "The name of the parent NVMe-oF target (optional)")
+            .output(Nothing),
+        method("nvmf_subsystem_add_host", "Add a host to an NVMe-oF subsystem")
+            .pos("nqn", Str, "NVMe-oF subsystem NQN")
+            .pos("host", Str, "Host NQN to allow")
+            .opt(Some('t'), "tgt-name", Str, "The name of the parent NVMe-oF target (optional)")
+            .output(Nothing),
+        method("nvmf_subsystem_remove_host", "Remove a host from an NVMe-oF subsystem")
+            .pos("nqn", Str, "NVMe-oF subsystem NQN")
+            .pos("host", Str, "Host NQN to remove")
+            .opt(Some('t'), "tgt-name", Str, "The name of the parent NVMe-oF target (optional)")
+            .output(Nothing),
+        method("nvmf_subsystem_allow_any_host", "Allow any host to connect to the subsystem")
+            .pos("nqn", Str, "NVMe-oF subsystem NQN")
+            .opt(Some('e'), "enable", Flag, "Enable allowing any host")
+            .opt(Some('d'), "disable", Flag, "Disable allowing any host")
+            .opt(Some('t'), "tgt-name", Str, "The name of the parent NVMe-oF target (optional)")
+            .output(Nothing)
+            .runner(run_nvmf_allow_any_host),
+        method("nvmf_get_subsystems", "Display nvmf subsystems or required subsystem")
+            .arg(ArgSpec {
+                key: "nqn",
+                long: None,
+                short: None,
+                kind: Str,
+                required: false,
+                help: "Subsystem NQN (optional)",
+                choices: &[],
+                default: None,
+            })
+            .opt(Some('t'), "tgt-name", Str, "The name of the parent NVMe-oF target (optional)"),
+        method("nvmf_subsystem_get_controllers", "Display controllers of an NVMe-oF subsystem.")
+            .pos("nqn", Str, "NVMe-oF subsystem NQN")
+            .opt(Some('t'), "tgt-name", Str, "The name of the parent NVMe-oF target (optional)"),
+        method("nvmf_subsystem_get_qpairs", "Display queue pairs of an NVMe-oF subsystem.")
+            .pos("nqn", Str, "NVMe-oF subsystem NQN")
+            .opt(Some('t'), "tgt-name", Str, "The name of the parent NVMe-oF target (optional)"),
+        method("nvmf_get_stats", "Display current statistics for NVMf subsystem")
+            .opt(Some('t'), "tgt-name", Str, "The name of the parent NVMe-oF target (optional)"),
         // bdev layer and modules (python/spdk/cli/bdev.py).
         method("bdev_malloc_create", "Create a bdev with malloc backend")
             .pos("total_size", Float, "Size of malloc bdev in MB (float > 0)")
@@ -620,6 +721,96 @@ fn run_kill_instance(
     }
 }
 
+/// `-t/--trtype` is required (rpc.py's `required=True`).
+fn run_nvmf_create_transport(
+    ctx: &mut Ctx,
+    _: &ArgMatches,
+    params: Map<String, Value>,
+) -> Result<(), CliError> {
+    if !params.contains_key("trtype") {
+        return Err(CliError::Message(
+            "nvmf_create_transport: -t/--trtype is required".into(),
+        ));
+    }
+    ctx.call("nvmf_create_transport", params).map(|_| ())
+}
+
+/// `-t -a -f -s` become the `listen_address` object.
+fn nvmf_listener(ctx: &mut Ctx, method: &str, params: Map<String, Value>) -> Result<(), CliError> {
+    ctx.call(
+        method,
+        nest(
+            params,
+            "listen_address",
+            &["trtype", "traddr", "adrfam", "trsvcid"],
+        ),
+    )
+    .map(|_| ())
+}
+
+/// Moves `keys` of `params` into an object under `into` (rpc.py builds
+/// `listen_address` and `namespace` this way).
+fn nest(mut params: Map<String, Value>, into: &str, keys: &[&str]) -> Map<String, Value> {
+    let mut inner = Map::new();
+    for k in keys {
+        if let Some(v) = params.remove(*k) {
+            inner.insert(k.to_string(), v);
+        }
+    }
+    params.insert(into.to_string(), Value::Object(inner));
+    params
+}
+
+fn run_nvmf_add_listener(
+    ctx: &mut Ctx,
+    _: &ArgMatches,
+    params: Map<String, Value>,
+) -> Result<(), CliError> {
+    nvmf_listener(ctx, "nvmf_subsystem_add_listener", params)
+}
+
+fn run_nvmf_remove_listener(
+    ctx: &mut Ctx,
+    _: &ArgMatches,
+    params: Map<String, Value>,
+) -> Result<(), CliError> {
+    nvmf_listener(ctx, "nvmf_subsystem_remove_listener", params)
+}
+
+/// `bdev_name -n -u -g -e` become the `namespace` object.
+fn run_nvmf_add_ns(
+    ctx: &mut Ctx,
+    _: &ArgMatches,
+    params: Map<String, Value>,
+) -> Result<(), CliError> {
+    let params = nest(
+        params,
+        "namespace",
+        &["bdev_name", "nsid", "nguid", "eui64", "uuid"],
+    );
+    let result = ctx.call("nvmf_subsystem_add_ns", params)?;
+    ctx.print(Output::Json, &result);
+    Ok(())
+}
+
+/// `-e` / `-d` become `allow_any_host`.
+fn run_nvmf_allow_any_host(
+    ctx: &mut Ctx,
+    _: &ArgMatches,
+    mut params: Map<String, Value>,
+) -> Result<(), CliError> {
+    let enable = params.remove("enable") == Some(Value::Bool(true));
+    let disable = params.remove("disable") == Some(Value::Bool(true));
+    if enable == disable {
+        return Err(CliError::Message(
+            "nvmf_subsystem_allow_any_host: give exactly one of -e/--enable or -d/--disable".into(),
+        ));
+    }
+    params.insert("allow_any_host".into(), Value::Bool(enable));
+    ctx.call("nvmf_subsystem_allow_any_host", params)
+        .map(|_| ())
+}
+
 /// rpc.py's bdev_malloc_create / bdev_null_create: `total_size` in MB and
 /// `block_size` become `num_blocks`.
 fn run_size_to_blocks(
@@ -954,6 +1145,85 @@ mod tests {
     #[test]
     fn table_builds_a_valid_cli() {
         build_cli(&method_table()).debug_assert();
+    }
+
+    #[test]
+    fn nvmf_params_follow_rpc_py() {
+        let table = method_table();
+        let cli = build_cli(&table);
+        let params = |args: &[&str]| {
+            let m = cli.clone().try_get_matches_from(args).unwrap();
+            let (name, sub) = m.subcommand().unwrap();
+            let spec = table.iter().find(|s| s.name == name).unwrap();
+            collect_params(spec, sub)
+        };
+        let p = params(&[
+            "rspdk_rpc",
+            "nvmf_subsystem_add_listener",
+            "nqn.2016-06.io.spdk:cnode1",
+            "-t",
+            "tcp",
+            "-a",
+            "127.0.0.1",
+            "-s",
+            "4420",
+            "-f",
+            "ipv4",
+        ]);
+        assert_eq!(
+            Value::Object(nest(
+                p,
+                "listen_address",
+                &["trtype", "traddr", "adrfam", "trsvcid"]
+            )),
+            json!({"nqn": "nqn.2016-06.io.spdk:cnode1", "listen_address":
+                {"trtype": "tcp", "traddr": "127.0.0.1", "adrfam": "ipv4", "trsvcid": "4420"}})
+        );
+        let p = params(&[
+            "rspdk_rpc",
+            "nvmf_subsystem_add_ns",
+            "nqn.2016-06.io.spdk:cnode1",
+            "Malloc0",
+            "-n",
+            "3",
+        ]);
+        assert_eq!(
+            Value::Object(nest(
+                p,
+                "namespace",
+                &["bdev_name", "nsid", "nguid", "eui64", "uuid"]
+            )),
+            json!({"nqn": "nqn.2016-06.io.spdk:cnode1", "namespace": {"bdev_name": "Malloc0", "nsid": 3}})
+        );
+        let p = params(&[
+            "rspdk_rpc",
+            "nvmf_create_subsystem",
+            "nqn.2016-06.io.spdk:cnode1",
+            "-a",
+            "-s",
+            "SPDK1",
+            "-m",
+            "8",
+        ]);
+        assert_eq!(
+            Value::Object(p),
+            json!({"nqn": "nqn.2016-06.io.spdk:cnode1", "serial_number": "SPDK1",
+                   "allow_any_host": true, "max_namespaces": 8})
+        );
+        let p = params(&[
+            "rspdk_rpc",
+            "nvmf_create_transport",
+            "-t",
+            "TCP",
+            "-u",
+            "16384",
+            "-c",
+            "8192",
+        ]);
+        assert_eq!(
+            Value::Object(p),
+            json!({"trtype": "TCP", "in_capsule_data_size": 8192, "io_unit_size": 16384})
+        );
     }
 
     #[test]

@@ -11,13 +11,26 @@ use std::process::ExitCode;
 use clap::Parser;
 use rspdk_bdev::BdevSubsystem;
 use rspdk_event::{App, AppOpts};
+use rspdk_nvmf::NvmfSubsystem;
 
 /// The embedded default config, applied when no `-c` is given: a 64 MiB
-/// malloc bdev to try things on. It grows as subsystems arrive (the bdev
-/// exported over NVMe-oF on loopback, once NVMe-oF exists).
-const DEFAULT_CONFIG: &str = r#"{"subsystems": [{"subsystem": "bdev", "config": [
+/// malloc bdev exported over NVMe/TCP on 127.0.0.1:4420 as
+/// `nqn.2016-06.io.spdk:cnode1` (any host may connect). If the port is
+/// taken (another target runs), the target still starts, without that
+/// listener.
+const DEFAULT_CONFIG: &str = r#"{"subsystems": [
+ {"subsystem": "bdev", "config": [
   {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 131072, "block_size": 512}}
-]}]}"#;
+ ]},
+ {"subsystem": "nvmf", "config": [
+  {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+  {"method": "nvmf_create_subsystem", "params": {"nqn": "nqn.2016-06.io.spdk:cnode1", "allow_any_host": true,
+     "serial_number": "RSPDK00000000000001", "model_number": "rspdk Controller"}},
+  {"method": "nvmf_subsystem_add_ns", "params": {"nqn": "nqn.2016-06.io.spdk:cnode1", "namespace": {"bdev_name": "Malloc0"}}},
+  {"method": "nvmf_subsystem_add_listener", "params": {"nqn": "nqn.2016-06.io.spdk:cnode1",
+     "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": "4420"}}}
+ ]}
+]}"#;
 
 /// rspdk target: reactors, subsystems, JSON-RPC (SPDK's spdk_tgt flags).
 #[derive(Parser, Debug)]
@@ -32,12 +45,18 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if cli.app.json_config.is_none() {
+        // The embedded config's listener may find port 4420 taken; that
+        // must not stop a bare `rspdk_tgt`.
+        cli.app.json_ignore_init_errors = true;
+    }
     let default: serde_json::Value =
         serde_json::from_str(DEFAULT_CONFIG).expect("the embedded default config is valid JSON");
     let code = App::new(cli.app)
         .name("rspdk_tgt")
         .subsystem(BdevSubsystem)
+        .subsystem(NvmfSubsystem)
         .default_config(default)
         .run(|ctx| {
             tracing::info!(

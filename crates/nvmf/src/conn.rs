@@ -1,0 +1,1554 @@
+//! Connections (queue pairs) of the TCP transport, run by poll groups.
+//!
+//! Each poll group is a lightweight thread on one reactor; it owns its
+//! connections and polls them from one poller: a non-blocking `read` into
+//! the connection's receive buffer, every whole PDU parsed and handled,
+//! then the queued output written with non-blocking `write`s. Commands
+//! become bdev I/O on the poll group's channels; their callbacks (on the
+//! same thread) queue the C2HData and response PDUs. Request slots, data
+//! buffers (DMA memory, reused by size class) and the receive and send
+//! buffers are kept per connection: after warm-up a command allocates
+//! nothing.
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rspdk_bdev::{BdevDesc, BdevError, BdevIoChannel, IoStatus, IoType, IoVec};
+use rspdk_env::DmaBuf;
+use rspdk_nvme::spec::{Cqe, Sqe};
+use rspdk_thread::{Interrupt, Poller, PollerStatus, Thread};
+
+use crate::admin;
+use crate::error::NvmfError;
+use crate::pdu::{self, fes, DataHeader, Digests, IcResp, Pdu};
+use crate::target::{
+    lock, target, Controller, PollGroupStats, QpairInfo, Subsystem, TransportOpts, DISCOVERY_NQN,
+};
+
+/// NVMe status: (status code type, status code).
+type Status = (u8, u8);
+
+/// Status codes used by the target (base spec 2.0, figures 101, 102, 103).
+pub mod sc {
+    /// Success.
+    pub const SUCCESS: (u8, u8) = (0, 0x00);
+    /// Invalid Command Opcode.
+    pub const INVALID_OPCODE: (u8, u8) = (0, 0x01);
+    /// Invalid Field in Command.
+    pub const INVALID_FIELD: (u8, u8) = (0, 0x02);
+    /// Data Transfer Error.
+    pub const DATA_TRANSFER_ERROR: (u8, u8) = (0, 0x04);
+    /// Internal Error.
+    pub const INTERNAL: (u8, u8) = (0, 0x06);
+    /// Invalid Namespace or Format.
+    pub const INVALID_NS: (u8, u8) = (0, 0x0b);
+    /// Command Sequence Error.
+    pub const SEQUENCE: (u8, u8) = (0, 0x0c);
+    /// Data SGL Length Invalid.
+    pub const SGL_LENGTH: (u8, u8) = (0, 0x0f);
+    /// SGL Descriptor Type Invalid.
+    pub const SGL_TYPE: (u8, u8) = (0, 0x11);
+    /// LBA Out of Range.
+    pub const LBA_RANGE: (u8, u8) = (0, 0x80);
+    /// Namespace Not Ready.
+    pub const NS_NOT_READY: (u8, u8) = (0, 0x82);
+    /// Asynchronous Event Request Limit Exceeded.
+    pub const AER_LIMIT: (u8, u8) = (1, 0x05);
+    /// Invalid Log Page.
+    pub const INVALID_LOG_PAGE: (u8, u8) = (1, 0x09);
+    /// Connect: Incompatible Format.
+    pub const CONNECT_FORMAT: (u8, u8) = (1, 0x80);
+    /// Connect: Controller Busy.
+    pub const CONNECT_BUSY: (u8, u8) = (1, 0x81);
+    /// Connect: Invalid Parameters.
+    pub const CONNECT_INVALID: (u8, u8) = (1, 0x82);
+    /// Connect: Invalid Host.
+    pub const CONNECT_HOST: (u8, u8) = (1, 0x84);
+    /// Unrecovered Read Error.
+    pub const READ_ERROR: (u8, u8) = (2, 0x81);
+    /// Compare Failure.
+    pub const COMPARE_FAILURE: (u8, u8) = (2, 0x85);
+    /// Command Aborted due to Failed Fused Command.
+    pub const FUSED_FAILED: (u8, u8) = (0, 0x05);
+    /// Command Aborted due to Missing Fused Command.
+    pub const FUSED_MISSING: (u8, u8) = (0, 0x06);
+}
+
+/// Fabrics command types (NVMe-oF 1.1, figure 13).
+mod fctype {
+    pub const PROPERTY_SET: u8 = 0x00;
+    pub const CONNECT: u8 = 0x01;
+    pub const PROPERTY_GET: u8 = 0x04;
+    pub const DISCONNECT: u8 = 0x08;
+}
+
+const FABRICS_OPCODE: u8 = 0x7f;
+/// In-capsule data the admin queue accepts (NVMe/TCP 1.0, section 3.4.2: 8 KiB).
+const ADMIN_ICD: usize = 8192;
+/// Largest admin transfer.
+const ADMIN_MAX_XFER: usize = 1 << 20;
+/// SGL descriptor identifiers (base spec 2.0, figure 118-120).
+const SGL_DATA_BLOCK_OFFSET: u8 = 0x01;
+const SGL_TRANSPORT_DATA_BLOCK: u8 = 0x5a;
+/// Most AERs held per controller (AERL + 1).
+const MAX_AERS: usize = 4;
+/// Reads at least this large are sent straight from their buffer when
+/// nothing else is queued (smaller ones are batched into one write).
+const DIRECT_SEND_MIN: usize = 32 * 1024;
+/// Stop reading when this much output waits (back-pressure).
+const WBUF_HIGH: usize = 4 << 20;
+
+/// Set when any poll group runs a connection (tests and stats).
+pub static CONNECTIONS_EVER: AtomicU64 = AtomicU64::new(0);
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+/// Discovery log generation counter, bumped on every change.
+pub static DISCOVERY_GENCTR: AtomicU64 = AtomicU64::new(1);
+
+struct PollGroup {
+    conns: RefCell<Vec<Rc<Conn>>>,
+    poller: RefCell<Option<Poller>>,
+}
+
+thread_local! {
+    static PG: RefCell<Option<Rc<PollGroup>>> = const { RefCell::new(None) };
+}
+
+/// Sets up the poll group state on its thread.
+pub(crate) fn poll_group_init(stats: Arc<PollGroupStats>) {
+    let pg = Rc::new(PollGroup {
+        conns: RefCell::new(Vec::new()),
+        poller: RefCell::new(None),
+    });
+    drop(stats);
+    PG.with(|p| *p.borrow_mut() = Some(pg));
+    if let Some(t) = Thread::current() {
+        t.on_exit(|| {
+            if let Some(pg) = PG.with(|p| p.borrow_mut().take()) {
+                if let Some(p) = pg.poller.borrow_mut().take() {
+                    p.unregister();
+                }
+                for c in pg.conns.borrow_mut().drain(..) {
+                    c.inner.borrow_mut().close("target shutting down");
+                }
+            }
+        });
+    }
+}
+
+/// Takes a new connection on this poll group.
+pub(crate) fn accept(
+    stream: TcpStream,
+    local: SocketAddr,
+    peer: SocketAddr,
+    stats: Arc<PollGroupStats>,
+    pg_name: String,
+) {
+    let Some(pg) = PG.with(|p| p.borrow().clone()) else {
+        return;
+    };
+    if let Err(e) = stream.set_nonblocking(true) {
+        tracing::warn!(%peer, error = %e, "nvmf: cannot make the socket non-blocking");
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    let opts = target().transport.clone();
+    let Some(opts) = opts else { return };
+    let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+    CONNECTIONS_EVER.fetch_add(1, Ordering::Relaxed);
+    stats.connections.fetch_add(1, Ordering::Relaxed);
+    let conn = Rc::new(Conn {
+        id,
+        inner: RefCell::new(ConnInner::new(
+            id, stream, local, peer, opts, stats, pg_name,
+        )),
+    });
+    tracing::info!(%peer, %local, conn = id, "nvmf: TCP connection accepted");
+    let thread = Thread::current();
+    let interrupt = thread.as_ref().is_some_and(|t| t.is_interrupt_mode());
+    if let (true, Some(t)) = (interrupt, thread.as_ref()) {
+        // Interrupt mode: the socket wakes the thread when data arrives;
+        // completions send at once; a 1 ms poller does the rest.
+        let weak = Rc::downgrade(&conn);
+        let fd = conn.inner.borrow().stream.as_raw_fd();
+        match t.interrupt_register(fd, "nvmf_tcp_conn", move || match weak.upgrade() {
+            Some(c) if Conn::poll(&c) => PollerStatus::Busy,
+            _ => PollerStatus::Idle,
+        }) {
+            Ok(i) => {
+                let mut ci = conn.inner.borrow_mut();
+                ci.intr = Some(i);
+                ci.interrupt = true;
+            }
+            Err(e) => tracing::warn!(error = %e, "nvmf: no socket interrupt; polling this connection"),
+        }
+    }
+    pg.conns.borrow_mut().push(conn);
+    if pg.poller.borrow().is_none() {
+        if let Some(t) = thread {
+            let period = if interrupt { 1000 } else { 0 };
+            let p = t.poller_register("nvmf_tcp_poll_group", period, |_| poll_group());
+            *pg.poller.borrow_mut() = Some(p);
+        }
+    }
+}
+
+fn poll_group() -> PollerStatus {
+    let Some(pg) = PG.with(|p| p.borrow().clone()) else {
+        return PollerStatus::Idle;
+    };
+    let mut busy = false;
+    let n = pg.conns.borrow().len();
+    let mut any_closed = false;
+    for i in 0..n {
+        let c = match pg.conns.borrow().get(i) {
+            Some(c) => c.clone(),
+            None => break,
+        };
+        busy |= Conn::poll(&c);
+        any_closed |= c.inner.borrow().closed;
+    }
+    if any_closed {
+        pg.conns.borrow_mut().retain(|c| !c.inner.borrow().closed);
+        if pg.conns.borrow().is_empty() {
+            if let Some(p) = pg.poller.borrow_mut().take() {
+                p.unregister();
+            }
+        }
+    }
+    if busy {
+        PollerStatus::Busy
+    } else {
+        PollerStatus::Idle
+    }
+}
+
+/// Completes an outstanding AER on connection `conn_id` if a namespace
+/// notice is pending (runs on the admin queue's thread).
+pub(crate) fn deliver_aen(conn_id: u64) {
+    let Some(pg) = PG.with(|p| p.borrow().clone()) else {
+        return;
+    };
+    let c = pg.conns.borrow().iter().find(|c| c.id == conn_id).cloned();
+    if let Some(c) = c {
+        let mut i = c.inner.borrow_mut();
+        i.try_aen();
+        i.flush();
+    }
+}
+
+/// A connection: one NVMe queue pair.
+pub(crate) struct Conn {
+    id: u64,
+    inner: RefCell<ConnInner>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ReqState {
+    Free,
+    /// Waiting for H2CData after an R2T.
+    AwaitData,
+    /// Executing (bdev I/O or admin).
+    Exec,
+    /// An AER waiting for an event.
+    Aer,
+}
+
+struct Req {
+    state: ReqState,
+    cid: u16,
+    sqe: Sqe,
+    buf: Option<DmaBuf>,
+    /// Transfer length (bytes) from the SGL.
+    len: usize,
+    /// H2C bytes received so far.
+    recvd: usize,
+    /// C2H: the command returns data.
+    c2h: bool,
+    /// Bdev I/Os still running (DSM ranges).
+    pending: u32,
+    status: Status,
+}
+
+impl Req {
+    fn new() -> Req {
+        Req {
+            state: ReqState::Free,
+            cid: 0,
+            sqe: Sqe::default(),
+            buf: None,
+            len: 0,
+            recvd: 0,
+            c2h: false,
+            pending: 0,
+            status: sc::SUCCESS,
+        }
+    }
+}
+
+struct Qpair {
+    ctrlr: Arc<Controller>,
+    qid: u16,
+    sqsize: u16,
+    sqhd: u16,
+    sqflow_off: bool,
+}
+
+struct NsChan {
+    nsid: u32,
+    desc: Arc<BdevDesc>,
+    ch: BdevIoChannel,
+    block_size: u64,
+}
+
+struct ConnInner {
+    id: u64,
+    stream: TcpStream,
+    local: SocketAddr,
+    peer: SocketAddr,
+    opts: TransportOpts,
+    stats: Arc<PollGroupStats>,
+    pg_name: String,
+    rbuf: Vec<u8>,
+    rlen: usize,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    /// Header and digest bytes of a direct send.
+    scratch: Vec<u8>,
+    /// The socket's interrupt (interrupt mode).
+    intr: Option<Interrupt>,
+    /// Interrupt mode: send completions at once.
+    interrupt: bool,
+    ic_done: bool,
+    digests: Digests,
+    max_plen: u32,
+    closed: bool,
+    q: Option<Qpair>,
+    reqs: Vec<Req>,
+    free: Vec<u16>,
+    /// Free data buffers by size class (4 KiB << i).
+    pool: Vec<Vec<DmaBuf>>,
+    ns: Vec<NsChan>,
+    ns_gen: u64,
+    /// The first (Compare) half of a fused compare-and-write, waiting for
+    /// its Write.
+    fused_first: Option<usize>,
+}
+
+fn class_of(len: usize) -> usize {
+    (len.max(4096).next_power_of_two().trailing_zeros() - 12) as usize
+}
+
+impl ConnInner {
+    fn new(
+        id: u64,
+        stream: TcpStream,
+        local: SocketAddr,
+        peer: SocketAddr,
+        opts: TransportOpts,
+        stats: Arc<PollGroupStats>,
+        pg_name: String,
+    ) -> ConnInner {
+        ConnInner {
+            id,
+            stream,
+            local,
+            peer,
+            opts,
+            stats,
+            pg_name,
+            rbuf: vec![0; 64 * 1024],
+            rlen: 0,
+            wbuf: Vec::with_capacity(64 * 1024),
+            wpos: 0,
+            scratch: Vec::with_capacity(64),
+            intr: None,
+            interrupt: false,
+            ic_done: false,
+            digests: Digests::default(),
+            max_plen: pdu::IC_LEN as u32,
+            closed: false,
+            q: None,
+            reqs: Vec::new(),
+            free: Vec::new(),
+            pool: Vec::new(),
+            ns: Vec::new(),
+            ns_gen: u64::MAX,
+            fused_first: None,
+        }
+    }
+
+    fn maxh2cdata(&self) -> u32 {
+        self.opts.max_io_size.min(131072)
+    }
+
+    fn get_buf(&mut self, len: usize) -> Option<DmaBuf> {
+        let c = class_of(len);
+        if let Some(b) = self.pool.get_mut(c).and_then(|v| v.pop()) {
+            return Some(b);
+        }
+        DmaBuf::zeroed(4096usize << c).ok()
+    }
+
+    fn put_buf(&mut self, b: DmaBuf) {
+        let c = class_of(b.len());
+        if self.pool.len() <= c {
+            self.pool.resize_with(c + 1, Vec::new);
+        }
+        self.pool[c].push(b);
+    }
+
+    fn close(&mut self, why: &str) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.flush();
+        if let Some(i) = self.intr.take() {
+            i.unregister();
+        }
+        let _ = self.stream.shutdown(Shutdown::Both);
+        self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        target().qpairs.remove(&self.id);
+        if let Some(q) = self.q.take() {
+            if q.qid == 0 {
+                self.stats
+                    .current_admin_qpairs
+                    .fetch_sub(1, Ordering::Relaxed);
+                q.ctrlr.dead.store(true, Ordering::Release);
+                lock(&q.ctrlr.subsys.controllers).retain(|c| !Arc::ptr_eq(c, &q.ctrlr));
+            } else {
+                self.stats.current_io_qpairs.fetch_sub(1, Ordering::Relaxed);
+                if let Some(b) = lock(&q.ctrlr.qids).get_mut(q.qid as usize) {
+                    *b = false;
+                }
+            }
+        }
+        self.ns.clear();
+        tracing::info!(peer = %self.peer, conn = self.id, reason = why, "nvmf: connection closed");
+    }
+
+    /// Sends a C2HTermReq for `e` and closes.
+    fn terminate(&mut self, e: &NvmfError, header: &[u8]) {
+        let (fes_v, fei) = match e {
+            NvmfError::BadPdu { fes, offset, .. } => (*fes, *offset),
+            NvmfError::Digest { .. } => (fes::HDGST_ERROR, 0),
+            _ => (fes::INVALID_HEADER_FIELD, 0),
+        };
+        tracing::warn!(peer = %self.peer, conn = self.id, error = %e, "nvmf: terminating the connection");
+        let n = header.len().min(pdu::TERM_REQ_MAX_DATA);
+        Pdu::C2hTermReq {
+            fes: fes_v as u16,
+            fei,
+            data: &header[..n],
+        }
+        .emit(&mut self.wbuf, Digests::default());
+        self.close(&e.to_string());
+    }
+
+    fn flush(&mut self) -> bool {
+        let mut did = false;
+        while self.wpos < self.wbuf.len() {
+            match self.stream.write(&self.wbuf[self.wpos..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.wpos += n;
+                    did = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.wbuf.clear();
+                    self.wpos = 0;
+                    if !self.closed {
+                        self.close("write failed");
+                    }
+                    return did;
+                }
+            }
+        }
+        if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+        }
+        did
+    }
+
+    fn try_aen(&mut self) {
+        let Some(q) = &self.q else { return };
+        if q.qid != 0 || !q.ctrlr.aen_pending.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(slot) = self.reqs.iter().position(|r| r.state == ReqState::Aer) else {
+            return;
+        };
+        q.ctrlr.aen_pending.store(false, Ordering::Release);
+        // Notice (type 2), namespace attribute changed (0), log page 0x04.
+        self.complete(slot, sc::SUCCESS, 0x02 | (0x04 << 16));
+    }
+
+    /// Queues the response of request `slot` (and its C2H data) and frees it.
+    fn complete(&mut self, slot: usize, status: Status, dw0: u32) {
+        let (cid, c2h, len) = {
+            let r = &self.reqs[slot];
+            (r.cid, r.c2h, r.len)
+        };
+        let buf = self.reqs[slot].buf.take();
+        let ok = status == sc::SUCCESS;
+        let mut skip_resp = false;
+        if ok && c2h && len > 0 {
+            if let Some(b) = &buf {
+                let success = self.opts.c2h_success
+                    && self.q.as_ref().is_some_and(|q| q.sqflow_off)
+                    && dw0 == 0;
+                let data = &b[..len.min(b.len())];
+                let hdr = DataHeader {
+                    cccid: cid,
+                    ttag: 0,
+                    datao: 0,
+                    datal: data.len() as u32,
+                };
+                let mut f = pdu::flags::LAST_PDU;
+                if success {
+                    f |= pdu::flags::SUCCESS;
+                }
+                if data.len() >= DIRECT_SEND_MIN && self.wpos == self.wbuf.len() {
+                    // Nothing queued: send header, data and digest straight
+                    // from the DMA buffer; queue (copy) only what the socket
+                    // did not take.
+                    let mut hd = std::mem::take(&mut self.scratch);
+                    hd.clear();
+                    pdu::emit_c2h_data_header(&mut hd, &hdr, f, self.digests);
+                    let split = hd.len();
+                    pdu::finish_c2h_data(&mut hd, data, self.digests);
+                    let (head, tail) = hd.split_at(split);
+                    let bufs = [
+                        std::io::IoSlice::new(head),
+                        std::io::IoSlice::new(data),
+                        std::io::IoSlice::new(tail),
+                    ];
+                    let sent = self.stream.write_vectored(&bufs).unwrap_or(0);
+                    let mut skip = sent;
+                    for part in [head, data, tail] {
+                        let k = skip.min(part.len());
+                        self.wbuf.extend_from_slice(&part[k..]);
+                        skip -= k;
+                    }
+                    self.scratch = hd;
+                } else {
+                    pdu::emit_c2h_data_header(&mut self.wbuf, &hdr, f, self.digests);
+                    self.wbuf.extend_from_slice(data);
+                    pdu::finish_c2h_data(&mut self.wbuf, data, self.digests);
+                }
+                skip_resp = success;
+            }
+        }
+        if let Some(b) = buf {
+            self.put_buf(b);
+        }
+        if !skip_resp {
+            let (sqhd, sqid) = self.q.as_ref().map_or((0, 0), |q| (q.sqhd, q.qid));
+            let status_field = ((status.0 as u32 & 7) << 8) | status.1 as u32;
+            let cqe = Cqe {
+                dw: [
+                    dw0,
+                    0,
+                    sqhd as u32 | ((sqid as u32) << 16),
+                    cid as u32 | (status_field << 17),
+                ],
+            };
+            pdu::emit_capsule_resp(&mut self.wbuf, &cqe, self.digests);
+        }
+        let r = &mut self.reqs[slot];
+        r.state = ReqState::Free;
+        r.pending = 0;
+        self.free.push(slot as u16);
+        self.stats.completed_nvme_io.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Completes with data produced by an admin handler.
+    fn complete_with(&mut self, slot: usize, status: Status, dw0: u32, data: &[u8]) {
+        if status == sc::SUCCESS && self.reqs[slot].c2h {
+            let len = self.reqs[slot].len;
+            let mut b = match self.reqs[slot].buf.take() {
+                Some(b) => b,
+                None => match self.get_buf(len) {
+                    Some(b) => b,
+                    None => return self.complete(slot, sc::INTERNAL, 0),
+                },
+            };
+            let n = len.min(data.len());
+            b[..n].copy_from_slice(&data[..n]);
+            b[n..len].fill(0);
+            self.reqs[slot].buf = Some(b);
+        }
+        self.complete(slot, status, dw0);
+    }
+
+    fn alloc_slot(&mut self) -> Option<usize> {
+        if let Some(s) = self.free.pop() {
+            return Some(s as usize);
+        }
+        let limit = self
+            .q
+            .as_ref()
+            .map_or(self.opts.max_aq_depth as usize, |q| {
+                (q.sqsize as usize + 1).max(2)
+            })
+            + MAX_AERS;
+        if self.reqs.len() < limit.min(u16::MAX as usize) {
+            self.reqs.push(Req::new());
+            return Some(self.reqs.len() - 1);
+        }
+        None
+    }
+}
+
+impl Conn {
+    /// One poll: flush, read, handle whole PDUs, flush. True if busy.
+    fn poll(this: &Rc<Conn>) -> bool {
+        let mut i = this.inner.borrow_mut();
+        if i.closed {
+            return false;
+        }
+        let mut busy = i.flush();
+        if let Some(q) = &i.q {
+            if q.ctrlr.dead.load(Ordering::Acquire) {
+                i.close("controller gone");
+                return true;
+            }
+            let kato = q.ctrlr.kato_ms.load(Ordering::Relaxed) as u64;
+            if q.qid == 0 && kato > 0 {
+                let last = q.ctrlr.last_keep_alive.load(Ordering::Relaxed);
+                let now = rspdk_thread::now_ns();
+                if now > last + kato * 1_000_000 * 2 {
+                    i.close("keep alive timeout");
+                    return true;
+                }
+            }
+        }
+        if i.wbuf.len() - i.wpos > WBUF_HIGH {
+            return busy;
+        }
+        let ConnInner {
+            stream, rbuf, rlen, ..
+        } = &mut *i;
+        if *rlen == rbuf.len() {
+            let want = rbuf.len() * 2;
+            rbuf.resize(want, 0);
+        }
+        match stream.read(&mut rbuf[*rlen..]) {
+            Ok(0) => {
+                i.close("peer closed the connection");
+                return true;
+            }
+            Ok(n) => {
+                *rlen += n;
+                busy = true;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                i.close(&format!("read failed: {e}"));
+                return true;
+            }
+        }
+        if busy {
+            i.process(this);
+            i.flush();
+        }
+        busy
+    }
+}
+
+impl ConnInner {
+    /// Handles every whole PDU in the receive buffer.
+    fn process(&mut self, this: &Rc<Conn>) {
+        let mut rbuf = std::mem::take(&mut self.rbuf);
+        let mut off = 0;
+        while !self.closed && off < self.rlen {
+            let avail = &rbuf[off..self.rlen];
+            match pdu::parse(avail, self.digests, self.max_plen) {
+                Ok(None) => {
+                    // Make room for a PDU larger than the buffer.
+                    if let Some(ch) = pdu::CommonHeader::parse(avail) {
+                        if ch.plen as usize > rbuf.len() - off {
+                            rbuf.copy_within(off..self.rlen, 0);
+                            self.rlen -= off;
+                            off = 0;
+                            if ch.plen as usize > rbuf.len() {
+                                rbuf.resize(ch.plen as usize, 0);
+                            }
+                        }
+                    }
+                    break;
+                }
+                Ok(Some((p, used))) => {
+                    if let Err(e) = self.handle(this, p) {
+                        let hl = avail.get(pdu::field::HLEN).copied().unwrap_or(8) as usize;
+                        let h = avail[..hl.min(avail.len())].to_vec();
+                        self.terminate(&e, &h);
+                    }
+                    off += used;
+                }
+                Err(e) => {
+                    let hl = avail.get(pdu::field::HLEN).copied().unwrap_or(8) as usize;
+                    let h = avail[..hl.clamp(8, avail.len().max(8)).min(avail.len())].to_vec();
+                    self.terminate(&e, &h);
+                }
+            }
+        }
+        if off > 0 {
+            rbuf.copy_within(off..self.rlen, 0);
+            self.rlen -= off;
+        }
+        self.rbuf = rbuf;
+    }
+
+    fn handle(&mut self, this: &Rc<Conn>, p: Pdu<'_>) -> Result<(), NvmfError> {
+        match p {
+            Pdu::IcReq(r) => {
+                if self.ic_done {
+                    return Err(NvmfError::pdu(fes::PDU_SEQUENCE_ERROR, 0, "a second ICReq"));
+                }
+                if r.pfv != 0 {
+                    return Err(NvmfError::pdu(
+                        fes::UNSUPPORTED_PARAMETER,
+                        pdu::field::PFV.start as u32,
+                        format!("ICReq PFV {} (only 0 is defined)", r.pfv),
+                    ));
+                }
+                if r.hpda > 31 {
+                    return Err(NvmfError::pdu(
+                        fes::INVALID_HEADER_FIELD,
+                        pdu::field::PDA as u32,
+                        format!("ICReq HPDA {} (at most 31)", r.hpda),
+                    ));
+                }
+                let resp = IcResp {
+                    pfv: 0,
+                    cpda: 0,
+                    hdgst: r.hdgst,
+                    ddgst: r.ddgst,
+                    maxh2cdata: self.maxh2cdata(),
+                };
+                Pdu::IcResp(resp).emit(&mut self.wbuf, Digests::default());
+                self.digests = Digests {
+                    header: r.hdgst,
+                    data: r.ddgst,
+                };
+                let icd = ADMIN_ICD.max(self.opts.in_capsule_data_size as usize);
+                let cmd = pdu::CAPSULE_CMD_HLEN + 8 + icd;
+                let data = pdu::DATA_HLEN + 8 + self.maxh2cdata() as usize;
+                self.max_plen = cmd.max(data).max(pdu::IC_LEN + pdu::TERM_REQ_MAX_DATA) as u32;
+                self.ic_done = true;
+                Ok(())
+            }
+            _ if !self.ic_done => Err(NvmfError::pdu(
+                fes::PDU_SEQUENCE_ERROR,
+                0,
+                "a PDU before the ICReq",
+            )),
+            Pdu::CapsuleCmd { sqe, data } => self.capsule(this, sqe, data),
+            Pdu::H2cData { hdr, data, .. } => self.h2c_data(this, hdr, data),
+            Pdu::H2cTermReq { fes, fei, .. } => {
+                tracing::warn!(peer = %self.peer, fes, fei, "nvmf: host terminated the connection");
+                self.close("host sent H2CTermReq");
+                Ok(())
+            }
+            Pdu::Unknown { ch, .. } => Err(NvmfError::pdu(
+                fes::INVALID_HEADER_FIELD,
+                0,
+                format!("unknown PDU type {:#x}", ch.pdu_type),
+            )),
+            other => Err(NvmfError::pdu(
+                fes::INVALID_HEADER_FIELD,
+                0,
+                format!("a controller-to-host PDU from the host: {other:?}"),
+            )),
+        }
+    }
+
+    fn capsule(&mut self, this: &Rc<Conn>, sqe: Sqe, data: &[u8]) -> Result<(), NvmfError> {
+        let Some(slot) = self.alloc_slot() else {
+            return Err(NvmfError::pdu(
+                fes::INVALID_HEADER_FIELD,
+                0,
+                "more commands outstanding than the queue size",
+            ));
+        };
+        if let Some(q) = &mut self.q {
+            q.sqhd = if q.sqhd >= q.sqsize { 0 } else { q.sqhd + 1 };
+        }
+        let cid = sqe.cid();
+        {
+            let r = &mut self.reqs[slot];
+            r.state = ReqState::Exec;
+            r.cid = cid;
+            r.sqe = sqe;
+            r.len = 0;
+            r.recvd = 0;
+            r.c2h = false;
+            r.pending = 0;
+            r.status = sc::SUCCESS;
+        }
+        let opcode = sqe.opcode();
+        let dir = if opcode == FABRICS_OPCODE {
+            (sqe.dw[1] & 0xff) as u8 & 3
+        } else {
+            opcode & 3
+        };
+        let len = sqe.dw[8] as usize;
+        let sgl_id = (sqe.dw[9] >> 24) as u8;
+        let admin = self.q.as_ref().is_none_or(|q| q.qid == 0);
+        let max = if admin {
+            ADMIN_MAX_XFER
+        } else {
+            self.opts.max_io_size as usize
+        };
+        if len > max {
+            self.complete(slot, sc::SGL_LENGTH, 0);
+            return Ok(());
+        }
+        if dir == 1 && len > 0 {
+            match sgl_id {
+                SGL_DATA_BLOCK_OFFSET => {
+                    let icd = if admin {
+                        ADMIN_ICD
+                    } else {
+                        self.opts.in_capsule_data_size as usize
+                    };
+                    let off = sqe.prp1() as usize;
+                    if off != 0 || len > icd || data.len() < len {
+                        self.complete(slot, sc::SGL_LENGTH, 0);
+                        return Ok(());
+                    }
+                    let Some(mut b) = self.get_buf(len) else {
+                        self.complete(slot, sc::INTERNAL, 0);
+                        return Ok(());
+                    };
+                    b[..len].copy_from_slice(&data[..len]);
+                    let r = &mut self.reqs[slot];
+                    r.buf = Some(b);
+                    r.len = len;
+                }
+                SGL_TRANSPORT_DATA_BLOCK => {
+                    if !data.is_empty() {
+                        self.complete(slot, sc::SGL_TYPE, 0);
+                        return Ok(());
+                    }
+                    let Some(b) = self.get_buf(len) else {
+                        self.complete(slot, sc::INTERNAL, 0);
+                        return Ok(());
+                    };
+                    let r = &mut self.reqs[slot];
+                    r.buf = Some(b);
+                    r.len = len;
+                    r.state = ReqState::AwaitData;
+                    let hdr = DataHeader {
+                        cccid: cid,
+                        ttag: slot as u16,
+                        datao: 0,
+                        datal: len as u32,
+                    };
+                    pdu::emit_r2t(&mut self.wbuf, &hdr, self.digests);
+                    return Ok(());
+                }
+                _ => {
+                    self.complete(slot, sc::SGL_TYPE, 0);
+                    return Ok(());
+                }
+            }
+        } else if dir == 2 && len > 0 {
+            if sgl_id != SGL_TRANSPORT_DATA_BLOCK && sgl_id != SGL_DATA_BLOCK_OFFSET {
+                self.complete(slot, sc::SGL_TYPE, 0);
+                return Ok(());
+            }
+            let r = &mut self.reqs[slot];
+            r.len = len;
+            r.c2h = true;
+        }
+        self.exec(this, slot);
+        Ok(())
+    }
+
+    fn h2c_data(&mut self, this: &Rc<Conn>, hdr: DataHeader, data: &[u8]) -> Result<(), NvmfError> {
+        let slot = hdr.ttag as usize;
+        let ok = self
+            .reqs
+            .get(slot)
+            .is_some_and(|r| r.state == ReqState::AwaitData && r.cid == hdr.cccid);
+        if !ok {
+            return Err(NvmfError::pdu(
+                fes::INVALID_HEADER_FIELD,
+                pdu::field::TTAG.start as u32,
+                format!(
+                    "H2CData TTAG {} / CCCID {} names no R2T",
+                    hdr.ttag, hdr.cccid
+                ),
+            ));
+        }
+        let r = &mut self.reqs[slot];
+        let end = hdr.datao as usize + data.len();
+        if hdr.datao as usize != r.recvd || end > r.len {
+            return Err(NvmfError::pdu(
+                fes::DATA_OUT_OF_RANGE,
+                pdu::field::DATAO.start as u32,
+                format!(
+                    "H2CData DATAO {} DATAL {} (expected offset {}, transfer {})",
+                    hdr.datao,
+                    data.len(),
+                    r.recvd,
+                    r.len
+                ),
+            ));
+        }
+        if let Some(b) = r.buf.as_mut() {
+            b[hdr.datao as usize..end].copy_from_slice(data);
+        }
+        r.recvd = end;
+        if r.recvd == r.len {
+            r.state = ReqState::Exec;
+            self.exec(this, slot);
+        }
+        Ok(())
+    }
+
+    fn exec(&mut self, this: &Rc<Conn>, slot: usize) {
+        let sqe = self.reqs[slot].sqe;
+        if sqe.opcode() == FABRICS_OPCODE {
+            return self.fabrics(slot, &sqe);
+        }
+        let Some(q) = &self.q else {
+            return self.complete(slot, sc::SEQUENCE, 0);
+        };
+        if q.qid == 0 {
+            q.ctrlr
+                .last_keep_alive
+                .store(rspdk_thread::now_ns(), Ordering::Relaxed);
+            self.admin(slot, &sqe);
+        } else {
+            if !q.ctrlr.ready() {
+                return self.complete(slot, sc::NS_NOT_READY, 0);
+            }
+            match (sqe.fuse(), self.fused_first.take()) {
+                (0, None) => self.io(this, slot),
+                (1, None) if sqe.opcode() == 0x05 => self.fused_first = Some(slot),
+                (2, Some(first)) if sqe.opcode() == 0x01 => {
+                    self.compare_and_write(this, first, slot)
+                }
+                (_, Some(first)) => {
+                    // The pair is broken: both halves fail.
+                    self.complete(first, sc::FUSED_MISSING, 0);
+                    self.complete(slot, sc::FUSED_MISSING, 0);
+                }
+                _ => self.complete(slot, sc::FUSED_MISSING, 0),
+            }
+        }
+    }
+
+    fn fabrics(&mut self, slot: usize, sqe: &Sqe) {
+        let fct = (sqe.dw[1] & 0xff) as u8;
+        match fct {
+            fctype::CONNECT => self.connect(slot, sqe),
+            fctype::PROPERTY_GET | fctype::PROPERTY_SET => {
+                let Some(q) = &self.q else {
+                    return self.complete(slot, sc::SEQUENCE, 0);
+                };
+                if q.qid != 0 {
+                    return self.complete(slot, sc::INVALID_FIELD, 0);
+                }
+                let c = q.ctrlr.clone();
+                let eight = sqe.dw[10] & 7 == 1;
+                let ofst = sqe.dw[11];
+                if fct == fctype::PROPERTY_GET {
+                    let v: u64 = match ofst {
+                        0x00 => admin::cap(self.opts.max_queue_depth),
+                        0x08 => admin::VERSION as u64,
+                        0x14 => c.cc.load(Ordering::Acquire) as u64,
+                        0x1c => c.csts.load(Ordering::Acquire) as u64,
+                        0x0c | 0x10 | 0x20 | 0x24 | 0x28 | 0x30 => 0,
+                        _ => return self.complete(slot, sc::INVALID_FIELD, 0),
+                    };
+                    let v = if eight { v } else { v & 0xffff_ffff };
+                    let (sqhd, sqid) = (self.q.as_ref().map_or(0, |q| q.sqhd), 0u32);
+                    // Property Get returns 8 bytes in DW0-DW1.
+                    let cid = self.reqs[slot].cid;
+                    let cqe = Cqe {
+                        dw: [
+                            v as u32,
+                            (v >> 32) as u32,
+                            sqhd as u32 | (sqid << 16),
+                            cid as u32,
+                        ],
+                    };
+                    pdu::emit_capsule_resp(&mut self.wbuf, &cqe, self.digests);
+                    let r = &mut self.reqs[slot];
+                    r.state = ReqState::Free;
+                    if let Some(b) = r.buf.take() {
+                        self.put_buf(b);
+                    }
+                    self.free.push(slot as u16);
+                } else {
+                    let v = sqe.dw[12];
+                    match ofst {
+                        0x14 => {
+                            let old = c.cc.swap(v, Ordering::AcqRel);
+                            let mut csts = c.csts.load(Ordering::Acquire);
+                            if v & 1 != 0 && old & 1 == 0 {
+                                csts |= 1;
+                            } else if v & 1 == 0 && old & 1 != 0 {
+                                csts &= !1;
+                            }
+                            if (v >> 14) & 3 != 0 {
+                                csts = (csts & !(3 << 2)) | (2 << 2);
+                            } else {
+                                csts &= !(3 << 2);
+                            }
+                            c.csts.store(csts, Ordering::Release);
+                            self.complete(slot, sc::SUCCESS, 0)
+                        }
+                        _ => self.complete(slot, sc::INVALID_FIELD, 0),
+                    }
+                }
+            }
+            fctype::DISCONNECT => {
+                self.complete(slot, sc::SUCCESS, 0);
+                self.flush();
+                self.close("host sent Disconnect");
+            }
+            _ => self.complete(slot, sc::INVALID_OPCODE, 0),
+        }
+    }
+
+    fn connect_fail(&mut self, slot: usize, status: Status, data_attr: bool, ipo: u16) {
+        let dw0 = ipo as u32 | ((data_attr as u32) << 16);
+        tracing::warn!(peer = %self.peer, status = ?status, ipo, "nvmf: Connect rejected");
+        self.complete(slot, status, dw0);
+    }
+
+    fn connect(&mut self, slot: usize, sqe: &Sqe) {
+        if self.q.is_some() {
+            return self.complete(slot, sc::SEQUENCE, 0);
+        }
+        let recfmt = sqe.dw[10] & 0xffff;
+        let qid = (sqe.dw[10] >> 16) as u16;
+        let sqsize = (sqe.dw[11] & 0xffff) as u16;
+        let cattr = (sqe.dw[11] >> 16) as u8;
+        let kato = sqe.dw[12];
+        if recfmt != 0 {
+            return self.complete(slot, sc::CONNECT_FORMAT, 0);
+        }
+        let data = match &self.reqs[slot].buf {
+            Some(b) if self.reqs[slot].len >= 1024 => b[..1024].to_vec(),
+            _ => return self.connect_fail(slot, sc::CONNECT_INVALID, false, 24),
+        };
+        let text = |r: std::ops::Range<usize>| {
+            let s = &data[r];
+            let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
+            String::from_utf8_lossy(&s[..end]).trim_end().to_string()
+        };
+        let mut hostid = [0u8; 16];
+        hostid.copy_from_slice(&data[0..16]);
+        let cntlid = u16::from_le_bytes([data[16], data[17]]);
+        let subnqn = text(256..512);
+        let hostnqn = text(512..768);
+        let max_sq = if qid == 0 {
+            self.opts.max_aq_depth
+        } else {
+            self.opts.max_queue_depth
+        };
+        if sqsize == 0 || sqsize as u32 >= max_sq {
+            return self.connect_fail(slot, sc::CONNECT_INVALID, false, 44);
+        }
+        let Some(subsys) = target().find(&subnqn) else {
+            tracing::warn!(%subnqn, "nvmf: Connect to an unknown subsystem");
+            return self.connect_fail(slot, sc::CONNECT_INVALID, true, 256);
+        };
+        if !subsys.listens_on(&self.local) {
+            tracing::warn!(%subnqn, local = %self.local, "nvmf: subsystem does not listen here");
+            return self.connect_fail(slot, sc::CONNECT_INVALID, true, 256);
+        }
+        if !subsys.host_allowed(&hostnqn) {
+            tracing::warn!(%subnqn, %hostnqn, "nvmf: host not allowed");
+            return self.connect_fail(slot, sc::CONNECT_HOST, true, 512);
+        }
+        let ctrlr = if qid == 0 {
+            let Some(id) = subsys.alloc_cntlid() else {
+                return self.complete(slot, sc::CONNECT_BUSY, 0);
+            };
+            let Some(t) = Thread::current() else {
+                return self.complete(slot, sc::INTERNAL, 0);
+            };
+            let nq = self.opts.max_io_qpairs_per_ctrlr.min(65534) as u16;
+            let c = Arc::new(Controller {
+                cntlid: id,
+                subsys: subsys.clone(),
+                hostnqn: hostnqn.clone(),
+                hostid,
+                cc: AtomicU32::new(0),
+                csts: AtomicU32::new(0),
+                kato_ms: AtomicU32::new(if subsys.discovery { 0 } else { kato }),
+                num_io_queues: AtomicU16::new(nq.saturating_sub(1)),
+                qids: Mutex::new(vec![false; nq as usize + 1]),
+                dead: AtomicBool::new(false),
+                changed_ns: Mutex::new(Vec::new()),
+                aen_pending: AtomicBool::new(false),
+                admin: (t.handle(), self.id),
+                last_keep_alive: AtomicU64::new(rspdk_thread::now_ns()),
+            });
+            lock(&subsys.controllers).push(c.clone());
+            self.stats.admin_qpairs.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .current_admin_qpairs
+                .fetch_add(1, Ordering::Relaxed);
+            c
+        } else {
+            if subsys.discovery {
+                return self.connect_fail(slot, sc::CONNECT_INVALID, false, 42);
+            }
+            let c = lock(&subsys.controllers)
+                .iter()
+                .find(|c| c.cntlid == cntlid)
+                .cloned();
+            let Some(c) = c else {
+                return self.connect_fail(slot, sc::CONNECT_INVALID, true, 16);
+            };
+            if c.hostnqn != hostnqn {
+                return self.connect_fail(slot, sc::CONNECT_INVALID, true, 512);
+            }
+            if !c.ready() {
+                return self.complete(slot, sc::SEQUENCE, 0);
+            }
+            {
+                let mut q = lock(&c.qids);
+                let granted = c.num_io_queues.load(Ordering::Relaxed) as usize + 1;
+                match q.get_mut(qid as usize) {
+                    Some(used) if !*used && (qid as usize) <= granted => *used = true,
+                    _ => {
+                        drop(q);
+                        return self.connect_fail(slot, sc::CONNECT_INVALID, false, 42);
+                    }
+                }
+            }
+            self.stats.io_qpairs.fetch_add(1, Ordering::Relaxed);
+            self.stats.current_io_qpairs.fetch_add(1, Ordering::Relaxed);
+            c
+        };
+        let cid = ctrlr.cntlid;
+        target().qpairs.insert(
+            self.id,
+            QpairInfo {
+                nqn: subnqn.clone(),
+                cntlid: cid,
+                qid,
+                thread: self.pg_name.clone(),
+                local: self.local,
+                peer: self.peer,
+            },
+        );
+        tracing::info!(peer = %self.peer, %subnqn, %hostnqn, cntlid = cid, qid, sqsize, "nvmf: Connect");
+        self.q = Some(Qpair {
+            ctrlr,
+            qid,
+            sqsize,
+            sqhd: 1,
+            sqflow_off: cattr & 0x04 != 0,
+        });
+        self.reqs[slot].c2h = false;
+        self.complete(slot, sc::SUCCESS, cid as u32);
+    }
+
+    fn admin(&mut self, slot: usize, sqe: &Sqe) {
+        let Some(q) = &self.q else { return };
+        let c = q.ctrlr.clone();
+        let s: Arc<Subsystem> = c.subsys.clone();
+        let dw10 = sqe.dw[10];
+        match sqe.opcode() {
+            0x06 => {
+                let cns = (dw10 & 0xff) as u8;
+                let nsid = sqe.nsid();
+                let data = match cns {
+                    1 => {
+                        let crdt = target().crdt;
+                        admin::identify_controller(&c, &self.opts, crdt)
+                    }
+                    0 if !s.discovery => {
+                        let nn = if s.max_namespaces == 0 {
+                            1024
+                        } else {
+                            s.max_namespaces
+                        };
+                        if nsid == 0 || (nsid > nn && nsid != 0xffff_ffff) {
+                            return self.complete(slot, sc::INVALID_NS, 0);
+                        }
+                        admin::identify_namespace(&s, nsid)
+                    }
+                    2 if !s.discovery => {
+                        if nsid >= 0xffff_fffe {
+                            return self.complete(slot, sc::INVALID_NS, 0);
+                        }
+                        admin::active_ns_list(&s, nsid)
+                    }
+                    3 if !s.discovery => match admin::ns_id_descriptors(&s, nsid) {
+                        Some(d) => d,
+                        None => return self.complete(slot, sc::INVALID_NS, 0),
+                    },
+                    _ => return self.complete(slot, sc::INVALID_FIELD, 0),
+                };
+                self.complete_with(slot, sc::SUCCESS, 0, &data)
+            }
+            0x02 => {
+                let lid = (dw10 & 0xff) as u8;
+                let numd = (((sqe.dw[11] & 0xffff) << 16) | (dw10 >> 16)) as usize + 1;
+                let offset = sqe.dw[12] as u64 | ((sqe.dw[13] as u64) << 32);
+                let page = match lid {
+                    0x01 => vec![0u8; 64],
+                    0x02 => admin::smart_log(),
+                    0x03 => admin::firmware_log(),
+                    0x04 if !s.discovery => admin::changed_ns_log(&c),
+                    0x70 if s.discovery => {
+                        let g = DISCOVERY_GENCTR.load(Ordering::Acquire);
+                        admin::discovery_log(&target(), &c.hostnqn, g)
+                    }
+                    _ => return self.complete(slot, sc::INVALID_LOG_PAGE, 0),
+                };
+                if offset % 4 != 0 || offset as usize > page.len() {
+                    return self.complete(slot, sc::INVALID_FIELD, 0);
+                }
+                let from = offset as usize;
+                let to = (from + numd * 4).min(page.len());
+                self.complete_with(slot, sc::SUCCESS, 0, &page[from..to])
+            }
+            0x0a => {
+                let dw0 = match dw10 & 0xff {
+                    0x07 => {
+                        let n = c.num_io_queues.load(Ordering::Relaxed) as u32;
+                        n | (n << 16)
+                    }
+                    0x0f => c.kato_ms.load(Ordering::Relaxed),
+                    0x0b => 0x100,
+                    0x06 => 1,
+                    0x04 => 0x0157,
+                    0x01 | 0x02 | 0x05 | 0x08 | 0x0a => 0,
+                    _ => return self.complete(slot, sc::INVALID_FIELD, 0),
+                };
+                self.complete(slot, sc::SUCCESS, dw0)
+            }
+            0x09 => {
+                let dw11 = sqe.dw[11];
+                match dw10 & 0xff {
+                    0x07 => {
+                        let want = (dw11 & 0xffff).max(dw11 >> 16) + 1;
+                        let max = self.opts.max_io_qpairs_per_ctrlr;
+                        let n = (want.min(max) - 1) as u16;
+                        c.num_io_queues.store(n, Ordering::Relaxed);
+                        self.complete(slot, sc::SUCCESS, n as u32 | ((n as u32) << 16))
+                    }
+                    0x0f => {
+                        c.kato_ms.store(dw11, Ordering::Relaxed);
+                        self.complete(slot, sc::SUCCESS, 0)
+                    }
+                    0x0b | 0x06 | 0x04 | 0x01 | 0x02 | 0x05 | 0x08 => {
+                        self.complete(slot, sc::SUCCESS, 0)
+                    }
+                    _ => self.complete(slot, sc::INVALID_FIELD, 0),
+                }
+            }
+            0x18 => self.complete(slot, sc::SUCCESS, 0),
+            0x0c => {
+                let held = self
+                    .reqs
+                    .iter()
+                    .filter(|r| r.state == ReqState::Aer)
+                    .count();
+                if held >= MAX_AERS {
+                    return self.complete(slot, sc::AER_LIMIT, 0);
+                }
+                self.reqs[slot].state = ReqState::Aer;
+                self.try_aen();
+            }
+            // Abort: the command was not aborted (DW0 bit 0).
+            0x08 => self.complete(slot, sc::SUCCESS, 1),
+            _ => self.complete(slot, sc::INVALID_OPCODE, 0),
+        }
+    }
+
+    /// Refreshes the namespace channels when the subsystem changed.
+    fn ns_chan(&mut self, nsid: u32) -> Option<usize> {
+        let q = self.q.as_ref()?;
+        let g = q.ctrlr.subsys.ns_generation.load(Ordering::Acquire);
+        if g != self.ns_gen {
+            self.ns.clear();
+            for (id, ns) in lock(&q.ctrlr.subsys.namespaces).iter() {
+                match ns.desc.get_io_channel() {
+                    Ok(ch) => self.ns.push(NsChan {
+                        nsid: *id,
+                        desc: ns.desc.clone(),
+                        ch,
+                        block_size: ns.desc.bdev().block_size() as u64,
+                    }),
+                    Err(e) => tracing::warn!(nsid = id, error = %e, "nvmf: no bdev channel"),
+                }
+            }
+            self.ns_gen = g;
+        }
+        self.ns.iter().position(|n| n.nsid == nsid)
+    }
+
+    fn io(&mut self, this: &Rc<Conn>, slot: usize) {
+        let sqe = self.reqs[slot].sqe;
+        let Some(ni) = self.ns_chan(sqe.nsid()) else {
+            return self.complete(slot, sc::INVALID_NS, 0);
+        };
+        let ns = &self.ns[ni];
+        let slba = sqe.slba();
+        let nlb = (sqe.dw[12] & 0xffff) as u64 + 1;
+        let conn = this.clone();
+        let done = move |st: IoStatus| io_done(&conn, slot, st);
+        let r = match sqe.opcode() {
+            op @ (0x01 | 0x02 | 0x05) => {
+                let bytes = nlb * ns.block_size;
+                let req = &mut self.reqs[slot];
+                if req.len as u64 != bytes {
+                    return self.complete(slot, sc::SGL_LENGTH, 0);
+                }
+                if req.buf.is_none() {
+                    match self.get_buf(bytes as usize) {
+                        Some(b) => self.reqs[slot].buf = Some(b),
+                        None => return self.complete(slot, sc::INTERNAL, 0),
+                    }
+                }
+                let ns = &self.ns[ni];
+                let req = &mut self.reqs[slot];
+                let b = req.buf.as_mut().expect("just set");
+                let iov = [IoVec::new(b.as_mut_ptr(), bytes as usize)];
+                let t = match op {
+                    0x01 => IoType::Write,
+                    0x02 => IoType::Read,
+                    _ => IoType::Compare,
+                };
+                // SAFETY: the buffer belongs to request `slot`, which stays
+                // allocated (state Exec) until `io_done` runs, and nothing
+                // else touches it meanwhile.
+                unsafe { ns.ch.submit(&ns.desc, t, &iov, &[], slba, nlb, done) }
+            }
+            0x00 => {
+                if !ns.desc.bdev().io_type_supported(IoType::Flush) {
+                    return self.complete(slot, sc::SUCCESS, 0);
+                }
+                let n = ns.desc.bdev().num_blocks();
+                ns.ch.submit_nodata(&ns.desc, IoType::Flush, 0, n, done)
+            }
+            0x08 => ns
+                .ch
+                .submit_nodata(&ns.desc, IoType::WriteZeroes, slba, nlb, done),
+            0x09 => return self.dsm(this, slot, ni),
+            _ => return self.complete(slot, sc::INVALID_OPCODE, 0),
+        };
+        match r {
+            Ok(()) => {
+                self.reqs[slot].pending = 1;
+                self.stats.pending_bdev_io.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(BdevError::NoMemory) => {
+                let conn = this.clone();
+                self.ns[ni].ch.queue_io_wait(move || {
+                    let mut i = conn.inner.borrow_mut();
+                    if !i.closed {
+                        i.io(&conn, slot);
+                        i.flush();
+                    }
+                });
+            }
+            Err(e) => self.complete(slot, bdev_error_status(&e), 0),
+        }
+    }
+
+    /// A fused Compare (`first`) + Write (`second`) as one bdev
+    /// compare-and-write.
+    fn compare_and_write(&mut self, this: &Rc<Conn>, first: usize, second: usize) {
+        let (c, w) = (self.reqs[first].sqe, self.reqs[second].sqe);
+        let same =
+            c.nsid() == w.nsid() && c.slba() == w.slba() && c.dw[12] & 0xffff == w.dw[12] & 0xffff;
+        let Some(ni) = self.ns_chan(c.nsid()).filter(|_| same) else {
+            let st = if same {
+                sc::INVALID_NS
+            } else {
+                sc::INVALID_FIELD
+            };
+            self.complete(first, st, 0);
+            return self.complete(second, st, 0);
+        };
+        let nlb = (c.dw[12] & 0xffff) as u64 + 1;
+        let bytes = (nlb * self.ns[ni].block_size) as usize;
+        let lens_ok = self.reqs[first].len == bytes && self.reqs[second].len == bytes;
+        let cp = self.reqs[first].buf.as_mut().map(|b| b.as_mut_ptr());
+        let wp = self.reqs[second].buf.as_mut().map(|b| b.as_mut_ptr());
+        let (Some(cp), Some(wp), true) = (cp, wp, lens_ok) else {
+            self.complete(first, sc::SGL_LENGTH, 0);
+            return self.complete(second, sc::SGL_LENGTH, 0);
+        };
+        let cmp = [IoVec::new(cp, bytes)];
+        let data = [IoVec::new(wp, bytes)];
+        let conn = this.clone();
+        let done = move |st: IoStatus| {
+            let mut i = conn.inner.borrow_mut();
+            i.stats.pending_bdev_io.fetch_sub(1, Ordering::Relaxed);
+            if i.closed {
+                for s in [first, second] {
+                    let r = &mut i.reqs[s];
+                    r.state = ReqState::Free;
+                    if let Some(b) = r.buf.take() {
+                        i.put_buf(b);
+                    }
+                }
+                return;
+            }
+            let (a, b) = match io_status(st) {
+                sc::SUCCESS => (sc::SUCCESS, sc::SUCCESS),
+                sc::COMPARE_FAILURE => (sc::COMPARE_FAILURE, sc::FUSED_FAILED),
+                other => (other, sc::FUSED_FAILED),
+            };
+            i.complete(first, a, 0);
+            i.complete(second, b, 0);
+            if i.interrupt {
+                i.flush();
+            }
+        };
+        let ns = &self.ns[ni];
+        // SAFETY: both buffers belong to requests `first` and `second`,
+        // which stay allocated until `done` runs; nothing else touches them.
+        let r = unsafe {
+            ns.ch.submit(
+                &ns.desc,
+                IoType::CompareAndWrite,
+                &data,
+                &cmp,
+                c.slba(),
+                nlb,
+                done,
+            )
+        };
+        match r {
+            Ok(()) => {
+                self.stats.pending_bdev_io.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let st = bdev_error_status(&e);
+                self.complete(first, st, 0);
+                self.complete(second, sc::FUSED_FAILED, 0);
+            }
+        }
+    }
+
+    fn dsm(&mut self, this: &Rc<Conn>, slot: usize, ni: usize) {
+        let sqe = self.reqs[slot].sqe;
+        let nr = (sqe.dw[10] & 0xff) as usize + 1;
+        if sqe.dw[11] & 0x4 == 0 {
+            return self.complete(slot, sc::SUCCESS, 0);
+        }
+        let ranges: Vec<(u64, u64)> = {
+            let r = &self.reqs[slot];
+            let Some(b) = r.buf.as_ref().filter(|_| r.len >= nr * 16) else {
+                return self.complete(slot, sc::SGL_LENGTH, 0);
+            };
+            (0..nr)
+                .map(|i| {
+                    let e = &b[i * 16..i * 16 + 16];
+                    let len = u32::from_le_bytes([e[4], e[5], e[6], e[7]]) as u64;
+                    let lba = u64::from_le_bytes(e[8..16].try_into().expect("8 bytes"));
+                    (lba, len)
+                })
+                .filter(|&(_, len)| len > 0)
+                .collect()
+        };
+        if ranges.is_empty() || !self.ns[ni].desc.bdev().io_type_supported(IoType::Unmap) {
+            return self.complete(slot, sc::SUCCESS, 0);
+        }
+        self.reqs[slot].pending = 1; // held until all are submitted
+        for (lba, len) in ranges {
+            let conn = this.clone();
+            let ns = &self.ns[ni];
+            match ns
+                .ch
+                .submit_nodata(&ns.desc, IoType::Unmap, lba, len, move |st| {
+                    io_done(&conn, slot, st)
+                }) {
+                Ok(()) => self.reqs[slot].pending += 1,
+                Err(e) => {
+                    let st = bdev_error_status(&e);
+                    self.reqs[slot].status = st;
+                    break;
+                }
+            }
+        }
+        self.reqs[slot].pending -= 1;
+        if self.reqs[slot].pending == 0 {
+            let st = self.reqs[slot].status;
+            self.complete(slot, st, 0);
+        } else {
+            self.stats.pending_bdev_io.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn bdev_error_status(e: &BdevError) -> Status {
+    match e {
+        BdevError::OutOfRange { .. } => sc::LBA_RANGE,
+        BdevError::Unsupported { .. } => sc::INVALID_OPCODE,
+        BdevError::InvalidParam(_) => sc::INVALID_FIELD,
+        BdevError::ReadOnly(_) => sc::INVALID_FIELD,
+        BdevError::Removing(_) | BdevError::NotFound(_) => sc::INVALID_NS,
+        _ => sc::INTERNAL,
+    }
+}
+
+fn io_status(st: IoStatus) -> Status {
+    match st {
+        IoStatus::Success => sc::SUCCESS,
+        IoStatus::Miscompare { .. } => sc::COMPARE_FAILURE,
+        IoStatus::MediumError => sc::READ_ERROR,
+        IoStatus::Nvme { sct, sc } => (sct, sc),
+        IoStatus::Aborted => (0, 0x07),
+        IoStatus::Removed => sc::INVALID_NS,
+        IoStatus::Failed => sc::INTERNAL,
+    }
+}
+
+fn io_done(conn: &Rc<Conn>, slot: usize, st: IoStatus) {
+    let mut i = conn.inner.borrow_mut();
+    let Some(r) = i.reqs.get_mut(slot) else {
+        return;
+    };
+    if r.status == sc::SUCCESS && st != IoStatus::Success {
+        r.status = io_status(st);
+    }
+    r.pending = r.pending.saturating_sub(1);
+    if r.pending > 0 {
+        return;
+    }
+    let status = r.status;
+    i.stats.pending_bdev_io.fetch_sub(1, Ordering::Relaxed);
+    if i.closed {
+        let r = &mut i.reqs[slot];
+        r.state = ReqState::Free;
+        if let Some(b) = r.buf.take() {
+            i.put_buf(b);
+        }
+        return;
+    }
+    // The poll group's next poll sends it (one write for many completions);
+    // in interrupt mode there may be no next poll soon: send now.
+    i.complete(slot, status, 0);
+    if i.interrupt {
+        i.flush();
+    }
+}
+
+/// The discovery NQN, re-exported for users.
+pub const DISCOVERY: &str = DISCOVERY_NQN;

@@ -1,0 +1,110 @@
+//! Listening sockets: non-blocking TCP listeners on the app thread, polled
+//! (or, in interrupt mode, woken by the kernel) and handing each accepted
+//! connection to a poll group.
+
+use std::cell::RefCell;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+
+use rspdk_thread::{Interrupt, PollerStatus, Thread};
+
+use crate::error::{NvmfError, Result};
+use crate::target::{accept_all, Listeners, PollerGuard};
+
+thread_local! {
+    static LISTENERS: RefCell<Listeners> = const { RefCell::new(Listeners { socks: Vec::new() }) };
+    static ACCEPTOR: RefCell<Option<PollerGuard>> = const { RefCell::new(None) };
+    static INTRS: RefCell<Vec<(SocketAddr, Interrupt)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// How often the acceptor polls in poll mode (us).
+const ACCEPT_PERIOD_US: u64 = 1000;
+
+/// Opens (or shares) a listening socket on `addr`; called on the app thread.
+pub(crate) fn listen(addr: SocketAddr) -> Result<()> {
+    let shared = LISTENERS.with(|l| {
+        let mut l = l.borrow_mut();
+        if let Some(e) = l.socks.iter_mut().find(|e| e.0 == addr) {
+            e.2 += 1;
+            true
+        } else {
+            false
+        }
+    });
+    if shared {
+        return Ok(());
+    }
+    let sock = TcpListener::bind(addr).map_err(|e| NvmfError::Io {
+        what: format!("listen on {addr}"),
+        source: e,
+    })?;
+    sock.set_nonblocking(true).map_err(|e| NvmfError::Io {
+        what: format!("make the listener on {addr} non-blocking"),
+        source: e,
+    })?;
+    let thread = Thread::current();
+    let interrupt = thread.as_ref().is_some_and(|t| t.is_interrupt_mode());
+    if interrupt {
+        let t = thread.as_ref().expect("checked above");
+        let i = t
+            .interrupt_register(sock.as_raw_fd(), "nvmf_tcp_accept", || {
+                LISTENERS.with(|l| accept_all(&l.borrow()))
+            })
+            .map_err(|e| NvmfError::Io {
+                what: format!("register the listener on {addr} for interrupts"),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        INTRS.with(|v| v.borrow_mut().push((addr, i)));
+    } else if let Some(t) = thread.as_ref() {
+        ACCEPTOR.with(|a| {
+            let mut a = a.borrow_mut();
+            if a.is_none() {
+                let p = t.poller_register("nvmf_tcp_accept", ACCEPT_PERIOD_US, |_| {
+                    LISTENERS.with(|l| match l.try_borrow() {
+                        Ok(l) => accept_all(&l),
+                        Err(_) => PollerStatus::Idle,
+                    })
+                });
+                *a = Some(PollerGuard(Some(p)));
+            }
+        });
+    }
+    tracing::info!(%addr, "NVMe/TCP target listening");
+    LISTENERS.with(|l| l.borrow_mut().socks.push((addr, sock, 1)));
+    Ok(())
+}
+
+/// Drops one user of the listener on `addr`; the last closes it.
+pub(crate) fn unlisten(addr: SocketAddr) {
+    let closed = LISTENERS.with(|l| {
+        let mut l = l.borrow_mut();
+        if let Some(i) = l.socks.iter().position(|e| e.0 == addr) {
+            l.socks[i].2 -= 1;
+            if l.socks[i].2 == 0 {
+                l.socks.remove(i);
+                return true;
+            }
+        }
+        false
+    });
+    if closed {
+        INTRS.with(|v| {
+            v.borrow_mut().retain(|(a, i)| {
+                if *a == addr {
+                    i.unregister();
+                    false
+                } else {
+                    true
+                }
+            })
+        });
+        tracing::info!(%addr, "NVMe/TCP listener closed");
+    }
+}
+
+/// Closes every listener (subsystem fini).
+pub(crate) fn close_all() {
+    LISTENERS.with(|l| l.borrow_mut().socks.clear());
+    INTRS.with(|v| v.borrow_mut().drain(..).for_each(|(_, i)| i.unregister()));
+    ACCEPTOR.with(|a| a.borrow_mut().take());
+}
