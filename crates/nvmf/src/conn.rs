@@ -184,7 +184,9 @@ pub(crate) fn accept(
                 ci.intr = Some(i);
                 ci.interrupt = true;
             }
-            Err(e) => tracing::warn!(error = %e, "nvmf: no socket interrupt; polling this connection"),
+            Err(e) => {
+                tracing::warn!(error = %e, "nvmf: no socket interrupt; polling this connection")
+            }
         }
     }
     pg.conns.borrow_mut().push(conn);
