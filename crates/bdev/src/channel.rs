@@ -43,6 +43,9 @@ pub(crate) struct ChannelInner {
     io_wait: RefCell<VecDeque<Callback<()>>>,
     pub stats: RefCell<IoStats>,
     poller: RefCell<Option<Poller>>,
+    /// The poller runs only while one of the queues holds something, so an
+    /// idle channel lets its thread sleep in interrupt mode.
+    poller_active: Cell<bool>,
     /// This channel's I/O objects.
     free: FreeList,
     /// The time of the completion being delivered, while its callback runs.
@@ -73,6 +76,7 @@ pub(crate) fn register_io_device(
                 io_wait: RefCell::new(VecDeque::new()),
                 stats: RefCell::new(IoStats::default()),
                 poller: RefCell::new(None),
+                poller_active: Cell::new(false),
                 free: FreeList::default(),
                 completion_now: Cell::new(None),
             });
@@ -82,6 +86,7 @@ pub(crate) fn register_io_device(
                 None => PollerStatus::Idle,
             })
             .map_err(|_| libc::EINVAL)?;
+            poller.pause();
             *inner.poller.borrow_mut() = Some(poller);
             Ok(ChannelCtx { inner })
         },
@@ -167,10 +172,30 @@ impl ChannelInner {
             }
         }
         did += self.resume_waiters();
+        if self.deferred.borrow().is_empty()
+            && self.qos_queue.borrow().is_empty()
+            && self.io_wait.borrow().is_empty()
+        {
+            if let Some(p) = self.poller.borrow().as_ref() {
+                p.pause();
+            }
+            self.poller_active.set(false);
+        }
         if did > 0 {
             PollerStatus::Busy
         } else {
             PollerStatus::Idle
+        }
+    }
+
+    /// Makes sure the poller runs: something was queued for it.
+    #[inline]
+    fn wake(&self) {
+        if !self.poller_active.get() {
+            if let Some(p) = self.poller.borrow().as_ref() {
+                p.resume();
+            }
+            self.poller_active.set(true);
         }
     }
 
@@ -238,7 +263,10 @@ pub(crate) fn complete_io(io: Box<IoInner>, status: IoStatus) {
             // SAFETY: `io.ch` keeps the channel alive, and the queue it moves
             // into belongs to that same channel, so the channel outlives
             // this access; all of it happens on the channel's thread.
-            unsafe { (*ch).deferred.borrow_mut().push_back((io, status)) };
+            unsafe {
+                (*ch).deferred.borrow_mut().push_back((io, status));
+                (*ch).wake();
+            }
             return;
         }
     }
@@ -336,6 +364,7 @@ impl BdevIoChannel {
             .io_wait
             .borrow_mut()
             .push_back(Callback::new(move |()| cb()));
+        self.inner().wake();
     }
 
     /// The time in ns for measuring this channel's I/O: inside one of its
@@ -449,6 +478,7 @@ impl BdevIoChannel {
                 || !ch.bdev.qos.try_take(io.io_type, io_bytes(&io)))
         {
             ch.qos_queue.borrow_mut().push_back(io);
+            ch.wake();
             return;
         }
         ch.dispatch(io);
