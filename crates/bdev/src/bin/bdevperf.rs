@@ -17,9 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use rspdk_bdev::{
-    bdev_open, bdevs, BdevDesc, BdevIoChannel, BdevSubsystem, IoStatus, IoType,
-};
+use rspdk_bdev::{bdev_open, bdevs, BdevDesc, BdevIoChannel, BdevSubsystem, IoStatus, IoType};
 use rspdk_env::DmaBuf;
 use rspdk_event::{App, AppContext, AppOpts};
 use rspdk_rpc::{Responder, StateMask};

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use rspdk_bdev::BdevSubsystem;
 use rspdk_event::{App, AppOpts};
+use rspdk_iscsi::{IscsiSubsystem, ScsiSubsystem};
 
 /// The embedded default config, applied when no `-c` is given: a 64 MiB
 /// malloc bdev to try things on. It grows as subsystems arrive (the bdev
@@ -38,6 +39,8 @@ fn main() -> ExitCode {
     let code = App::new(cli.app)
         .name("rspdk_tgt")
         .subsystem(BdevSubsystem)
+        .subsystem(ScsiSubsystem)
+        .subsystem(IscsiSubsystem::default())
         .default_config(default)
         .run(|ctx| {
             tracing::info!(
