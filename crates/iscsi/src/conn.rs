@@ -1056,7 +1056,13 @@ impl Conn {
             }
             return;
         }
-        let xfer = if t.write { t.edtl } else { r.data.len() as u32 };
+        let xfer = if t.write {
+            r.data_out_len
+                .map(|l| u32::try_from(l).unwrap_or(u32::MAX))
+                .unwrap_or(t.edtl)
+        } else {
+            r.data.len() as u32
+        };
         let xfer = if r.status == rspdk_scsi::status::GOOD {
             xfer
         } else {

@@ -111,6 +111,7 @@ fn start_poll_groups(n: usize) -> Result<(), IscsiError> {
                     t.on_exit(move || {
                         p.unregister();
                         CONNS.with(|c| c.borrow_mut().clear());
+                        rspdk_scsi::release_thread_channels();
                     });
                 }
             }
@@ -213,11 +214,35 @@ impl Subsystem for IscsiSubsystem {
             conn::kill_target_sessions(&t.name);
             t.dev.close();
         }
-        POLL_GROUPS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        done.ok()
+        // Each poll group drops its connections and bdev channels, so the
+        // bdev subsystem (finished next) can unregister its bdevs.
+        let groups = std::mem::take(&mut *POLL_GROUPS.lock().unwrap_or_else(|e| e.into_inner()));
+        if groups.is_empty() {
+            return done.ok();
+        }
+        let left = std::sync::Arc::new(AtomicUsize::new(groups.len()));
+        let done = std::sync::Arc::new(Mutex::new(Some(done)));
+        for g in groups {
+            let left = left.clone();
+            let done = done.clone();
+            let finish = move || {
+                if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    if let Some(d) = done.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        d.ok();
+                    }
+                }
+            };
+            let f2 = finish.clone();
+            if g.send_msg(move || {
+                CONNS.with(|c| c.borrow_mut().clear());
+                rspdk_scsi::release_thread_channels();
+                f2();
+            })
+            .is_err()
+            {
+                finish();
+            }
+        }
     }
 
     fn write_config_json(&self) -> Option<Vec<Value>> {

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 pub use cdb::{cdb_len, Cdb};
-pub use lun::{standard_inquiry, Done, ScsiLun, VENDOR_ID};
+pub use lun::{release_thread_channels, standard_inquiry, Done, ScsiLun, VENDOR_ID};
 pub use sense::{key, status, Sense};
 
 /// Errors of the SCSI layer's management operations.
@@ -87,12 +87,16 @@ pub struct ScsiResult {
     pub sense: Option<Sense>,
     /// Data for the initiator (before truncation to its expected length).
     pub data: Vec<u8>,
+    /// For commands that take data: the length the CDB asked for, when it
+    /// may differ from what was sent (the transport reports the residual).
+    pub data_out_len: Option<u64>,
 }
 
 impl ScsiResult {
     /// CHECK CONDITION with `sense`.
     pub fn check(sense: Sense) -> ScsiResult {
         ScsiResult {
+            data_out_len: None,
             status: status::CHECK_CONDITION,
             sense: Some(sense),
             data: Vec::new(),
@@ -210,6 +214,7 @@ impl ScsiDev {
                             let mut d = standard_inquiry(0x7f, b"");
                             d.truncate(usize::from(c.u16(3)));
                             ScsiResult {
+                                data_out_len: None,
                                 status: status::GOOD,
                                 sense: None,
                                 data: d,
@@ -221,6 +226,7 @@ impl ScsiDev {
                         let mut d = Sense::LUN_NOT_SUPPORTED.fixed();
                         d.truncate(usize::from(cmd.cdb.get(4).copied().unwrap_or(0)));
                         ScsiResult {
+                            data_out_len: None,
                             status: status::GOOD,
                             sense: None,
                             data: d,
@@ -264,6 +270,7 @@ impl ScsiDev {
         }
         d.truncate(alloc);
         ScsiResult {
+            data_out_len: None,
             status: status::GOOD,
             sense: None,
             data: d,

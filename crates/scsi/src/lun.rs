@@ -33,6 +33,13 @@ thread_local! {
     static CHANNELS: RefCell<HashMap<u64, Rc<BdevIoChannel>>> = RefCell::new(HashMap::new());
 }
 
+/// Drops this thread's cached bdev channels (call before the thread exits
+/// or when its users are gone, so bdevs can be unregistered).
+pub fn release_thread_channels() {
+    let all = CHANNELS.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    drop(all);
+}
+
 /// Completion of a command.
 pub type Done = Box<dyn FnOnce(ScsiResult)>;
 
@@ -44,6 +51,13 @@ pub struct ScsiLun {
     desc: Mutex<Option<Arc<BdevDesc>>>,
     removed: AtomicBool,
     resv: Mutex<Reservations>,
+    ua: Mutex<UnitAttentions>,
+}
+
+/// Unit attention conditions per I_T nexus.
+#[derive(Debug, Default)]
+struct UnitAttentions {
+    known: HashMap<String, Option<Sense>>,
 }
 
 impl std::fmt::Debug for ScsiLun {
@@ -58,6 +72,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn good(data: Vec<u8>) -> ScsiResult {
     ScsiResult {
+        data_out_len: None,
         status: status::GOOD,
         sense: None,
         data,
@@ -70,6 +85,7 @@ fn check(sense: Sense) -> ScsiResult {
 
 fn conflict() -> ScsiResult {
     ScsiResult {
+        data_out_len: None,
         status: status::RESERVATION_CONFLICT,
         sense: None,
         data: Vec::new(),
@@ -81,6 +97,7 @@ fn bdev_err(e: &BdevError) -> ScsiResult {
         BdevError::Removing(_) | BdevError::NotFound(_) => check(Sense::LUN_NOT_SUPPORTED),
         BdevError::OutOfRange { .. } => check(Sense::LBA_OUT_OF_RANGE),
         BdevError::NoMemory => ScsiResult {
+            data_out_len: None,
             status: status::BUSY,
             sense: None,
             data: Vec::new(),
@@ -130,6 +147,7 @@ impl ScsiLun {
             desc: Mutex::new(None),
             removed: AtomicBool::new(false),
             resv: Mutex::new(Reservations::default()),
+            ua: Mutex::new(UnitAttentions::default()),
         });
         let weak: Weak<ScsiLun> = Arc::downgrade(&lun);
         let desc = bdev_open(bdev_name, true, move |ev| {
@@ -173,11 +191,35 @@ impl ScsiLun {
     /// Drops SCSI-2 reservations held by `nexus` (nexus loss, logout).
     pub fn release_nexus(&self, nexus: &str) {
         lock(&self.resv).nexus_lost(nexus);
+        lock(&self.ua).known.remove(nexus);
     }
 
-    /// LOGICAL UNIT RESET: releases SCSI-2 reservations.
+    /// LOGICAL UNIT RESET: releases SCSI-2 reservations and establishes a
+    /// unit attention (BUS DEVICE RESET FUNCTION OCCURRED) for every nexus.
     pub fn reset(&self) {
         lock(&self.resv).reset();
+        for ua in lock(&self.ua).known.values_mut() {
+            *ua = Some(Sense::new(crate::sense::key::UNIT_ATTENTION, 0x29, 0x03));
+        }
+    }
+
+    /// Takes the pending unit attention of `nexus` (registering the nexus).
+    fn take_ua(&self, nexus: &str, op: u8) -> Option<Sense> {
+        let mut g = lock(&self.ua);
+        match g.known.get_mut(nexus) {
+            Some(ua) => {
+                // INQUIRY and REPORT LUNS neither report nor clear it.
+                if op == 0x12 || op == 0xa0 {
+                    None
+                } else {
+                    ua.take()
+                }
+            }
+            None => {
+                g.known.insert(nexus.to_string(), None);
+                None
+            }
+        }
     }
 
     fn desc(&self) -> Option<Arc<BdevDesc>> {
@@ -212,6 +254,18 @@ impl ScsiLun {
             self.drop_channel();
             return done(check(Sense::LUN_NOT_SUPPORTED));
         };
+        if let Some(ua) = self.take_ua(&cmd.nexus, cdb.opcode()) {
+            if cdb.opcode() == 0x03 {
+                let mut d = if cdb.u8(1) & 1 != 0 {
+                    ua.descriptor()
+                } else {
+                    ua.fixed()
+                };
+                d.truncate(usize::from(cdb.u8(4)));
+                return done(good(d));
+            }
+            return done(check(ua));
+        }
         let access = access_of(&cdb);
         if !lock(&self.resv).allows(&cmd.nexus, access, &cdb) {
             return done(conflict());
@@ -321,7 +375,7 @@ impl ScsiLun {
                         p[20..24].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
                         p[24..28].copy_from_slice(&1u32.to_be_bytes());
                     }
-                    p[32..40].copy_from_slice(&u64::from(MAX_UNMAP_BLOCKS).to_be_bytes());
+                    p[32..40].copy_from_slice(&u64::from(max.min(MAX_UNMAP_BLOCKS)).to_be_bytes());
                     d.extend_from_slice(&p);
                 }
                 0xb1 => {
@@ -522,17 +576,18 @@ impl ScsiLun {
         if len > MAX_TRANSFER_BYTES {
             return done(check(Sense::INVALID_FIELD_IN_CDB));
         }
-        let mut buf = data.to_vec();
-        buf.resize(len as usize, 0);
-        self.data_io(
-            desc,
-            IoType::Write,
-            buf,
-            Vec::new(),
-            lba,
-            u64::from(n),
-            done,
-        );
+        // Write what the initiator sent, in whole blocks, at most the CDB's
+        // transfer length; the transport reports the residual.
+        let done: Done = Box::new(move |mut r: ScsiResult| {
+            r.data_out_len = Some(len);
+            done(r)
+        });
+        let blocks = (data.len() as u64 / bs).min(u64::from(n));
+        if blocks == 0 {
+            return done(good(Vec::new()));
+        }
+        let buf = data[..(blocks * bs) as usize].to_vec();
+        self.data_io(desc, IoType::Write, buf, Vec::new(), lba, blocks, done);
     }
 
     fn verify(self: &Arc<Self>, cdb: &Cdb, desc: &Arc<BdevDesc>, data: &[u8], done: Done) {
@@ -622,12 +677,16 @@ impl ScsiLun {
             if n > u64::from(MAX_UNMAP_BLOCKS) {
                 return done(check(Sense::INVALID_FIELD_IN_PARAM));
             }
+            if n == 0 {
+                if lba > desc.bdev().num_blocks() {
+                    return done(check(Sense::LBA_OUT_OF_RANGE));
+                }
+                continue;
+            }
             if let Err(r) = range_ok(desc, lba, n) {
                 return done(r);
             }
-            if n > 0 {
-                ops.push(Op::NoData(IoType::Unmap, lba, n));
-            }
+            ops.push(Op::NoData(IoType::Unmap, lba, n));
         }
         if !self.thin(desc) {
             return done(check(Sense::INVALID_OPCODE));
@@ -648,7 +707,9 @@ impl ScsiLun {
         if flags & 0xe0 != 0 || flags & 0x10 != 0 || (ten && flags & 0x01 != 0) {
             return done(check(Sense::INVALID_FIELD_IN_CDB)); // WRPROTECT, ANCHOR, obsolete bit
         }
-        if n == 0 || n > u64::from(MAX_UNMAP_BLOCKS) {
+        let max_ws = (MAX_TRANSFER_BYTES / u64::from(desc.bdev().block_size().max(1)))
+            .min(u64::from(MAX_UNMAP_BLOCKS));
+        if n == 0 || n > max_ws {
             return done(check(Sense::INVALID_FIELD_IN_CDB));
         }
         if let Err(r) = range_ok(desc, lba, n) {
@@ -699,7 +760,12 @@ impl ScsiLun {
             return done(check(Sense::INVALID_FIELD_IN_CDB));
         }
         if n == 0 {
-            return done(good(Vec::new()));
+            // No blocks but data sent (a 256-block request wraps to 0).
+            return done(if data.is_empty() {
+                good(Vec::new())
+            } else {
+                check(Sense::INVALID_FIELD_IN_CDB)
+            });
         }
         if n > u64::from(MAX_CAW_BLOCKS) {
             return done(check(Sense::INVALID_FIELD_IN_CDB));

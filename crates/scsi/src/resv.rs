@@ -48,6 +48,7 @@ pub struct Reservations {
 
 fn ok() -> ScsiResult {
     ScsiResult {
+        data_out_len: None,
         status: status::GOOD,
         sense: None,
         data: Vec::new(),
@@ -56,6 +57,7 @@ fn ok() -> ScsiResult {
 
 fn conflict() -> ScsiResult {
     ScsiResult {
+        data_out_len: None,
         status: status::RESERVATION_CONFLICT,
         sense: None,
         data: Vec::new(),
@@ -214,6 +216,7 @@ impl Reservations {
         }
         d.truncate(alloc);
         ScsiResult {
+            data_out_len: None,
             status: status::GOOD,
             sense: None,
             data: d,
