@@ -122,6 +122,34 @@ fn start_poll_groups(n: usize) -> Result<(), IscsiError> {
     Ok(())
 }
 
+static POLL_GROUP_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// Starts the poll group threads and the acceptor poller (on the calling,
+/// app, thread) when the first portal group appears, so a target without
+/// iSCSI configuration costs nothing.
+pub(crate) fn ensure_started() -> Result<(), IscsiError> {
+    if ACCEPTOR.with(|a| a.borrow().is_some()) {
+        return Ok(());
+    }
+    let n = match POLL_GROUP_COUNT.load(Ordering::Relaxed) {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        n => n,
+    };
+    if POLL_GROUPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_empty()
+    {
+        start_poll_groups(n)?;
+    }
+    let p = poller_register("iscsi_accept", 1000, |_| accept_all())
+        .map_err(|e| IscsiError::Thread(e.to_string()))?;
+    ACCEPTOR.with(|a| *a.borrow_mut() = Some(p));
+    Ok(())
+}
+
 fn dispatch(sock: std::net::TcpStream, pg_tag: u32) {
     let groups = POLL_GROUPS
         .lock()
@@ -181,23 +209,8 @@ impl Subsystem for IscsiSubsystem {
     }
 
     fn init(&self, done: SubsystemDone) {
-        let n = if self.poll_groups > 0 {
-            self.poll_groups
-        } else {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        };
-        if let Err(e) = start_poll_groups(n) {
-            return done.fail(e.to_string());
-        }
-        match poller_register("iscsi_accept", 1000, |_| accept_all()) {
-            Ok(p) => {
-                ACCEPTOR.with(|a| *a.borrow_mut() = Some(p));
-                done.ok()
-            }
-            Err(e) => done.fail(e.to_string()),
-        }
+        POLL_GROUP_COUNT.store(self.poll_groups, Ordering::Relaxed);
+        done.ok()
     }
 
     fn fini(&self, done: SubsystemDone) {

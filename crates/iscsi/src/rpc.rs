@@ -133,6 +133,7 @@ pub fn create_portal_group(tag: u32, portals: Vec<Portal>, private: bool) -> Res
     if with_registry(|r| r.portal_groups.contains_key(&tag)) {
         return Err(inval(format!("portal group {tag} already exists")));
     }
+    crate::ensure_started().map_err(|e| RpcError::new(-libc::ENOMEM, e.to_string()))?;
     let mut listeners = Vec::new();
     for p in &portals {
         listeners.push(Arc::new(bind_portal(p).map_err(|e| inval(e.to_string()))?));

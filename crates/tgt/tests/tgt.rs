@@ -118,7 +118,11 @@ fn every_framework_method_answers_with_spdk_shape() {
     assert_eq!(r0["lw_threads"][0]["name"], json!("app_thread"));
     assert_eq!(
         ok(s, "framework_get_subsystems", None),
-        json!([{"subsystem": "bdev", "depends_on": []}])
+        json!([
+            {"subsystem": "bdev", "depends_on": []},
+            {"subsystem": "scsi", "depends_on": []},
+            {"subsystem": "iscsi", "depends_on": ["bdev", "scsi"]}
+        ])
     );
     // The embedded default config made Malloc0; save_config writes it back.
     let saved = ok(s, "save_config", None);
