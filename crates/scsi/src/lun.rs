@@ -293,6 +293,9 @@ impl ScsiLun {
             0x42 => self.unmap(&cdb, &desc, &cmd.data_out, done),
             0x41 | 0x93 => self.write_same(&cdb, &desc, &cmd.data_out, done),
             0x89 => self.compare_and_write(&cdb, &desc, &cmd.data_out, done),
+            0x9c => self.write_atomic(&cdb, &desc, &cmd.data_out, done),
+            0x8b => self.or_write(&cdb, &desc, &cmd.data_out, done),
+            0x37 | 0xb7 => done(read_defect_data(&cdb)),
             0x34 | 0x90 => {
                 // PRE-FETCH: range check only.
                 let (lba, n) = if op == 0x34 {
@@ -376,6 +379,9 @@ impl ScsiLun {
                         p[24..28].copy_from_slice(&1u32.to_be_bytes());
                     }
                     p[32..40].copy_from_slice(&u64::from(max.min(MAX_UNMAP_BLOCKS)).to_be_bytes());
+                    // WRITE ATOMIC(16): up to the maximum transfer length,
+                    // any alignment and granularity, no atomic boundary.
+                    p[40..44].copy_from_slice(&max.min(0xffff).to_be_bytes());
                     d.extend_from_slice(&p);
                 }
                 0xb1 => {
@@ -801,6 +807,73 @@ impl ScsiLun {
         }
     }
 
+    fn write_atomic(self: &Arc<Self>, cdb: &Cdb, desc: &Arc<BdevDesc>, data: &[u8], done: Done) {
+        let lba = cdb.u64(2);
+        let boundary = cdb.u16(10);
+        let n = u64::from(cdb.u16(12));
+        if cdb.u8(1) & 0xe0 != 0 || boundary != 0 {
+            return done(check(Sense::INVALID_FIELD_IN_CDB));
+        }
+        let bs = u64::from(desc.bdev().block_size());
+        if n * bs > MAX_TRANSFER_BYTES {
+            return done(check(Sense::INVALID_FIELD_IN_CDB));
+        }
+        if let Err(r) = range_ok(desc, lba, n) {
+            return done(r);
+        }
+        if n == 0 {
+            return done(good(Vec::new()));
+        }
+        let len = n * bs;
+        if (data.len() as u64) < len {
+            // Atomic: all or nothing.
+            return done(check(Sense::INVALID_FIELD_IN_CDB));
+        }
+        let buf = data[..len as usize].to_vec();
+        self.data_io(desc, IoType::Write, buf, Vec::new(), lba, n, done);
+    }
+
+    fn or_write(self: &Arc<Self>, cdb: &Cdb, desc: &Arc<BdevDesc>, data: &[u8], done: Done) {
+        let lba = cdb.u64(2);
+        let n = u64::from(cdb.u32(10));
+        if cdb.u8(1) & 0xe0 != 0 {
+            return done(check(Sense::INVALID_FIELD_IN_CDB)); // ORPROTECT
+        }
+        if let Err(r) = range_ok(desc, lba, n) {
+            return done(r);
+        }
+        if n == 0 {
+            return done(good(Vec::new()));
+        }
+        let bs = u64::from(desc.bdev().block_size());
+        let len = n * bs;
+        if len > MAX_TRANSFER_BYTES {
+            return done(check(Sense::INVALID_FIELD_IN_CDB));
+        }
+        let mut mask = data.get(..len as usize).unwrap_or(data).to_vec();
+        mask.resize(len as usize, 0);
+        let me = self.clone();
+        let d2 = desc.clone();
+        self.data_io(
+            desc,
+            IoType::Read,
+            vec![0u8; len as usize],
+            Vec::new(),
+            lba,
+            n,
+            Box::new(move |r: ScsiResult| {
+                if r.status != status::GOOD {
+                    return done(r);
+                }
+                let mut cur = r.data;
+                for (c, m) in cur.iter_mut().zip(mask.iter()) {
+                    *c |= *m;
+                }
+                me.data_io(&d2, IoType::Write, cur, Vec::new(), lba, n, done);
+            }),
+        );
+    }
+
     /// Submits one data I/O with owned buffers; `done` gets the data of a
     /// read, nothing otherwise.
     #[allow(clippy::too_many_arguments)]
@@ -987,7 +1060,11 @@ const SUPPORTED: &[(u8, Option<u16>, u16)] = &[
     (0x5f, Some(4), 10),
     (0x5f, Some(5), 10),
     (0x5f, Some(6), 10),
+    (0x37, None, 10),
     (0x88, None, 16),
+    (0x8b, None, 16),
+    (0x9c, None, 16),
+    (0xb7, None, 12),
     (0x89, None, 16),
     (0x8a, None, 16),
     (0x8e, None, 16),
@@ -1051,7 +1128,7 @@ fn report_opcodes(cdb: &Cdb) -> ScsiResult {
             if (opt == 1 && has_sa)
                 || (opt == 2 && !has_sa && SUPPORTED.iter().any(|&(o, _, _)| o == req_op))
             {
-                return check(Sense::INVALID_FIELD_IN_CDB);
+                return check(Sense::INVALID_FIELD_IN_CDB.with_field(2));
             }
             let found = SUPPORTED.iter().find(|&&(o, s, _)| {
                 o == req_op
@@ -1086,4 +1163,18 @@ fn access_of(cdb: &Cdb) -> Access {
         0x16 | 0x56 | 0x17 | 0x57 => Access::Scsi2,
         _ => Access::Other,
     }
+}
+
+/// READ DEFECT DATA(10)/(12): no defects, in the format asked for.
+fn read_defect_data(cdb: &Cdb) -> ScsiResult {
+    let ten = cdb.opcode() == 0x37;
+    let (flags, alloc) = if ten {
+        (cdb.u8(2), usize::from(cdb.u16(7)))
+    } else {
+        (cdb.u8(1), cdb.u32(6) as usize)
+    };
+    let mut d = if ten { vec![0u8; 4] } else { vec![0u8; 8] };
+    d[1] = flags & 0x1f;
+    d.truncate(alloc);
+    good(d)
 }

@@ -50,6 +50,8 @@ pub struct Sense {
     pub ascq: u8,
     /// INFORMATION field, if valid.
     pub info: Option<u32>,
+    /// Sense-key specific field pointer into the CDB (byte), if valid.
+    pub field: Option<u16>,
 }
 
 impl Sense {
@@ -60,6 +62,7 @@ impl Sense {
             asc,
             ascq,
             info: None,
+            field: None,
         }
     }
 
@@ -100,6 +103,12 @@ impl Sense {
         self
     }
 
+    /// With the sense-key specific field pointer set to CDB byte `byte`.
+    pub const fn with_field(mut self, byte: u16) -> Sense {
+        self.field = Some(byte);
+        self
+    }
+
     /// Fixed-format sense data (response code 0x70, 18 bytes).
     pub fn fixed(&self) -> Vec<u8> {
         let mut s = vec![0u8; 18];
@@ -112,6 +121,10 @@ impl Sense {
         s[7] = 10;
         s[12] = self.asc;
         s[13] = self.ascq;
+        if let Some(f) = self.field {
+            s[15] = 0x80 | 0x40; // SKSV, C/D = CDB
+            s[16..18].copy_from_slice(&f.to_be_bytes());
+        }
         s
     }
 
