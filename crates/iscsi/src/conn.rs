@@ -150,6 +150,8 @@ pub struct Conn {
     kill: Arc<AtomicBool>,
     registered: bool,
     thread_name: String,
+    /// Receive scratch buffer (allocated once, not zeroed per poll).
+    scratch: Box<[u8]>,
 }
 
 fn be24(n: usize) -> [u8; 3] {
@@ -200,6 +202,7 @@ impl Conn {
             completions: Rc::new(RefCell::new(VecDeque::new())),
             kill: Arc::new(AtomicBool::new(false)),
             registered: false,
+            scratch: vec![0u8; 65536].into_boxed_slice(),
             thread_name: rspdk_thread::get_thread()
                 .map(|t| t.name().to_string())
                 .unwrap_or_default(),
@@ -235,9 +238,9 @@ impl Conn {
 
     fn read_socket(&mut self) -> bool {
         let mut busy = false;
-        let mut buf = [0u8; 65536];
         for _ in 0..8 {
-            match self.sock.read(&mut buf) {
+            let buf = &mut self.scratch;
+            match self.sock.read(buf) {
                 Ok(0) => {
                     self.close();
                     return true;
