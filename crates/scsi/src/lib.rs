@@ -26,7 +26,9 @@ mod resv;
 mod sense;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 pub use cdb::{cdb_len, Cdb};
 pub use lun::{release_thread_channels, standard_inquiry, Done, ScsiLun, VENDOR_ID};
@@ -109,6 +111,10 @@ impl ScsiResult {
 pub struct ScsiDev {
     name: String,
     luns: RwLock<BTreeMap<u64, Arc<ScsiLun>>>,
+    /// Bumped when the LUN inventory changes (add, remove, hot remove).
+    generation: Arc<AtomicU64>,
+    /// The inventory generation each I_T nexus last saw.
+    seen: Mutex<HashMap<String, u64>>,
 }
 
 impl ScsiDev {
@@ -117,6 +123,8 @@ impl ScsiDev {
         Arc::new(ScsiDev {
             name: name.to_string(),
             luns: RwLock::new(BTreeMap::new()),
+            generation: Arc::new(AtomicU64::new(0)),
+            seen: Mutex::new(HashMap::new()),
         })
     }
 
@@ -136,7 +144,8 @@ impl ScsiDev {
                 lun: id,
             });
         }
-        let lun = ScsiLun::new(id, bdev)?;
+        let lun = ScsiLun::new(id, bdev, self.generation.clone())?;
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.luns
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -154,6 +163,7 @@ impl ScsiDev {
         match l {
             Some(l) => {
                 l.hot_remove();
+                self.generation.fetch_add(1, Ordering::AcqRel);
                 Ok(())
             }
             None => Err(ScsiError::NoLun {
@@ -172,18 +182,23 @@ impl ScsiDev {
             .cloned()
     }
 
-    /// `(lun id, bdev name)` of every LUN, by id.
+    /// `(lun id, bdev name)` of every LUN (not hot-removed), by id.
     pub fn luns(&self) -> Vec<(u64, String)> {
         self.luns
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
+            .filter(|l| !l.is_removed())
             .map(|l| (l.id(), l.bdev_name().to_string()))
             .collect()
     }
 
     /// Nexus loss on every LUN.
     pub fn release_nexus(&self, nexus: &str) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(nexus);
         for l in self.luns.read().unwrap_or_else(|e| e.into_inner()).values() {
             l.release_nexus(nexus);
         }
@@ -201,6 +216,22 @@ impl ScsiDev {
     /// SENSE to a LUN that does not exist, are answered by the device.
     pub fn execute(&self, lun_id: u64, cmd: &ScsiCommand, done: Done) {
         let op = cmd.cdb.first().copied();
+        // REPORTED LUNS DATA HAS CHANGED, once per nexus after the LUN
+        // inventory changed; REPORT LUNS clears it, INQUIRY passes.
+        let now = self.generation.load(Ordering::Acquire);
+        let changed = {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            let s = seen.entry(cmd.nexus.clone()).or_insert(now);
+            if *s != now && op != Some(0x12) {
+                *s = now;
+                op != Some(0xa0)
+            } else {
+                false
+            }
+        };
+        if changed {
+            return done(ScsiResult::check(Sense::LUNS_CHANGED));
+        }
         if op == Some(0xa0) {
             return done(self.report_luns(cmd));
         }

@@ -52,6 +52,8 @@ pub struct ScsiLun {
     removed: AtomicBool,
     resv: Mutex<Reservations>,
     ua: Mutex<UnitAttentions>,
+    /// The device's LUN inventory generation (bumped on hot remove).
+    dev_generation: Arc<AtomicU64>,
 }
 
 /// Unit attention conditions per I_T nexus.
@@ -138,8 +140,14 @@ enum Op {
 
 impl ScsiLun {
     /// Opens `bdev_name` for writing and makes LUN `id` of it. Call on an
-    /// rspdk thread: the hot-remove event runs there.
-    pub fn new(id: u64, bdev_name: &str) -> Result<Arc<ScsiLun>, ScsiError> {
+    /// rspdk thread: the hot-remove event runs there, and bumps
+    /// `dev_generation` (the device's LUN inventory generation, so
+    /// initiators get REPORTED LUNS DATA HAS CHANGED).
+    pub fn new(
+        id: u64,
+        bdev_name: &str,
+        dev_generation: Arc<AtomicU64>,
+    ) -> Result<Arc<ScsiLun>, ScsiError> {
         let lun = Arc::new(ScsiLun {
             id,
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
@@ -148,6 +156,7 @@ impl ScsiLun {
             removed: AtomicBool::new(false),
             resv: Mutex::new(Reservations::default()),
             ua: Mutex::new(UnitAttentions::default()),
+            dev_generation,
         });
         let weak: Weak<ScsiLun> = Arc::downgrade(&lun);
         let desc = bdev_open(bdev_name, true, move |ev| {
@@ -184,7 +193,9 @@ impl ScsiLun {
     /// Marks the LUN removed and closes the descriptor; commands then end
     /// with LOGICAL UNIT NOT SUPPORTED.
     pub fn hot_remove(&self) {
-        self.removed.store(true, Ordering::Release);
+        if !self.removed.swap(true, Ordering::AcqRel) {
+            self.dev_generation.fetch_add(1, Ordering::AcqRel);
+        }
         lock(&self.desc).take();
     }
 

@@ -302,6 +302,27 @@ fn bad_logins_and_rpcs() {
         ok(s, "iscsi_get_target_nodes", None)[0]["luns"][1],
         json!({"bdev_name": "Malloc1", "lun_id": 1})
     );
+    // Hot remove of a LUN's bdev while the target runs: the LUN goes away,
+    // its commands end with CHECK CONDITION, LUN 0 keeps working.
+    if have("iscsi-readcapacity16") {
+        let lun1 = format!("iscsi://127.0.0.1:{}/{IQN}/1", t.port);
+        let lun0 = format!("iscsi://127.0.0.1:{}/{IQN}/0", t.port);
+        assert!(run("iscsi-readcapacity16", &[&lun1]).contains("Total size:1048576"));
+        ok(s, "bdev_malloc_delete", Some(json!({"name": "Malloc1"})));
+        let out = Command::new("timeout")
+            .args(["30", "iscsi-readcapacity16", &lun1])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "LUN 1 still answers after hot remove"
+        );
+        assert!(run("iscsi-readcapacity16", &[&lun0]).contains("Total size:67108864"));
+        assert_eq!(
+            ok(s, "iscsi_get_target_nodes", None)[0]["luns"],
+            json!([{"bdev_name": "Malloc0", "lun_id": 0}])
+        );
+    }
     let e = rpc(
         s,
         "iscsi_create_target_node",
