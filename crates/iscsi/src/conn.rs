@@ -152,6 +152,16 @@ pub struct Conn {
     thread_name: String,
     /// Receive scratch buffer (allocated once, not zeroed per poll).
     scratch: Box<[u8]>,
+    chap: Chap,
+    chap_keys: Vec<(String, String)>,
+    auth_done: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Chap {
+    Off,
+    WaitA,
+    WaitR { id: u8, challenge: Vec<u8> },
 }
 
 fn be24(n: usize) -> [u8; 3] {
@@ -203,6 +213,9 @@ impl Conn {
             kill: Arc::new(AtomicBool::new(false)),
             registered: false,
             scratch: vec![0u8; 65536].into_boxed_slice(),
+            chap: Chap::Off,
+            chap_keys: Vec::new(),
+            auth_done: false,
             thread_name: rspdk_thread::get_thread()
                 .map(|t| t.name().to_string())
                 .unwrap_or_default(),
@@ -565,12 +578,35 @@ impl Conn {
                 "AuthMethod" => {
                     if csg != 0 {
                         resp.push((k.clone(), "Reject".into()));
-                    } else if v.split(',').any(|m| m == "None") {
+                        continue;
+                    }
+                    let offers: Vec<&str> = v.split(',').collect();
+                    let (require, _, group) = self.auth_policy();
+                    if offers.contains(&"CHAP")
+                        && (require || (!offers.contains(&"None") && group != 0))
+                    {
+                        resp.push((k.clone(), "CHAP".into()));
+                        self.chap = Chap::WaitA;
+                    } else if !require && offers.contains(&"None") {
                         resp.push((k.clone(), "None".into()));
+                        self.auth_done = true;
                     } else {
-                        // CHAP is not implemented: the initiator offers only methods we lack.
                         return self.login_response(&b, 0, 0x02, 0x01, Vec::new());
                     }
+                }
+                "CHAP_A" if csg == 0 => {
+                    if self.chap != Chap::WaitA || !v.split(',').any(|a| a == "5") {
+                        return self.login_response(&b, 0, 0x02, 0x01, Vec::new());
+                    }
+                    let id = crate::chap::random_bytes(1)[0];
+                    let challenge = crate::chap::random_bytes(16);
+                    resp.push(("CHAP_A".into(), "5".into()));
+                    resp.push(("CHAP_I".into(), id.to_string()));
+                    resp.push(("CHAP_C".into(), crate::chap::to_hex(&challenge)));
+                    self.chap = Chap::WaitR { id, challenge };
+                }
+                "CHAP_N" | "CHAP_R" | "CHAP_I" | "CHAP_C" if csg == 0 => {
+                    self.chap_keys.push((k.clone(), v.clone()));
                 }
                 "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" => {
                     resp.push((k.clone(), "Irrelevant".into()))
@@ -588,6 +624,20 @@ impl Conn {
                 }
             }
         }
+        if let Chap::WaitR { .. } = self.chap {
+            if self.chap_keys.iter().any(|(k, _)| k == "CHAP_R") {
+                match self.chap_verify() {
+                    Some(extra) => resp.extend(extra),
+                    None => return self.login_response(&b, 0, 0x02, 0x01, Vec::new()),
+                }
+            }
+        }
+        let (require, _, _) = self.auth_policy();
+        if require && !self.auth_done && csg == 1 {
+            // Authentication is required and did not happen.
+            return self.login_response(&b, 0, 0x02, 0x01, Vec::new());
+        }
+        let transit = transit && (csg != 0 || self.auth_done);
         let mut out_flags = (csg << 2) | if transit { 0x80 | nsg } else { 0 };
         if transit && nsg == 3 {
             out_flags = 0x80 | (csg << 2) | 3;
@@ -644,6 +694,79 @@ impl Conn {
             tracing::info!(peer = %self.peer, initiator = %self.initiator_name,
                 target = ?self.target.as_ref().map(|t| &t.name), "iSCSI login complete");
         }
+    }
+
+    /// (CHAP required, mutual CHAP required, auth group) for this login.
+    fn auth_policy(&self) -> (bool, bool, i32) {
+        if self.session_type_discovery {
+            with_registry(|r| {
+                let o = &r.options;
+                (
+                    o.require_chap && !o.disable_chap,
+                    o.mutual_chap,
+                    o.chap_group,
+                )
+            })
+        } else {
+            match &self.target {
+                Some(t) => {
+                    let g = if t.chap_group != 0 {
+                        t.chap_group
+                    } else {
+                        with_registry(|r| r.options.chap_group)
+                    };
+                    (t.require_chap && !t.disable_chap, t.mutual_chap, g)
+                }
+                None => (false, false, 0),
+            }
+        }
+    }
+
+    /// Checks the initiator's CHAP_N/CHAP_R; returns the keys to answer
+    /// (the target's own CHAP_N/CHAP_R for mutual CHAP), None on failure.
+    fn chap_verify(&mut self) -> Option<Vec<(String, String)>> {
+        let Chap::WaitR { id, challenge } = std::mem::replace(&mut self.chap, Chap::Off) else {
+            return None;
+        };
+        let get = |k: &str| {
+            self.chap_keys
+                .iter()
+                .rev()
+                .find(|(kk, _)| kk == k)
+                .map(|(_, v)| v.clone())
+        };
+        let name = get("CHAP_N")?;
+        let r = crate::chap::from_hex(&get("CHAP_R")?)?;
+        let (_, mutual, group) = self.auth_policy();
+        let secret = with_registry(|reg| {
+            reg.auth_groups
+                .get(&group)
+                .and_then(|g| g.secrets.iter().find(|s| s.user == name).cloned())
+        })?;
+        if crate::chap::response(id, secret.secret.as_bytes(), &challenge).as_slice()
+            != r.as_slice()
+        {
+            tracing::warn!(peer = %self.peer, user = %name, "CHAP response does not match");
+            return None;
+        }
+        let mut out = Vec::new();
+        let ci = get("CHAP_I");
+        let cc = get("CHAP_C");
+        if mutual || (ci.is_some() && cc.is_some()) {
+            let ci: u8 = ci?.parse().ok()?;
+            let cc = crate::chap::from_hex(&cc?)?;
+            if cc == challenge {
+                return None; // reflected challenge
+            }
+            let (muser, msecret) = (secret.muser.clone()?, secret.msecret.clone()?);
+            out.push(("CHAP_N".to_string(), muser));
+            out.push((
+                "CHAP_R".to_string(),
+                crate::chap::to_hex(&crate::chap::response(ci, msecret.as_bytes(), &cc)),
+            ));
+        }
+        self.auth_done = true;
+        Some(out)
     }
 
     // ---- Full feature phase ----------------------------------------------

@@ -20,6 +20,7 @@
 //! connections without blocking. SCSI commands run on that thread, on its
 //! bdev channels.
 
+pub mod chap;
 pub mod conn;
 pub mod pdu;
 pub mod rpc;

@@ -389,6 +389,12 @@ pub fn register_rpcs(reg: &RpcRegistry) {
             if r.auth_groups.contains_key(&g.tag) {
                 return Err(inval(format!("auth group {} already exists", g.tag)));
             }
+            if g.secrets
+                .iter()
+                .any(|s| s.muser.is_some() != s.msecret.is_some())
+            {
+                return Err(inval("muser and msecret go together"));
+            }
             r.auth_groups.insert(g.tag, g);
             Ok(json!(true))
         })

@@ -227,14 +227,31 @@ pub struct TargetNode {
     pub data_digest: bool,
 }
 
-/// A CHAP auth group (stored for save_config).
+/// One CHAP secret of an auth group.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChapSecret {
+    /// The initiator's CHAP name.
+    pub user: String,
+    /// Its secret.
+    pub secret: String,
+    /// The target's name for mutual CHAP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muser: Option<String>,
+    /// The target's secret for mutual CHAP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msecret: Option<String>,
+}
+
+/// A CHAP auth group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthGroup {
     /// Tag.
     pub tag: i32,
     /// Secrets.
     #[serde(default)]
-    pub secrets: Vec<serde_json::Value>,
+    pub secrets: Vec<ChapSecret>,
 }
 
 /// Everything configured.

@@ -323,6 +323,67 @@ fn bad_logins_and_rpcs() {
             json!([{"bdev_name": "Malloc0", "lun_id": 0}])
         );
     }
+    // CHAP: a target node that requires it, one-way and mutual.
+    ok(
+        s,
+        "iscsi_create_auth_group",
+        Some(json!({"tag": 1, "secrets": [
+            {"user": "chapuser", "secret": "chapsecret12"},
+            {"user": "mutualuser", "secret": "mutualsecret1", "muser": "tgtuser", "msecret": "tgtsecret123"}]})),
+    );
+    ok(
+        s,
+        "iscsi_create_target_node",
+        Some(
+            json!({"name": "chap1", "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}],
+            "luns": [{"bdev_name": "Malloc0", "lun_id": 0}], "queue_depth": 8,
+            "require_chap": true, "chap_group": 1}),
+        ),
+    );
+    if have("iscsi-inq") {
+        let chap_url = |cred: &str| {
+            format!(
+                "iscsi://{cred}127.0.0.1:{}/iqn.2016-06.io.spdk:chap1/0",
+                t.port
+            )
+        };
+        let inq = |cred: &str| {
+            let out = Command::new("timeout")
+                .args(["30", "iscsi-inq", &chap_url(cred)])
+                .output()
+                .unwrap();
+            eprintln!("iscsi-inq {cred}: {}", String::from_utf8_lossy(&out.stderr));
+            out.status.success()
+        };
+        assert!(
+            inq("chapuser%chapsecret12@"),
+            "CHAP login with the right secret failed"
+        );
+        assert!(
+            !inq("chapuser%wrongsecret1@"),
+            "CHAP login with a wrong secret worked"
+        );
+        assert!(!inq(""), "login without CHAP to a CHAP target worked");
+        // Mutual: libiscsi's target credentials go in the URL parameters.
+        let mutual = format!(
+            "{}?target_user=tgtuser&target_password=tgtsecret123",
+            chap_url("mutualuser%mutualsecret1@")
+        );
+        let out = Command::new("timeout")
+            .args(["30", "iscsi-inq", &mutual])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mutual CHAP: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    ok(
+        s,
+        "iscsi_delete_target_node",
+        Some(json!({"name": "chap1"})),
+    );
     let e = rpc(
         s,
         "iscsi_create_target_node",
@@ -351,6 +412,7 @@ fn bad_logins_and_rpcs() {
         methods,
         [
             "iscsi_set_options",
+            "iscsi_create_auth_group",
             "iscsi_create_portal_group",
             "iscsi_create_initiator_group",
             "iscsi_create_target_node"
