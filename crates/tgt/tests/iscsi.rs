@@ -422,3 +422,81 @@ fn bad_logins_and_rpcs() {
     ok(s, "iscsi_delete_target_node", Some(json!({"name": IQN})));
     assert_eq!(ok(s, "iscsi_get_target_nodes", None), json!([]));
 }
+
+/// Logs in with digests on; returns the stream in full feature phase.
+fn login_with_digests(port: u16, initiator: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&login_pdu(&format!(
+        "InitiatorName={initiator};SessionType=Normal;TargetName={IQN};\
+         HeaderDigest=CRC32C;DataDigest=CRC32C"
+    )))
+    .unwrap();
+    let mut hdr = [0u8; 48];
+    s.read_exact(&mut hdr).unwrap();
+    assert_eq!((hdr[36], hdr[37]), (0, 0), "login failed");
+    assert_eq!(
+        hdr[1] & 0x83,
+        0x83,
+        "login did not reach full feature phase"
+    );
+    let dsl = u32::from_be_bytes([0, hdr[5], hdr[6], hdr[7]]) as usize;
+    let mut data = vec![0u8; dsl.div_ceil(4) * 4];
+    s.read_exact(&mut data).unwrap();
+    let text = String::from_utf8_lossy(&data);
+    assert!(text.contains("HeaderDigest=CRC32C"), "{text}");
+    s
+}
+
+/// A NOP-Out (ITT 0x10, CmdSN 1) with 4 bytes of data, header and data digests.
+fn nop_out(bad_header: bool, bad_data: bool) -> Vec<u8> {
+    use rspdk_iscsi::pdu::crc32c;
+    let mut b = vec![0u8; 48];
+    b[0] = 0x40;
+    b[1] = 0x80;
+    b[7] = 4;
+    b[16..20].copy_from_slice(&0x10u32.to_be_bytes());
+    b[20..24].copy_from_slice(&0xffff_ffffu32.to_be_bytes());
+    b[24..28].copy_from_slice(&1u32.to_be_bytes());
+    let hd = crc32c(&b) ^ u32::from(bad_header);
+    b.extend_from_slice(&hd.to_le_bytes());
+    let data = [1u8, 2, 3, 4];
+    b.extend_from_slice(&data);
+    let dd = crc32c(&data) ^ u32::from(bad_data);
+    b.extend_from_slice(&dd.to_le_bytes());
+    b
+}
+
+#[test]
+fn digests_checked() {
+    let t = start(512);
+    // Good digests: NOP-In echoes the data.
+    let mut s = login_with_digests(t.port, "iqn.2026-01.io.rspdk:digest1");
+    s.write_all(&nop_out(false, false)).unwrap();
+    let mut r = [0u8; 48 + 4 + 4 + 4];
+    s.read_exact(&mut r).unwrap();
+    assert_eq!(r[0] & 0x3f, 0x20, "expected NOP-In");
+    assert_eq!(&r[52..56], &[1, 2, 3, 4]);
+    // A bad data digest: Reject (reason 02h), the connection goes on.
+    s.write_all(&nop_out(false, true)).unwrap();
+    // Reject: header + header digest + the rejected header + data digest.
+    let mut r = [0u8; 48 + 4 + 48 + 4];
+    s.read_exact(&mut r).unwrap();
+    assert_eq!(
+        (r[0] & 0x3f, r[2]),
+        (0x3f, 0x02),
+        "expected Reject (data digest)"
+    );
+    // A bad header digest: the connection is closed.
+    // (Another initiator: the same one would reinstate, closing the first session.)
+    let mut s2 = login_with_digests(t.port, "iqn.2026-01.io.rspdk:digest2");
+    s2.write_all(&nop_out(true, false)).unwrap();
+    let mut buf = [0u8; 64];
+    let n = s2.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "connection not closed after a header digest error");
+    // The first connection still works.
+    s.write_all(&nop_out(false, false)).unwrap();
+    let mut r = [0u8; 48 + 4 + 4 + 4];
+    s.read_exact(&mut r).unwrap();
+    assert_eq!(r[0] & 0x3f, 0x20);
+}
