@@ -155,6 +155,13 @@ pub struct Conn {
     chap: Chap,
     chap_keys: Vec<(String, String)>,
     auth_done: bool,
+    /// When the initiator last sent anything (ns).
+    last_rx_ns: u64,
+    /// Outstanding target NOP-In ping: (TTT, sent at ns).
+    ping: Option<(u32, u64)>,
+    /// NOP-In interval and timeout (ns), from the options.
+    nop_interval_ns: u64,
+    nop_timeout_ns: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,7 +187,12 @@ impl Conn {
         let _ = sock.set_nodelay(true);
         let peer = sock.peer_addr().map_err(io("peer_addr"))?;
         let local = sock.local_addr().map_err(io("local_addr"))?;
-        let limits = with_registry(|r| r.options.limits());
+        let (limits, nop) = with_registry(|r| {
+            (
+                r.options.limits(),
+                (r.options.nop_in_interval, r.options.nop_timeout),
+            )
+        });
         Ok(Conn {
             id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
             sock,
@@ -216,6 +228,10 @@ impl Conn {
             chap: Chap::Off,
             chap_keys: Vec::new(),
             auth_done: false,
+            last_rx_ns: rspdk_thread::now_ns(),
+            ping: None,
+            nop_interval_ns: u64::from(nop.0) * 1_000_000_000,
+            nop_timeout_ns: u64::from(nop.1) * 1_000_000_000,
             thread_name: rspdk_thread::get_thread()
                 .map(|t| t.name().to_string())
                 .unwrap_or_default(),
@@ -238,8 +254,10 @@ impl Conn {
         }
         let mut busy = false;
         if self.state != State::Closing {
-            busy |= self.read_socket();
+            let got = self.read_socket();
+            busy |= got;
             busy |= self.process_input();
+            self.keepalive(got);
         }
         busy |= self.drain_completions();
         busy |= self.flush();
@@ -247,6 +265,40 @@ impl Conn {
             self.close();
         }
         busy
+    }
+
+    /// NOP-In keep-alive: ping an idle initiator every `nop_in_interval`
+    /// seconds; close the connection if nothing arrives within `nop_timeout`.
+    fn keepalive(&mut self, got_input: bool) {
+        if self.state != State::FullFeature || self.nop_interval_ns == 0 {
+            return;
+        }
+        let now = rspdk_thread::now_ns();
+        if got_input {
+            self.last_rx_ns = now;
+            self.ping = None;
+            return;
+        }
+        match self.ping {
+            Some((_, sent))
+                if self.nop_timeout_ns > 0 && now.saturating_sub(sent) > self.nop_timeout_ns =>
+            {
+                tracing::warn!(peer = %self.peer, "no answer to NOP-In: closing the connection");
+                self.close();
+            }
+            Some(_) => {}
+            None if now.saturating_sub(self.last_rx_ns) > self.nop_interval_ns => {
+                let ttt = self.next_ttt;
+                self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
+                let mut b = Bhs::new(op::NOP_IN, 0x80);
+                b.set_itt(NO_TAG);
+                b.set_u32(20, ttt);
+                self.set_sns(&mut b, false);
+                self.send(&Pdu::new(b, Vec::new()));
+                self.ping = Some((ttt, now));
+            }
+            None => {}
+        }
     }
 
     fn read_socket(&mut self) -> bool {

@@ -50,6 +50,11 @@ fn free_port() -> u16 {
 }
 
 fn start(block_size: u32) -> Tgt {
+    start_with(block_size, Vec::new())
+}
+
+/// Starts the target with `options` (config entries) before the iSCSI ones.
+fn start_with(block_size: u32, options: Vec<Value>) -> Tgt {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("spdk.sock");
     let port = free_port();
@@ -66,6 +71,12 @@ fn start(block_size: u32) -> Tgt {
                 "alias_name": "Data Disk1", "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}],
                 "luns": [{"bdev_name": "Malloc0", "lun_id": 0}], "queue_depth": 64}}]}
     ]});
+    let mut cfg = cfg;
+    if let Some(iscsi) = cfg["subsystems"][1]["config"].as_array_mut() {
+        for (i, o) in options.into_iter().enumerate() {
+            iscsi.insert(i, o);
+        }
+    }
     let cfg_path = dir.path().join("cfg.json");
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let child = Command::new(TGT)
@@ -499,4 +510,35 @@ fn digests_checked() {
     let mut r = [0u8; 48 + 4 + 4 + 4];
     s.read_exact(&mut r).unwrap();
     assert_eq!(r[0] & 0x3f, 0x20);
+}
+
+#[test]
+fn nop_in_keepalive() {
+    let t = start_with(
+        512,
+        vec![json!({"method": "iscsi_set_options",
+            "params": {"nop_in_interval": 1, "nop_timeout": 2}})],
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", t.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&login_pdu(&format!(
+        "InitiatorName=iqn.2026-01.io.rspdk:nop;SessionType=Normal;TargetName={IQN}"
+    )))
+    .unwrap();
+    let mut hdr = [0u8; 48];
+    s.read_exact(&mut hdr).unwrap();
+    let dsl = u32::from_be_bytes([0, hdr[5], hdr[6], hdr[7]]) as usize;
+    let mut data = vec![0u8; dsl.div_ceil(4) * 4];
+    s.read_exact(&mut data).unwrap();
+    // An idle initiator gets a NOP-In ping (ITT ffffffffh, a real TTT) ...
+    let t0 = std::time::Instant::now();
+    s.read_exact(&mut hdr).unwrap();
+    assert_eq!(hdr[0] & 0x3f, 0x20, "expected NOP-In");
+    assert_eq!(&hdr[16..20], &[0xff; 4]);
+    assert_ne!(&hdr[20..24], &[0xff; 4]);
+    // ... and, not answering, is disconnected after nop_timeout.
+    let mut buf = [0u8; 48];
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "still connected");
+    assert!(t0.elapsed() < Duration::from_secs(8));
 }
