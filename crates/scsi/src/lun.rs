@@ -20,7 +20,7 @@ static NEXT_UID: AtomicU64 = AtomicU64::new(1);
 /// Vendor identification reported by INQUIRY (8 bytes).
 pub const VENDOR_ID: &[u8; 8] = b"RSPDK   ";
 /// Largest transfer in bytes a single READ/WRITE may ask for.
-pub const MAX_TRANSFER_BYTES: u64 = 8 << 20;
+pub const MAX_TRANSFER_BYTES: u64 = 32 << 20;
 /// Largest COMPARE AND WRITE, in blocks.
 pub const MAX_CAW_BLOCKS: u8 = 255;
 /// Largest UNMAP / WRITE SAME range, in blocks.
@@ -378,7 +378,7 @@ impl ScsiLun {
                 0xb0 => {
                     let bs = u64::from(bdev.block_size().max(1));
                     let mut p = [0u8; 0x3c];
-                    p[0] = 0x01; // WSNZ: WRITE SAME with 0 blocks is rejected
+                    // WSNZ = 0: WRITE SAME with 0 blocks runs to the end of the medium.
                     p[1] = MAX_CAW_BLOCKS;
                     p[2..4].copy_from_slice(&1u16.to_be_bytes());
                     let max = (MAX_TRANSFER_BYTES / bs) as u32;
@@ -389,7 +389,7 @@ impl ScsiLun {
                         p[20..24].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
                         p[24..28].copy_from_slice(&1u32.to_be_bytes());
                     }
-                    p[32..40].copy_from_slice(&u64::from(max.min(MAX_UNMAP_BLOCKS)).to_be_bytes());
+                    // MAXIMUM WRITE SAME LENGTH 0: no limit (written in chunks).
                     // WRITE ATOMIC(16): up to the maximum transfer length,
                     // any alignment and granularity, no atomic boundary.
                     p[40..44].copy_from_slice(&max.min(0xffff).to_be_bytes());
@@ -724,11 +724,17 @@ impl ScsiLun {
         if flags & 0xe0 != 0 || flags & 0x10 != 0 || (ten && flags & 0x01 != 0) {
             return done(check(Sense::INVALID_FIELD_IN_CDB)); // WRPROTECT, ANCHOR, obsolete bit
         }
-        let max_ws = (MAX_TRANSFER_BYTES / u64::from(desc.bdev().block_size().max(1)))
-            .min(u64::from(MAX_UNMAP_BLOCKS));
-        if n == 0 || n > max_ws {
-            return done(check(Sense::INVALID_FIELD_IN_CDB));
+        let nb = desc.bdev().num_blocks();
+        if n == 0 {
+            // To the end of the medium (WSNZ is 0).
+            if lba > nb {
+                return done(check(Sense::LBA_OUT_OF_RANGE));
+            }
+            if lba == nb {
+                return done(good(Vec::new()));
+            }
         }
+        let n = if n == 0 { nb - lba } else { n };
         if let Err(r) = range_ok(desc, lba, n) {
             return done(r);
         }
@@ -742,7 +748,8 @@ impl ScsiLun {
         };
         let zero = block.iter().all(|&b| b == 0);
         let mut ops = Vec::new();
-        if zero && unmap && self.thin(desc) && self.lbprz(desc) {
+        if unmap && self.thin(desc) {
+            // UNMAP set: deallocate (the data-out block is not written).
             ops.push(Op::NoData(IoType::Unmap, lba, n));
         } else if zero && desc.bdev().io_type_supported(IoType::WriteZeroes) {
             ops.push(Op::NoData(IoType::WriteZeroes, lba, n));
