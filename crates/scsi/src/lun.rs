@@ -439,6 +439,11 @@ impl ScsiLun {
         let mut d = vec![0u8; 32];
         d[0..8].copy_from_slice(&desc.bdev().num_blocks().saturating_sub(1).to_be_bytes());
         d[8..12].copy_from_slice(&desc.bdev().block_size().to_be_bytes());
+        // One logical block per physical block (LBPPBE 0): reporting 4 KiB
+        // physical blocks for 512 B LUNs would unskip five libiscsi tests
+        // but one of them (GetLBAStatus.UnmapSingle) then expects the first
+        // descriptor to start at the next physical block, not at the
+        // requested LBA as SBC-4 says.
         if self.thin(desc) {
             d[14] = 0x80 | if self.lbprz(desc) { 0x40 } else { 0 };
         }
@@ -739,6 +744,9 @@ impl ScsiLun {
             return done(r);
         }
         let bs = desc.bdev().block_size() as usize;
+        if !ndob && data.len() != bs {
+            return done(check(Sense::INVALID_FIELD_IN_CDB));
+        }
         let block: Vec<u8> = if ndob {
             vec![0u8; bs]
         } else {
@@ -798,6 +806,10 @@ impl ScsiLun {
             return done(r);
         }
         let len = (n * u64::from(desc.bdev().block_size())) as usize;
+        if data.len() != 2 * len {
+            // The Data-Out must hold exactly the verify and write data.
+            return done(check(Sense::INVALID_FIELD_IN_CDB));
+        }
         let mut cmp = data.get(..len).unwrap_or(&[]).to_vec();
         cmp.resize(len, 0);
         let mut wr = data.get(len..).unwrap_or(&[]).to_vec();
