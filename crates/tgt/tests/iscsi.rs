@@ -542,3 +542,63 @@ fn nop_in_keepalive() {
     assert_eq!(n, 0, "still connected");
     assert!(t0.elapsed() < Duration::from_secs(8));
 }
+
+/// Random and mutated PDUs on a logged-in connection: the target may reject
+/// or drop that connection, but never crashes or stops serving others.
+#[test]
+fn random_pdus_after_login() {
+    let t = start(512);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..20 {
+        let mut s = TcpStream::connect(("127.0.0.1", t.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        s.write_all(&login_pdu(&format!(
+            "InitiatorName=iqn.2026-01.io.rspdk:fuzz{round};SessionType=Normal;TargetName={IQN}"
+        )))
+        .unwrap();
+        let mut wire = Vec::new();
+        for _ in 0..200 {
+            let mut b = vec![0u8; 48];
+            for x in b.iter_mut() {
+                *x = rnd() as u8;
+            }
+            // Mostly plausible headers: a real opcode, no AHS, short data.
+            let ops = [0x00u8, 0x01, 0x02, 0x04, 0x05, 0x06, 0x10, 0x1c];
+            b[0] = ops[(rnd() % ops.len() as u64) as usize] | (rnd() as u8 & 0x40);
+            b[4] = if rnd() % 8 == 0 { 1 } else { 0 };
+            let dsl = (rnd() % 80) as usize;
+            b[5] = 0;
+            b[6] = 0;
+            b[7] = dsl as u8;
+            wire.extend_from_slice(&b);
+            for _ in 0..(dsl + b[4] as usize * 4).div_ceil(4) * 4 {
+                wire.push(rnd() as u8);
+            }
+        }
+        let _ = s.write_all(&wire);
+        let mut sink = [0u8; 65536];
+        while let Ok(n) = s.read(&mut sink) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    // Still serving.
+    assert_eq!(
+        login_status(
+            t.port,
+            &login_pdu(&format!(
+                "InitiatorName=iqn.2026-01.io.rspdk:after;SessionType=Normal;TargetName={IQN}"
+            ))
+        ),
+        Some((0, 0))
+    );
+    assert!(ok(&t.sock, "iscsi_get_target_nodes", None)[0]["name"] == json!(IQN));
+}
