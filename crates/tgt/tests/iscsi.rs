@@ -590,15 +590,17 @@ fn random_pdus_after_login() {
             }
         }
     }
-    // Still serving.
-    assert_eq!(
-        login_status(
-            t.port,
-            &login_pdu(&format!(
-                "InitiatorName=iqn.2026-01.io.rspdk:after;SessionType=Normal;TargetName={IQN}"
-            ))
-        ),
-        Some((0, 0))
-    );
+    // Still serving, on every poll group (connections go round robin).
+    for i in 0..4 {
+        assert_eq!(
+            login_status(
+                t.port,
+                &login_pdu(&format!(
+                    "InitiatorName=iqn.2026-01.io.rspdk:after{i};SessionType=Normal;TargetName={IQN}"
+                ))
+            ),
+            Some((0, 0))
+        );
+    }
     assert!(ok(&t.sock, "iscsi_get_target_nodes", None)[0]["name"] == json!(IQN));
 }
