@@ -120,7 +120,9 @@ fn every_framework_method_answers_with_spdk_shape() {
         ok(s, "framework_get_subsystems", None),
         json!([
             {"subsystem": "bdev", "depends_on": []},
-            {"subsystem": "nvmf", "depends_on": ["bdev"]}
+            {"subsystem": "nvmf", "depends_on": ["bdev"]},
+            {"subsystem": "scsi", "depends_on": []},
+            {"subsystem": "iscsi", "depends_on": ["bdev", "scsi"]}
         ])
     );
     // The embedded default config made Malloc0; save_config writes it back.

@@ -451,6 +451,83 @@ fn method_table() -> Vec<MethodSpec> {
         method("bdev_split_delete", "Delete split config with all created splits.")
             .pos("base_bdev", Str, "base bdev name")
             .output(Nothing),
+        method("iscsi_set_options", "Set options of iSCSI subsystem")
+            .opt(Some('f'), "auth-file", Str, "Path to CHAP shared secret file")
+            .opt(Some('b'), "node-base", Str, "Prefix of the name of iSCSI target node")
+            .opt(Some('o'), "nop-timeout", Int, "Timeout in seconds to nop-in request to the initiator")
+            .opt(Some('n'), "nop-in-interval", Int, "Time interval in secs between nop-in requests by the target")
+            .opt(Some('d'), "disable-chap", Flag, "CHAP for discovery session should be disabled.")
+            .opt(Some('r'), "require-chap", Flag, "CHAP for discovery session should be required.")
+            .opt(Some('m'), "mutual-chap", Flag, "CHAP for discovery session should be mutual.")
+            .opt(Some('g'), "chap-group", Int, "Authentication group ID for discovery session.")
+            .opt(Some('a'), "max-sessions", Int, "Maximum number of sessions in the host.")
+            .opt(Some('q'), "max-queue-depth", Int, "Max number of outstanding I/Os per queue.")
+            .opt(Some('c'), "max-connections-per-session", Int, "Negotiated parameter, MaxConnections.")
+            .opt(Some('w'), "default-time2wait", Int, "Negotiated parameter, DefaultTime2Wait.")
+            .opt(Some('v'), "default-time2retain", Int, "Negotiated parameter, DefaultTime2Retain.")
+            .opt(Some('s'), "first-burst-length", Int, "Negotiated parameter, FirstBurstLength.")
+            .opt(Some('i'), "immediate-data", Flag, "Negotiated parameter, ImmediateData.")
+            .opt(Some('l'), "error-recovery-level", Int, "Negotiated parameter, ErrorRecoveryLevel")
+            .opt(Some('p'), "allow-duplicated-isid", Flag, "Allow duplicated initiator session ID.")
+            .opt(Some('x'), "max-large-datain-per-connection", Int, "Max number of outstanding split read I/Os per connection")
+            .opt(Some('k'), "max-r2t-per-connection", Int, "Max number of outstanding R2Ts per connection")
+            .opt(Some('u'), "pdu-pool-size", Int, "Number of PDUs in the pool")
+            .opt(Some('j'), "immediate-data-pool-size", Int, "Number of immediate data buffers in the pool")
+            .opt(Some('z'), "data-out-pool-size", Int, "Number of data out buffers in the pool")
+            .output(Nothing),
+        method("iscsi_get_options", "Display iSCSI global parameters"),
+        method("iscsi_set_discovery_auth", "Set CHAP authentication for discovery session.")
+            .opt(Some('d'), "disable-chap", Flag, "CHAP for discovery session should be disabled.")
+            .opt(Some('r'), "require-chap", Flag, "CHAP for discovery session should be required.")
+            .opt(Some('m'), "mutual-chap", Flag, "CHAP for discovery session should be mutual.")
+            .opt(Some('g'), "chap-group", Int, "Authentication group ID for discovery session.")
+            .output(Nothing),
+        method("iscsi_create_portal_group", "Add a portal group")
+            .pos("tag", Int, "Portal group tag (unique, integer > 0)")
+            .pos("portal_list", Str, "List of portals in host:port format, separated by whitespace")
+            .opt(Some('p'), "private", Flag, "Public (false) or private (true) portal group.")
+            .opt(Some('w'), "wait", Flag, "Do not listening on portals until it is started explicitly.")
+            .output(Nothing)
+            .runner(run_iscsi_create_portal_group),
+        method("iscsi_delete_portal_group", "Delete a portal group")
+            .pos("tag", Int, "Portal group tag (unique, integer > 0)")
+            .output(Nothing),
+        method("iscsi_get_portal_groups", "Display current portal group configuration"),
+        method("iscsi_create_initiator_group", "Add an initiator group")
+            .pos("tag", Int, "Initiator group tag (unique, integer > 0)")
+            .pos("initiator_list", Str, "Whitespace-separated list of initiator hostnames or IP addresses, enclosed in quotes.  Example: 'ANY' or 'iqn.2016-06.io.spdk:host1 iqn.2016-06.io.spdk:host2'")
+            .pos("netmask_list", Str, "Whitespace-separated list of initiator netmasks enclosed in quotes.  Example: '255.255.0.0 255.248.0.0' etc")
+            .output(Nothing)
+            .runner(run_iscsi_create_initiator_group),
+        method("iscsi_delete_initiator_group", "Delete an initiator group")
+            .pos("tag", Int, "Initiator group tag (unique, integer > 0)")
+            .output(Nothing),
+        method("iscsi_get_initiator_groups", "Display current initiator group configuration"),
+        method("iscsi_create_target_node", "Add a target node")
+            .pos("name", Str, "Target node name (ASCII)")
+            .pos("alias_name", Str, "Target node alias name (ASCII)")
+            .pos("bdev_name_id_pairs", Str, "Whitespace-separated list of <bdev name:LUN ID> pairs enclosed in quotes.")
+            .pos("pg_ig_mappings", Str, "List of (Portal_Group_Tag:Initiator_Group_Tag) mappings Whitespace separated, quoted, mapping defined with colon separated list of tags")
+            .pos("queue_depth", Int, "Desired target queue depth")
+            .opt(Some('g'), "chap-group", Int, "Authentication group ID for this target node.")
+            .opt(Some('d'), "disable-chap", Flag, "CHAP authentication should be disabled for this target node.")
+            .opt(Some('r'), "require-chap", Flag, "CHAP authentication should be required for this target node.")
+            .opt(Some('m'), "mutual-chap", Flag, "CHAP authentication should be mutual/bidirectional.")
+            .opt(Some('H'), "header-digest", Flag, "Header Digest should be required for this target node.")
+            .opt(Some('D'), "data-digest", Flag, "Data Digest should be required for this target node.")
+            .output(Nothing)
+            .runner(run_iscsi_create_target_node),
+        method("iscsi_target_node_add_lun", "Add LUN to the target node")
+            .pos("name", Str, "Target node name (ASCII)")
+            .pos("bdev_name", Str, "bdev name enclosed in quotes.")
+            .opt(Some('i'), "lun-id", Int, "LUN ID (integer >= 0)")
+            .output(Nothing),
+        method("iscsi_delete_target_node", "Delete a target node")
+            .pos("target_node_name", Str, "Target node name to be deleted. Example: iqn.2016-06.io.spdk:disk1.")
+            .output(Nothing)
+            .runner(run_iscsi_delete_target_node),
+        method("iscsi_get_target_nodes", "Display target nodes"),
+        method("iscsi_get_connections", "Display iSCSI connections"),
         method("call", "Call any RPC method with raw JSON params (rspdk extension)")
             .pos("method", Str, "RPC method name")
             .arg(ArgSpec {
@@ -837,6 +914,94 @@ fn run_size_to_blocks(
     let result = ctx.call(method, params)?;
     ctx.print(Output::JsonUnquoted, &result);
     Ok(())
+}
+
+fn words(params: &Map<String, Value>, key: &str) -> Vec<String> {
+    params
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+fn run_iscsi_create_portal_group(
+    ctx: &mut Ctx,
+    _: &ArgMatches,
+    mut params: Map<String, Value>,
+) -> Result<(), CliError> {
+    let mut portals = Vec::new();
+    for p in words(&params, "portal_list") {
+        let (host, port) = match p.rsplit_once(':') {
+            Some((h, port)) => (h.to_string(), port.to_string()),
+            None => (p.clone(), "3260".to_string()),
+        };
+        portals.push(json!({"host": host, "port": port}));
+    }
+    params.remove("portal_list");
+    params.insert("portals".into(), Value::Array(portals));
+    ctx.call("iscsi_create_portal_group", params).map(|_| ())
+}
+
+fn run_iscsi_create_initiator_group(
+    ctx: &mut Ctx,
+    _: &ArgMatches,
+    mut params: Map<String, Value>,
+) -> Result<(), CliError> {
+    let initiators = words(&params, "initiator_list");
+    let netmasks = words(&params, "netmask_list");
+    params.remove("initiator_list");
+    params.remove("netmask_list");
+    params.insert("initiators".into(), json!(initiators));
+    params.insert("netmasks".into(), json!(netmasks));
+    ctx.call("iscsi_create_initiator_group", params).map(|_| ())
+}
+
+fn run_iscsi_create_target_node(
+    ctx: &mut Ctx,
+    _: &ArgMatches,
+    mut params: Map<String, Value>,
+) -> Result<(), CliError> {
+    let mut luns = Vec::new();
+    for pair in words(&params, "bdev_name_id_pairs") {
+        let (bdev, id) = pair
+            .rsplit_once(':')
+            .ok_or_else(|| CliError::Message(format!("'{pair}' is not <bdev name:LUN ID>")))?;
+        let id: i64 = id
+            .parse()
+            .map_err(|_| CliError::Message(format!("bad LUN ID in '{pair}'")))?;
+        luns.push(json!({"bdev_name": bdev, "lun_id": id}));
+    }
+    let mut maps = Vec::new();
+    for m in words(&params, "pg_ig_mappings") {
+        let (pg, ig) = m
+            .split_once(':')
+            .ok_or_else(|| CliError::Message(format!("'{m}' is not <pg tag:ig tag>")))?;
+        let pg: i64 = pg
+            .parse()
+            .map_err(|_| CliError::Message(format!("bad portal group tag in '{m}'")))?;
+        let ig: i64 = ig
+            .parse()
+            .map_err(|_| CliError::Message(format!("bad initiator group tag in '{m}'")))?;
+        maps.push(json!({"pg_tag": pg, "ig_tag": ig}));
+    }
+    params.remove("bdev_name_id_pairs");
+    params.remove("pg_ig_mappings");
+    params.insert("luns".into(), Value::Array(luns));
+    params.insert("pg_ig_maps".into(), Value::Array(maps));
+    ctx.call("iscsi_create_target_node", params).map(|_| ())
+}
+
+fn run_iscsi_delete_target_node(
+    ctx: &mut Ctx,
+    _: &ArgMatches,
+    mut params: Map<String, Value>,
+) -> Result<(), CliError> {
+    if let Some(n) = params.remove("target_node_name") {
+        params.insert("name".into(), n);
+    }
+    ctx.call("iscsi_delete_target_node", params).map(|_| ())
 }
 
 fn run_raw_call(

@@ -12,6 +12,7 @@ use clap::Parser;
 use rspdk_bdev::BdevSubsystem;
 use rspdk_event::{App, AppOpts};
 use rspdk_nvmf::NvmfSubsystem;
+use rspdk_iscsi::{IscsiSubsystem, ScsiSubsystem};
 
 /// The embedded default config, applied when no `-c` is given: a 64 MiB
 /// malloc bdev exported over NVMe/TCP on 127.0.0.1:4420 as
@@ -57,6 +58,8 @@ fn main() -> ExitCode {
         .name("rspdk_tgt")
         .subsystem(BdevSubsystem)
         .subsystem(NvmfSubsystem)
+        .subsystem(ScsiSubsystem)
+        .subsystem(IscsiSubsystem::default())
         .default_config(default)
         .run(|ctx| {
             tracing::info!(

@@ -1,0 +1,1294 @@
+//! iSCSI connections: login, full feature phase, SCSI command flow with
+//! R2T/Data-Out and Data-In sequencing, task management, logout. Each
+//! connection lives on one poll group thread and is polled there (never
+//! blocking: non-blocking sockets).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rspdk_scsi::{decode_lun, ScsiCommand, ScsiResult};
+use serde::Serialize;
+
+use crate::pdu::{op, reject, Bhs, Parsed, Pdu, BHS_LEN};
+use crate::target::{with_registry, TargetNode};
+use crate::text::{emit_text, negotiate, parse_text, Params, TargetLimits};
+use crate::IscsiError;
+
+/// Largest data segment accepted during login (RFC 7143 6.1).
+const LOGIN_MAX_DATA: usize = 8192;
+const NO_TAG: u32 = 0xffff_ffff;
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+static NEXT_TSIH: AtomicU16 = AtomicU16::new(1);
+
+/// `iscsi_get_connections` entry (SPDK's field names).
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnInfo {
+    /// Connection id.
+    pub id: u64,
+    /// CID.
+    pub cid: u16,
+    /// TSIH.
+    pub tsih: u16,
+    /// Thread id.
+    pub lcore_id: u32,
+    /// Initiator address.
+    pub initiator_addr: String,
+    /// Target address.
+    pub target_addr: String,
+    /// Target node name.
+    pub target_node_name: String,
+    /// Thread name.
+    pub thread_name: String,
+    /// Initiator name.
+    pub initiator_name: String,
+    /// ISID, hex.
+    pub isid: String,
+}
+
+struct SessionEntry {
+    initiator: String,
+    isid: [u8; 6],
+    target: String,
+    kill: Arc<AtomicBool>,
+    info: Option<ConnInfo>,
+}
+
+static SESSIONS: Mutex<Vec<(u64, SessionEntry)>> = Mutex::new(Vec::new());
+
+fn sessions() -> std::sync::MutexGuard<'static, Vec<(u64, SessionEntry)>> {
+    SESSIONS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Connections, for `iscsi_get_connections`.
+pub fn connections() -> Vec<ConnInfo> {
+    sessions()
+        .iter()
+        .filter_map(|(_, s)| s.info.clone())
+        .collect()
+}
+
+/// Asks every connection of `target` to close (target deletion).
+pub fn kill_target_sessions(target: &str) {
+    for (_, s) in sessions().iter() {
+        if s.target == target {
+            s.kill.store(true, Ordering::Release);
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum State {
+    Login,
+    FullFeature,
+    /// Flush the output, then close.
+    Closing,
+    Closed,
+}
+
+struct Task {
+    lun: u64,
+    cdb: Vec<u8>,
+    edtl: u32,
+    read: bool,
+    write: bool,
+    data: Vec<u8>,
+    received: u32,
+    next_r2t_offset: u32,
+    /// Outstanding R2Ts: (ttt, offset, len, next expected DataSN).
+    r2ts: Vec<(u32, u32, u32, u32)>,
+    r2t_sn: u32,
+    unsol_data_sn: u32,
+    unsolicited_left: u32,
+    executing: bool,
+    aborted: bool,
+}
+
+struct Session {
+    discovery: bool,
+    target: Option<Arc<TargetNode>>,
+    tsih: u16,
+    nexus: String,
+}
+
+/// One connection.
+pub struct Conn {
+    id: u64,
+    sock: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    pg_tag: u32,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    out_pos: usize,
+    state: State,
+    params: Params,
+    limits: TargetLimits,
+    hd: bool,
+    dd: bool,
+    // Login.
+    login_keys: Vec<(String, String)>,
+    login_started: bool,
+    initiator_name: String,
+    session_type_discovery: bool,
+    target: Option<Arc<TargetNode>>,
+    cid: u16,
+    isid: [u8; 6],
+    session: Option<Session>,
+    stat_sn: u32,
+    exp_cmd_sn: u32,
+    queue_depth: u32,
+    tasks: HashMap<u32, Task>,
+    ttt_to_itt: HashMap<u32, u32>,
+    next_ttt: u32,
+    completions: Rc<RefCell<VecDeque<(u32, ScsiResult)>>>,
+    kill: Arc<AtomicBool>,
+    registered: bool,
+    thread_name: String,
+    /// Receive scratch buffer (allocated once, not zeroed per poll).
+    scratch: Box<[u8]>,
+    chap: Chap,
+    chap_keys: Vec<(String, String)>,
+    auth_done: bool,
+    /// When the initiator last sent anything (ns).
+    last_rx_ns: u64,
+    /// Outstanding target NOP-In ping: (TTT, sent at ns).
+    ping: Option<(u32, u64)>,
+    /// NOP-In interval and timeout (ns), from the options.
+    nop_interval_ns: u64,
+    nop_timeout_ns: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Chap {
+    Off,
+    WaitA,
+    WaitR { id: u8, challenge: Vec<u8> },
+}
+
+fn be24(n: usize) -> [u8; 3] {
+    let b = (n as u32).to_be_bytes();
+    [b[1], b[2], b[3]]
+}
+
+impl Conn {
+    /// A new connection accepted on portal group `pg_tag`.
+    pub fn new(sock: TcpStream, pg_tag: u32) -> Result<Conn, IscsiError> {
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |source| IscsiError::Io { what, source }
+        };
+        sock.set_nonblocking(true).map_err(io("set_nonblocking"))?;
+        let _ = sock.set_nodelay(true);
+        let peer = sock.peer_addr().map_err(io("peer_addr"))?;
+        let local = sock.local_addr().map_err(io("local_addr"))?;
+        let (limits, nop) = with_registry(|r| {
+            (
+                r.options.limits(),
+                (r.options.nop_in_interval, r.options.nop_timeout),
+            )
+        });
+        Ok(Conn {
+            id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+            sock,
+            peer,
+            local,
+            pg_tag,
+            inbuf: Vec::with_capacity(64 * 1024),
+            outbuf: Vec::with_capacity(64 * 1024),
+            out_pos: 0,
+            state: State::Login,
+            params: Params::rfc_defaults(),
+            limits,
+            hd: false,
+            dd: false,
+            login_keys: Vec::new(),
+            login_started: false,
+            initiator_name: String::new(),
+            session_type_discovery: false,
+            target: None,
+            cid: 0,
+            isid: [0; 6],
+            session: None,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            queue_depth: 64,
+            tasks: HashMap::new(),
+            ttt_to_itt: HashMap::new(),
+            next_ttt: 1,
+            completions: Rc::new(RefCell::new(VecDeque::new())),
+            kill: Arc::new(AtomicBool::new(false)),
+            registered: false,
+            scratch: vec![0u8; 65536].into_boxed_slice(),
+            chap: Chap::Off,
+            chap_keys: Vec::new(),
+            auth_done: false,
+            last_rx_ns: rspdk_thread::now_ns(),
+            ping: None,
+            nop_interval_ns: u64::from(nop.0) * 1_000_000_000,
+            nop_timeout_ns: u64::from(nop.1) * 1_000_000_000,
+            thread_name: rspdk_thread::get_thread()
+                .map(|t| t.name().to_string())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// True once the connection is finished and can be dropped.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Reads, handles PDUs and completions, writes. Returns true if it did work.
+    pub fn poll(&mut self) -> bool {
+        if self.state == State::Closed {
+            return false;
+        }
+        if self.kill.load(Ordering::Acquire) && self.state != State::Closing {
+            self.close();
+            return true;
+        }
+        let mut busy = false;
+        if self.state != State::Closing {
+            let got = self.read_socket();
+            busy |= got;
+            busy |= self.process_input();
+            self.keepalive(got);
+        }
+        busy |= self.drain_completions();
+        busy |= self.flush();
+        if self.state == State::Closing && self.out_pos >= self.outbuf.len() {
+            self.close();
+        }
+        busy
+    }
+
+    /// NOP-In keep-alive: ping an idle initiator every `nop_in_interval`
+    /// seconds; close the connection if nothing arrives within `nop_timeout`.
+    fn keepalive(&mut self, got_input: bool) {
+        if self.state != State::FullFeature || self.nop_interval_ns == 0 {
+            return;
+        }
+        let now = rspdk_thread::now_ns();
+        if got_input {
+            self.last_rx_ns = now;
+            self.ping = None;
+            return;
+        }
+        match self.ping {
+            Some((_, sent))
+                if self.nop_timeout_ns > 0 && now.saturating_sub(sent) > self.nop_timeout_ns =>
+            {
+                tracing::warn!(peer = %self.peer, "no answer to NOP-In: closing the connection");
+                self.close();
+            }
+            Some(_) => {}
+            None if now.saturating_sub(self.last_rx_ns) > self.nop_interval_ns => {
+                let ttt = self.next_ttt;
+                self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
+                let mut b = Bhs::new(op::NOP_IN, 0x80);
+                b.set_itt(NO_TAG);
+                b.set_u32(20, ttt);
+                self.set_sns(&mut b, false);
+                self.send(&Pdu::new(b, Vec::new()));
+                self.ping = Some((ttt, now));
+            }
+            None => {}
+        }
+    }
+
+    fn read_socket(&mut self) -> bool {
+        let mut busy = false;
+        for _ in 0..8 {
+            let buf = &mut self.scratch;
+            match self.sock.read(buf) {
+                Ok(0) => {
+                    self.close();
+                    return true;
+                }
+                Ok(n) => {
+                    busy = true;
+                    self.inbuf.extend_from_slice(&buf[..n]);
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.close();
+                    return true;
+                }
+            }
+        }
+        busy
+    }
+
+    fn flush(&mut self) -> bool {
+        let mut busy = false;
+        while self.out_pos < self.outbuf.len() {
+            match self.sock.write(&self.outbuf[self.out_pos..]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.out_pos += n;
+                    busy = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.close();
+                    return true;
+                }
+            }
+        }
+        if self.out_pos >= self.outbuf.len() {
+            self.outbuf.clear();
+            self.out_pos = 0;
+        }
+        busy
+    }
+
+    fn close(&mut self) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.state = State::Closed;
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        if let Some(s) = &self.session {
+            if let Some(t) = &s.target {
+                t.dev.release_nexus(&s.nexus);
+            }
+        }
+        self.tasks.clear();
+        if self.registered {
+            sessions().retain(|(id, _)| *id != self.id);
+        }
+    }
+
+    fn send(&mut self, pdu: &Pdu) {
+        pdu.emit(&mut self.outbuf, self.hd, self.dd);
+    }
+
+    fn max_cmd_sn(&self) -> u32 {
+        self.exp_cmd_sn
+            .wrapping_add(self.queue_depth)
+            .wrapping_sub(1)
+    }
+
+    fn set_sns(&self, b: &mut Bhs, advance_stat: bool) -> u32 {
+        b.set_u32(24, self.stat_sn);
+        b.set_u32(28, self.exp_cmd_sn);
+        b.set_u32(32, self.max_cmd_sn());
+        let s = self.stat_sn;
+        let _ = advance_stat;
+        s
+    }
+
+    fn next_stat_sn(&mut self, b: &mut Bhs) {
+        self.set_sns(b, true);
+        self.stat_sn = self.stat_sn.wrapping_add(1);
+    }
+
+    fn send_reject(&mut self, reason: u8, bad: &Bhs) {
+        let mut b = Bhs::new(op::REJECT, 0x80);
+        b.0[2] = reason;
+        b.set_itt(NO_TAG);
+        self.next_stat_sn(&mut b);
+        self.send(&Pdu::new(b, bad.0.to_vec()));
+    }
+
+    fn process_input(&mut self) -> bool {
+        let mut busy = false;
+        let mut pos = 0;
+        while self.state == State::Login || self.state == State::FullFeature {
+            let max = if self.state == State::Login {
+                LOGIN_MAX_DATA
+            } else {
+                self.limits.max_recv_data_segment_length as usize
+            };
+            match Pdu::parse(&self.inbuf[pos..], self.hd, self.dd, max) {
+                Ok(Parsed::Incomplete(_)) => break,
+                Ok(Parsed::Pdu(p, n)) => {
+                    pos += n;
+                    busy = true;
+                    self.handle(p);
+                }
+                Err(IscsiError::DataDigest { .. }) => {
+                    // Skip the PDU, reject it, go on (ERL 0 lets the task time out).
+                    let mut bhs = Bhs::default();
+                    bhs.0.copy_from_slice(&self.inbuf[pos..pos + BHS_LEN]);
+                    let total = BHS_LEN
+                        + bhs.ahs_len()
+                        + if self.hd { 4 } else { 0 }
+                        + crate::pdu::pad4(bhs.data_len())
+                        + 4;
+                    pos += total;
+                    busy = true;
+                    self.send_reject(reject::DATA_DIGEST, &bhs);
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %self.peer, error = %e, "closing iSCSI connection");
+                    if let Some(hdr) = self.inbuf.get(pos..pos + BHS_LEN) {
+                        let mut bhs = Bhs::default();
+                        bhs.0.copy_from_slice(hdr);
+                        if self.state == State::FullFeature
+                            && !matches!(e, IscsiError::HeaderDigest)
+                        {
+                            self.send_reject(reject::PROTOCOL_ERROR, &bhs);
+                        }
+                    }
+                    self.state = State::Closing;
+                    pos = self.inbuf.len();
+                    break;
+                }
+            }
+        }
+        self.inbuf.drain(..pos.min(self.inbuf.len()));
+        busy
+    }
+
+    fn handle(&mut self, p: Pdu) {
+        let opc = p.bhs.opcode();
+        if self.state == State::Login {
+            if opc != op::LOGIN_REQ {
+                tracing::warn!(peer = %self.peer, opcode = opc, "non-login PDU during login");
+                self.state = State::Closing;
+                return;
+            }
+            return self.handle_login(p);
+        }
+        let discovery = self.session.as_ref().is_some_and(|s| s.discovery);
+        match opc {
+            op::NOP_OUT => self.handle_nop(p),
+            op::SCSI_CMD if !discovery => self.handle_scsi(p),
+            op::DATA_OUT if !discovery => self.handle_data_out(p),
+            op::TMF_REQ if !discovery => self.handle_tmf(p),
+            op::TEXT_REQ => self.handle_text(p),
+            op::LOGOUT_REQ => self.handle_logout(p),
+            op::LOGIN_REQ => {
+                self.send_reject(reject::PROTOCOL_ERROR, &p.bhs);
+            }
+            op::SNACK => self.send_reject(reject::PROTOCOL_ERROR, &p.bhs),
+            _ => self.send_reject(reject::NOT_SUPPORTED, &p.bhs),
+        }
+    }
+
+    /// CmdSN check for non-immediate commands: true to process.
+    fn accept_cmd_sn(&mut self, b: &Bhs) -> bool {
+        if b.immediate() {
+            return true;
+        }
+        let sn = b.sn24();
+        let d = sn.wrapping_sub(self.exp_cmd_sn);
+        if d == 0 {
+            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+            true
+        } else if d < self.queue_depth {
+            // Ahead of a gap: take it and move the window on.
+            self.exp_cmd_sn = sn.wrapping_add(1);
+            true
+        } else {
+            tracing::debug!(
+                cmd_sn = sn,
+                exp = self.exp_cmd_sn,
+                "CmdSN outside the window: dropped"
+            );
+            false
+        }
+    }
+
+    // ---- Login -----------------------------------------------------------
+
+    fn login_response(&mut self, req: &Bhs, flags: u8, class: u8, detail: u8, data: Vec<u8>) {
+        let mut b = Bhs::new(op::LOGIN_RESP, flags);
+        b.0[2] = 0;
+        b.0[3] = 0;
+        b.0[8..14].copy_from_slice(&req.0[8..14]);
+        let tsih = self.session.as_ref().map(|s| s.tsih).unwrap_or(0);
+        if flags & 0x83 == 0x83 {
+            b.set_u16(14, tsih);
+        } else {
+            b.set_u16(14, req.tsih());
+        }
+        b.set_itt(req.itt());
+        self.next_stat_sn(&mut b);
+        b.0[36] = class;
+        b.0[37] = detail;
+        self.send(&Pdu::new(b, data));
+        if class != 0 {
+            self.state = State::Closing;
+        }
+    }
+
+    fn handle_login(&mut self, p: Pdu) {
+        let b = p.bhs;
+        let flags = b.flags();
+        let transit = flags & 0x80 != 0;
+        let cont = flags & 0x40 != 0;
+        let csg = (flags >> 2) & 3;
+        let nsg = flags & 3;
+        if !self.login_started {
+            self.login_started = true;
+            self.stat_sn = b.sn28();
+            self.exp_cmd_sn = b.sn24();
+            self.cid = b.u16_at(20);
+            self.isid = b.isid();
+            if b.0[3] > 0 {
+                // Version-min above ours.
+                return self.login_response(&b, 0, 0x02, 0x05, Vec::new());
+            }
+            if b.tsih() != 0 {
+                // Adding a connection to a session: not supported (MaxConnections=1).
+                return self.login_response(&b, 0, 0x02, 0x0a, Vec::new());
+            }
+        }
+        self.exp_cmd_sn = b.sn24();
+        if (transit && cont)
+            || csg == 2
+            || (transit && (nsg == 2 || nsg <= csg && nsg != 3))
+            || csg == 3
+        {
+            return self.login_response(&b, 0, 0x02, 0x00, Vec::new());
+        }
+        let mut data = std::mem::take(&mut self.login_keys);
+        let kv = match parse_text(&p.data) {
+            Ok(kv) => kv,
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, error = %e, "bad login text");
+                return self.login_response(&b, 0, 0x02, 0x00, Vec::new());
+            }
+        };
+        if cont {
+            data.extend(kv);
+            self.login_keys = data;
+            let f = (csg << 2) | nsg;
+            return self.login_response(&b, f & 0x0c, 0, 0, Vec::new());
+        }
+        data.extend(kv);
+        let mut resp: Vec<(String, String)> = Vec::new();
+        // Identity keys.
+        for (k, v) in &data {
+            match k.as_str() {
+                "InitiatorName" => self.initiator_name = v.clone(),
+                "SessionType" => match v.as_str() {
+                    "Discovery" => self.session_type_discovery = true,
+                    "Normal" => self.session_type_discovery = false,
+                    _ => return self.login_response(&b, 0, 0x02, 0x00, Vec::new()),
+                },
+                "TargetName" => {
+                    let t = with_registry(|r| r.targets.get(v).cloned());
+                    match t {
+                        Some(t) => self.target = Some(t),
+                        None => return self.login_response(&b, 0, 0x02, 0x03, Vec::new()),
+                    }
+                }
+                _ => {}
+            }
+        }
+        if self.session.is_none() {
+            if self.initiator_name.is_empty() {
+                return self.login_response(&b, 0, 0x02, 0x07, Vec::new());
+            }
+            if !self.session_type_discovery {
+                let Some(t) = self.target.clone() else {
+                    return self.login_response(&b, 0, 0x02, 0x07, Vec::new());
+                };
+                let ok = with_registry(|r| {
+                    r.allowed(&t, self.pg_tag, &self.initiator_name, self.peer.ip())
+                });
+                if !ok {
+                    return self.login_response(&b, 0, 0x02, 0x02, Vec::new());
+                }
+                self.queue_depth = t.queue_depth.max(1);
+            }
+            let nexus = format!(
+                "{},i,0x{}",
+                self.initiator_name,
+                self.isid
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<String>()
+            );
+            self.session = Some(Session {
+                discovery: self.session_type_discovery,
+                target: self.target.clone(),
+                tsih: 0,
+                nexus,
+            });
+            if !self.session_type_discovery {
+                resp.push(("TargetPortalGroupTag".into(), self.pg_tag.to_string()));
+            }
+        }
+        let discovery = self.session_type_discovery;
+        for (k, v) in &data {
+            match k.as_str() {
+                "InitiatorName" | "SessionType" | "TargetName" | "InitiatorAlias" => {}
+                "AuthMethod" => {
+                    if csg != 0 {
+                        resp.push((k.clone(), "Reject".into()));
+                        continue;
+                    }
+                    let offers: Vec<&str> = v.split(',').collect();
+                    let (require, _, group) = self.auth_policy();
+                    if offers.contains(&"CHAP")
+                        && (require || (!offers.contains(&"None") && group != 0))
+                    {
+                        resp.push((k.clone(), "CHAP".into()));
+                        self.chap = Chap::WaitA;
+                    } else if !require && offers.contains(&"None") {
+                        resp.push((k.clone(), "None".into()));
+                        self.auth_done = true;
+                    } else {
+                        return self.login_response(&b, 0, 0x02, 0x01, Vec::new());
+                    }
+                }
+                "CHAP_A" if csg == 0 => {
+                    if self.chap != Chap::WaitA || !v.split(',').any(|a| a == "5") {
+                        return self.login_response(&b, 0, 0x02, 0x01, Vec::new());
+                    }
+                    let id = crate::chap::random_bytes(1)[0];
+                    let challenge = crate::chap::random_bytes(16);
+                    resp.push(("CHAP_A".into(), "5".into()));
+                    resp.push(("CHAP_I".into(), id.to_string()));
+                    resp.push(("CHAP_C".into(), crate::chap::to_hex(&challenge)));
+                    self.chap = Chap::WaitR { id, challenge };
+                }
+                "CHAP_N" | "CHAP_R" | "CHAP_I" | "CHAP_C" if csg == 0 => {
+                    self.chap_keys.push((k.clone(), v.clone()));
+                }
+                "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" => {
+                    resp.push((k.clone(), "Irrelevant".into()))
+                }
+                _ if csg == 0 => {
+                    // Operational keys in the security stage are negotiated too.
+                    if let Some(r) = negotiate(&mut self.params, &self.limits, discovery, k, v) {
+                        resp.push(r);
+                    }
+                }
+                _ => {
+                    if let Some(r) = negotiate(&mut self.params, &self.limits, discovery, k, v) {
+                        resp.push(r);
+                    }
+                }
+            }
+        }
+        if let Chap::WaitR { .. } = self.chap {
+            if self.chap_keys.iter().any(|(k, _)| k == "CHAP_R") {
+                match self.chap_verify() {
+                    Some(extra) => resp.extend(extra),
+                    None => return self.login_response(&b, 0, 0x02, 0x01, Vec::new()),
+                }
+            }
+        }
+        let (require, _, _) = self.auth_policy();
+        if require && !self.auth_done && csg == 1 {
+            // Authentication is required and did not happen.
+            return self.login_response(&b, 0, 0x02, 0x01, Vec::new());
+        }
+        let transit = transit && (csg != 0 || self.auth_done);
+        let mut out_flags = (csg << 2) | if transit { 0x80 | nsg } else { 0 };
+        if transit && nsg == 3 {
+            out_flags = 0x80 | (csg << 2) | 3;
+            // Session reinstatement: close older sessions of this initiator port.
+            let tsih = NEXT_TSIH.fetch_add(1, Ordering::Relaxed).max(1);
+            if let Some(s) = self.session.as_mut() {
+                s.tsih = tsih;
+            }
+            let target_name = self
+                .target
+                .as_ref()
+                .map(|t| t.name.clone())
+                .unwrap_or_default();
+            {
+                let mut all = sessions();
+                for (_, s) in all.iter() {
+                    if s.initiator == self.initiator_name
+                        && s.isid == self.isid
+                        && s.target == target_name
+                    {
+                        s.kill.store(true, Ordering::Release);
+                    }
+                }
+                all.push((
+                    self.id,
+                    SessionEntry {
+                        initiator: self.initiator_name.clone(),
+                        isid: self.isid,
+                        target: target_name.clone(),
+                        kill: self.kill.clone(),
+                        info: Some(ConnInfo {
+                            id: self.id,
+                            cid: self.cid,
+                            tsih,
+                            lcore_id: rspdk_event::current_cpu().unwrap_or(0),
+                            initiator_addr: self.peer.ip().to_string(),
+                            target_addr: self.local.ip().to_string(),
+                            target_node_name: target_name,
+                            thread_name: self.thread_name.clone(),
+                            initiator_name: self.initiator_name.clone(),
+                            isid: self.isid.iter().map(|x| format!("{x:02x}")).collect(),
+                        }),
+                    },
+                ));
+            }
+            self.registered = true;
+        }
+        let text = emit_text(&resp);
+        self.login_response(&b, out_flags, 0, 0, text);
+        if out_flags & 0x83 == 0x83 {
+            self.state = State::FullFeature;
+            self.hd = self.params.header_digest;
+            self.dd = self.params.data_digest;
+            tracing::info!(peer = %self.peer, initiator = %self.initiator_name,
+                target = ?self.target.as_ref().map(|t| &t.name), "iSCSI login complete");
+        }
+    }
+
+    /// (CHAP required, mutual CHAP required, auth group) for this login.
+    fn auth_policy(&self) -> (bool, bool, i32) {
+        if self.session_type_discovery {
+            with_registry(|r| {
+                let o = &r.options;
+                (
+                    o.require_chap && !o.disable_chap,
+                    o.mutual_chap,
+                    o.chap_group,
+                )
+            })
+        } else {
+            match &self.target {
+                Some(t) => {
+                    let g = if t.chap_group != 0 {
+                        t.chap_group
+                    } else {
+                        with_registry(|r| r.options.chap_group)
+                    };
+                    (t.require_chap && !t.disable_chap, t.mutual_chap, g)
+                }
+                None => (false, false, 0),
+            }
+        }
+    }
+
+    /// Checks the initiator's CHAP_N/CHAP_R; returns the keys to answer
+    /// (the target's own CHAP_N/CHAP_R for mutual CHAP), None on failure.
+    fn chap_verify(&mut self) -> Option<Vec<(String, String)>> {
+        let Chap::WaitR { id, challenge } = std::mem::replace(&mut self.chap, Chap::Off) else {
+            return None;
+        };
+        let get = |k: &str| {
+            self.chap_keys
+                .iter()
+                .rev()
+                .find(|(kk, _)| kk == k)
+                .map(|(_, v)| v.clone())
+        };
+        let name = get("CHAP_N")?;
+        let r = crate::chap::from_hex(&get("CHAP_R")?)?;
+        let (_, mutual, group) = self.auth_policy();
+        let secret = with_registry(|reg| {
+            reg.auth_groups
+                .get(&group)
+                .and_then(|g| g.secrets.iter().find(|s| s.user == name).cloned())
+        })?;
+        if crate::chap::response(id, secret.secret.as_bytes(), &challenge).as_slice()
+            != r.as_slice()
+        {
+            tracing::warn!(peer = %self.peer, user = %name, "CHAP response does not match");
+            return None;
+        }
+        let mut out = Vec::new();
+        let ci = get("CHAP_I");
+        let cc = get("CHAP_C");
+        if mutual || (ci.is_some() && cc.is_some()) {
+            let ci: u8 = ci?.parse().ok()?;
+            let cc = crate::chap::from_hex(&cc?)?;
+            if cc == challenge {
+                return None; // reflected challenge
+            }
+            let (muser, msecret) = (secret.muser.clone()?, secret.msecret.clone()?);
+            out.push(("CHAP_N".to_string(), muser));
+            out.push((
+                "CHAP_R".to_string(),
+                crate::chap::to_hex(&crate::chap::response(ci, msecret.as_bytes(), &cc)),
+            ));
+        }
+        self.auth_done = true;
+        Some(out)
+    }
+
+    // ---- Full feature phase ----------------------------------------------
+
+    fn handle_nop(&mut self, p: Pdu) {
+        if !self.accept_cmd_sn(&p.bhs) {
+            return;
+        }
+        if p.bhs.itt() == NO_TAG {
+            return; // a ping answer or no reply wanted
+        }
+        let mut b = Bhs::new(op::NOP_IN, 0x80);
+        b.set_lun(p.bhs.lun());
+        b.set_itt(p.bhs.itt());
+        b.set_u32(20, NO_TAG);
+        self.next_stat_sn(&mut b);
+        let mut data = p.data;
+        data.truncate(self.params.send_dsl as usize);
+        self.send(&Pdu::new(b, data));
+    }
+
+    fn handle_text(&mut self, p: Pdu) {
+        if !self.accept_cmd_sn(&p.bhs) {
+            return;
+        }
+        let kv = parse_text(&p.data).unwrap_or_default();
+        let mut resp = Vec::new();
+        let ip = self.peer.ip();
+        for (k, v) in &kv {
+            if k == "SendTargets" {
+                let only = match v.as_str() {
+                    "All" => None,
+                    "" => self.target.as_ref().map(|t| t.name.clone()),
+                    name => Some(name.to_string()),
+                };
+                if v == "All" && !self.session_type_discovery {
+                    // Normal sessions may only ask for their own target.
+                }
+                let init = self.initiator_name.clone();
+                resp.extend(with_registry(|r| {
+                    r.send_targets(self.pg_tag, &init, ip, self.local, only.as_deref())
+                }));
+            } else {
+                let discovery = self.session_type_discovery;
+                if let Some(r) = negotiate(&mut self.params, &self.limits, discovery, k, v) {
+                    resp.push(r);
+                }
+            }
+        }
+        let mut b = Bhs::new(op::TEXT_RESP, 0x80);
+        b.set_lun(p.bhs.lun());
+        b.set_itt(p.bhs.itt());
+        b.set_u32(20, NO_TAG);
+        self.next_stat_sn(&mut b);
+        self.send(&Pdu::new(b, emit_text(&resp)));
+    }
+
+    fn handle_logout(&mut self, p: Pdu) {
+        if !self.accept_cmd_sn(&p.bhs) {
+            return;
+        }
+        let mut b = Bhs::new(op::LOGOUT_RESP, 0x80);
+        b.set_itt(p.bhs.itt());
+        b.0[2] = 0;
+        self.next_stat_sn(&mut b);
+        self.send(&Pdu::new(b, Vec::new()));
+        self.state = State::Closing;
+    }
+
+    fn handle_tmf(&mut self, p: Pdu) {
+        if !self.accept_cmd_sn(&p.bhs) {
+            return;
+        }
+        let func = p.bhs.flags() & 0x7f;
+        let lun = decode_lun(p.bhs.lun());
+        let rtt = p.bhs.ttt();
+        let target = self.target.clone();
+        let lun_exists = target.as_ref().and_then(|t| t.dev.lun(lun)).is_some();
+        let response = match func {
+            1 => {
+                // ABORT TASK
+                match self.tasks.get_mut(&rtt) {
+                    Some(t) if t.lun == lun => {
+                        if t.executing {
+                            t.aborted = true;
+                        } else {
+                            self.tasks.remove(&rtt);
+                            self.ttt_to_itt.retain(|_, itt| *itt != rtt);
+                        }
+                        0
+                    }
+                    _ => {
+                        let ref_sn = p.bhs.u32_at(32);
+                        // Not found: complete if it was never received, else "does not exist".
+                        if ref_sn.wrapping_sub(self.exp_cmd_sn) < 0x8000_0000 {
+                            0
+                        } else {
+                            1
+                        }
+                    }
+                }
+            }
+            2 | 4 | 5 => {
+                // ABORT TASK SET, CLEAR TASK SET, LOGICAL UNIT RESET
+                if !lun_exists {
+                    2
+                } else {
+                    self.abort_tasks(Some(lun));
+                    if func == 5 {
+                        if let Some(l) = target.as_ref().and_then(|t| t.dev.lun(lun)) {
+                            l.reset();
+                        }
+                    }
+                    0
+                }
+            }
+            6 | 7 => {
+                self.abort_tasks(None);
+                if let Some(t) = &target {
+                    for (id, _) in t.dev.luns() {
+                        if let Some(l) = t.dev.lun(id) {
+                            l.reset();
+                        }
+                    }
+                }
+                0
+            }
+            3 | 8 => 5,
+            _ => 255,
+        };
+        let mut b = Bhs::new(op::TMF_RESP, 0x80);
+        b.0[2] = response;
+        b.set_itt(p.bhs.itt());
+        self.next_stat_sn(&mut b);
+        self.send(&Pdu::new(b, Vec::new()));
+        if func == 7 && response == 0 {
+            self.state = State::Closing;
+        }
+    }
+
+    fn abort_tasks(&mut self, lun: Option<u64>) {
+        let mut gone = Vec::new();
+        for (itt, t) in self.tasks.iter_mut() {
+            if lun.is_none_or(|l| l == t.lun) {
+                if t.executing {
+                    t.aborted = true;
+                } else {
+                    gone.push(*itt);
+                }
+            }
+        }
+        for itt in gone {
+            self.tasks.remove(&itt);
+            self.ttt_to_itt.retain(|_, i| *i != itt);
+        }
+    }
+
+    fn handle_scsi(&mut self, p: Pdu) {
+        let b = p.bhs;
+        if !self.accept_cmd_sn(&b) {
+            return;
+        }
+        let itt = b.itt();
+        let flags = b.flags();
+        let read = flags & 0x40 != 0;
+        let write = flags & 0x20 != 0;
+        let edtl = b.ttt();
+        let mut cdb = b.cdb().to_vec();
+        if p.ahs.len() >= 4 && p.ahs[2] == 0x01 {
+            // Extended CDB AHS.
+            let alen = usize::from(u16::from_be_bytes([p.ahs[0], p.ahs[1]]));
+            let ext = p.ahs.get(4..(3 + alen).min(p.ahs.len())).unwrap_or(&[]);
+            cdb.extend_from_slice(ext);
+        }
+        if self.tasks.contains_key(&itt) {
+            return self.send_reject(reject::TASK_IN_PROGRESS, &b);
+        }
+        if !p.data.is_empty()
+            && (!write || !self.params.immediate_data || p.data.len() > edtl as usize)
+        {
+            return self.send_reject(reject::PROTOCOL_ERROR, &b);
+        }
+        if p.data.len() > self.params.first_burst_length as usize {
+            return self.send_reject(reject::PROTOCOL_ERROR, &b);
+        }
+        let lun = decode_lun(b.lun());
+        let mut task = Task {
+            lun,
+            cdb,
+            edtl,
+            read,
+            write,
+            data: Vec::new(),
+            received: 0,
+            next_r2t_offset: 0,
+            r2ts: Vec::new(),
+            r2t_sn: 0,
+            unsol_data_sn: 0,
+            unsolicited_left: 0,
+            executing: false,
+            aborted: false,
+        };
+        if write && edtl > 0 {
+            if edtl > 64 << 20 {
+                return self.respond_check(
+                    itt,
+                    rspdk_scsi::Sense::INVALID_FIELD_IN_CDB,
+                    edtl,
+                    read,
+                );
+            }
+            task.data = vec![0u8; edtl as usize];
+            let imm = p.data.len();
+            task.data[..imm].copy_from_slice(&p.data);
+            task.received = imm as u32;
+            task.next_r2t_offset = imm as u32;
+            if !self.params.initial_r2t && task.received < edtl {
+                let unsol = self.params.first_burst_length.min(edtl);
+                if unsol > task.received {
+                    task.unsolicited_left = unsol - task.received;
+                    task.next_r2t_offset = unsol;
+                }
+            }
+            self.tasks.insert(itt, task);
+            if !self.maybe_execute(itt) {
+                self.send_r2ts(itt);
+            }
+        } else {
+            self.tasks.insert(itt, task);
+            self.execute(itt);
+        }
+    }
+
+    fn respond_check(&mut self, itt: u32, sense: rspdk_scsi::Sense, edtl: u32, _read: bool) {
+        let r = ScsiResult::check(sense);
+        self.send_response(itt, &r, edtl, 0, 0);
+    }
+
+    fn send_r2ts(&mut self, itt: u32) {
+        let burst = self.params.max_burst_length;
+        let max_out = self.params.max_outstanding_r2t as usize;
+        let Some(t) = self.tasks.get_mut(&itt) else {
+            return;
+        };
+        if t.unsolicited_left > 0 {
+            return;
+        }
+        let lun = t.lun;
+        let mut new = Vec::new();
+        while t.r2ts.len() < max_out && t.next_r2t_offset < t.edtl {
+            let off = t.next_r2t_offset;
+            let len = burst.min(t.edtl - off);
+            let ttt = self.next_ttt;
+            self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
+            if self.next_ttt == NO_TAG {
+                self.next_ttt = 1;
+            }
+            t.r2ts.push((ttt, off, len, 0));
+            t.next_r2t_offset += len;
+            new.push((ttt, off, len, t.r2t_sn));
+            t.r2t_sn += 1;
+        }
+        for (ttt, off, len, sn) in new {
+            self.ttt_to_itt.insert(ttt, itt);
+            let mut b = Bhs::new(op::R2T, 0x80);
+            b.set_lun(rspdk_scsi::encode_lun(lun));
+            b.set_itt(itt);
+            b.set_u32(20, ttt);
+            self.set_sns(&mut b, false);
+            b.set_u32(36, sn);
+            b.set_u32(40, off);
+            b.set_u32(44, len);
+            self.send(&Pdu::new(b, Vec::new()));
+        }
+    }
+
+    fn handle_data_out(&mut self, p: Pdu) {
+        let b = p.bhs;
+        let itt = b.itt();
+        let ttt = b.ttt();
+        let Some(t) = self.tasks.get_mut(&itt) else {
+            return self.send_reject(reject::INVALID_FIELD, &b);
+        };
+        let off = b.buffer_offset();
+        let len = p.data.len() as u32;
+        let end = off.checked_add(len);
+        if !t.write || t.executing || end.is_none_or(|e| e > t.edtl) {
+            return self.send_reject(reject::PROTOCOL_ERROR, &b);
+        }
+        let data_sn = b.data_sn();
+        if ttt == NO_TAG {
+            // Unsolicited.
+            if t.unsolicited_left < len || data_sn != t.unsol_data_sn {
+                return self.send_reject(reject::PROTOCOL_ERROR, &b);
+            }
+            t.unsol_data_sn += 1;
+            t.unsolicited_left -= len;
+            if b.final_bit() {
+                t.unsolicited_left = 0;
+            }
+        } else {
+            let Some(r) = t.r2ts.iter_mut().find(|r| r.0 == ttt) else {
+                return self.send_reject(reject::INVALID_FIELD, &b);
+            };
+            if data_sn != r.3 || off < r.1 || off + len > r.1 + r.2 {
+                return self.send_reject(reject::PROTOCOL_ERROR, &b);
+            }
+            r.3 += 1;
+            if b.final_bit() {
+                t.r2ts.retain(|r| r.0 != ttt);
+                self.ttt_to_itt.remove(&ttt);
+            }
+        }
+        let (o, e) = (off as usize, (off + len) as usize);
+        t.data[o..e].copy_from_slice(&p.data);
+        t.received += len;
+        if !self.maybe_execute(itt) {
+            self.send_r2ts(itt);
+        }
+    }
+
+    /// Executes a write task once all its data arrived.
+    fn maybe_execute(&mut self, itt: u32) -> bool {
+        let ready = self
+            .tasks
+            .get(&itt)
+            .is_some_and(|t| t.received >= t.edtl && t.r2ts.is_empty() && t.unsolicited_left == 0);
+        if ready {
+            self.execute(itt);
+        }
+        ready
+    }
+
+    fn execute(&mut self, itt: u32) {
+        let Some(t) = self.tasks.get_mut(&itt) else {
+            return;
+        };
+        t.executing = true;
+        let cmd = ScsiCommand {
+            cdb: t.cdb.clone(),
+            data_out: std::mem::take(&mut t.data),
+            nexus: self
+                .session
+                .as_ref()
+                .map(|s| s.nexus.clone())
+                .unwrap_or_default(),
+        };
+        let lun = t.lun;
+        let q = self.completions.clone();
+        let done: rspdk_scsi::Done = Box::new(move |r| q.borrow_mut().push_back((itt, r)));
+        match &self.target {
+            Some(tg) => {
+                let dev = tg.dev.clone();
+                dev.execute(lun, &cmd, done);
+            }
+            None => done(ScsiResult::check(rspdk_scsi::Sense::LUN_NOT_SUPPORTED)),
+        }
+    }
+
+    fn drain_completions(&mut self) -> bool {
+        let mut busy = false;
+        loop {
+            let next = self.completions.borrow_mut().pop_front();
+            let Some((itt, r)) = next else {
+                break;
+            };
+            busy = true;
+            let Some(t) = self.tasks.remove(&itt) else {
+                continue;
+            };
+            if t.aborted || self.state != State::FullFeature {
+                continue;
+            }
+            self.complete(itt, &t, r);
+        }
+        busy
+    }
+
+    fn complete(&mut self, itt: u32, t: &Task, r: ScsiResult) {
+        let lun = rspdk_scsi::encode_lun(t.lun);
+        if r.status == rspdk_scsi::status::GOOD && t.read && !r.data.is_empty() {
+            // Data-In, with status in the last PDU.
+            let total = r.data.len();
+            let send = total.min(t.edtl as usize);
+            let (flags_res, resid) = residual(t.edtl as usize, total);
+            let seg = self.params.send_dsl.max(512) as usize;
+            let mut off = 0;
+            let mut data_sn = 0u32;
+            if send == 0 {
+                self.send_response(itt, &r, t.edtl, total as u32, 0);
+                return;
+            }
+            while off < send {
+                let n = seg.min(send - off);
+                let last = off + n == send;
+                let mut b = Bhs::new(op::DATA_IN, if last { 0x80 | 0x01 | flags_res } else { 0 });
+                b.set_lun(lun);
+                b.set_itt(itt);
+                b.set_u32(20, NO_TAG);
+                if last {
+                    b.0[3] = r.status;
+                    self.next_stat_sn(&mut b);
+                    b.set_u32(44, resid);
+                } else {
+                    b.set_u32(28, self.exp_cmd_sn);
+                    b.set_u32(32, self.max_cmd_sn());
+                }
+                b.set_u32(36, data_sn);
+                b.set_u32(40, off as u32);
+                self.send(&Pdu::new(b, r.data[off..off + n].to_vec()));
+                data_sn += 1;
+                off += n;
+            }
+            return;
+        }
+        let xfer = if t.write {
+            r.data_out_len
+                .map(|l| u32::try_from(l).unwrap_or(u32::MAX))
+                .unwrap_or(t.edtl)
+        } else {
+            r.data.len() as u32
+        };
+        let xfer = if r.status == rspdk_scsi::status::GOOD {
+            xfer
+        } else {
+            0
+        };
+        self.send_response(itt, &r, t.edtl, if t.read || t.write { xfer } else { 0 }, 0);
+    }
+
+    fn send_response(
+        &mut self,
+        itt: u32,
+        r: &ScsiResult,
+        edtl: u32,
+        transferred: u32,
+        exp_data_sn: u32,
+    ) {
+        let (flags_res, resid) = if edtl == 0 && transferred == 0 {
+            (0, 0)
+        } else {
+            residual(edtl as usize, transferred as usize)
+        };
+        let mut b = Bhs::new(op::SCSI_RESP, 0x80 | flags_res);
+        b.0[2] = 0;
+        b.0[3] = r.status;
+        b.set_itt(itt);
+        self.next_stat_sn(&mut b);
+        b.set_u32(36, exp_data_sn);
+        b.set_u32(44, resid);
+        let data = match &r.sense {
+            Some(s) => {
+                let sd = s.fixed();
+                let mut d = Vec::with_capacity(sd.len() + 2);
+                d.extend_from_slice(&(sd.len() as u16).to_be_bytes());
+                d.extend_from_slice(&sd);
+                d
+            }
+            None => Vec::new(),
+        };
+        let _ = be24;
+        self.send(&Pdu::new(b, data));
+    }
+}
+
+/// Residual flags (O 0x04 / U 0x02) and count for `expected` vs `actual` bytes.
+fn residual(expected: usize, actual: usize) -> (u8, u32) {
+    match actual.cmp(&expected) {
+        std::cmp::Ordering::Less => (0x02, (expected - actual) as u32),
+        std::cmp::Ordering::Greater => (0x04, (actual - expected) as u32),
+        std::cmp::Ordering::Equal => (0, 0),
+    }
+}

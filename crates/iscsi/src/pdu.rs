@@ -1,0 +1,428 @@
+//! RFC 7143 PDUs: the 48-byte Basic Header Segment as a typed view, and
+//! framing (AHS, data segment, padding, CRC32C digests).
+
+use crate::IscsiError;
+
+/// Length of the Basic Header Segment.
+pub const BHS_LEN: usize = 48;
+
+/// Opcodes (RFC 7143 10.2.1.2).
+pub mod op {
+    /// NOP-Out.
+    pub const NOP_OUT: u8 = 0x00;
+    /// SCSI Command.
+    pub const SCSI_CMD: u8 = 0x01;
+    /// Task Management Function Request.
+    pub const TMF_REQ: u8 = 0x02;
+    /// Login Request.
+    pub const LOGIN_REQ: u8 = 0x03;
+    /// Text Request.
+    pub const TEXT_REQ: u8 = 0x04;
+    /// SCSI Data-Out.
+    pub const DATA_OUT: u8 = 0x05;
+    /// Logout Request.
+    pub const LOGOUT_REQ: u8 = 0x06;
+    /// SNACK Request.
+    pub const SNACK: u8 = 0x10;
+    /// NOP-In.
+    pub const NOP_IN: u8 = 0x20;
+    /// SCSI Response.
+    pub const SCSI_RESP: u8 = 0x21;
+    /// Task Management Function Response.
+    pub const TMF_RESP: u8 = 0x22;
+    /// Login Response.
+    pub const LOGIN_RESP: u8 = 0x23;
+    /// Text Response.
+    pub const TEXT_RESP: u8 = 0x24;
+    /// SCSI Data-In.
+    pub const DATA_IN: u8 = 0x25;
+    /// Logout Response.
+    pub const LOGOUT_RESP: u8 = 0x26;
+    /// Ready To Transfer.
+    pub const R2T: u8 = 0x31;
+    /// Asynchronous Message.
+    pub const ASYNC: u8 = 0x32;
+    /// Reject.
+    pub const REJECT: u8 = 0x3f;
+}
+
+/// Reject reasons (RFC 7143 11.17.1).
+pub mod reject {
+    /// Data (payload) digest error.
+    pub const DATA_DIGEST: u8 = 0x02;
+    /// SNACK reject.
+    pub const SNACK: u8 = 0x03;
+    /// Protocol error.
+    pub const PROTOCOL_ERROR: u8 = 0x04;
+    /// Command not supported.
+    pub const NOT_SUPPORTED: u8 = 0x05;
+    /// Immediate command reject: too many immediate commands.
+    pub const IMMEDIATE: u8 = 0x06;
+    /// Task in progress.
+    pub const TASK_IN_PROGRESS: u8 = 0x07;
+    /// Invalid data ACK.
+    pub const INVALID_DATA_ACK: u8 = 0x08;
+    /// Invalid PDU field.
+    pub const INVALID_FIELD: u8 = 0x09;
+    /// Long operation reject: out of resources.
+    pub const OUT_OF_RESOURCES: u8 = 0x0a;
+    /// Waiting for logout.
+    pub const WAITING_FOR_LOGOUT: u8 = 0x0c;
+}
+
+/// The Basic Header Segment, owned, with typed accessors for the fields
+/// every PDU shares and the opcode-specific ones we use.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Bhs(pub [u8; BHS_LEN]);
+
+impl std::fmt::Debug for Bhs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Bhs(op {:#04x}, flags {:#04x}, itt {:#x}, dsl {})",
+            self.opcode(),
+            self.flags(),
+            self.itt(),
+            self.data_len()
+        )
+    }
+}
+
+impl Default for Bhs {
+    fn default() -> Self {
+        Bhs([0; BHS_LEN])
+    }
+}
+
+impl Bhs {
+    /// A header with `opcode` and `flags` set, everything else zero.
+    pub fn new(opcode: u8, flags: u8) -> Bhs {
+        let mut b = Bhs::default();
+        b.0[0] = opcode & 0x3f;
+        b.0[1] = flags;
+        b
+    }
+
+    /// Opcode (6 bits).
+    pub fn opcode(&self) -> u8 {
+        self.0[0] & 0x3f
+    }
+    /// The Immediate bit.
+    pub fn immediate(&self) -> bool {
+        self.0[0] & 0x40 != 0
+    }
+    /// Byte 1 (F bit and opcode-specific flags).
+    pub fn flags(&self) -> u8 {
+        self.0[1]
+    }
+    /// The Final bit.
+    pub fn final_bit(&self) -> bool {
+        self.0[1] & 0x80 != 0
+    }
+    /// TotalAHSLength in bytes.
+    pub fn ahs_len(&self) -> usize {
+        usize::from(self.0[4]) * 4
+    }
+    /// DataSegmentLength.
+    pub fn data_len(&self) -> usize {
+        u32::from_be_bytes([0, self.0[5], self.0[6], self.0[7]]) as usize
+    }
+    /// Sets DataSegmentLength (24 bits).
+    pub fn set_data_len(&mut self, n: usize) {
+        let b = (n as u32).to_be_bytes();
+        self.0[5..8].copy_from_slice(&b[1..4]);
+    }
+    /// Big-endian u32 at byte `i` (callers use fixed in-range offsets).
+    pub fn u32_at(&self, i: usize) -> u32 {
+        u32::from_be_bytes([self.0[i], self.0[i + 1], self.0[i + 2], self.0[i + 3]])
+    }
+    /// Stores a big-endian u32 at byte `i`.
+    pub fn set_u32(&mut self, i: usize, v: u32) {
+        self.0[i..i + 4].copy_from_slice(&v.to_be_bytes());
+    }
+    /// Big-endian u16 at byte `i`.
+    pub fn u16_at(&self, i: usize) -> u16 {
+        u16::from_be_bytes([self.0[i], self.0[i + 1]])
+    }
+    /// Stores a big-endian u16 at byte `i`.
+    pub fn set_u16(&mut self, i: usize, v: u16) {
+        self.0[i..i + 2].copy_from_slice(&v.to_be_bytes());
+    }
+    /// LUN field (bytes 8..16).
+    pub fn lun(&self) -> u64 {
+        (u64::from(self.u32_at(8)) << 32) | u64::from(self.u32_at(12))
+    }
+    /// Sets the LUN field.
+    pub fn set_lun(&mut self, v: u64) {
+        self.0[8..16].copy_from_slice(&v.to_be_bytes());
+    }
+    /// Initiator Task Tag.
+    pub fn itt(&self) -> u32 {
+        self.u32_at(16)
+    }
+    /// Sets the Initiator Task Tag.
+    pub fn set_itt(&mut self, v: u32) {
+        self.set_u32(16, v)
+    }
+    /// Bytes 20..24: Target Transfer Tag / EDTL / CID / RTT.
+    pub fn ttt(&self) -> u32 {
+        self.u32_at(20)
+    }
+    /// CmdSN (requests) / StatSN (responses), bytes 24..28.
+    pub fn sn24(&self) -> u32 {
+        self.u32_at(24)
+    }
+    /// ExpStatSN (requests) / ExpCmdSN (responses), bytes 28..32.
+    pub fn sn28(&self) -> u32 {
+        self.u32_at(28)
+    }
+    /// DataSN / R2TSN (bytes 36..40).
+    pub fn data_sn(&self) -> u32 {
+        self.u32_at(36)
+    }
+    /// Buffer Offset (bytes 40..44).
+    pub fn buffer_offset(&self) -> u32 {
+        self.u32_at(40)
+    }
+    /// The 16-byte CDB of a SCSI Command.
+    pub fn cdb(&self) -> &[u8] {
+        &self.0[32..48]
+    }
+    /// ISID of a login request (6 bytes).
+    pub fn isid(&self) -> [u8; 6] {
+        let mut i = [0; 6];
+        i.copy_from_slice(&self.0[8..14]);
+        i
+    }
+    /// TSIH of a login request.
+    pub fn tsih(&self) -> u16 {
+        self.u16_at(14)
+    }
+}
+
+/// A whole PDU.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pdu {
+    /// The Basic Header Segment.
+    pub bhs: Bhs,
+    /// Additional Header Segments (raw).
+    pub ahs: Vec<u8>,
+    /// The data segment, unpadded.
+    pub data: Vec<u8>,
+}
+
+/// CRC32C (Castagnoli), as iSCSI digests use it.
+pub fn crc32c(data: &[u8]) -> u32 {
+    crc32c_append(0, data)
+}
+
+const fn make_table() -> [u32; 256] {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0x82f6_3b78
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+}
+
+static CRC_TABLE: [u32; 256] = make_table();
+
+/// Continues a CRC32C over more data.
+pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
+    let mut c = !crc;
+    for &b in data {
+        c = CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+/// Pads `n` to a multiple of 4.
+pub fn pad4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// What [`Pdu::parse`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not enough bytes yet; at least this many are needed in total.
+    Incomplete(usize),
+    /// A PDU, and how many bytes it took.
+    Pdu(Pdu, usize),
+}
+
+impl Pdu {
+    /// A PDU with this header and data.
+    pub fn new(bhs: Bhs, data: Vec<u8>) -> Pdu {
+        Pdu {
+            bhs,
+            ahs: Vec::new(),
+            data,
+        }
+    }
+
+    /// Parses one PDU from the front of `buf`. `max_data` bounds the data
+    /// segment (our MaxRecvDataSegmentLength, or the login limit); digests
+    /// are checked when enabled.
+    pub fn parse(
+        buf: &[u8],
+        header_digest: bool,
+        data_digest: bool,
+        max_data: usize,
+    ) -> Result<Parsed, IscsiError> {
+        if buf.len() < BHS_LEN {
+            return Ok(Parsed::Incomplete(BHS_LEN));
+        }
+        let mut bhs = Bhs::default();
+        bhs.0.copy_from_slice(&buf[..BHS_LEN]);
+        let ahs = bhs.ahs_len();
+        let dlen = bhs.data_len();
+        if dlen > max_data {
+            return Err(IscsiError::DataTooLong {
+                len: dlen,
+                max: max_data,
+            });
+        }
+        let hd = if header_digest { 4 } else { 0 };
+        let dd = if data_digest && dlen > 0 { 4 } else { 0 };
+        let total = BHS_LEN + ahs + hd + pad4(dlen) + dd;
+        if buf.len() < total {
+            return Ok(Parsed::Incomplete(total));
+        }
+        let hend = BHS_LEN + ahs;
+        if header_digest {
+            let want = u32::from_le_bytes([buf[hend], buf[hend + 1], buf[hend + 2], buf[hend + 3]]);
+            if crc32c(&buf[..hend]) != want {
+                return Err(IscsiError::HeaderDigest);
+            }
+        }
+        let dstart = hend + hd;
+        let data = buf[dstart..dstart + dlen].to_vec();
+        if dd > 0 {
+            let p = dstart + pad4(dlen);
+            let want = u32::from_le_bytes([buf[p], buf[p + 1], buf[p + 2], buf[p + 3]]);
+            if crc32c(&buf[dstart..p]) != want {
+                return Err(IscsiError::DataDigest { itt: bhs.itt() });
+            }
+        }
+        Ok(Parsed::Pdu(
+            Pdu {
+                bhs,
+                ahs: buf[BHS_LEN..hend].to_vec(),
+                data,
+            },
+            total,
+        ))
+    }
+
+    /// Appends the PDU's wire form to `out` (lengths set from the segments).
+    pub fn emit(&self, out: &mut Vec<u8>, header_digest: bool, data_digest: bool) {
+        let mut bhs = self.bhs;
+        bhs.0[4] = (pad4(self.ahs.len()) / 4) as u8;
+        bhs.set_data_len(self.data.len());
+        let start = out.len();
+        out.extend_from_slice(&bhs.0);
+        out.extend_from_slice(&self.ahs);
+        out.resize(start + BHS_LEN + pad4(self.ahs.len()), 0);
+        if header_digest {
+            let c = crc32c(&out[start..]);
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+        if !self.data.is_empty() {
+            let d0 = out.len();
+            out.extend_from_slice(&self.data);
+            out.resize(d0 + pad4(self.data.len()), 0);
+            if data_digest {
+                let c = crc32c(&out[d0..]);
+                out.extend_from_slice(&c.to_le_bytes());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn crc32c_known_value() {
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+        let zeros = [0u8; 32];
+        assert_eq!(crc32c(&zeros), 0x8a91_36aa);
+    }
+
+    #[test]
+    fn emit_parse_round_trip() {
+        let mut b = Bhs::new(op::SCSI_CMD, 0x80);
+        b.set_itt(7);
+        b.set_lun(1 << 48);
+        let p = Pdu {
+            bhs: b,
+            ahs: vec![],
+            data: vec![1, 2, 3, 4, 5],
+        };
+        for (h, d) in [(false, false), (true, true), (true, false)] {
+            let mut out = Vec::new();
+            p.emit(&mut out, h, d);
+            match Pdu::parse(&out, h, d, 1 << 20).unwrap() {
+                Parsed::Pdu(q, n) => {
+                    assert_eq!(n, out.len());
+                    assert_eq!(q.data, p.data);
+                    assert_eq!(q.bhs.itt(), 7);
+                    assert_eq!(q.bhs.data_len(), 5);
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(matches!(
+                Pdu::parse(&out[..out.len() - 1], h, d, 1 << 20).unwrap(),
+                Parsed::Incomplete(_)
+            ));
+        }
+        let mut out = Vec::new();
+        p.emit(&mut out, true, true);
+        out[3] ^= 1;
+        assert!(matches!(
+            Pdu::parse(&out, true, true, 1 << 20),
+            Err(IscsiError::HeaderDigest)
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200),
+                              h in any::<bool>(), d in any::<bool>()) {
+            let _ = Pdu::parse(&bytes, h, d, 64);
+        }
+
+        #[test]
+        fn round_trip(op in 0u8..0x40, flags in any::<u8>(), itt in any::<u32>(),
+                      data in proptest::collection::vec(any::<u8>(), 0..100),
+                      h in any::<bool>(), d in any::<bool>()) {
+            let mut b = Bhs::new(op, flags);
+            b.set_itt(itt);
+            let p = Pdu::new(b, data.clone());
+            let mut out = Vec::new();
+            p.emit(&mut out, h, d);
+            match Pdu::parse(&out, h, d, 1000).unwrap() {
+                Parsed::Pdu(q, n) => {
+                    prop_assert_eq!(n, out.len());
+                    prop_assert_eq!(q.data, data);
+                    prop_assert_eq!(q.bhs.itt(), itt);
+                    prop_assert_eq!(q.bhs.opcode(), op);
+                }
+                Parsed::Incomplete(_) => prop_assert!(false),
+            }
+        }
+    }
+}

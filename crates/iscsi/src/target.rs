@@ -1,0 +1,404 @@
+//! The target's configuration: global options, portal groups (listening
+//! sockets), initiator groups, target nodes, and their access checks.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rspdk_scsi::ScsiDev;
+use serde::{Deserialize, Serialize};
+
+use crate::text::TargetLimits;
+use crate::IscsiError;
+
+/// `iscsi_set_options` parameters (SPDK's names and defaults).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// Prefix of target names given without one.
+    pub node_base: String,
+    /// CHAP secrets file (accepted, unused).
+    pub auth_file: Option<String>,
+    /// NOP-In timeout in seconds.
+    pub nop_timeout: u32,
+    /// NOP-In interval in seconds.
+    pub nop_in_interval: u32,
+    /// Discovery sessions need no CHAP.
+    pub disable_chap: bool,
+    /// Discovery sessions need CHAP.
+    pub require_chap: bool,
+    /// Discovery sessions need mutual CHAP.
+    pub mutual_chap: bool,
+    /// Auth group for discovery sessions.
+    pub chap_group: i32,
+    /// Largest number of sessions.
+    pub max_sessions: u32,
+    /// Largest queue depth of a session.
+    pub max_queue_depth: u32,
+    /// MaxConnections we offer.
+    pub max_connections_per_session: u32,
+    /// DefaultTime2Wait we offer.
+    pub default_time2wait: u32,
+    /// DefaultTime2Retain we offer.
+    pub default_time2retain: u32,
+    /// FirstBurstLength we offer.
+    pub first_burst_length: u32,
+    /// ImmediateData we offer.
+    pub immediate_data: bool,
+    /// ErrorRecoveryLevel we offer (0 only).
+    pub error_recovery_level: u32,
+    /// Accept a second session with the same ISID.
+    pub allow_duplicated_isid: bool,
+    /// MaxOutstandingR2T we offer.
+    pub max_r2t_per_connection: u32,
+    /// Accepted for compatibility.
+    pub pdu_pool_size: Option<u32>,
+    /// Accepted for compatibility.
+    pub immediate_data_pool_size: Option<u32>,
+    /// Accepted for compatibility.
+    pub data_out_pool_size: Option<u32>,
+    /// Accepted for compatibility.
+    pub max_large_datain_per_connection: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            node_base: "iqn.2016-06.io.spdk".into(),
+            auth_file: None,
+            nop_timeout: 60,
+            nop_in_interval: 30,
+            disable_chap: false,
+            require_chap: false,
+            mutual_chap: false,
+            chap_group: 0,
+            max_sessions: 128,
+            max_queue_depth: 64,
+            max_connections_per_session: 2,
+            default_time2wait: 2,
+            default_time2retain: 20,
+            first_burst_length: 8192,
+            immediate_data: true,
+            error_recovery_level: 0,
+            allow_duplicated_isid: false,
+            max_r2t_per_connection: 4,
+            pdu_pool_size: None,
+            immediate_data_pool_size: None,
+            data_out_pool_size: None,
+            max_large_datain_per_connection: 64,
+        }
+    }
+}
+
+impl Options {
+    /// The limits login negotiation uses.
+    pub fn limits(&self) -> TargetLimits {
+        TargetLimits {
+            max_recv_data_segment_length: 65536,
+            max_burst_length: 1 << 20,
+            first_burst_length: self.first_burst_length,
+            immediate_data: self.immediate_data,
+            initial_r2t: true,
+            max_outstanding_r2t: self.max_r2t_per_connection.max(1),
+            error_recovery_level: self.error_recovery_level,
+            max_connections: 1,
+            default_time2wait: self.default_time2wait,
+            default_time2retain: self.default_time2retain,
+        }
+    }
+}
+
+/// One listening address of a portal group.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Portal {
+    /// Host (IP address).
+    pub host: String,
+    /// Port, as a string (SPDK's JSON).
+    pub port: String,
+}
+
+/// A portal group.
+#[derive(Debug)]
+pub struct PortalGroup {
+    /// Its tag.
+    pub tag: u32,
+    /// Its portals.
+    pub portals: Vec<Portal>,
+    /// Not announced by SendTargets.
+    pub private: bool,
+    /// Bound listeners (one per portal), polled by the acceptor.
+    pub listeners: Vec<Arc<TcpListener>>,
+}
+
+/// An initiator group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitiatorGroup {
+    /// Its tag.
+    pub tag: u32,
+    /// Initiator names ("ANY", or names; "!name" denies).
+    pub initiators: Vec<String>,
+    /// Netmasks ("ANY" or CIDR).
+    pub netmasks: Vec<String>,
+}
+
+impl InitiatorGroup {
+    /// True if `name` at `ip` belongs to the group.
+    pub fn allows(&self, name: &str, ip: IpAddr) -> bool {
+        let mut name_ok = false;
+        for i in &self.initiators {
+            if let Some(n) = i.strip_prefix('!') {
+                if n.eq_ignore_ascii_case(name) || n == "ANY" {
+                    return false;
+                }
+            } else if i == "ANY" || i.eq_ignore_ascii_case(name) {
+                name_ok = true;
+            }
+        }
+        name_ok && self.netmasks.iter().any(|m| netmask_match(m, ip))
+    }
+}
+
+fn netmask_match(mask: &str, ip: IpAddr) -> bool {
+    if mask == "ANY" {
+        return true;
+    }
+    let m = mask.trim_start_matches('[').replace(']', "");
+    let (addr, bits) = match m.split_once('/') {
+        Some((a, b)) => (a.to_string(), b.parse::<u32>().ok()),
+        None => (m.clone(), None),
+    };
+    let Ok(net) = addr.parse::<IpAddr>() else {
+        return false;
+    };
+    let ip = match (net, ip) {
+        (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        _ => ip,
+    };
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => {
+            let b = bits.unwrap_or(32).min(32);
+            let mask = if b == 0 { 0 } else { u32::MAX << (32 - b) };
+            u32::from(n) & mask == u32::from(i) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(i)) => {
+            let b = bits.unwrap_or(128).min(128);
+            let mask = if b == 0 { 0 } else { u128::MAX << (128 - b) };
+            u128::from(n) & mask == u128::from(i) & mask
+        }
+        _ => false,
+    }
+}
+
+/// One `pg_ig_maps` entry.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PgIgMap {
+    /// Portal group tag.
+    pub pg_tag: u32,
+    /// Initiator group tag.
+    pub ig_tag: u32,
+}
+
+/// A target node: a name and a SCSI device.
+#[derive(Debug)]
+pub struct TargetNode {
+    /// Full name (IQN).
+    pub name: String,
+    /// Alias.
+    pub alias: Option<String>,
+    /// Which initiator groups may log in through which portal groups.
+    pub pg_ig_maps: Mutex<Vec<PgIgMap>>,
+    /// The SCSI device with the LUNs.
+    pub dev: Arc<ScsiDev>,
+    /// CmdSN window per session.
+    pub queue_depth: u32,
+    /// CHAP settings (stored; CHAP itself is not implemented yet).
+    pub disable_chap: bool,
+    /// Requires CHAP.
+    pub require_chap: bool,
+    /// Requires mutual CHAP.
+    pub mutual_chap: bool,
+    /// Auth group.
+    pub chap_group: i32,
+    /// HeaderDigest required.
+    pub header_digest: bool,
+    /// DataDigest required.
+    pub data_digest: bool,
+}
+
+/// One CHAP secret of an auth group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChapSecret {
+    /// The initiator's CHAP name.
+    pub user: String,
+    /// Its secret.
+    pub secret: String,
+    /// The target's name for mutual CHAP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muser: Option<String>,
+    /// The target's secret for mutual CHAP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msecret: Option<String>,
+}
+
+/// A CHAP auth group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthGroup {
+    /// Tag.
+    pub tag: i32,
+    /// Secrets.
+    #[serde(default)]
+    pub secrets: Vec<ChapSecret>,
+}
+
+/// Everything configured.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// Global options.
+    pub options: Options,
+    /// Portal groups by tag.
+    pub portal_groups: BTreeMap<u32, PortalGroup>,
+    /// Initiator groups by tag.
+    pub initiator_groups: BTreeMap<u32, InitiatorGroup>,
+    /// Target nodes by name.
+    pub targets: BTreeMap<String, Arc<TargetNode>>,
+    /// Auth groups by tag.
+    pub auth_groups: BTreeMap<i32, AuthGroup>,
+    /// Discovery auth (disable_chap, require_chap, mutual_chap, chap_group) as set.
+    pub discovery_auth_set: bool,
+}
+
+static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
+
+/// Runs `f` on the registry.
+pub fn with_registry<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
+    let mut g: MutexGuard<'_, Option<Registry>> =
+        REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    f(g.get_or_insert_with(Registry::default))
+}
+
+impl Registry {
+    /// Full target name: names without ':' get the node base prefixed.
+    pub fn full_name(&self, name: &str) -> String {
+        if name.contains(':') {
+            name.to_string()
+        } else {
+            format!("{}:{}", self.options.node_base, name)
+        }
+    }
+
+    /// True if `initiator` at `ip`, connected through portal group `pg`,
+    /// may log in to `target`.
+    pub fn allowed(&self, target: &TargetNode, pg: u32, initiator: &str, ip: IpAddr) -> bool {
+        let maps = target
+            .pg_ig_maps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        maps.iter().filter(|m| m.pg_tag == pg).any(|m| {
+            self.initiator_groups
+                .get(&m.ig_tag)
+                .is_some_and(|ig| ig.allows(initiator, ip))
+        })
+    }
+
+    /// SendTargets=All answer for `initiator` at `ip` on portal group `pg`.
+    pub fn send_targets(
+        &self,
+        pg: u32,
+        initiator: &str,
+        ip: IpAddr,
+        local: SocketAddr,
+        only: Option<&str>,
+    ) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for t in self.targets.values() {
+            if only.is_some_and(|o| o != t.name) {
+                continue;
+            }
+            if !self.allowed(t, pg, initiator, ip) {
+                continue;
+            }
+            out.push(("TargetName".to_string(), t.name.clone()));
+            let maps = t
+                .pg_ig_maps
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let mut seen = Vec::new();
+            for m in maps {
+                if seen.contains(&m.pg_tag) {
+                    continue;
+                }
+                seen.push(m.pg_tag);
+                let Some(g) = self.portal_groups.get(&m.pg_tag) else {
+                    continue;
+                };
+                if g.private {
+                    continue;
+                }
+                for p in &g.portals {
+                    let host = if p.host == "0.0.0.0" || p.host == "[::]" || p.host == "::" {
+                        local.ip().to_string()
+                    } else {
+                        p.host.clone()
+                    };
+                    let host = if host.contains(':') && !host.starts_with('[') {
+                        format!("[{host}]")
+                    } else {
+                        host
+                    };
+                    out.push((
+                        "TargetAddress".to_string(),
+                        format!("{host}:{},{}", p.port, g.tag),
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Binds a portal's listener (non-blocking).
+pub fn bind_portal(p: &Portal) -> Result<TcpListener, IscsiError> {
+    let host = p.host.trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = host.parse().map_err(|_| {
+        IscsiError::Config(format!("portal host '{}' is not an IP address", p.host))
+    })?;
+    let port: u16 = p.port.parse().map_err(|_| {
+        IscsiError::Config(format!("portal port '{}' is not a port number", p.port))
+    })?;
+    let l = TcpListener::bind(SocketAddr::new(ip, port)).map_err(|e| IscsiError::Io {
+        what: format!("binding {}:{}", p.host, p.port),
+        source: e,
+    })?;
+    l.set_nonblocking(true).map_err(|e| IscsiError::Io {
+        what: "set_nonblocking".into(),
+        source: e,
+    })?;
+    Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netmasks() {
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        assert!(netmask_match("ANY", ip));
+        assert!(netmask_match("10.1.0.0/16", ip));
+        assert!(!netmask_match("10.2.0.0/16", ip));
+        assert!(netmask_match("10.1.2.3", ip));
+        let g = InitiatorGroup {
+            tag: 1,
+            initiators: vec!["ANY".into(), "!iqn.bad".into()],
+            netmasks: vec!["ANY".into()],
+        };
+        assert!(g.allows("iqn.good", ip));
+        assert!(!g.allows("iqn.bad", ip));
+    }
+}
