@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use rspdk_bdev::BdevSubsystem;
 use rspdk_event::{App, AppOpts};
-use rspdk_nvmf::NvmfSubsystem;
 use rspdk_iscsi::{IscsiSubsystem, ScsiSubsystem};
+use rspdk_nvmf::NvmfSubsystem;
 
 /// The embedded default config, applied when no `-c` is given: a 64 MiB
 /// malloc bdev exported over NVMe/TCP on 127.0.0.1:4420 as
