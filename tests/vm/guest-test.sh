@@ -47,6 +47,24 @@ if [ "$RSPDK_VM_BOOT" = vfio39 ]; then
   RUST_LOG=info $B/rspdk_nvme_identify -r "trtype:PCIe traddr:$BDF" 2>&1 >/dev/null | grep -i "placing the DMA heap low"
 fi
 check "rspdk_nvme_perf" $B/rspdk_nvme_perf -r "trtype:PCIe traddr:$BDF" -q 8 -o 4096 -w randrw -M 50 -t 2
+# The NVMe bdev module: bdevperf on Nvme0n1 (512 B blocks) and Nvme0n2
+# (4 KiB) from a JSON config calling bdev_nvme_attach_controller.
+cat > /tmp/nvme-bdev.json <<EOF
+{"subsystems": [{"subsystem": "bdev", "config": [
+  {"method": "bdev_nvme_attach_controller",
+   "params": {"name": "Nvme0", "trtype": "PCIe", "traddr": "$BDF"}}]}]}
+EOF
+bdevperf_check() { # workload
+  rm -f /tmp/bdevperf.json
+  $B/bdevperf -c /tmp/nvme-bdev.json -r /tmp/bdevperf.sock -q 16 -o 4096 -w "$1" -t 3 -j /tmp/bdevperf.json || return 1
+  [ -s /tmp/bdevperf.json ] || { echo "no -j output"; return 1; }
+  # Every job: IOPS > 0 and no failed I/O; both namespaces tested.
+  grep -q '"Nvme0n1"' /tmp/bdevperf.json && grep -q '"Nvme0n2"' /tmp/bdevperf.json || { echo "a namespace bdev is missing"; return 1; }
+  grep -o '"iops": *[-0-9.e+]*' /tmp/bdevperf.json | awk -F: '{ n++; if ($2 + 0 <= 0) bad++ } END { print n " jobs with IOPS"; exit (n < 2 || bad > 0) }' || { echo "IOPS not > 0"; return 1; }
+  if grep -o '"io_failed": *[0-9]*' /tmp/bdevperf.json | grep -qv ': *0$'; then echo "failed I/O"; return 1; fi
+}
+check "bdevperf -w verify on bdev_nvme (Nvme0n1, Nvme0n2)" bdevperf_check verify
+check "bdevperf -w randread on bdev_nvme (Nvme0n1, Nvme0n2)" bdevperf_check randread
 modprobe nvme
 check "rspdk_setup reset gives the controller back to nvme" $B/rspdk_setup reset
 [ "$(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")" = nvme ] || { echo "CHECK FAILED $BDF back on nvme"; rc=1; }
