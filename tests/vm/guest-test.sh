@@ -65,6 +65,31 @@ bdevperf_check() { # workload
 }
 check "bdevperf -w verify on bdev_nvme (Nvme0n1, Nvme0n2)" bdevperf_check verify
 check "bdevperf -w randread on bdev_nvme (Nvme0n1, Nvme0n2)" bdevperf_check randread
+# The bdev_nvme RPCs through rspdk_rpc against bdevperf -z (an idle app).
+nvme_rpcs() {
+  rm -f /tmp/bp.sock
+  $B/bdevperf -z -r /tmp/bp.sock > /tmp/bdevperf-z.log 2>&1 &
+  pid=$!
+  for i in $(seq 100); do [ -S /tmp/bp.sock ] && break; sleep 0.1; done
+  R="$B/rspdk_rpc -s /tmp/bp.sock"
+  echo "\$ rspdk_rpc bdev_nvme_attach_controller -b Nvme0 -t pcie -a $BDF" && $R bdev_nvme_attach_controller -b Nvme0 -t pcie -a $BDF &&
+  echo "\$ rspdk_rpc bdev_nvme_get_controllers" && $R bdev_nvme_get_controllers &&
+  echo "\$ rspdk_rpc bdev_get_bdevs -b Nvme0n2" && $R bdev_get_bdevs -b Nvme0n2 > /tmp/bdevs.json && cat /tmp/bdevs.json &&
+  grep -q '"product_name": "NVMe disk"' /tmp/bdevs.json && grep -q '"serial_number": "RSPDKVM0001"' /tmp/bdevs.json &&
+  grep -q '"block_size": 4096' /tmp/bdevs.json && grep -q '"num_blocks": 8192' /tmp/bdevs.json &&
+  echo "\$ rspdk_rpc bdev_nvme_reset_controller Nvme0" && $R bdev_nvme_reset_controller Nvme0 &&
+  echo "\$ rspdk_rpc save_config -s bdev" && $R save_config -s bdev > /tmp/saved.json && cat /tmp/saved.json &&
+  [ "$(grep -c '"bdev_nvme_attach_controller"' /tmp/saved.json)" = 1 ] &&
+  echo "\$ rspdk_rpc bdev_nvme_detach_controller Nvme0" && $R bdev_nvme_detach_controller Nvme0 &&
+  echo "\$ rspdk_rpc bdev_get_bdevs" && $R bdev_get_bdevs > /tmp/bdevs.json && cat /tmp/bdevs.json &&
+  [ "$(tr -d ' \n' < /tmp/bdevs.json)" = "[]" ] &&
+  echo "\$ rspdk_rpc load_config -j (the saved config)" && $R load_config -j /tmp/saved.json &&
+  $R bdev_get_bdevs -b Nvme0n1 > /dev/null && echo "Nvme0n1 is back"
+  r=$?
+  kill $pid; wait $pid
+  return $r
+}
+check "bdev_nvme RPCs: attach, get_controllers, reset, save_config, detach, load_config" nvme_rpcs
 modprobe nvme
 check "rspdk_setup reset gives the controller back to nvme" $B/rspdk_setup reset
 [ "$(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")" = nvme ] || { echo "CHECK FAILED $BDF back on nvme"; rc=1; }

@@ -32,4 +32,6 @@ pub fn rpc_registrars() -> Vec<RpcRegistrar> {
 
 /// Registers the modules that examine new bdevs (virtual-bdev modules).
 /// Called once when the bdev subsystem starts.
-pub fn register_modules() {}
+pub fn register_modules() {
+    crate::bdev::module_register(std::sync::Arc::new(nvme::NvmeModule));
+}

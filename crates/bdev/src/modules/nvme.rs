@@ -11,6 +11,10 @@
 //! controller (what was in flight completes with "Command Aborted due to SQ
 //! Deletion" and the queue pairs re-create their queues).
 //!
+//! save_config writes one `bdev_nvme_attach_controller` per controller
+//! (the module's config, like SPDK's); at shutdown the controllers are
+//! detached after their bdevs are gone.
+//!
 //! RPCs: `bdev_nvme_attach_controller`, `bdev_nvme_detach_controller`,
 //! `bdev_nvme_get_controllers`, `bdev_nvme_reset_controller`, with SPDK's
 //! names and parameters. Only the PCIe transport is implemented.
@@ -154,7 +158,6 @@ struct NvmeCtrlr {
     ctrlr: Controller,
     params: AttachParams,
     bdevs: Vec<String>,
-    first_nsid: u32,
 }
 
 static CTRLRS: Mutex<Vec<NvmeCtrlr>> = Mutex::new(Vec::new());
@@ -179,8 +182,11 @@ fn no_ctrlr(name: &str) -> BdevError {
 
 /// Attaches a controller and registers a bdev per active namespace (SPDK:
 /// `bdev_nvme_create`). Returns the bdev names.
-pub fn attach(params: AttachParams) -> Result<Vec<String>, BdevError> {
+pub fn attach(mut params: AttachParams) -> Result<Vec<String>, BdevError> {
     let trid = params.trid()?;
+    // Saved as SPDK writes them: `PCIe`, a full BDF.
+    params.trtype = trid.trtype.as_str().to_string();
+    params.traddr = trid.traddr.clone();
     {
         let list = ctrlrs();
         if list.iter().any(|c| c.name == params.name) {
@@ -223,7 +229,6 @@ pub fn attach(params: AttachParams) -> Result<Vec<String>, BdevError> {
             ctrlr: ctrlr.clone(),
             ctrlr_name: params.name.clone(),
             nsid: ns.id,
-            first: Some(ns.id) == namespaces.first().map(|n| n.id),
             oncs,
             vwc,
         }));
@@ -246,7 +251,6 @@ pub fn attach(params: AttachParams) -> Result<Vec<String>, BdevError> {
     ctrlrs().push(NvmeCtrlr {
         name: params.name.clone(),
         ctrlr,
-        first_nsid: namespaces.first().map_or(0, |n| n.id),
         params,
         bdevs: names.clone(),
     });
@@ -358,8 +362,6 @@ struct NvmeNs {
     ctrlr: Controller,
     ctrlr_name: String,
     nsid: u32,
-    /// The controller's first namespace: its bdev writes the attach call.
-    first: bool,
     oncs: u16,
     vwc: bool,
 }
@@ -408,13 +410,37 @@ impl BdevBackend for NvmeBackend {
     }
 
     fn write_config_json(&self, _props: &BdevProps) -> Option<Value> {
-        if !self.0.first {
-            return None;
+        // The controller's attach call is written once by the module
+        // (`NvmeModule::config_json`), as SPDK's bdev_nvme does.
+        None
+    }
+}
+
+/// The module's lifecycle: save_config writes one
+/// `bdev_nvme_attach_controller` per controller (also one without active
+/// namespaces); at shutdown, after the bdevs are gone, every controller is
+/// detached.
+pub struct NvmeModule;
+
+impl crate::bdev::BdevModule for NvmeModule {
+    fn name(&self) -> &'static str {
+        MODULE
+    }
+
+    fn config_json(&self) -> Vec<Value> {
+        ctrlrs()
+            .iter()
+            .map(|c| json!({"method": "bdev_nvme_attach_controller", "params": c.params}))
+            .collect()
+    }
+
+    fn fini(&self) {
+        let all: Vec<NvmeCtrlr> = std::mem::take(&mut *ctrlrs());
+        for c in all {
+            if let Err(e) = c.ctrlr.detach() {
+                tracing::warn!(name = %c.name, error = %e, "NVMe detach at shutdown");
+            }
         }
-        let list = ctrlrs();
-        let c = list.iter().find(|c| c.name == self.0.ctrlr_name)?;
-        debug_assert_eq!(c.first_nsid, self.0.nsid);
-        Some(json!({"method": "bdev_nvme_attach_controller", "params": c.params}))
     }
 }
 
