@@ -48,6 +48,49 @@ if [ "$RSPDK_VM_BOOT" = vfio39 ]; then
   RUST_LOG=info $B/rspdk_nvme_identify -r "trtype:PCIe traddr:$BDF" 2>&1 >/dev/null | grep -i "placing the DMA heap low"
 fi
 check "rspdk_nvme_perf" $B/rspdk_nvme_perf -r "trtype:PCIe traddr:$BDF" -q 8 -o 4096 -w randrw -M 50 -t 2
+# The NVMe bdev module: bdevperf on Nvme0n1 (512 B blocks) and Nvme0n2
+# (4 KiB) from a JSON config calling bdev_nvme_attach_controller.
+cat > /tmp/nvme-bdev.json <<EOF
+{"subsystems": [{"subsystem": "bdev", "config": [
+  {"method": "bdev_nvme_attach_controller",
+   "params": {"name": "Nvme0", "trtype": "PCIe", "traddr": "$BDF"}}]}]}
+EOF
+bdevperf_check() { # workload
+  rm -f /tmp/bdevperf.json
+  $B/bdevperf -c /tmp/nvme-bdev.json -r /tmp/bdevperf.sock -q 16 -o 4096 -w "$1" -t 3 -j /tmp/bdevperf.json || return 1
+  [ -s /tmp/bdevperf.json ] || { echo "no -j output"; return 1; }
+  # Every job: IOPS > 0 and no failed I/O; both namespaces tested.
+  grep -q '"Nvme0n1"' /tmp/bdevperf.json && grep -q '"Nvme0n2"' /tmp/bdevperf.json || { echo "a namespace bdev is missing"; return 1; }
+  grep -o '"iops": *[-0-9.e+]*' /tmp/bdevperf.json | awk -F: '{ n++; if ($2 + 0 <= 0) bad++ } END { print n " jobs with IOPS"; exit (n < 2 || bad > 0) }' || { echo "IOPS not > 0"; return 1; }
+  if grep -o '"io_failed": *[0-9]*' /tmp/bdevperf.json | grep -qv ': *0$'; then echo "failed I/O"; return 1; fi
+}
+check "bdevperf -w verify on bdev_nvme (Nvme0n1, Nvme0n2)" bdevperf_check verify
+check "bdevperf -w randread on bdev_nvme (Nvme0n1, Nvme0n2)" bdevperf_check randread
+# The bdev_nvme RPCs through rspdk_rpc against bdevperf -z (an idle app).
+nvme_rpcs() {
+  rm -f /tmp/bp.sock
+  $B/bdevperf -z -r /tmp/bp.sock > /tmp/bdevperf-z.log 2>&1 &
+  pid=$!
+  for i in $(seq 100); do [ -S /tmp/bp.sock ] && break; sleep 0.1; done
+  R="$B/rspdk_rpc -s /tmp/bp.sock"
+  echo "\$ rspdk_rpc bdev_nvme_attach_controller -b Nvme0 -t pcie -a $BDF" && $R bdev_nvme_attach_controller -b Nvme0 -t pcie -a $BDF &&
+  echo "\$ rspdk_rpc bdev_nvme_get_controllers" && $R bdev_nvme_get_controllers &&
+  echo "\$ rspdk_rpc bdev_get_bdevs -b Nvme0n2" && $R bdev_get_bdevs -b Nvme0n2 > /tmp/bdevs.json && cat /tmp/bdevs.json &&
+  grep -q '"product_name": "NVMe disk"' /tmp/bdevs.json && grep -q '"serial_number": "RSPDKVM0001"' /tmp/bdevs.json &&
+  grep -q '"block_size": 4096' /tmp/bdevs.json && grep -q '"num_blocks": 8192' /tmp/bdevs.json &&
+  echo "\$ rspdk_rpc bdev_nvme_reset_controller Nvme0" && $R bdev_nvme_reset_controller Nvme0 &&
+  echo "\$ rspdk_rpc save_config -s bdev" && $R save_config -s bdev > /tmp/saved.json && cat /tmp/saved.json &&
+  [ "$(grep -c '"bdev_nvme_attach_controller"' /tmp/saved.json)" = 1 ] &&
+  echo "\$ rspdk_rpc bdev_nvme_detach_controller Nvme0" && $R bdev_nvme_detach_controller Nvme0 &&
+  echo "\$ rspdk_rpc bdev_get_bdevs" && $R bdev_get_bdevs > /tmp/bdevs.json && cat /tmp/bdevs.json &&
+  [ "$(tr -d ' \n' < /tmp/bdevs.json)" = "[]" ] &&
+  echo "\$ rspdk_rpc load_config -j (the saved config)" && $R load_config -j /tmp/saved.json &&
+  $R bdev_get_bdevs -b Nvme0n1 > /dev/null && echo "Nvme0n1 is back"
+  r=$?
+  kill $pid; wait $pid
+  return $r
+}
+check "bdev_nvme RPCs: attach, get_controllers, reset, save_config, detach, load_config" nvme_rpcs
 modprobe nvme
 check "rspdk_setup reset gives the controller back to nvme" $B/rspdk_setup reset
 [ "$(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")" = nvme ] || { echo "CHECK FAILED $BDF back on nvme"; rc=1; }

@@ -261,6 +261,14 @@ pub enum BdevError {
     /// An env (DMA memory) error.
     #[error(transparent)]
     Env(#[from] rspdk_env::EnvError),
+    /// A module-specific failure with the errno SPDK answers with.
+    #[error("{message}")]
+    Module {
+        /// errno (positive).
+        errno: i32,
+        /// What failed.
+        message: String,
+    },
 }
 
 impl BdevError {
@@ -276,6 +284,7 @@ impl BdevError {
             BdevError::Unsupported { .. } => libc::ENOTSUP,
             BdevError::Channel { .. } => libc::ENOMEM,
             BdevError::Env(e) => e.errno(),
+            BdevError::Module { errno, .. } => *errno,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Bdev modules that need no special hardware.
+//! Bdev modules (nvme drives a PCIe controller; the rest need no special hardware).
 
 pub mod aio;
 pub mod delay;
@@ -6,6 +6,7 @@ pub mod error;
 mod file;
 pub mod malloc;
 pub mod null;
+pub mod nvme;
 pub mod passthru;
 pub mod split;
 pub mod uring;
@@ -25,9 +26,12 @@ pub fn rpc_registrars() -> Vec<RpcRegistrar> {
         delay::register_rpcs,
         error::register_rpcs,
         split::register_rpcs,
+        nvme::register_rpcs,
     ]
 }
 
 /// Registers the modules that examine new bdevs (virtual-bdev modules).
 /// Called once when the bdev subsystem starts.
-pub fn register_modules() {}
+pub fn register_modules() {
+    crate::bdev::module_register(std::sync::Arc::new(nvme::NvmeModule));
+}

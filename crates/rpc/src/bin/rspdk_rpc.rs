@@ -29,6 +29,8 @@ enum Output {
     JsonUnquoted,
     /// Methods whose rpc.py function prints nothing (e.g. returning `true`).
     Nothing,
+    /// rpc.py's `print_array`: the elements separated by spaces.
+    Array,
 }
 
 /// Type of an argument's value.
@@ -378,6 +380,35 @@ fn method_table() -> Vec<MethodSpec> {
         method("bdev_examine", "examine a bdev if it exists, or queue it for examine when it is added")
             .pos("name", Str, "Name of the block device")
             .output(Nothing),
+        method("bdev_nvme_attach_controller", "Add bdevs with nvme backend")
+            .req(Some('b'), "name", Str, "Name of the NVMe controller, prefix for each bdev name")
+            .req(Some('t'), "trtype", Str, "NVMe-oF target trtype: e.g., rdma, pcie")
+            .req(Some('a'), "traddr", Str, "NVMe-oF target address: e.g., an ip address or BDF")
+            .opt(Some('f'), "adrfam", Str, "NVMe-oF target adrfam: e.g., ipv4, ipv6, ib, fc, intra_host")
+            .opt(Some('s'), "trsvcid", Str, "NVMe-oF target trsvcid: e.g., a port number")
+            .opt(Some('n'), "subnqn", Str, "NVMe-oF target subnqn")
+            .opt(Some('q'), "hostnqn", Str, "NVMe-oF host subnqn")
+            .opt(Some('i'), "hostaddr", Str, "NVMe-oF host address: e.g., an ip address")
+            .opt(Some('c'), "hostsvcid", Str, "NVMe-oF host svcid: e.g., a port number")
+            .opt(Some('x'), "multipath", Str, "Set multipath behavior (disable, failover, multipath)")
+            .opt(None, "num-io-queues", Int, "Set the number of IO queues to request during initialization.")
+            .output(Array),
+        method("bdev_nvme_detach_controller", "Detach an NVMe controller and delete any associated bdevs")
+            .pos("name", Str, "Controller name")
+            .opt(Some('t'), "trtype", Str, "NVMe-oF target trtype: e.g., rdma, pcie")
+            .opt(Some('a'), "traddr", Str, "NVMe-oF target address: e.g., an ip address or BDF")
+            .opt(Some('f'), "adrfam", Str, "NVMe-oF target adrfam: e.g., ipv4, ipv6, ib, fc, intra_host")
+            .opt(Some('s'), "trsvcid", Str, "NVMe-oF target trsvcid: e.g., a port number")
+            .opt(Some('n'), "subnqn", Str, "NVMe-oF target subnqn")
+            .opt(Some('i'), "hostaddr", Str, "NVMe-oF host address: e.g., an ip address")
+            .opt(Some('c'), "hostsvcid", Str, "NVMe-oF host svcid: e.g., a port number")
+            .output(Nothing),
+        method("bdev_nvme_get_controllers", "Display current NVMe controllers list or required NVMe controller")
+            .opt(Some('n'), "name", Str, "Name of the NVMe controller. Example: HotInNvme0"),
+        method("bdev_nvme_reset_controller", "Reset an NVMe controller")
+            .pos("name", Str, "NVMe controller name")
+            .opt(Some('c'), "cntlid", Int, "NVMe controller ID")
+            .output(Nothing),
         method("bdev_aio_create", "Add a bdev with aio backend")
             .pos("filename", Str, "Path to device or file (ex: /dev/sda)")
             .pos("name", Str, "Block device name")
@@ -709,6 +740,16 @@ impl Ctx {
                 println!("{}", text.trim_matches('"'));
             }
             Output::Nothing => {}
+            Output::Array => match result.as_array() {
+                Some(a) => println!(
+                    "{}",
+                    a.iter()
+                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+                None => println!("{}", to_python_json(result, Some(2))),
+            },
         }
     }
 }
