@@ -493,7 +493,7 @@ impl AioState {
 /// The channel poller: submit, reap, admit waiting I/O, finish resets,
 /// then complete (outside the state borrow, so callbacks may submit).
 fn poll(cell: &RefCell<AioState>) -> PollerStatus {
-    let mut done = {
+    let done = {
         let mut st = cell.borrow_mut();
         let mut busy = st.flush();
         let n = st.reap();
@@ -531,14 +531,7 @@ fn poll(cell: &RefCell<AioState>) -> PollerStatus {
         }
         std::mem::take(&mut st.done)
     };
-    for (io, status) in done.drain(..) {
-        io.complete(status);
-    }
-    let mut st = cell.borrow_mut();
-    if st.done.is_empty() {
-        st.done = done;
-    }
-    PollerStatus::Busy
+    super::complete_batch(cell, done, |st| &mut st.done)
 }
 
 impl BackendChannel for AioChannel {

@@ -660,7 +660,7 @@ impl NsState {
 /// The channel poller: reap completions, admit waiting I/O, then complete
 /// (outside the state borrow, so callbacks may submit).
 fn poll(cell: &RefCell<NsState>) -> PollerStatus {
-    let mut done = {
+    let done = {
         let mut guard = cell.borrow_mut();
         let st = &mut *guard;
         let NsState {
@@ -695,14 +695,7 @@ fn poll(cell: &RefCell<NsState>) -> PollerStatus {
         }
         std::mem::take(&mut st.done)
     };
-    for (io, status) in done.drain(..) {
-        io.complete(status);
-    }
-    let mut st = cell.borrow_mut();
-    if st.done.is_empty() {
-        st.done = done;
-    }
-    PollerStatus::Busy
+    super::complete_batch(cell, done, |st| &mut st.done)
 }
 
 impl BackendChannel for NvmeChannel {

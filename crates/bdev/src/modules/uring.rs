@@ -244,7 +244,7 @@ impl UringState {
 /// queue, admit waiting I/O, finish resets, then complete outside the
 /// borrow (callbacks may submit again).
 fn poll(cell: &RefCell<UringState>) -> PollerStatus {
-    let mut done = {
+    let done = {
         let mut guard = cell.borrow_mut();
         let st = &mut *guard;
         let mut busy = false;
@@ -300,14 +300,7 @@ fn poll(cell: &RefCell<UringState>) -> PollerStatus {
         }
         std::mem::take(&mut st.done)
     };
-    for (io, status) in done.drain(..) {
-        io.complete(status);
-    }
-    let mut st = cell.borrow_mut();
-    if st.done.is_empty() {
-        st.done = done;
-    }
-    PollerStatus::Busy
+    super::complete_batch(cell, done, |st| &mut st.done)
 }
 
 impl BackendChannel for UringChannel {
