@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rspdk_nvmf::pdu::{parse, Digests};
+use rspdk_nvme::tcp::pdu::{parse, Digests};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, bytes)) = data.split_first() else { return };

@@ -25,6 +25,7 @@ pub mod qpair;
 mod queue;
 pub mod spec;
 pub mod status;
+pub mod tcp;
 pub mod trid;
 
 pub use ctrlr::{probe, probe_pcie, AsyncEvent, Controller, ControllerOpts, Namespace};

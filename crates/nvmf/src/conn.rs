@@ -700,7 +700,7 @@ impl ConnInner {
                 Err(e) => {
                     let hl = avail.get(pdu::field::HLEN).copied().unwrap_or(8) as usize;
                     let h = avail[..hl.clamp(8, avail.len().max(8)).min(avail.len())].to_vec();
-                    self.terminate(&e, &h);
+                    self.terminate(&NvmfError::from(e), &h);
                 }
             }
         }

@@ -63,6 +63,16 @@ pub enum NvmfError {
     Closed,
 }
 
+impl From<rspdk_nvme::tcp::PduError> for NvmfError {
+    fn from(e: rspdk_nvme::tcp::PduError) -> Self {
+        use rspdk_nvme::tcp::PduError;
+        match e {
+            PduError::BadPdu { what, fes, offset } => NvmfError::BadPdu { what, fes, offset },
+            PduError::Digest { kind, got, want } => NvmfError::Digest { kind, got, want },
+        }
+    }
+}
+
 impl NvmfError {
     /// A protocol error with the Fatal Error Status `fes`.
     pub fn pdu(fes: u8, offset: u32, what: impl Into<String>) -> NvmfError {

@@ -32,7 +32,7 @@ pub mod admin;
 mod conn;
 pub mod error;
 pub mod host;
-pub mod pdu;
+pub use rspdk_nvme::tcp::pdu;
 pub mod rpc;
 pub mod target;
 mod tcp;

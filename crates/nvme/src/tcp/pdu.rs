@@ -13,9 +13,9 @@
 //!
 //! [`Pdu::emit`] appends the wire form (with digests if asked) to a `Vec`.
 
-use rspdk_nvme::spec::{Cqe, Sqe};
+use crate::spec::{Cqe, Sqe};
 
-use crate::error::NvmfError;
+use super::PduError;
 
 /// PDU types (section 3.6.1, figure 16).
 pub mod pdu_type {
@@ -344,7 +344,7 @@ pub fn parse(
     buf: &[u8],
     digests: Digests,
     max_plen: u32,
-) -> Result<Option<(Pdu<'_>, usize)>, NvmfError> {
+) -> Result<Option<(Pdu<'_>, usize)>, PduError> {
     let Some(ch) = CommonHeader::parse(buf) else {
         return Ok(None);
     };
@@ -352,7 +352,7 @@ pub fn parse(
     let Some((hlen, may_data)) = layout(ch.pdu_type) else {
         // Unknown: keep it if it is whole and sane, the caller terminates.
         if (ch.plen as usize) < CH_LEN || ch.plen > max_plen {
-            return Err(NvmfError::pdu(
+            return Err(PduError::pdu(
                 fes::INVALID_HEADER_FIELD,
                 plen_off,
                 format!("PLEN {} of unknown PDU type {:#x}", ch.plen, ch.pdu_type),
@@ -371,7 +371,7 @@ pub fn parse(
         )));
     };
     if ch.hlen as usize != hlen {
-        return Err(NvmfError::pdu(
+        return Err(PduError::pdu(
             fes::INVALID_HEADER_FIELD,
             field::HLEN as u32,
             format!(
@@ -385,7 +385,7 @@ pub fn parse(
     // Header digest: on every PDU but IC and TermReq once negotiated.
     let has_hdgst = ch.flags & flags::HDGSTF != 0;
     if !is_ic && !is_term && has_hdgst != digests.header {
-        return Err(NvmfError::pdu(
+        return Err(PduError::pdu(
             fes::INVALID_HEADER_FIELD,
             field::FLAGS as u32,
             format!(
@@ -402,7 +402,7 @@ pub fn parse(
     };
     let plen = ch.plen as usize;
     if plen < hlen + hdgst_len || ch.plen > max_plen {
-        return Err(NvmfError::pdu(
+        return Err(PduError::pdu(
             fes::INVALID_HEADER_FIELD,
             plen_off,
             format!(
@@ -414,7 +414,7 @@ pub fn parse(
         ));
     }
     if is_term && plen > hlen + TERM_REQ_MAX_DATA {
-        return Err(NvmfError::pdu(
+        return Err(PduError::pdu(
             fes::INVALID_HEADER_FIELD,
             plen_off,
             format!(
@@ -426,7 +426,7 @@ pub fn parse(
     let has_ddgst = ch.flags & flags::DDGSTF != 0;
     let data_present = plen > hlen + hdgst_len;
     if !may_data && data_present {
-        return Err(NvmfError::pdu(
+        return Err(PduError::pdu(
             fes::INVALID_HEADER_FIELD,
             plen_off,
             format!(
@@ -440,7 +440,7 @@ pub fn parse(
     let (data_start, ddgst_len) = if data_present && !is_term {
         let pdo = ch.pdo as usize;
         if pdo < hlen + hdgst_len || pdo > plen {
-            return Err(NvmfError::pdu(
+            return Err(PduError::pdu(
                 fes::INVALID_HEADER_FIELD,
                 field::PDO as u32,
                 format!(
@@ -450,7 +450,7 @@ pub fn parse(
             ));
         }
         if has_ddgst != digests.data {
-            return Err(NvmfError::pdu(
+            return Err(PduError::pdu(
                 fes::INVALID_HEADER_FIELD,
                 field::FLAGS as u32,
                 format!(
@@ -462,7 +462,7 @@ pub fn parse(
         }
         let dl = if has_ddgst { DIGEST_LEN } else { 0 };
         if plen < pdo + dl {
-            return Err(NvmfError::pdu(
+            return Err(PduError::pdu(
                 fes::INVALID_HEADER_FIELD,
                 plen_off,
                 format!("PLEN {plen} leaves no room for the data digest after PDO {pdo}"),
@@ -480,7 +480,7 @@ pub fn parse(
         let got = le32(&pdu[hlen..hlen + 4]);
         let want = crc32c(&pdu[..hlen]);
         if got != want {
-            return Err(NvmfError::Digest {
+            return Err(PduError::Digest {
                 kind: "header",
                 got,
                 want,
@@ -492,7 +492,7 @@ pub fn parse(
         let got = le32(&pdu[plen - 4..]);
         let want = crc32c(data);
         if got != want {
-            return Err(NvmfError::Digest {
+            return Err(PduError::Digest {
                 kind: "data",
                 got,
                 want,
@@ -533,7 +533,7 @@ pub fn parse(
         pdu_type::H2C_DATA | pdu_type::C2H_DATA => {
             let hdr = data_header(h);
             if hdr.datal as usize != data.len() {
-                return Err(NvmfError::pdu(
+                return Err(PduError::pdu(
                     fes::INVALID_HEADER_FIELD,
                     field::DATAL.start as u32,
                     format!(
@@ -794,7 +794,7 @@ mod tests {
         bad[80] ^= 1;
         assert!(matches!(
             parse(&bad, dg, 1 << 20),
-            Err(NvmfError::Digest { kind: "data", .. })
+            Err(PduError::Digest { kind: "data", .. })
         ));
     }
 

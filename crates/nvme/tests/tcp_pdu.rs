@@ -5,8 +5,8 @@
 
 use proptest::prelude::*;
 use rspdk_nvme::spec::{Cqe, Sqe};
-use rspdk_nvmf::pdu::{self, CommonHeader, DataHeader, Digests, IcReq, IcResp, Pdu};
-use rspdk_nvmf::NvmfError;
+use rspdk_nvme::tcp::pdu::{self, CommonHeader, DataHeader, Digests, IcReq, IcResp, Pdu};
+use rspdk_nvme::tcp::PduError;
 
 const MAX: u32 = 1 << 20;
 
@@ -145,7 +145,7 @@ fn errors_name_the_field() {
     assert!(
         matches!(
             e,
-            NvmfError::BadPdu {
+            PduError::BadPdu {
                 fes: 1,
                 offset: 4,
                 ..
