@@ -11,7 +11,8 @@
 //! nothing.
 
 use std::cell::RefCell;
-use std::io::{Read, Write};
+use std::collections::VecDeque;
+use std::io::{IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -97,9 +98,11 @@ const SGL_DATA_BLOCK_OFFSET: u8 = 0x01;
 const SGL_TRANSPORT_DATA_BLOCK: u8 = 0x5a;
 /// Most AERs held per controller (AERL + 1).
 const MAX_AERS: usize = 4;
-/// Reads at least this large are sent straight from their buffer when
-/// nothing else is queued (smaller ones are batched into one write).
-const DIRECT_SEND_MIN: usize = 32 * 1024;
+/// C2H data up to this size is copied next to its header; larger data is
+/// sent straight from the command's DMA buffer (one iovec of a `writev`).
+const INLINE_DATA_MAX: usize = 512;
+/// Most iovecs handed to one `writev`.
+const MAX_IOV: usize = 64;
 /// Stop reading when this much output waits (back-pressure).
 const WBUF_HIGH: usize = 4 << 20;
 
@@ -307,6 +310,15 @@ struct NsChan {
     block_size: u64,
 }
 
+/// A piece of queued output, sent in order by [`ConnInner::flush`].
+enum OutSeg {
+    /// The next `.0` bytes of `wbuf` (headers, responses, digests).
+    Inline(usize),
+    /// C2H data sent straight from a command's buffer, which the queue owns
+    /// until the socket took the bytes (then it goes back to the pool).
+    Data { buf: DmaBuf, off: usize, len: usize },
+}
+
 struct ConnInner {
     id: u64,
     stream: TcpStream,
@@ -317,10 +329,15 @@ struct ConnInner {
     pg_name: String,
     rbuf: Vec<u8>,
     rlen: usize,
+    /// Headers, responses and digests waiting to be sent, from `wpos`.
     wbuf: Vec<u8>,
     wpos: usize,
-    /// Header and digest bytes of a direct send.
-    scratch: Vec<u8>,
+    /// `wbuf` bytes up to here are described by `out`.
+    wmark: usize,
+    /// Queued output in order: `wbuf` runs and DMA data buffers.
+    out: VecDeque<OutSeg>,
+    /// Bytes of DMA data queued in `out`.
+    out_data: usize,
     /// The socket's interrupt (interrupt mode).
     intr: Option<Interrupt>,
     /// Interrupt mode: send completions at once.
@@ -367,7 +384,9 @@ impl ConnInner {
             rlen: 0,
             wbuf: Vec::with_capacity(64 * 1024),
             wpos: 0,
-            scratch: Vec::with_capacity(64),
+            wmark: 0,
+            out: VecDeque::with_capacity(2 * MAX_IOV),
+            out_data: 0,
             intr: None,
             interrupt: false,
             ic_done: false,
@@ -452,30 +471,114 @@ impl ConnInner {
         self.close(&e.to_string());
     }
 
+    /// Output bytes waiting for the socket.
+    fn queued(&self) -> usize {
+        self.wbuf.len() - self.wpos + self.out_data
+    }
+
+    /// Describes the `wbuf` bytes appended since the last call in `out`.
+    fn seal(&mut self) {
+        if self.wbuf.len() > self.wmark {
+            let n = self.wbuf.len() - self.wmark;
+            match self.out.back_mut() {
+                Some(OutSeg::Inline(m)) => *m += n,
+                _ => self.out.push_back(OutSeg::Inline(n)),
+            }
+            self.wmark = self.wbuf.len();
+        }
+    }
+
+    /// Queues `len` bytes of `buf` to be sent from the buffer itself.
+    fn push_data(&mut self, buf: DmaBuf, len: usize) {
+        self.seal();
+        self.out_data += len;
+        self.out.push_back(OutSeg::Data { buf, off: 0, len });
+    }
+
+    /// Drops `sent` bytes from the front of the queue; buffers fully sent go
+    /// back to the pool.
+    fn advance(&mut self, mut sent: usize) {
+        while sent > 0 {
+            let Some(front) = self.out.front_mut() else {
+                break;
+            };
+            let done = match front {
+                OutSeg::Inline(len) => {
+                    let k = sent.min(*len);
+                    self.wpos += k;
+                    *len -= k;
+                    sent -= k;
+                    *len == 0
+                }
+                OutSeg::Data { off, len, .. } => {
+                    let k = sent.min(*len);
+                    *off += k;
+                    *len -= k;
+                    sent -= k;
+                    self.out_data -= k;
+                    *len == 0
+                }
+            };
+            if done {
+                if let Some(OutSeg::Data { buf, .. }) = self.out.pop_front() {
+                    self.put_buf(buf);
+                }
+            }
+        }
+        if self.out.is_empty() {
+            self.wbuf.clear();
+            self.wpos = 0;
+            self.wmark = 0;
+        }
+    }
+
+    /// Writes queued output with non-blocking `writev`s (up to [`MAX_IOV`]
+    /// pieces each) until the socket is full or nothing is left. True if
+    /// anything was sent.
     fn flush(&mut self) -> bool {
+        self.seal();
         let mut did = false;
-        while self.wpos < self.wbuf.len() {
-            match self.stream.write(&self.wbuf[self.wpos..]) {
+        while !self.out.is_empty() {
+            let (r, total) = {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let (mut n, mut total, mut w) = (0, 0, self.wpos);
+                for seg in self.out.iter().take(MAX_IOV) {
+                    let s: &[u8] = match seg {
+                        OutSeg::Inline(len) => {
+                            w += len;
+                            &self.wbuf[w - len..w]
+                        }
+                        OutSeg::Data { buf, off, len } => &buf[*off..*off + *len],
+                    };
+                    iov[n] = IoSlice::new(s);
+                    n += 1;
+                    total += s.len();
+                }
+                (self.stream.write_vectored(&iov[..n]), total)
+            };
+            match r {
                 Ok(0) => break,
                 Ok(n) => {
-                    self.wpos += n;
+                    self.advance(n);
                     did = true;
+                    if n < total {
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => {
+                    self.out.clear();
+                    self.out_data = 0;
                     self.wbuf.clear();
                     self.wpos = 0;
+                    self.wmark = 0;
                     if !self.closed {
                         self.close("write failed");
                     }
                     return did;
                 }
             }
-        }
-        if self.wpos == self.wbuf.len() {
-            self.wbuf.clear();
-            self.wpos = 0;
         }
         did
     }
@@ -499,52 +602,38 @@ impl ConnInner {
             let r = &self.reqs[slot];
             (r.cid, r.c2h, r.len)
         };
-        let buf = self.reqs[slot].buf.take();
+        let mut buf = self.reqs[slot].buf.take();
         let ok = status == sc::SUCCESS;
         let mut skip_resp = false;
         if ok && c2h && len > 0 {
-            if let Some(b) = &buf {
+            if let Some(b) = buf.take() {
                 let success = self.opts.c2h_success
                     && self.q.as_ref().is_some_and(|q| q.sqflow_off)
                     && dw0 == 0;
-                let data = &b[..len.min(b.len())];
+                let dlen = len.min(b.len());
                 let hdr = DataHeader {
                     cccid: cid,
                     ttag: 0,
                     datao: 0,
-                    datal: data.len() as u32,
+                    datal: dlen as u32,
                 };
                 let mut f = pdu::flags::LAST_PDU;
                 if success {
                     f |= pdu::flags::SUCCESS;
                 }
-                if data.len() >= DIRECT_SEND_MIN && self.wpos == self.wbuf.len() {
-                    // Nothing queued: send header, data and digest straight
-                    // from the DMA buffer; queue (copy) only what the socket
-                    // did not take.
-                    let mut hd = std::mem::take(&mut self.scratch);
-                    hd.clear();
-                    pdu::emit_c2h_data_header(&mut hd, &hdr, f, self.digests);
-                    let split = hd.len();
-                    pdu::finish_c2h_data(&mut hd, data, self.digests);
-                    let (head, tail) = hd.split_at(split);
-                    let bufs = [
-                        std::io::IoSlice::new(head),
-                        std::io::IoSlice::new(data),
-                        std::io::IoSlice::new(tail),
-                    ];
-                    let sent = self.stream.write_vectored(&bufs).unwrap_or(0);
-                    let mut skip = sent;
-                    for part in [head, data, tail] {
-                        let k = skip.min(part.len());
-                        self.wbuf.extend_from_slice(&part[k..]);
-                        skip -= k;
-                    }
-                    self.scratch = hd;
+                pdu::emit_c2h_data_header(&mut self.wbuf, &hdr, f, self.digests);
+                if dlen <= INLINE_DATA_MAX {
+                    self.wbuf.extend_from_slice(&b[..dlen]);
+                    pdu::finish_c2h_data(&mut self.wbuf, &b[..dlen], self.digests);
+                    self.put_buf(b);
                 } else {
-                    pdu::emit_c2h_data_header(&mut self.wbuf, &hdr, f, self.digests);
-                    self.wbuf.extend_from_slice(data);
-                    pdu::finish_c2h_data(&mut self.wbuf, data, self.digests);
+                    // Header, data and digest go out in one `writev` with
+                    // the rest of this poll's output; no copy of the data.
+                    let dg = self.digests.data.then(|| pdu::crc32c(&b[..dlen]));
+                    self.push_data(b, dlen);
+                    if let Some(d) = dg {
+                        self.wbuf.extend_from_slice(&d.to_le_bytes());
+                    }
                 }
                 skip_resp = success;
             }
@@ -633,7 +722,7 @@ impl Conn {
                 }
             }
         }
-        if i.wbuf.len() - i.wpos > WBUF_HIGH {
+        if i.queued() > WBUF_HIGH {
             return busy;
         }
         let ConnInner {
