@@ -44,6 +44,9 @@ pub mod sc {
     pub const INVALID_FIELD: (u8, u8) = (0, 0x02);
     /// Data Transfer Error.
     pub const DATA_TRANSFER_ERROR: (u8, u8) = (0, 0x04);
+    /// Transient Transport Error (base spec 2.0, figure 102): what a command
+    /// whose data digest did not match ends with (NVMe/TCP 1.0, 3.6.2.3).
+    pub const TRANSIENT_TRANSPORT: (u8, u8) = (0, 0x22);
     /// Internal Error.
     pub const INTERNAL: (u8, u8) = (0, 0x06);
     /// Invalid Namespace or Format.
@@ -319,6 +322,48 @@ enum OutSeg {
     Data { buf: DmaBuf, off: usize, len: usize },
 }
 
+/// Where the payload of a data-carrying PDU goes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum RxKind {
+    /// In-capsule data of a command.
+    Capsule,
+    /// H2CData answering an R2T.
+    H2c,
+}
+
+/// The receive side between and inside PDUs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Rx {
+    /// At a PDU boundary: headers are parsed from `rbuf`.
+    Hdr,
+    /// A command capsule's or an H2CData PDU's data goes straight to
+    /// `reqs[slot].buf[off..end]` (from `rbuf` what a read already brought,
+    /// the rest read from the socket into the buffer), then `dneed` digest
+    /// bytes (CRC32C of `buf[start..end]`).
+    Data {
+        kind: RxKind,
+        slot: usize,
+        start: usize,
+        off: usize,
+        end: usize,
+        dgst: [u8; 4],
+        dgot: usize,
+        dneed: usize,
+    },
+    /// Data (and digest) of a PDU whose command has already failed.
+    Discard { left: usize },
+}
+
+/// What [`ConnInner::data_pdu_header`] made of the bytes at a PDU boundary.
+enum HdrStep {
+    /// Not a data-carrying capsule or H2CData PDU: parse it whole.
+    Whole,
+    /// Its header is not all here yet.
+    NeedMore,
+    /// Its header (this many bytes) was taken; its data follows.
+    Taken(usize),
+}
+
 struct ConnInner {
     id: u64,
     stream: TcpStream,
@@ -329,6 +374,11 @@ struct ConnInner {
     pg_name: String,
     rbuf: Vec<u8>,
     rlen: usize,
+    /// Where the bytes being received go.
+    rx: Rx,
+    /// The host's MAXR2T (0's based) from its ICReq. We send one R2T per
+    /// command for the whole transfer, which every MAXR2T allows.
+    maxr2t: u32,
     /// Headers, responses and digests waiting to be sent, from `wpos`.
     wbuf: Vec<u8>,
     wpos: usize,
@@ -382,6 +432,8 @@ impl ConnInner {
             pg_name,
             rbuf: vec![0; 64 * 1024],
             rlen: 0,
+            rx: Rx::Hdr,
+            maxr2t: 0,
             wbuf: Vec::with_capacity(64 * 1024),
             wpos: 0,
             wmark: 0,
@@ -725,22 +777,24 @@ impl Conn {
         if i.queued() > WBUF_HIGH {
             return busy;
         }
-        let ConnInner {
-            stream, rbuf, rlen, ..
-        } = &mut *i;
-        if *rlen == rbuf.len() {
-            let want = rbuf.len() * 2;
-            rbuf.resize(want, 0);
-        }
-        match stream.read(&mut rbuf[*rlen..]) {
+        let r = if i.rlen == 0 && matches!(i.rx, Rx::Data { .. }) {
+            i.read_direct()
+        } else {
+            let ConnInner {
+                stream, rbuf, rlen, ..
+            } = &mut *i;
+            if *rlen == rbuf.len() {
+                let want = rbuf.len() * 2;
+                rbuf.resize(want, 0);
+            }
+            stream.read(&mut rbuf[*rlen..]).inspect(|&n| *rlen += n)
+        };
+        match r {
             Ok(0) => {
                 i.close("peer closed the connection");
                 return true;
             }
-            Ok(n) => {
-                *rlen += n;
-                busy = true;
-            }
+            Ok(_) => busy = true,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
@@ -757,12 +811,95 @@ impl Conn {
 }
 
 impl ConnInner {
-    /// Handles every whole PDU in the receive buffer.
+    /// Reads the rest of the PDU being received straight into its command's
+    /// buffer, the data digest after it and whatever follows into `rbuf`,
+    /// with one `readv` (`rbuf` is empty). Returns the bytes read.
+    fn read_direct(&mut self) -> std::io::Result<usize> {
+        let ConnInner {
+            stream,
+            rbuf,
+            rlen,
+            rx,
+            reqs,
+            ..
+        } = self;
+        let Rx::Data {
+            slot,
+            off,
+            end,
+            dgst,
+            dgot,
+            dneed,
+            ..
+        } = rx
+        else {
+            return Ok(0);
+        };
+        let Some(b) = reqs.get_mut(*slot).and_then(|r| r.buf.as_mut()) else {
+            return Err(std::io::Error::other(
+                "receive buffer of the command is gone",
+            ));
+        };
+        let n = {
+            let mut iov = [
+                std::io::IoSliceMut::new(&mut b[*off..*end]),
+                std::io::IoSliceMut::new(&mut dgst[*dgot..*dneed]),
+                std::io::IoSliceMut::new(&mut rbuf[..]),
+            ];
+            stream.read_vectored(&mut iov)?
+        };
+        let k = n.min(*end - *off);
+        *off += k;
+        let d = (n - k).min(*dneed - *dgot);
+        *dgot += d;
+        *rlen = n - k - d;
+        Ok(n)
+    }
+
+    /// Handles every whole PDU in the receive buffer; payloads of capsules
+    /// and H2CData go to their command's buffer as they come.
     fn process(&mut self, this: &Rc<Conn>) {
         let mut rbuf = std::mem::take(&mut self.rbuf);
         let mut off = 0;
-        while !self.closed && off < self.rlen {
+        loop {
+            if self.closed {
+                break;
+            }
+            if let Rx::Data {
+                off: o,
+                end,
+                dgot,
+                dneed,
+                ..
+            } = self.rx
+            {
+                if o == end && dgot == dneed {
+                    self.rx_done(this);
+                    continue;
+                }
+            }
+            if off >= self.rlen {
+                break;
+            }
+            if self.rx != Rx::Hdr {
+                off += self.rx_feed(&rbuf[off..self.rlen]);
+                continue;
+            }
             let avail = &rbuf[off..self.rlen];
+            match self.data_pdu_header(this, avail) {
+                Ok(HdrStep::Taken(n)) => {
+                    off += n;
+                    continue;
+                }
+                Ok(HdrStep::NeedMore) => break,
+                Ok(HdrStep::Whole) => {}
+                Err(e) => {
+                    let hl = avail.get(pdu::field::HLEN).copied().unwrap_or(8) as usize;
+                    let h = avail[..hl.clamp(8, avail.len().max(8)).min(avail.len())].to_vec();
+                    self.terminate(&e, &h);
+                    break;
+                }
+            }
             match pdu::parse(avail, self.digests, self.max_plen) {
                 Ok(None) => {
                     // Make room for a PDU larger than the buffer.
@@ -800,6 +937,193 @@ impl ConnInner {
         self.rbuf = rbuf;
     }
 
+    /// At a PDU boundary: takes the header of a command capsule with
+    /// in-capsule data or of an H2CData PDU as soon as the header is here,
+    /// so that the data can go straight to the command's buffer. Other PDUs
+    /// (and these without data) are parsed whole by [`pdu::parse`].
+    fn data_pdu_header(&mut self, this: &Rc<Conn>, avail: &[u8]) -> Result<HdrStep, NvmfError> {
+        let Some(ch) = pdu::CommonHeader::parse(avail) else {
+            return Ok(HdrStep::NeedMore);
+        };
+        if !self.ic_done
+            || !matches!(
+                ch.pdu_type,
+                pdu::pdu_type::CAPSULE_CMD | pdu::pdu_type::H2C_DATA
+            )
+        {
+            return Ok(HdrStep::Whole);
+        }
+        // Every length rule depends on the common header alone: checked
+        // here before any data is awaited.
+        pdu::parse(&avail[..pdu::CH_LEN], self.digests, self.max_plen)?;
+        let hlen = ch.hlen as usize;
+        let hd = if self.digests.header {
+            pdu::DIGEST_LEN
+        } else {
+            0
+        };
+        let plen = ch.plen as usize;
+        if plen <= hlen + hd {
+            return Ok(HdrStep::Whole);
+        }
+        let pdo = ch.pdo as usize;
+        if avail.len() < pdo {
+            return Ok(HdrStep::NeedMore);
+        }
+        if hd > 0 {
+            let got = u32::from_le_bytes([
+                avail[hlen],
+                avail[hlen + 1],
+                avail[hlen + 2],
+                avail[hlen + 3],
+            ]);
+            let want = pdu::crc32c(&avail[..hlen]);
+            if got != want {
+                return Err(NvmfError::Digest {
+                    kind: "header",
+                    got,
+                    want,
+                });
+            }
+        }
+        let dneed = if self.digests.data {
+            pdu::DIGEST_LEN
+        } else {
+            0
+        };
+        let datal = plen - pdo - dneed;
+        let h = &avail[..hlen];
+        let le32 = |r: std::ops::Range<usize>| {
+            let b = &h[r];
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        };
+        let (kind, dest) = if ch.pdu_type == pdu::pdu_type::CAPSULE_CMD {
+            let mut sqe = Sqe::default();
+            for (i, d) in sqe.dw.iter_mut().enumerate() {
+                *d = le32(pdu::field::SQE.start + 4 * i..pdu::field::SQE.start + 4 * i + 4);
+            }
+            (RxKind::Capsule, self.capsule_start(this, sqe, datal)?)
+        } else {
+            let hdr = DataHeader {
+                cccid: u16::from_le_bytes([
+                    h[pdu::field::CCCID.start],
+                    h[pdu::field::CCCID.start + 1],
+                ]),
+                ttag: u16::from_le_bytes([
+                    h[pdu::field::TTAG.start],
+                    h[pdu::field::TTAG.start + 1],
+                ]),
+                datao: le32(pdu::field::DATAO),
+                datal: le32(pdu::field::DATAL),
+            };
+            if hdr.datal as usize != datal {
+                return Err(NvmfError::pdu(
+                    fes::INVALID_HEADER_FIELD,
+                    pdu::field::DATAL.start as u32,
+                    format!("DATAL {} but the PDU holds {datal} data bytes", hdr.datal),
+                ));
+            }
+            (RxKind::H2c, Some(self.h2c_start(hdr)?))
+        };
+        self.rx = match dest {
+            Some((slot, start)) => Rx::Data {
+                kind,
+                slot,
+                start,
+                off: start,
+                end: start + datal,
+                dgst: [0; 4],
+                dgot: 0,
+                dneed,
+            },
+            None => Rx::Discard {
+                left: datal + dneed,
+            },
+        };
+        Ok(HdrStep::Taken(pdo))
+    }
+
+    /// Moves payload bytes from `src` (the receive buffer) to where the
+    /// current PDU's data goes; returns how many it took.
+    fn rx_feed(&mut self, src: &[u8]) -> usize {
+        match &mut self.rx {
+            Rx::Hdr => 0,
+            Rx::Discard { left } => {
+                let k = (*left).min(src.len());
+                *left -= k;
+                if *left == 0 {
+                    self.rx = Rx::Hdr;
+                }
+                k
+            }
+            Rx::Data {
+                slot,
+                off,
+                end,
+                dgst,
+                dgot,
+                dneed,
+                ..
+            } => {
+                let k = (*end - *off).min(src.len());
+                if let Some(b) = self.reqs.get_mut(*slot).and_then(|r| r.buf.as_mut()) {
+                    b[*off..*off + k].copy_from_slice(&src[..k]);
+                }
+                *off += k;
+                let d = (*dneed - *dgot).min(src.len() - k);
+                dgst[*dgot..*dgot + d].copy_from_slice(&src[k..k + d]);
+                *dgot += d;
+                k + d
+            }
+        }
+    }
+
+    /// The current PDU's data and digest are all in: check the digest, then
+    /// run the command (capsule, or the last H2CData of its transfer). A
+    /// digest mismatch fails the command with Transient Transport Error and
+    /// keeps the connection (NVMe/TCP 1.0, section 3.6.2.3 / 7.4.6.2).
+    fn rx_done(&mut self, this: &Rc<Conn>) {
+        let Rx::Data {
+            kind,
+            slot,
+            start,
+            end,
+            dgst,
+            dneed,
+            ..
+        } = std::mem::replace(&mut self.rx, Rx::Hdr)
+        else {
+            return;
+        };
+        let mut bad = false;
+        if dneed > 0 {
+            let got = u32::from_le_bytes(dgst);
+            let want = self.reqs[slot]
+                .buf
+                .as_ref()
+                .map_or(got, |b| pdu::crc32c(&b[start..end]));
+            if got != want {
+                bad = true;
+                let e = NvmfError::Digest {
+                    kind: "data",
+                    got,
+                    want,
+                };
+                tracing::warn!(peer = %self.peer, conn = self.id, cid = self.reqs[slot].cid, error = %e,
+                    "nvmf: the command fails with Transient Transport Error");
+            }
+        }
+        match kind {
+            RxKind::Capsule => {
+                if bad {
+                    self.complete(slot, sc::TRANSIENT_TRANSPORT, 0);
+                } else {
+                    self.exec(this, slot);
+                }
+            }
+            RxKind::H2c => self.h2c_done(this, slot, end, bad),
+        }
+    }
     fn handle(&mut self, this: &Rc<Conn>, p: Pdu<'_>) -> Result<(), NvmfError> {
         match p {
             Pdu::IcReq(r) => {
@@ -832,6 +1156,7 @@ impl ConnInner {
                     header: r.hdgst,
                     data: r.ddgst,
                 };
+                self.maxr2t = r.maxr2t;
                 let icd = ADMIN_ICD.max(self.opts.in_capsule_data_size as usize);
                 let cmd = pdu::CAPSULE_CMD_HLEN + 8 + icd;
                 let data = pdu::DATA_HLEN + 8 + self.maxh2cdata() as usize;
@@ -844,8 +1169,24 @@ impl ConnInner {
                 0,
                 "a PDU before the ICReq",
             )),
-            Pdu::CapsuleCmd { sqe, data } => self.capsule(this, sqe, data),
-            Pdu::H2cData { hdr, data, .. } => self.h2c_data(this, hdr, data),
+            Pdu::CapsuleCmd { sqe, data } => {
+                if let Some((slot, _)) = self.capsule_start(this, sqe, data.len())? {
+                    if let Some(b) = self.reqs[slot].buf.as_mut() {
+                        b[..data.len()].copy_from_slice(data);
+                    }
+                    self.exec(this, slot);
+                }
+                Ok(())
+            }
+            Pdu::H2cData { hdr, data, .. } => {
+                let (slot, start) = self.h2c_start(hdr)?;
+                let end = start + data.len();
+                if let Some(b) = self.reqs[slot].buf.as_mut() {
+                    b[start..end].copy_from_slice(data);
+                }
+                self.h2c_done(this, slot, end, false);
+                Ok(())
+            }
             Pdu::H2cTermReq { fes, fei, .. } => {
                 tracing::warn!(peer = %self.peer, fes, fei, "nvmf: host terminated the connection");
                 self.close("host sent H2CTermReq");
@@ -864,7 +1205,17 @@ impl ConnInner {
         }
     }
 
-    fn capsule(&mut self, this: &Rc<Conn>, sqe: Sqe, data: &[u8]) -> Result<(), NvmfError> {
+    /// Starts a command: takes a request slot and checks the transfer. With
+    /// in-capsule data (`dlen` bytes following the header) it returns where
+    /// the data goes (the slot, offset 0 of its buffer) and the command runs
+    /// once the data is in; `None` when it has been completed, sent an
+    /// R2T or run already (any in-capsule data is then dropped).
+    fn capsule_start(
+        &mut self,
+        this: &Rc<Conn>,
+        sqe: Sqe,
+        dlen: usize,
+    ) -> Result<Option<(usize, usize)>, NvmfError> {
         let Some(slot) = self.alloc_slot() else {
             return Err(NvmfError::pdu(
                 fes::INVALID_HEADER_FIELD,
@@ -903,7 +1254,7 @@ impl ConnInner {
         };
         if len > max {
             self.complete(slot, sc::SGL_LENGTH, 0);
-            return Ok(());
+            return Ok(None);
         }
         if dir == 1 && len > 0 {
             match sgl_id {
@@ -914,27 +1265,27 @@ impl ConnInner {
                         self.opts.in_capsule_data_size as usize
                     };
                     let off = sqe.prp1() as usize;
-                    if off != 0 || len > icd || data.len() < len {
+                    if off != 0 || len > icd || dlen < len {
                         self.complete(slot, sc::SGL_LENGTH, 0);
-                        return Ok(());
+                        return Ok(None);
                     }
-                    let Some(mut b) = self.get_buf(len) else {
+                    let Some(b) = self.get_buf(len.max(dlen)) else {
                         self.complete(slot, sc::INTERNAL, 0);
-                        return Ok(());
+                        return Ok(None);
                     };
-                    b[..len].copy_from_slice(&data[..len]);
                     let r = &mut self.reqs[slot];
                     r.buf = Some(b);
                     r.len = len;
+                    return Ok(Some((slot, 0)));
                 }
                 SGL_TRANSPORT_DATA_BLOCK => {
-                    if !data.is_empty() {
+                    if dlen > 0 {
                         self.complete(slot, sc::SGL_TYPE, 0);
-                        return Ok(());
+                        return Ok(None);
                     }
                     let Some(b) = self.get_buf(len) else {
                         self.complete(slot, sc::INTERNAL, 0);
-                        return Ok(());
+                        return Ok(None);
                     };
                     let r = &mut self.reqs[slot];
                     r.buf = Some(b);
@@ -947,27 +1298,29 @@ impl ConnInner {
                         datal: len as u32,
                     };
                     pdu::emit_r2t(&mut self.wbuf, &hdr, self.digests);
-                    return Ok(());
+                    return Ok(None);
                 }
                 _ => {
                     self.complete(slot, sc::SGL_TYPE, 0);
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         } else if dir == 2 && len > 0 {
             if sgl_id != SGL_TRANSPORT_DATA_BLOCK && sgl_id != SGL_DATA_BLOCK_OFFSET {
                 self.complete(slot, sc::SGL_TYPE, 0);
-                return Ok(());
+                return Ok(None);
             }
             let r = &mut self.reqs[slot];
             r.len = len;
             r.c2h = true;
         }
         self.exec(this, slot);
-        Ok(())
+        Ok(None)
     }
 
-    fn h2c_data(&mut self, this: &Rc<Conn>, hdr: DataHeader, data: &[u8]) -> Result<(), NvmfError> {
+    /// Checks an H2CData header against its R2T; returns the request slot
+    /// and the offset in its buffer where the data goes.
+    fn h2c_start(&mut self, hdr: DataHeader) -> Result<(usize, usize), NvmfError> {
         let slot = hdr.ttag as usize;
         let ok = self
             .reqs
@@ -984,29 +1337,38 @@ impl ConnInner {
             ));
         }
         let r = &mut self.reqs[slot];
-        let end = hdr.datao as usize + data.len();
+        let end = hdr.datao as usize + hdr.datal as usize;
         if hdr.datao as usize != r.recvd || end > r.len {
             return Err(NvmfError::pdu(
                 fes::DATA_OUT_OF_RANGE,
                 pdu::field::DATAO.start as u32,
                 format!(
                     "H2CData DATAO {} DATAL {} (expected offset {}, transfer {})",
-                    hdr.datao,
-                    data.len(),
-                    r.recvd,
-                    r.len
+                    hdr.datao, hdr.datal, r.recvd, r.len
                 ),
             ));
         }
-        if let Some(b) = r.buf.as_mut() {
-            b[hdr.datao as usize..end].copy_from_slice(data);
-        }
+        Ok((slot, hdr.datao as usize))
+    }
+
+    /// H2CData up to offset `end` of request `slot` is in (`bad`: its
+    /// digest did not match). After the last one the command runs, or fails
+    /// with Transient Transport Error if any digest was bad.
+    fn h2c_done(&mut self, this: &Rc<Conn>, slot: usize, end: usize, bad: bool) {
+        let r = &mut self.reqs[slot];
         r.recvd = end;
+        if bad && r.status == sc::SUCCESS {
+            r.status = sc::TRANSIENT_TRANSPORT;
+        }
         if r.recvd == r.len {
             r.state = ReqState::Exec;
-            self.exec(this, slot);
+            if r.status == sc::SUCCESS {
+                self.exec(this, slot);
+            } else {
+                let st = r.status;
+                self.complete(slot, st, 0);
+            }
         }
-        Ok(())
     }
 
     fn exec(&mut self, this: &Rc<Conn>, slot: usize) {
