@@ -2,13 +2,16 @@
 //!
 //! Each poll group is a lightweight thread on one reactor; it owns its
 //! connections and polls them from one poller: a non-blocking `read` into
-//! the connection's receive buffer, every whole PDU parsed and handled,
-//! then the queued output written with non-blocking `write`s. Commands
-//! become bdev I/O on the poll group's channels; their callbacks (on the
-//! same thread) queue the C2HData and response PDUs. Request slots, data
-//! buffers (DMA memory, reused by size class) and the receive and send
-//! buffers are kept per connection: after warm-up a command allocates
-//! nothing.
+//! the connection's receive buffer, every PDU parsed and handled, then the
+//! queued output written with non-blocking `writev`s. The payload of a
+//! command capsule or H2CData PDU goes to the command's DMA buffer as soon
+//! as its header is in (the rest of it read straight there with `readv`);
+//! C2HData is sent from the bdev's buffer (an iovec of the `writev`).
+//! Commands become bdev I/O on the poll group's channels; their callbacks
+//! (on the same thread) queue the C2HData and response PDUs. Request
+//! slots, data buffers (DMA memory, reused by size class), the receive and
+//! send buffers and the output queue are kept per connection: after
+//! warm-up a command allocates nothing.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;

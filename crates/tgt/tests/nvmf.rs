@@ -1,8 +1,9 @@
 //! The NVMe/TCP target in `rspdk_tgt`, driven by SPDK's RPCs and a small
 //! NVMe/TCP host (`common_nvmf`): discovery, admin and I/O queues, identify,
 //! in-capsule and R2T writes read back and compared, digests on and off,
-//! the SUCCESS flag, bad input closing only the offending connection, and
-//! the RPC views and save_config.
+//! the SUCCESS flag, bad input closing only the offending connection, data
+//! digest errors failing only their command, and the RPC views and
+//! save_config.
 
 #[path = "../../event/tests/common/mod.rs"]
 mod common;
