@@ -48,7 +48,8 @@ pub mod sc {
     /// Data Transfer Error.
     pub const DATA_TRANSFER_ERROR: (u8, u8) = (0, 0x04);
     /// Transient Transport Error (base spec 2.0, figure 102): what a command
-    /// whose data digest did not match ends with (NVMe/TCP 1.0, 3.6.2.3).
+    /// whose data digest did not match ends with (NVMe/TCP, TP 8000
+    /// section 7.4.6).
     pub const TRANSIENT_TRANSPORT: (u8, u8) = (0, 0x22);
     /// Internal Error.
     pub const INTERNAL: (u8, u8) = (0, 0x06);
@@ -1084,7 +1085,8 @@ impl ConnInner {
     /// The current PDU's data and digest are all in: check the digest, then
     /// run the command (capsule, or the last H2CData of its transfer). A
     /// digest mismatch fails the command with Transient Transport Error and
-    /// keeps the connection (NVMe/TCP 1.0, section 3.6.2.3 / 7.4.6.2).
+    /// keeps the connection (NVMe/TCP, TP 8000 section 7.4.6, "PDU Header
+    /// and Data Digests").
     fn rx_done(&mut self, this: &Rc<Conn>) {
         let Rx::Data {
             kind,

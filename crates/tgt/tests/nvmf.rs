@@ -1000,7 +1000,7 @@ fn expect_resp(h: &mut Host, cid: u16) -> (u8, u8) {
     }
 }
 
-/// NVMe/TCP 1.0 (section 7.4.6.2): a data digest error on command data
+/// NVMe/TCP (TP 8000 section 7.4.6): a data digest error on command data
 /// fails that command with Transient Transport Error; the connection and
 /// the queue go on. In-capsule data and H2CData, each whole in one read
 /// and cut into pieces (so the payload arrives straight into the command's
