@@ -109,6 +109,20 @@ struct Task {
     aborted: bool,
 }
 
+/// A task management response held back until the tasks it aborted, whose
+/// bdev I/O was running, have completed (RFC 7143 11.5.1: the response
+/// means the tasks are gone, so the initiator may reuse their ITTs).
+struct PendingTmf {
+    /// The TMF request's ITT.
+    itt: u32,
+    /// The response code to send.
+    response: u8,
+    /// ITTs of aborted tasks still executing.
+    waiting: Vec<u32>,
+    /// TARGET COLD RESET: close the connection after the response.
+    close_after: bool,
+}
+
 struct Session {
     discovery: bool,
     target: Option<Arc<TargetNode>>,
@@ -146,6 +160,7 @@ pub struct Conn {
     tasks: HashMap<u32, Task>,
     ttt_to_itt: HashMap<u32, u32>,
     next_ttt: u32,
+    pending_tmfs: Vec<PendingTmf>,
     completions: Rc<RefCell<VecDeque<(u32, ScsiResult)>>>,
     kill: Arc<AtomicBool>,
     registered: bool,
@@ -221,6 +236,7 @@ impl Conn {
             tasks: HashMap::new(),
             ttt_to_itt: HashMap::new(),
             next_ttt: 1,
+            pending_tmfs: Vec::new(),
             completions: Rc::new(RefCell::new(VecDeque::new())),
             kill: Arc::new(AtomicBool::new(false)),
             registered: false,
@@ -897,6 +913,8 @@ impl Conn {
         let rtt = p.bhs.ttt();
         let target = self.target.clone();
         let lun_exists = target.as_ref().and_then(|t| t.dev.lun(lun)).is_some();
+        // Aborted tasks whose bdev I/O is running: the response waits for them.
+        let mut waiting = Vec::new();
         let response = match func {
             1 => {
                 // ABORT TASK
@@ -904,6 +922,7 @@ impl Conn {
                     Some(t) if t.lun == lun => {
                         if t.executing {
                             t.aborted = true;
+                            waiting.push(rtt);
                         } else {
                             self.tasks.remove(&rtt);
                             self.ttt_to_itt.retain(|_, itt| *itt != rtt);
@@ -926,7 +945,7 @@ impl Conn {
                 if !lun_exists {
                     2
                 } else {
-                    self.abort_tasks(Some(lun));
+                    waiting = self.abort_tasks(Some(lun));
                     if func == 5 {
                         if let Some(l) = target.as_ref().and_then(|t| t.dev.lun(lun)) {
                             l.reset();
@@ -936,7 +955,7 @@ impl Conn {
                 }
             }
             6 | 7 => {
-                self.abort_tasks(None);
+                waiting = self.abort_tasks(None);
                 if let Some(t) = &target {
                     for (id, _) in t.dev.luns() {
                         if let Some(l) = t.dev.lun(id) {
@@ -949,22 +968,60 @@ impl Conn {
             3 | 8 => 5,
             _ => 255,
         };
+        let tmf = PendingTmf {
+            itt: p.bhs.itt(),
+            response,
+            waiting,
+            close_after: func == 7 && response == 0,
+        };
+        if tmf.waiting.is_empty() {
+            self.send_tmf_response(&tmf);
+        } else {
+            tracing::debug!(tmf_itt = tmf.itt, tasks = ?tmf.waiting,
+                "task management response waits for running tasks");
+            self.pending_tmfs.push(tmf);
+        }
+    }
+
+    fn send_tmf_response(&mut self, tmf: &PendingTmf) {
         let mut b = Bhs::new(op::TMF_RESP, 0x80);
-        b.0[2] = response;
-        b.set_itt(p.bhs.itt());
+        b.0[2] = tmf.response;
+        b.set_itt(tmf.itt);
         self.next_stat_sn(&mut b);
         self.send(&Pdu::new(b, Vec::new()));
-        if func == 7 && response == 0 {
+        if tmf.close_after {
             self.state = State::Closing;
         }
     }
 
-    fn abort_tasks(&mut self, lun: Option<u64>) {
+    /// An aborted task's I/O finished: send the TMF responses that waited
+    /// only for it.
+    fn aborted_task_done(&mut self, itt: u32) {
+        let mut i = 0;
+        while i < self.pending_tmfs.len() {
+            let tmf = &mut self.pending_tmfs[i];
+            tmf.waiting.retain(|w| *w != itt);
+            if tmf.waiting.is_empty() {
+                let tmf = self.pending_tmfs.remove(i);
+                if self.state == State::FullFeature {
+                    self.send_tmf_response(&tmf);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Aborts the tasks of `lun` (all with None): those not yet executing
+    /// go now, executing ones are marked and returned (their ITTs).
+    fn abort_tasks(&mut self, lun: Option<u64>) -> Vec<u32> {
         let mut gone = Vec::new();
+        let mut running = Vec::new();
         for (itt, t) in self.tasks.iter_mut() {
             if lun.is_none_or(|l| l == t.lun) {
                 if t.executing {
                     t.aborted = true;
+                    running.push(*itt);
                 } else {
                     gone.push(*itt);
                 }
@@ -974,6 +1031,7 @@ impl Conn {
             self.tasks.remove(&itt);
             self.ttt_to_itt.retain(|_, i| *i != itt);
         }
+        running
     }
 
     fn handle_scsi(&mut self, p: Pdu) {
@@ -1189,7 +1247,11 @@ impl Conn {
             let Some(t) = self.tasks.remove(&itt) else {
                 continue;
             };
-            if t.aborted || self.state != State::FullFeature {
+            if t.aborted {
+                self.aborted_task_done(itt);
+                continue;
+            }
+            if self.state != State::FullFeature {
                 continue;
             }
             self.complete(itt, &t, r);

@@ -2,8 +2,12 @@
 //! on a free loopback port, probed with libiscsi's `iscsi-ls`, `iscsi-inq`,
 //! `iscsi-readcapacity16` and the `iscsi-test-cu` conformance suite (512 B
 //! and 4096 B blocks), the iSCSI RPCs and save_config, and bad logins from
-//! a raw socket. The libiscsi tools come from Debian's `libiscsi-bin`
-//! (installed by `.ci/run`); without them those parts are skipped loudly.
+//! a raw socket, data round trips with QEMU's iSCSI driver (`qemu-img`,
+//! `qemu-io`), and task management while bdev I/O runs (a delay bdev). The
+//! libiscsi tools come from Debian's `libiscsi-bin` (installed by
+//! `.ci/run`); without them those parts are skipped loudly. The QEMU tools
+//! (`qemu-utils`, `qemu-block-extra`) are skipped loudly too, except in CI
+//! (`CI` set), where `.ci/run` installs them and their absence fails.
 
 #[path = "../../event/tests/common/mod.rs"]
 mod common;
@@ -55,13 +59,22 @@ fn start(block_size: u32) -> Tgt {
 
 /// Starts the target with `options` (config entries) before the iSCSI ones.
 fn start_with(block_size: u32, options: Vec<Value>) -> Tgt {
+    start_cfg(block_size, options, Vec::new(), "Malloc0")
+}
+
+/// Starts the target with `options` before the iSCSI entries, `bdevs`
+/// (config entries) after Malloc0, and LUN 0 on bdev `lun0`.
+fn start_cfg(block_size: u32, options: Vec<Value>, bdevs: Vec<Value>, lun0: &str) -> Tgt {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("spdk.sock");
     let port = free_port();
+    let mut bdev_cfg = vec![
+        json!({"method": "bdev_malloc_create", "params": {"name": "Malloc0",
+        "num_blocks": (64u64 << 20) / u64::from(block_size), "block_size": block_size}}),
+    ];
+    bdev_cfg.extend(bdevs);
     let cfg = json!({"subsystems": [
-        {"subsystem": "bdev", "config": [
-            {"method": "bdev_malloc_create", "params": {"name": "Malloc0",
-                "num_blocks": (64u64 << 20) / u64::from(block_size), "block_size": block_size}}]},
+        {"subsystem": "bdev", "config": bdev_cfg},
         {"subsystem": "iscsi", "config": [
             {"method": "iscsi_create_portal_group", "params": {"tag": 1,
                 "portals": [{"host": "127.0.0.1", "port": port.to_string()}]}},
@@ -69,7 +82,7 @@ fn start_with(block_size: u32, options: Vec<Value>) -> Tgt {
                 "initiators": ["ANY", "!iqn.2026-01.io.rspdk:denied"], "netmasks": ["127.0.0.1/8"]}},
             {"method": "iscsi_create_target_node", "params": {"name": "disk1",
                 "alias_name": "Data Disk1", "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}],
-                "luns": [{"bdev_name": "Malloc0", "lun_id": 0}], "queue_depth": 64}}]}
+                "luns": [{"bdev_name": lun0, "lun_id": 0}], "queue_depth": 64}}]}
     ]});
     let mut cfg = cfg;
     if let Some(iscsi) = cfg["subsystems"][1]["config"].as_array_mut() {
@@ -603,4 +616,288 @@ fn random_pdus_after_login() {
         );
     }
     assert!(ok(&t.sock, "iscsi_get_target_nodes", None)[0]["name"] == json!(IQN));
+}
+
+/// True if `tool` can run. Without it the caller skips loudly, except in CI
+/// (`CI` set: `.ci/run` installs `package`), where a missing tool fails.
+fn need(tool: &str, package: &str) -> bool {
+    if have(tool) {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{tool} is missing in CI: .ci/run should have installed it (apt-get install {package})"
+    );
+    eprintln!("SKIPPED: {tool} is not installed (apt-get install {package})");
+    false
+}
+
+/// Runs `cmd args`, returning (success, stdout + stderr).
+fn run_status(cmd: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("timeout")
+        .arg("300")
+        .arg(cmd)
+        .args(args)
+        .output()
+        .unwrap();
+    let s =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), s)
+}
+
+/// QEMU's iSCSI block driver (libiscsi inside qemu-img/qemu-io) moves data
+/// through the target: `qemu-img convert` of a random raw image onto the
+/// LUN and back, `qemu-img compare`, and `qemu-io` pattern writes and reads
+/// (sequential and several in flight).
+#[test]
+fn qemu_img_and_qemu_io() {
+    if !need("qemu-img", "qemu-utils qemu-block-extra") || !need("qemu-io", "qemu-utils") {
+        return;
+    }
+    let t = start(512);
+    let url = format!("iscsi://127.0.0.1:{}/{IQN}/0", t.port);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.raw");
+    let back = dir.path().join("back.raw");
+    // 64 MiB (the LUN's size) of xorshift noise.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut img = vec![0u8; 64 << 20];
+    for c in img.chunks_exact_mut(8) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        c.copy_from_slice(&seed.to_le_bytes());
+    }
+    std::fs::write(&src, &img).unwrap();
+    let (src_s, back_s) = (src.to_str().unwrap(), back.to_str().unwrap());
+
+    let (ok_, out) = run_status(
+        "qemu-img",
+        &["convert", "-n", "-f", "raw", "-O", "raw", src_s, &url],
+    );
+    if !ok_ && out.contains("Unknown protocol") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "qemu-img has no iscsi driver in CI: apt-get install qemu-block-extra\n{out}"
+        );
+        eprintln!("SKIPPED: qemu-img has no iscsi driver (apt-get install qemu-block-extra)");
+        return;
+    }
+    assert!(ok_, "qemu-img convert onto the LUN failed:\n{out}");
+    let (ok_, out) = run_status(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "raw", src_s, &url],
+    );
+    assert!(ok_ && out.contains("Images are identical"), "{out}");
+    let (ok_, out) = run_status(
+        "qemu-img",
+        &["convert", "-f", "raw", "-O", "raw", &url, back_s],
+    );
+    assert!(ok_, "qemu-img convert from the LUN failed:\n{out}");
+    let got = std::fs::read(&back).unwrap();
+    assert!(got == img, "the image read back differs");
+    let (ok_, out) = run_status("qemu-img", &["info", &url]);
+    assert!(ok_ && out.contains("virtual size: 64 MiB"), "{out}");
+
+    // qemu-io: sequential pattern writes and reads, a wrong pattern caught,
+    // then eight 64 KiB writes in flight at once, read back.
+    let io = |cmds: &[&str]| {
+        let mut args = vec!["-f", "raw"];
+        for c in cmds {
+            args.push("-c");
+            args.push(c);
+        }
+        args.push(&url);
+        run_status("qemu-io", &args)
+    };
+    let (ok_, out) = io(&[
+        "write -P 0xa5 1M 1M",
+        "write -P 0x3c 3584 1536",
+        "read -P 0xa5 1M 1M",
+        "read -P 0x3c 3584 1536",
+    ]);
+    assert!(
+        ok_ && out.matches("wrote ").count() == 2
+            && out.matches("read ").count() == 2
+            && !out.contains("fail"),
+        "{out}"
+    );
+    let (_, out) = io(&["read -P 0x5a 1M 4k"]);
+    assert!(
+        out.contains("Pattern verification failed"),
+        "a wrong pattern was not caught:\n{out}"
+    );
+    let writes: Vec<String> = (0..8)
+        .map(|i| format!("aio_write -P 0x{:02x} {} 64k", 0x10 + i, (8 + i) << 20))
+        .collect();
+    let reads: Vec<String> = (0..8)
+        .map(|i| format!("read -P 0x{:02x} {} 64k", 0x10 + i, (8 + i) << 20))
+        .collect();
+    let mut cmds: Vec<&str> = writes.iter().map(|s| s.as_str()).collect();
+    cmds.push("aio_flush");
+    cmds.extend(reads.iter().map(|s| s.as_str()));
+    let (ok_, out) = io(&cmds);
+    assert!(
+        ok_ && out.matches("wrote ").count() == 8
+            && out.matches("read ").count() == 8
+            && !out.contains("fail"),
+        "{out}"
+    );
+}
+
+/// Logs in (no digests, RFC 7143 default keys); returns the stream in full
+/// feature phase, its CmdSN starting at 1.
+fn login_plain(port: u16, initiator: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&login_pdu(&format!(
+        "InitiatorName={initiator};SessionType=Normal;TargetName={IQN}"
+    )))
+    .unwrap();
+    let (hdr, _) = read_pdu(&mut s).expect("no login response");
+    assert_eq!((hdr[36], hdr[37]), (0, 0), "login failed");
+    assert_eq!(hdr[1] & 0x83, 0x83, "not in full feature phase");
+    s
+}
+
+/// Reads one PDU (no digests): its header and data segment, None on EOF
+/// or timeout.
+fn read_pdu(s: &mut TcpStream) -> Option<([u8; 48], Vec<u8>)> {
+    let mut hdr = [0u8; 48];
+    s.read_exact(&mut hdr).ok()?;
+    let dsl = u32::from_be_bytes([0, hdr[5], hdr[6], hdr[7]]) as usize;
+    let mut data = vec![0u8; dsl.div_ceil(4) * 4];
+    s.read_exact(&mut data).ok()?;
+    data.truncate(dsl);
+    Some((hdr, data))
+}
+
+/// A SCSI Command PDU (simple task attribute, LUN 0): READ(10) of 8
+/// blocks at `lba` or, with `write`, WRITE(10) of 8 blocks with them as
+/// immediate data.
+fn scsi_rw(itt: u32, cmd_sn: u32, lba: u32, write: Option<&[u8]>) -> Vec<u8> {
+    let mut b = vec![0u8; 48];
+    b[0] = 0x01;
+    b[1] = if write.is_some() { 0xa1 } else { 0xc1 };
+    b[16..20].copy_from_slice(&itt.to_be_bytes());
+    b[20..24].copy_from_slice(&4096u32.to_be_bytes());
+    b[24..28].copy_from_slice(&cmd_sn.to_be_bytes());
+    b[32] = if write.is_some() { 0x2a } else { 0x28 };
+    b[34..38].copy_from_slice(&lba.to_be_bytes());
+    b[39..41].copy_from_slice(&8u16.to_be_bytes());
+    if let Some(d) = write {
+        b[5..8].copy_from_slice(&(d.len() as u32).to_be_bytes()[1..]);
+        b.extend_from_slice(d);
+    }
+    b
+}
+
+/// An immediate Task Management Function Request (LUN 0).
+fn tmf(func: u8, itt: u32, rtt: u32, cmd_sn: u32, ref_cmd_sn: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 48];
+    b[0] = 0x42;
+    b[1] = 0x80 | func;
+    b[16..20].copy_from_slice(&itt.to_be_bytes());
+    b[20..24].copy_from_slice(&rtt.to_be_bytes());
+    b[24..28].copy_from_slice(&cmd_sn.to_be_bytes());
+    b[32..36].copy_from_slice(&ref_cmd_sn.to_be_bytes());
+    b
+}
+
+/// ABORT TASK and LOGICAL UNIT RESET while the tasks' bdev I/O runs (a
+/// delay bdev, 1.5 s per I/O): the TMF response comes once the I/O has
+/// finished, the aborted tasks get no response, their ITTs are free again,
+/// and the connection keeps working.
+#[test]
+fn abort_and_lun_reset_during_io() {
+    const LAT_US: u64 = 1_500_000;
+    let t = start_cfg(
+        512,
+        Vec::new(),
+        vec![
+            json!({"method": "bdev_delay_create", "params": {"base_bdev_name": "Malloc0",
+            "name": "Delay0", "avg_read_latency": LAT_US, "p99_read_latency": LAT_US,
+            "avg_write_latency": LAT_US, "p99_write_latency": LAT_US}}),
+        ],
+        "Delay0",
+    );
+    let mut s = login_plain(t.port, "iqn.2026-01.io.rspdk:abort");
+    let lat = Duration::from_micros(LAT_US);
+
+    // ABORT TASK on a running READ (ITT 1, CmdSN 1).
+    let t0 = std::time::Instant::now();
+    s.write_all(&scsi_rw(1, 1, 0, None)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    s.write_all(&tmf(1, 0x100, 1, 2, 1)).unwrap();
+    let (h, _) = read_pdu(&mut s).expect("no TMF response");
+    assert_eq!(
+        h[0] & 0x3f,
+        0x22,
+        "expected the TMF response first, got {h:02x?}"
+    );
+    assert_eq!(&h[16..20], &0x100u32.to_be_bytes());
+    assert_eq!(h[2], 0, "ABORT TASK: function complete");
+    assert!(
+        t0.elapsed() >= lat - Duration::from_millis(100),
+        "the TMF response came before the aborted I/O finished"
+    );
+    // The ITT is free again: a READ with ITT 1 (CmdSN 2) runs normally,
+    // and it is the next PDU (no late response for the aborted one).
+    s.write_all(&scsi_rw(1, 2, 0, None)).unwrap();
+    let (h, d) = read_pdu(&mut s).expect("no answer to the second READ");
+    assert_eq!(h[0] & 0x3f, 0x25, "expected Data-In, got {h:02x?}");
+    assert_eq!((h[1] & 0x81, h[3]), (0x81, 0), "Data-In with GOOD status");
+    assert_eq!(d.len(), 4096);
+
+    // LUN RESET with a WRITE and a READ running (CmdSN 3 and 4).
+    let pattern = vec![0x5au8; 4096];
+    s.write_all(&scsi_rw(2, 3, 64, Some(&pattern))).unwrap();
+    s.write_all(&scsi_rw(3, 4, 128, None)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = std::time::Instant::now();
+    s.write_all(&tmf(5, 0x101, 0xffff_ffff, 5, 0)).unwrap();
+    let (h, _) = read_pdu(&mut s).expect("no TMF response to LUN RESET");
+    assert_eq!(h[0] & 0x3f, 0x22, "expected the TMF response, got {h:02x?}");
+    assert_eq!(&h[16..20], &0x101u32.to_be_bytes());
+    assert_eq!(h[2], 0, "LUN RESET: function complete");
+    assert!(t0.elapsed() < lat * 3, "LUN RESET took {:?}", t0.elapsed());
+    // Next command: the reset's unit attention (29h/03h) ...
+    s.write_all(&scsi_rw(4, 5, 64, None)).unwrap();
+    let (h, d) = read_pdu(&mut s).expect("no answer after the LUN RESET");
+    assert_eq!(
+        (h[0] & 0x3f, h[3]),
+        (0x21, 0x02),
+        "expected CHECK CONDITION, got {h:02x?}"
+    );
+    assert_eq!(&h[16..20], &4u32.to_be_bytes());
+    assert_eq!(
+        (d[2 + 2] & 0x0f, d[2 + 12], d[2 + 13]),
+        (6, 0x29, 0x03),
+        "{d:02x?}"
+    );
+    // ... then the aborted WRITE's data is on the LUN (the I/O had started)
+    // or not, but the READ works and the connection is healthy.
+    s.write_all(&scsi_rw(5, 6, 64, None)).unwrap();
+    let (h, d) = read_pdu(&mut s).expect("no answer to the READ after the reset");
+    assert_eq!((h[0] & 0x3f, h[3]), (0x25, 0), "{h:02x?}");
+    assert_eq!(d.len(), 4096);
+    // Nothing else is queued: a NOP-Out is answered next.
+    let mut nop = vec![0u8; 48];
+    nop[0] = 0x40;
+    nop[1] = 0x80;
+    nop[16..20].copy_from_slice(&0x200u32.to_be_bytes());
+    nop[20..24].copy_from_slice(&0xffff_ffffu32.to_be_bytes());
+    nop[24..28].copy_from_slice(&7u32.to_be_bytes());
+    s.write_all(&nop).unwrap();
+    let (h, _) = read_pdu(&mut s).expect("no NOP-In");
+    assert_eq!(
+        (h[0] & 0x3f, &h[16..20]),
+        (0x20, &0x200u32.to_be_bytes()[..])
+    );
+    assert_eq!(
+        ok(&t.sock, "iscsi_get_connections", None)
+            .as_array()
+            .map(|a| a.len()),
+        Some(1)
+    );
 }
