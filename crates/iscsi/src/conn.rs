@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rspdk_scsi::{decode_lun, ScsiCommand, ScsiResult};
@@ -55,8 +55,74 @@ struct SessionEntry {
     initiator: String,
     isid: [u8; 6],
     target: String,
+    cid: u16,
     kill: Arc<AtomicBool>,
     info: Option<ConnInfo>,
+    shared: Arc<SessionShared>,
+}
+
+/// What the connections of one session share (MC/S). They may live on
+/// different poll group threads, so the CmdSN window is one atomic word;
+/// the rest is fixed when the leading connection logs in.
+struct SessionShared {
+    tsih: u16,
+    discovery: bool,
+    target: Option<Arc<TargetNode>>,
+    nexus: String,
+    queue_depth: u32,
+    /// Session-wide keys negotiated by the leading connection.
+    params: Params,
+    /// ExpCmdSN in the high 32 bits; bit i of the low 32 says CmdSN
+    /// ExpCmdSN + 1 + i has arrived already (commands of several
+    /// connections can arrive out of order).
+    cmd_sn: AtomicU64,
+    /// Connections in full feature phase.
+    conns: AtomicU32,
+}
+
+impl SessionShared {
+    fn exp_cmd_sn(&self) -> u32 {
+        (self.cmd_sn.load(Ordering::Acquire) >> 32) as u32
+    }
+
+    /// Takes CmdSN `sn` of a non-immediate command: true if it is new and
+    /// inside the window (ExpCmdSN..=MaxCmdSN), false for a duplicate or
+    /// one outside it (the command is then dropped, RFC 7143 3.2.2.1).
+    fn accept(&self, sn: u32) -> bool {
+        let mut cur = self.cmd_sn.load(Ordering::Acquire);
+        loop {
+            let (exp, bits) = ((cur >> 32) as u32, cur as u32);
+            let d = sn.wrapping_sub(exp);
+            let (exp, bits) = if d == 0 {
+                // Move past every CmdSN that arrived early.
+                let (mut e, mut b) = (exp.wrapping_add(1), bits);
+                while b & 1 != 0 {
+                    b >>= 1;
+                    e = e.wrapping_add(1);
+                }
+                (e, b >> 1)
+            } else if d <= 32 && d < self.queue_depth {
+                let bit = 1u32 << (d - 1);
+                if bits & bit != 0 {
+                    return false;
+                }
+                (exp, bits | bit)
+            } else if d < self.queue_depth {
+                // Far ahead of a gap: take it and move the window on.
+                (sn.wrapping_add(1), 0)
+            } else {
+                return false;
+            };
+            let new = (u64::from(exp) << 32) | u64::from(bits);
+            match self
+                .cmd_sn
+                .compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(c) => cur = c,
+            }
+        }
+    }
 }
 
 static SESSIONS: Mutex<Vec<(u64, SessionEntry)>> = Mutex::new(Vec::new());
@@ -161,6 +227,12 @@ pub struct Conn {
     ttt_to_itt: HashMap<u32, u32>,
     next_ttt: u32,
     pending_tmfs: Vec<PendingTmf>,
+    /// The session's shared state, once in full feature phase.
+    shared: Option<Arc<SessionShared>>,
+    /// The TSIH of the session this login adds a connection to (MC/S).
+    join_tsih: Option<u16>,
+    /// That session, once found.
+    joining: Option<Arc<SessionShared>>,
     completions: Rc<RefCell<VecDeque<(u32, ScsiResult)>>>,
     kill: Arc<AtomicBool>,
     registered: bool,
@@ -237,6 +309,9 @@ impl Conn {
             ttt_to_itt: HashMap::new(),
             next_ttt: 1,
             pending_tmfs: Vec::new(),
+            shared: None,
+            join_tsih: None,
+            joining: None,
             completions: Rc::new(RefCell::new(VecDeque::new())),
             kill: Arc::new(AtomicBool::new(false)),
             registered: false,
@@ -374,9 +449,12 @@ impl Conn {
         }
         self.state = State::Closed;
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
-        if let Some(s) = &self.session {
-            if let Some(t) = &s.target {
-                t.dev.release_nexus(&s.nexus);
+        // The session ends with its last connection.
+        if let Some(sh) = self.shared.take() {
+            if sh.conns.fetch_sub(1, Ordering::AcqRel) == 1 {
+                if let Some(t) = &sh.target {
+                    t.dev.release_nexus(&sh.nexus);
+                }
             }
         }
         self.tasks.clear();
@@ -389,15 +467,23 @@ impl Conn {
         pdu.emit(&mut self.outbuf, self.hd, self.dd);
     }
 
+    /// ExpCmdSN: the session's once in full feature phase, else the login's.
+    fn exp_cmd_sn(&self) -> u32 {
+        match &self.shared {
+            Some(sh) => sh.exp_cmd_sn(),
+            None => self.exp_cmd_sn,
+        }
+    }
+
     fn max_cmd_sn(&self) -> u32 {
-        self.exp_cmd_sn
+        self.exp_cmd_sn()
             .wrapping_add(self.queue_depth)
             .wrapping_sub(1)
     }
 
     fn set_sns(&self, b: &mut Bhs, advance_stat: bool) -> u32 {
         b.set_u32(24, self.stat_sn);
-        b.set_u32(28, self.exp_cmd_sn);
+        b.set_u32(28, self.exp_cmd_sn());
         b.set_u32(32, self.max_cmd_sn());
         let s = self.stat_sn;
         let _ = advance_stat;
@@ -499,6 +585,17 @@ impl Conn {
             return true;
         }
         let sn = b.sn24();
+        if let Some(sh) = &self.shared {
+            let ok = sh.accept(sn);
+            if !ok {
+                tracing::debug!(
+                    cmd_sn = sn,
+                    exp = sh.exp_cmd_sn(),
+                    "CmdSN outside the window or seen: dropped"
+                );
+            }
+            return ok;
+        }
         let d = sn.wrapping_sub(self.exp_cmd_sn);
         if d == 0 {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
@@ -558,8 +655,9 @@ impl Conn {
                 return self.login_response(&b, 0, 0x02, 0x05, Vec::new());
             }
             if b.tsih() != 0 {
-                // Adding a connection to a session: not supported (MaxConnections=1).
-                return self.login_response(&b, 0, 0x02, 0x0a, Vec::new());
+                // Adds a connection to an existing session (MC/S), found
+                // once the identity keys are in.
+                self.join_tsih = Some(b.tsih());
             }
         }
         self.exp_cmd_sn = b.sn24();
@@ -621,20 +719,26 @@ impl Conn {
                 }
                 self.queue_depth = t.queue_depth.max(1);
             }
-            let nexus = format!(
-                "{},i,0x{}",
-                self.initiator_name,
-                self.isid
-                    .iter()
-                    .map(|x| format!("{x:02x}"))
-                    .collect::<String>()
-            );
-            self.session = Some(Session {
-                discovery: self.session_type_discovery,
-                target: self.target.clone(),
-                tsih: 0,
-                nexus,
-            });
+            if let Some(tsih) = self.join_tsih {
+                if !self.join_session(&b, tsih) {
+                    return;
+                }
+            } else {
+                let nexus = format!(
+                    "{},i,0x{}",
+                    self.initiator_name,
+                    self.isid
+                        .iter()
+                        .map(|x| format!("{x:02x}"))
+                        .collect::<String>()
+                );
+                self.session = Some(Session {
+                    discovery: self.session_type_discovery,
+                    target: self.target.clone(),
+                    tsih: 0,
+                    nexus,
+                });
+            }
             if !self.session_type_discovery {
                 resp.push(("TargetPortalGroupTag".into(), self.pg_tag.to_string()));
             }
@@ -679,6 +783,10 @@ impl Conn {
                 "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" => {
                     resp.push((k.clone(), "Irrelevant".into()))
                 }
+                // A non-leading connection keeps the session's values.
+                _ if self.joining.is_some() && crate::text::leading_only(k) => {
+                    resp.push((k.clone(), "Irrelevant".into()))
+                }
                 _ if csg == 0 => {
                     // Operational keys in the security stage are negotiated too.
                     if let Some(r) = negotiate(&mut self.params, &self.limits, discovery, k, v) {
@@ -709,48 +817,78 @@ impl Conn {
         let mut out_flags = (csg << 2) | if transit { 0x80 | nsg } else { 0 };
         if transit && nsg == 3 {
             out_flags = 0x80 | (csg << 2) | 3;
-            // Session reinstatement: close older sessions of this initiator port.
-            let tsih = NEXT_TSIH.fetch_add(1, Ordering::Relaxed).max(1);
-            if let Some(s) = self.session.as_mut() {
-                s.tsih = tsih;
-            }
             let target_name = self
                 .target
                 .as_ref()
                 .map(|t| t.name.clone())
                 .unwrap_or_default();
-            {
-                let mut all = sessions();
-                for (_, s) in all.iter() {
-                    if s.initiator == self.initiator_name
-                        && s.isid == self.isid
-                        && s.target == target_name
-                    {
-                        s.kill.store(true, Ordering::Release);
+            let mut all = sessions();
+            let shared = match self.joining.take() {
+                Some(sh) => {
+                    // Connection reinstatement: an older connection with
+                    // this CID leaves the session.
+                    for (_, s) in all.iter() {
+                        if Arc::ptr_eq(&s.shared, &sh) && s.cid == self.cid {
+                            s.kill.store(true, Ordering::Release);
+                        }
                     }
+                    sh
                 }
-                all.push((
-                    self.id,
-                    SessionEntry {
-                        initiator: self.initiator_name.clone(),
-                        isid: self.isid,
-                        target: target_name.clone(),
-                        kill: self.kill.clone(),
-                        info: Some(ConnInfo {
-                            id: self.id,
-                            cid: self.cid,
-                            tsih,
-                            lcore_id: rspdk_event::current_cpu().unwrap_or(0),
-                            initiator_addr: self.peer.ip().to_string(),
-                            target_addr: self.local.ip().to_string(),
-                            target_node_name: target_name,
-                            thread_name: self.thread_name.clone(),
-                            initiator_name: self.initiator_name.clone(),
-                            isid: self.isid.iter().map(|x| format!("{x:02x}")).collect(),
-                        }),
-                    },
-                ));
-            }
+                None => {
+                    // Session reinstatement: close older sessions of this
+                    // initiator port.
+                    for (_, s) in all.iter() {
+                        if s.initiator == self.initiator_name
+                            && s.isid == self.isid
+                            && s.target == target_name
+                        {
+                            s.kill.store(true, Ordering::Release);
+                        }
+                    }
+                    let tsih = NEXT_TSIH.fetch_add(1, Ordering::Relaxed).max(1);
+                    let Some(sess) = self.session.as_mut() else {
+                        drop(all);
+                        return self.login_response(&b, 0, 0x03, 0x00, Vec::new());
+                    };
+                    sess.tsih = tsih;
+                    Arc::new(SessionShared {
+                        tsih,
+                        discovery: sess.discovery,
+                        target: sess.target.clone(),
+                        nexus: sess.nexus.clone(),
+                        queue_depth: self.queue_depth,
+                        params: self.params.clone(),
+                        cmd_sn: AtomicU64::new(u64::from(self.exp_cmd_sn) << 32),
+                        conns: AtomicU32::new(0),
+                    })
+                }
+            };
+            shared.conns.fetch_add(1, Ordering::AcqRel);
+            all.push((
+                self.id,
+                SessionEntry {
+                    initiator: self.initiator_name.clone(),
+                    isid: self.isid,
+                    target: target_name.clone(),
+                    cid: self.cid,
+                    kill: self.kill.clone(),
+                    shared: shared.clone(),
+                    info: Some(ConnInfo {
+                        id: self.id,
+                        cid: self.cid,
+                        tsih: shared.tsih,
+                        lcore_id: rspdk_event::current_cpu().unwrap_or(0),
+                        initiator_addr: self.peer.ip().to_string(),
+                        target_addr: self.local.ip().to_string(),
+                        target_node_name: target_name,
+                        thread_name: self.thread_name.clone(),
+                        initiator_name: self.initiator_name.clone(),
+                        isid: self.isid.iter().map(|x| format!("{x:02x}")).collect(),
+                    }),
+                },
+            ));
+            drop(all);
+            self.shared = Some(shared);
             self.registered = true;
         }
         let text = emit_text(&resp);
@@ -762,6 +900,63 @@ impl Conn {
             tracing::info!(peer = %self.peer, initiator = %self.initiator_name,
                 target = ?self.target.as_ref().map(|t| &t.name), "iSCSI login complete");
         }
+    }
+
+    /// The first login PDU of a connection that names an existing session
+    /// (TSIH != 0): finds the session of this initiator port and target,
+    /// checks MaxConnections, and takes over the session's values.
+    /// Returns false once it has answered with a login failure.
+    fn join_session(&mut self, b: &Bhs, tsih: u16) -> bool {
+        let target_name = self.target.as_ref().map(|t| t.name.clone());
+        let found = {
+            let all = sessions();
+            let sh = all
+                .iter()
+                .find(|(_, e)| {
+                    e.shared.tsih == tsih
+                        && e.isid == self.isid
+                        && e.initiator == self.initiator_name
+                        && Some(&e.target) == target_name.as_ref()
+                        && !e.shared.discovery
+                })
+                .map(|(_, e)| e.shared.clone());
+            sh.map(|sh| {
+                let others = all
+                    .iter()
+                    .filter(|(_, e)| Arc::ptr_eq(&e.shared, &sh) && e.cid != self.cid)
+                    .count();
+                (sh, others)
+            })
+        };
+        let Some((sh, others)) = found else {
+            tracing::warn!(peer = %self.peer, tsih, "login names a session that does not exist");
+            self.login_response(b, 0, 0x02, 0x0a, Vec::new());
+            return false;
+        };
+        if others >= sh.params.max_connections as usize {
+            tracing::warn!(peer = %self.peer, tsih, max = sh.params.max_connections,
+                "session has MaxConnections connections already");
+            self.login_response(b, 0, 0x02, 0x06, Vec::new());
+            return false;
+        }
+        // Session-wide keys from the leading login; connection keys
+        // (digests, MaxRecvDataSegmentLength) start over.
+        let fresh = Params::rfc_defaults();
+        self.params = Params {
+            send_dsl: fresh.send_dsl,
+            header_digest: false,
+            data_digest: false,
+            ..sh.params.clone()
+        };
+        self.queue_depth = sh.queue_depth;
+        self.session = Some(Session {
+            discovery: false,
+            target: sh.target.clone(),
+            tsih: sh.tsih,
+            nexus: sh.nexus.clone(),
+        });
+        self.joining = Some(sh);
+        true
     }
 
     /// (CHAP required, mutual CHAP required, auth group) for this login.
@@ -892,16 +1087,48 @@ impl Conn {
         self.send(&Pdu::new(b, emit_text(&resp)));
     }
 
+    /// Logout: reason 0 closes the session (every connection of it), 1 and
+    /// 2 close the connection named by CID, which may be another connection
+    /// of the session (then this one goes on).
     fn handle_logout(&mut self, p: Pdu) {
         if !self.accept_cmd_sn(&p.bhs) {
             return;
         }
+        let reason = p.bhs.flags() & 0x7f;
+        let cid = p.bhs.u16_at(20);
+        let mut response = 0;
+        let mut close_self = true;
+        if let Some(sh) = &self.shared {
+            let all = sessions();
+            let same = |e: &SessionEntry| Arc::ptr_eq(&e.shared, sh);
+            if reason == 0 {
+                for (id, e) in all.iter() {
+                    if same(e) && *id != self.id {
+                        e.kill.store(true, Ordering::Release);
+                    }
+                }
+            } else if cid != self.cid {
+                close_self = false;
+                let mut found = false;
+                for (_, e) in all.iter() {
+                    if same(e) && e.cid == cid {
+                        e.kill.store(true, Ordering::Release);
+                        found = true;
+                    }
+                }
+                if !found {
+                    response = 1; // CID not found
+                }
+            }
+        }
         let mut b = Bhs::new(op::LOGOUT_RESP, 0x80);
         b.set_itt(p.bhs.itt());
-        b.0[2] = 0;
+        b.0[2] = response;
         self.next_stat_sn(&mut b);
         self.send(&Pdu::new(b, Vec::new()));
-        self.state = State::Closing;
+        if close_self {
+            self.state = State::Closing;
+        }
     }
 
     fn handle_tmf(&mut self, p: Pdu) {
@@ -932,7 +1159,7 @@ impl Conn {
                     _ => {
                         let ref_sn = p.bhs.u32_at(32);
                         // Not found: complete if it was never received, else "does not exist".
-                        if ref_sn.wrapping_sub(self.exp_cmd_sn) < 0x8000_0000 {
+                        if ref_sn.wrapping_sub(self.exp_cmd_sn()) < 0x8000_0000 {
                             0
                         } else {
                             1
@@ -1285,7 +1512,7 @@ impl Conn {
                     self.next_stat_sn(&mut b);
                     b.set_u32(44, resid);
                 } else {
-                    b.set_u32(28, self.exp_cmd_sn);
+                    b.set_u32(28, self.exp_cmd_sn());
                     b.set_u32(32, self.max_cmd_sn());
                 }
                 b.set_u32(36, data_sn);
@@ -1352,5 +1579,54 @@ fn residual(expected: usize, actual: usize) -> (u8, u32) {
         std::cmp::Ordering::Less => (0x02, (expected - actual) as u32),
         std::cmp::Ordering::Greater => (0x04, (actual - expected) as u32),
         std::cmp::Ordering::Equal => (0, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(exp: u32, queue_depth: u32) -> SessionShared {
+        SessionShared {
+            tsih: 1,
+            discovery: false,
+            target: None,
+            nexus: String::new(),
+            queue_depth,
+            params: Params::rfc_defaults(),
+            cmd_sn: AtomicU64::new(u64::from(exp) << 32),
+            conns: AtomicU32::new(1),
+        }
+    }
+
+    #[test]
+    fn cmd_sn_window_in_order_out_of_order_and_duplicates() {
+        let s = session(10, 64);
+        assert!(s.accept(10));
+        assert_eq!(s.exp_cmd_sn(), 11);
+        // 12 and 13 before 11: taken, ExpCmdSN waits for 11.
+        assert!(s.accept(12));
+        assert!(s.accept(13));
+        assert_eq!(s.exp_cmd_sn(), 11);
+        assert!(!s.accept(12), "duplicate taken");
+        assert!(s.accept(11));
+        assert_eq!(s.exp_cmd_sn(), 14);
+        // Behind the window, and past MaxCmdSN: dropped.
+        assert!(!s.accept(13));
+        assert!(!s.accept(14 + 64));
+        // Far ahead (beyond the 32 tracked): the window jumps.
+        assert!(s.accept(14 + 40));
+        assert_eq!(s.exp_cmd_sn(), 14 + 41);
+    }
+
+    #[test]
+    fn cmd_sn_window_wraps() {
+        let s = session(u32::MAX - 1, 8);
+        assert!(s.accept(u32::MAX));
+        assert!(s.accept(0));
+        assert_eq!(s.exp_cmd_sn(), u32::MAX - 1);
+        assert!(s.accept(u32::MAX - 1));
+        assert_eq!(s.exp_cmd_sn(), 1);
+        assert!(!s.accept(u32::MAX));
     }
 }

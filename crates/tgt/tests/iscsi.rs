@@ -59,12 +59,19 @@ fn start(block_size: u32) -> Tgt {
 
 /// Starts the target with `options` (config entries) before the iSCSI ones.
 fn start_with(block_size: u32, options: Vec<Value>) -> Tgt {
-    start_cfg(block_size, options, Vec::new(), "Malloc0")
+    start_cfg(block_size, options, Vec::new(), "Malloc0", &[])
 }
 
 /// Starts the target with `options` before the iSCSI entries, `bdevs`
-/// (config entries) after Malloc0, and LUN 0 on bdev `lun0`.
-fn start_cfg(block_size: u32, options: Vec<Value>, bdevs: Vec<Value>, lun0: &str) -> Tgt {
+/// (config entries) after Malloc0, LUN 0 on bdev `lun0`, and `args` for
+/// rspdk_tgt (`-m 0x3`).
+fn start_cfg(
+    block_size: u32,
+    options: Vec<Value>,
+    bdevs: Vec<Value>,
+    lun0: &str,
+    args: &[&str],
+) -> Tgt {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("spdk.sock");
     let port = free_port();
@@ -96,6 +103,7 @@ fn start_cfg(block_size: u32, options: Vec<Value>, bdevs: Vec<Value>, lun0: &str
         .arg("-r")
         .arg(&sock)
         .arg("--no-huge")
+        .args(args)
         .arg("-c")
         .arg(&cfg_path)
         .stdout(Stdio::null())
@@ -223,6 +231,20 @@ fn libiscsi_conformance_4096() {
 
 /// Builds a Login Request PDU (CSG 1 -> NSG 3, transit) with `keys`.
 fn login_pdu(keys: &str) -> Vec<u8> {
+    login_pdu_at(keys, 0, 0, 0)
+}
+
+/// [`login_pdu`] for session `tsih` (0: a new session), connection `cid`,
+/// CmdSN `cmd_sn`.
+fn login_pdu_at(keys: &str, tsih: u16, cid: u16, cmd_sn: u32) -> Vec<u8> {
+    let mut b = login_pdu_keys(keys);
+    b[14..16].copy_from_slice(&tsih.to_be_bytes());
+    b[20..22].copy_from_slice(&cid.to_be_bytes());
+    b[24..28].copy_from_slice(&cmd_sn.to_be_bytes());
+    b
+}
+
+fn login_pdu_keys(keys: &str) -> Vec<u8> {
     let mut data = keys.replace(';', "\0").into_bytes();
     data.push(0);
     let mut b = vec![0u8; 48];
@@ -750,9 +772,12 @@ fn qemu_img_and_qemu_io() {
 fn login_plain(port: u16, initiator: &str) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&login_pdu(&format!(
-        "InitiatorName={initiator};SessionType=Normal;TargetName={IQN}"
-    )))
+    s.write_all(&login_pdu_at(
+        &format!("InitiatorName={initiator};SessionType=Normal;TargetName={IQN}"),
+        0,
+        0,
+        1,
+    ))
     .unwrap();
     let (hdr, _) = read_pdu(&mut s).expect("no login response");
     assert_eq!((hdr[36], hdr[37]), (0, 0), "login failed");
@@ -820,6 +845,7 @@ fn abort_and_lun_reset_during_io() {
             "avg_write_latency": LAT_US, "p99_write_latency": LAT_US}}),
         ],
         "Delay0",
+        &[],
     );
     let mut s = login_plain(t.port, "iqn.2026-01.io.rspdk:abort");
     let lat = Duration::from_micros(LAT_US);
@@ -900,4 +926,150 @@ fn abort_and_lun_reset_during_io() {
             .map(|a| a.len()),
         Some(1)
     );
+}
+
+/// A Logout Request (immediate) for connection `cid` with `reason`.
+fn logout_pdu(itt: u32, reason: u8, cid: u16, cmd_sn: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 48];
+    b[0] = 0x46;
+    b[1] = 0x80 | reason;
+    b[16..20].copy_from_slice(&itt.to_be_bytes());
+    b[20..22].copy_from_slice(&cid.to_be_bytes());
+    b[24..28].copy_from_slice(&cmd_sn.to_be_bytes());
+    b
+}
+
+/// Sends a login for session `tsih`, connection `cid`; returns the stream
+/// and the response header and text.
+fn login_mcs(port: u16, tsih: u16, cid: u16, cmd_sn: u32) -> (TcpStream, [u8; 48], String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&login_pdu_at(
+        &format!(
+            "InitiatorName=iqn.2026-01.io.rspdk:mcs;SessionType=Normal;TargetName={IQN};\
+             MaxConnections=4;ImmediateData=Yes"
+        ),
+        tsih,
+        cid,
+        cmd_sn,
+    ))
+    .unwrap();
+    let (h, d) = read_pdu(&mut s).expect("no login response");
+    (s, h, String::from_utf8_lossy(&d).replace('\0', ";"))
+}
+
+/// Multiple connections per session (MaxConnections 2, the default): a
+/// second login with the session's ISID and TSIH joins it, a third is
+/// refused (too many connections), a wrong TSIH too (session does not
+/// exist); commands on either connection share one CmdSN window (also out
+/// of order across connections; duplicates dropped), each answered on its
+/// own connection; the connections sit on different poll groups; logging
+/// out one connection keeps the session.
+#[test]
+fn multiple_connections_per_session() {
+    // Two reactors: one poll group each (the default is one per CPU of
+    // the core mask).
+    let t = start_cfg(512, Vec::new(), Vec::new(), "Malloc0", &["-m", "0x3"]);
+    let (mut a, h, text) = login_mcs(t.port, 0, 0, 1);
+    assert_eq!((h[36], h[37]), (0, 0), "leading login failed: {text}");
+    assert!(text.contains("MaxConnections=2"), "{text}");
+    let tsih = u16::from_be_bytes([h[14], h[15]]);
+    assert_ne!(tsih, 0);
+
+    let (mut b, h, text) = login_mcs(t.port, tsih, 1, 1);
+    assert_eq!((h[36], h[37]), (0, 0), "second connection refused: {text}");
+    assert_eq!(u16::from_be_bytes([h[14], h[15]]), tsih, "TSIH");
+    assert_eq!(
+        h[1] & 0x83,
+        0x83,
+        "second connection not in full feature phase"
+    );
+    // Leading-only keys keep the session's values.
+    assert!(text.contains("MaxConnections=Irrelevant"), "{text}");
+    let (_c, h, _) = login_mcs(t.port, tsih, 2, 1);
+    assert_eq!(
+        (h[36], h[37]),
+        (2, 6),
+        "third connection: too many connections"
+    );
+    let (_d, h, _) = login_mcs(t.port, tsih.wrapping_add(100), 1, 1);
+    assert_eq!(
+        (h[36], h[37]),
+        (2, 0x0a),
+        "unknown TSIH: session does not exist"
+    );
+
+    let conns = ok(&t.sock, "iscsi_get_connections", None);
+    let conns = conns.as_array().unwrap();
+    assert_eq!(conns.len(), 2, "{conns:?}");
+    assert!(conns.iter().all(|c| c["tsih"] == json!(tsih)), "{conns:?}");
+    assert_ne!(
+        conns[0]["thread_name"], conns[1]["thread_name"],
+        "both connections on one poll group: {conns:?}"
+    );
+
+    // A WRITE on one connection, read back on the other (CmdSN 1, 2).
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+    a.write_all(&scsi_rw(1, 1, 100, Some(&pattern))).unwrap();
+    let (h, _) = read_pdu(&mut a).expect("no WRITE response");
+    assert_eq!((h[0] & 0x3f, h[3]), (0x21, 0), "WRITE: {h:02x?}");
+    b.write_all(&scsi_rw(2, 2, 100, None)).unwrap();
+    let (h, d) = read_pdu(&mut b).expect("no READ answer on the second connection");
+    assert_eq!((h[0] & 0x3f, h[3]), (0x25, 0), "READ: {h:02x?}");
+    assert!(d == pattern, "the other connection read different data");
+    // Session-wide ExpCmdSN (bytes 28..32): 3 after CmdSN 1 and 2.
+    assert_eq!(&h[28..32], &3u32.to_be_bytes());
+    // CmdSN 4 on A before CmdSN 3 on B: both run.
+    a.write_all(&scsi_rw(3, 4, 100, None)).unwrap();
+    let (h, _) = read_pdu(&mut a).expect("CmdSN 4 ahead of 3 not answered");
+    assert_eq!((h[0] & 0x3f, h[3]), (0x25, 0));
+    assert_eq!(
+        &h[28..32],
+        &3u32.to_be_bytes(),
+        "ExpCmdSN waits for CmdSN 3"
+    );
+    b.write_all(&scsi_rw(4, 3, 100, None)).unwrap();
+    let (h, _) = read_pdu(&mut b).expect("CmdSN 3 after 4 not answered");
+    assert_eq!((h[0] & 0x3f, h[3]), (0x25, 0));
+    assert_eq!(&h[28..32], &5u32.to_be_bytes(), "ExpCmdSN past 3 and 4");
+    // A duplicate CmdSN (4) is dropped: the immediate NOP-Out after it is
+    // the next thing answered.
+    a.write_all(&scsi_rw(5, 4, 100, None)).unwrap();
+    let mut nop = vec![0u8; 48];
+    nop[0] = 0x40;
+    nop[1] = 0x80;
+    nop[16..20].copy_from_slice(&0x300u32.to_be_bytes());
+    nop[20..24].copy_from_slice(&0xffff_ffffu32.to_be_bytes());
+    nop[24..28].copy_from_slice(&5u32.to_be_bytes());
+    a.write_all(&nop).unwrap();
+    let (h, _) = read_pdu(&mut a).expect("no NOP-In");
+    assert_eq!(h[0] & 0x3f, 0x20, "duplicate CmdSN answered: {h:02x?}");
+
+    // Logout of connection 1 (reason 1: close the connection) on itself.
+    b.write_all(&logout_pdu(6, 1, 1, 5)).unwrap();
+    let (h, _) = read_pdu(&mut b).expect("no logout response");
+    assert_eq!((h[0] & 0x3f, h[2]), (0x26, 0), "logout: {h:02x?}");
+    assert!(read_pdu(&mut b).is_none(), "connection 1 still open");
+    // The session goes on, on connection 0.
+    a.write_all(&scsi_rw(7, 5, 100, None)).unwrap();
+    let (h, d) = read_pdu(&mut a).expect("session gone with its second connection");
+    assert_eq!((h[0] & 0x3f, h[3]), (0x25, 0));
+    assert!(d == pattern);
+    let n = ok(&t.sock, "iscsi_get_connections", None)
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(n, 1);
+    // A connection joins again, then logout reason 0 closes both.
+    let (mut b, h, _) = login_mcs(t.port, tsih, 1, 6);
+    assert_eq!((h[36], h[37]), (0, 0), "rejoining failed");
+    a.write_all(&logout_pdu(8, 0, 0, 6)).unwrap();
+    let (h, _) = read_pdu(&mut a).expect("no logout response");
+    assert_eq!((h[0] & 0x3f, h[2]), (0x26, 0));
+    assert!(read_pdu(&mut a).is_none(), "connection 0 still open");
+    assert!(
+        read_pdu(&mut b).is_none(),
+        "connection 1 outlived its session"
+    );
+    assert_eq!(ok(&t.sock, "iscsi_get_connections", None), json!([]));
 }
