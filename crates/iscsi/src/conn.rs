@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rspdk_scsi::{decode_lun, ScsiCommand, ScsiResult};
@@ -57,6 +57,7 @@ struct SessionEntry {
     target: String,
     cid: u16,
     kill: Arc<AtomicBool>,
+    mailbox: Arc<Mailbox>,
     info: Option<ConnInfo>,
     shared: Arc<SessionShared>,
 }
@@ -175,16 +176,91 @@ struct Task {
     aborted: bool,
 }
 
-/// A task management response held back until the tasks it aborted, whose
-/// bdev I/O was running, have completed (RFC 7143 11.5.1: the response
-/// means the tasks are gone, so the initiator may reuse their ITTs).
+/// A task management function waiting for the tasks it aborted, on this
+/// connection and on the session's others, whose bdev I/O was running
+/// (RFC 7143 11.5.1: the response means the tasks are gone, so the
+/// initiator may reuse their ITTs).
+struct TmfWait {
+    /// Connections that have not finished aborting yet.
+    left: AtomicUsize,
+    /// ABORT TASK: some connection had the referenced task.
+    found: AtomicBool,
+}
+
+impl TmfWait {
+    fn one_done(&self) {
+        self.left.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a task management function aborts on each connection.
+#[derive(Debug, Clone, Copy)]
+enum AbortScope {
+    /// ABORT TASK: the task with this ITT, if it is for this LUN.
+    Task { itt: u32, lun: u64 },
+    /// ABORT/CLEAR TASK SET, LUN RESET: every task of the LUN.
+    Lun(u64),
+    /// Target resets: every task.
+    All,
+}
+
+/// Abort requests from the session's other connections (possibly on other
+/// threads). Task management only: the lock is off the I/O path, which
+/// reads just the `pending` flag.
+#[derive(Default)]
+struct Mailbox {
+    pending: AtomicBool,
+    inner: Mutex<MailboxInner>,
+}
+
+#[derive(Default)]
+struct MailboxInner {
+    closed: bool,
+    msgs: Vec<(AbortScope, Arc<TmfWait>)>,
+}
+
+impl Mailbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MailboxInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the connection to abort `scope`; a closed connection has
+    /// nothing left to abort and counts as done at once.
+    fn post(&self, scope: AbortScope, w: Arc<TmfWait>) {
+        let mut g = self.lock();
+        if g.closed {
+            w.one_done();
+            return;
+        }
+        g.msgs.push((scope, w));
+        self.pending.store(true, Ordering::Release);
+    }
+
+    fn take(&self) -> Vec<(AbortScope, Arc<TmfWait>)> {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.lock().msgs)
+    }
+
+    fn close(&self) {
+        let mut g = self.lock();
+        g.closed = true;
+        for (_, w) in g.msgs.drain(..) {
+            w.one_done();
+        }
+    }
+}
+
+/// A task management response to send once its [`TmfWait`] is done.
 struct PendingTmf {
     /// The TMF request's ITT.
     itt: u32,
-    /// The response code to send.
+    /// The response code (ABORT TASK: if no connection had the task).
     response: u8,
-    /// ITTs of aborted tasks still executing.
-    waiting: Vec<u32>,
+    /// ABORT TASK: answer "function complete" if the task was found.
+    abort_task: bool,
+    wait: Arc<TmfWait>,
     /// TARGET COLD RESET: close the connection after the response.
     close_after: bool,
 }
@@ -227,6 +303,10 @@ pub struct Conn {
     ttt_to_itt: HashMap<u32, u32>,
     next_ttt: u32,
     pending_tmfs: Vec<PendingTmf>,
+    /// Aborted tasks still running, and the task management function
+    /// (maybe another connection's) waiting for them.
+    abort_waits: Vec<(Vec<u32>, Arc<TmfWait>)>,
+    mailbox: Arc<Mailbox>,
     /// The session's shared state, once in full feature phase.
     shared: Option<Arc<SessionShared>>,
     /// The TSIH of the session this login adds a connection to (MC/S).
@@ -309,6 +389,8 @@ impl Conn {
             ttt_to_itt: HashMap::new(),
             next_ttt: 1,
             pending_tmfs: Vec::new(),
+            abort_waits: Vec::new(),
+            mailbox: Arc::new(Mailbox::default()),
             shared: None,
             join_tsih: None,
             joining: None,
@@ -351,6 +433,13 @@ impl Conn {
             self.keepalive(got);
         }
         busy |= self.drain_completions();
+        for (scope, w) in self.mailbox.take() {
+            busy = true;
+            self.abort_local(scope, &w);
+        }
+        if !self.pending_tmfs.is_empty() {
+            busy |= self.send_ready_tmfs();
+        }
         busy |= self.flush();
         if self.state == State::Closing && self.out_pos >= self.outbuf.len() {
             self.close();
@@ -458,6 +547,13 @@ impl Conn {
             }
         }
         self.tasks.clear();
+        // Task management functions waiting here (ours or another
+        // connection's) need not wait for tasks that are gone.
+        self.mailbox.close();
+        for (_, w) in self.abort_waits.drain(..) {
+            w.one_done();
+        }
+        self.pending_tmfs.clear();
         if self.registered {
             sessions().retain(|(id, _)| *id != self.id);
         }
@@ -872,6 +968,7 @@ impl Conn {
                     target: target_name.clone(),
                     cid: self.cid,
                     kill: self.kill.clone(),
+                    mailbox: self.mailbox.clone(),
                     shared: shared.clone(),
                     info: Some(ConnInfo {
                         id: self.id,
@@ -1140,49 +1237,30 @@ impl Conn {
         let rtt = p.bhs.ttt();
         let target = self.target.clone();
         let lun_exists = target.as_ref().and_then(|t| t.dev.lun(lun)).is_some();
-        // Aborted tasks whose bdev I/O is running: the response waits for them.
-        let mut waiting = Vec::new();
-        let response = match func {
+        let (response, scope) = match func {
             1 => {
-                // ABORT TASK
-                match self.tasks.get_mut(&rtt) {
-                    Some(t) if t.lun == lun => {
-                        if t.executing {
-                            t.aborted = true;
-                            waiting.push(rtt);
-                        } else {
-                            self.tasks.remove(&rtt);
-                            self.ttt_to_itt.retain(|_, itt| *itt != rtt);
-                        }
-                        0
-                    }
-                    _ => {
-                        let ref_sn = p.bhs.u32_at(32);
-                        // Not found: complete if it was never received, else "does not exist".
-                        if ref_sn.wrapping_sub(self.exp_cmd_sn()) < 0x8000_0000 {
-                            0
-                        } else {
-                            1
-                        }
-                    }
-                }
-            }
-            2 | 4 | 5 => {
-                // ABORT TASK SET, CLEAR TASK SET, LOGICAL UNIT RESET
-                if !lun_exists {
-                    2
-                } else {
-                    waiting = self.abort_tasks(Some(lun));
-                    if func == 5 {
-                        if let Some(l) = target.as_ref().and_then(|t| t.dev.lun(lun)) {
-                            l.reset();
-                        }
-                    }
+                // ABORT TASK. If no connection has the task: "function
+                // complete" if its CmdSN was never received, else "task
+                // does not exist".
+                let ref_sn = p.bhs.u32_at(32);
+                let r = if ref_sn.wrapping_sub(self.exp_cmd_sn()) < 0x8000_0000 {
                     0
+                } else {
+                    1
+                };
+                (r, Some(AbortScope::Task { itt: rtt, lun }))
+            }
+            // ABORT TASK SET, CLEAR TASK SET, LOGICAL UNIT RESET
+            2 | 4 | 5 if !lun_exists => (2, None),
+            2 | 4 | 5 => {
+                if func == 5 {
+                    if let Some(l) = target.as_ref().and_then(|t| t.dev.lun(lun)) {
+                        l.reset();
+                    }
                 }
+                (0, Some(AbortScope::Lun(lun)))
             }
             6 | 7 => {
-                waiting = self.abort_tasks(None);
                 if let Some(t) = &target {
                     for (id, _) in t.dev.luns() {
                         if let Some(l) = t.dev.lun(id) {
@@ -1190,53 +1268,117 @@ impl Conn {
                         }
                     }
                 }
-                0
+                (0, Some(AbortScope::All))
             }
-            3 | 8 => 5,
-            _ => 255,
+            3 | 8 => (5, None),
+            _ => (255, None),
         };
-        let tmf = PendingTmf {
+        // The session's other connections abort their tasks in scope too.
+        let others: Vec<Arc<Mailbox>> = match (&scope, &self.shared) {
+            (Some(_), Some(sh)) => sessions()
+                .iter()
+                .filter(|(id, e)| *id != self.id && Arc::ptr_eq(&e.shared, sh))
+                .map(|(_, e)| e.mailbox.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        let wait = Arc::new(TmfWait {
+            left: AtomicUsize::new(1 + others.len()),
+            found: AtomicBool::new(false),
+        });
+        match scope {
+            Some(scope) => {
+                self.abort_local(scope, &wait);
+                for m in &others {
+                    m.post(scope, wait.clone());
+                }
+            }
+            None => wait.one_done(),
+        }
+        self.pending_tmfs.push(PendingTmf {
             itt: p.bhs.itt(),
             response,
-            waiting,
+            abort_task: func == 1,
+            wait,
             close_after: func == 7 && response == 0,
+        });
+        self.send_ready_tmfs();
+    }
+
+    /// Aborts this connection's tasks in `scope` for a task management
+    /// function (this connection's or another's): tasks not yet executing
+    /// go now; `w` is told once the executing ones have completed.
+    fn abort_local(&mut self, scope: AbortScope, w: &Arc<TmfWait>) {
+        let running = match scope {
+            AbortScope::Task { itt, lun } => match self.tasks.get_mut(&itt) {
+                Some(t) if t.lun == lun => {
+                    w.found.store(true, Ordering::Release);
+                    if t.executing {
+                        t.aborted = true;
+                        vec![itt]
+                    } else {
+                        self.tasks.remove(&itt);
+                        self.ttt_to_itt.retain(|_, i| *i != itt);
+                        Vec::new()
+                    }
+                }
+                _ => Vec::new(),
+            },
+            AbortScope::Lun(lun) => self.abort_tasks(Some(lun)),
+            AbortScope::All => self.abort_tasks(None),
         };
-        if tmf.waiting.is_empty() {
-            self.send_tmf_response(&tmf);
+        if running.is_empty() {
+            w.one_done();
         } else {
-            tracing::debug!(tmf_itt = tmf.itt, tasks = ?tmf.waiting,
-                "task management response waits for running tasks");
-            self.pending_tmfs.push(tmf);
+            tracing::debug!(tasks = ?running, "task management waits for running tasks");
+            self.abort_waits.push((running, w.clone()));
         }
     }
 
-    fn send_tmf_response(&mut self, tmf: &PendingTmf) {
-        let mut b = Bhs::new(op::TMF_RESP, 0x80);
-        b.0[2] = tmf.response;
-        b.set_itt(tmf.itt);
-        self.next_stat_sn(&mut b);
-        self.send(&Pdu::new(b, Vec::new()));
-        if tmf.close_after {
-            self.state = State::Closing;
-        }
-    }
-
-    /// An aborted task's I/O finished: send the TMF responses that waited
-    /// only for it.
-    fn aborted_task_done(&mut self, itt: u32) {
+    /// Sends the task management responses whose aborted tasks are all
+    /// gone. Returns true if it sent any.
+    fn send_ready_tmfs(&mut self) -> bool {
+        let mut sent = false;
         let mut i = 0;
         while i < self.pending_tmfs.len() {
-            let tmf = &mut self.pending_tmfs[i];
-            tmf.waiting.retain(|w| *w != itt);
-            if tmf.waiting.is_empty() {
-                let tmf = self.pending_tmfs.remove(i);
-                if self.state == State::FullFeature {
-                    self.send_tmf_response(&tmf);
-                }
-            } else {
+            if self.pending_tmfs[i].wait.left.load(Ordering::Acquire) > 0 {
                 i += 1;
+                continue;
+            }
+            let tmf = self.pending_tmfs.remove(i);
+            if self.state != State::FullFeature {
+                continue;
+            }
+            let response = if tmf.abort_task && tmf.wait.found.load(Ordering::Acquire) {
+                0
+            } else {
+                tmf.response
+            };
+            let mut b = Bhs::new(op::TMF_RESP, 0x80);
+            b.0[2] = response;
+            b.set_itt(tmf.itt);
+            self.next_stat_sn(&mut b);
+            self.send(&Pdu::new(b, Vec::new()));
+            sent = true;
+            if tmf.close_after {
+                self.state = State::Closing;
             }
         }
+        sent
+    }
+
+    /// An aborted task's I/O finished: the task management functions that
+    /// waited only for it here are told.
+    fn aborted_task_done(&mut self, itt: u32) {
+        self.abort_waits.retain_mut(|(itts, w)| {
+            itts.retain(|i| *i != itt);
+            if itts.is_empty() {
+                w.one_done();
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Aborts the tasks of `lun` (all with None): those not yet executing

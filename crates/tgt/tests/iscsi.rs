@@ -1073,3 +1073,69 @@ fn multiple_connections_per_session() {
     );
     assert_eq!(ok(&t.sock, "iscsi_get_connections", None), json!([]));
 }
+
+/// An immediate NOP-Out asking for an answer (ITT `itt`).
+fn nop_ping(itt: u32, cmd_sn: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 48];
+    b[0] = 0x40;
+    b[1] = 0x80;
+    b[16..20].copy_from_slice(&itt.to_be_bytes());
+    b[20..24].copy_from_slice(&0xffff_ffffu32.to_be_bytes());
+    b[24..28].copy_from_slice(&cmd_sn.to_be_bytes());
+    b
+}
+
+/// Task management across the connections of one session (on two poll
+/// groups): ABORT TASK and LUN RESET sent on connection 0 abort a running
+/// READ (1.5 s delay bdev) allegiant to connection 1; the response waits for
+/// that I/O, and connection 1 gets no response for the aborted task.
+#[test]
+fn task_management_across_connections() {
+    const LAT_US: u64 = 1_500_000;
+    let t = start_cfg(
+        512,
+        Vec::new(),
+        vec![
+            json!({"method": "bdev_delay_create", "params": {"base_bdev_name": "Malloc0",
+            "name": "Delay0", "avg_read_latency": LAT_US, "p99_read_latency": LAT_US,
+            "avg_write_latency": LAT_US, "p99_write_latency": LAT_US}}),
+        ],
+        "Delay0",
+        &["-m", "0x3"],
+    );
+    let lat = Duration::from_micros(LAT_US);
+    let (mut a, h, _) = login_mcs(t.port, 0, 0, 1);
+    assert_eq!((h[36], h[37]), (0, 0));
+    let tsih = u16::from_be_bytes([h[14], h[15]]);
+    let (mut b, h, _) = login_mcs(t.port, tsih, 1, 1);
+    assert_eq!((h[36], h[37]), (0, 0));
+
+    for (n, func) in [(0u32, 1u8), (1, 5)] {
+        let (itt, cmd_sn) = (1 + n, 1 + n);
+        b.write_all(&scsi_rw(itt, cmd_sn, 0, None)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let t0 = std::time::Instant::now();
+        let rtt = if func == 1 { itt } else { 0xffff_ffff };
+        a.write_all(&tmf(func, 0x100 + n, rtt, cmd_sn + 1, cmd_sn))
+            .unwrap();
+        let (h, _) = read_pdu(&mut a).expect("no TMF response");
+        assert_eq!(h[0] & 0x3f, 0x22, "function {func}: {h:02x?}");
+        assert_eq!(h[2], 0, "function {func}: function complete");
+        assert!(
+            t0.elapsed() >= lat - Duration::from_millis(300),
+            "function {func}: answered before the other connection's I/O finished"
+        );
+        // Connection 1: no response for the aborted READ, the ping is next.
+        b.write_all(&nop_ping(0x200 + n, cmd_sn + 1)).unwrap();
+        let (h, _) = read_pdu(&mut b).expect("no NOP-In on connection 1");
+        assert_eq!(
+            (h[0] & 0x3f, &h[16..20]),
+            (0x20, &(0x200 + n).to_be_bytes()[..]),
+            "function {func}: connection 1 answered the aborted task: {h:02x?}"
+        );
+    }
+    // ABORT TASK for a task no connection has, received already: does not exist.
+    a.write_all(&tmf(1, 0x300, 0x77, 3, 1)).unwrap();
+    let (h, _) = read_pdu(&mut a).expect("no TMF response");
+    assert_eq!((h[0] & 0x3f, h[2]), (0x22, 1), "{h:02x?}");
+}
