@@ -237,7 +237,8 @@ impl Mailbox {
     }
 
     fn take(&self) -> Vec<(AbortScope, Arc<TmfWait>)> {
-        if !self.pending.swap(false, Ordering::AcqRel) {
+        // A plain load first: this runs on every poll.
+        if !self.pending.load(Ordering::Acquire) || !self.pending.swap(false, Ordering::AcqRel) {
             return Vec::new();
         }
         std::mem::take(&mut self.lock().msgs)

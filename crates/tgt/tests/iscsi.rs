@@ -1112,9 +1112,16 @@ fn task_management_across_connections() {
 
     for (n, func) in [(0u32, 1u8), (1, 5)] {
         let (itt, cmd_sn) = (1 + n, 1 + n);
-        b.write_all(&scsi_rw(itt, cmd_sn, 0, None)).unwrap();
-        std::thread::sleep(Duration::from_millis(200));
+        // The READ, then a ping on the same connection: once the ping is
+        // answered, the READ has been submitted (PDUs run in order).
         let t0 = std::time::Instant::now();
+        b.write_all(&scsi_rw(itt, cmd_sn, 0, None)).unwrap();
+        b.write_all(&nop_ping(0x400 + n, cmd_sn + 1)).unwrap();
+        let (h, _) = read_pdu(&mut b).expect("no NOP-In on connection 1");
+        assert_eq!(
+            (h[0] & 0x3f, &h[16..20]),
+            (0x20, &(0x400 + n).to_be_bytes()[..])
+        );
         let rtt = if func == 1 { itt } else { 0xffff_ffff };
         a.write_all(&tmf(func, 0x100 + n, rtt, cmd_sn + 1, cmd_sn))
             .unwrap();
@@ -1122,7 +1129,7 @@ fn task_management_across_connections() {
         assert_eq!(h[0] & 0x3f, 0x22, "function {func}: {h:02x?}");
         assert_eq!(h[2], 0, "function {func}: function complete");
         assert!(
-            t0.elapsed() >= lat - Duration::from_millis(300),
+            t0.elapsed() >= lat,
             "function {func}: answered before the other connection's I/O finished"
         );
         // Connection 1: no response for the aborted READ, the ping is next.
@@ -1138,4 +1145,55 @@ fn task_management_across_connections() {
     a.write_all(&tmf(1, 0x300, 0x77, 3, 1)).unwrap();
     let (h, _) = read_pdu(&mut a).expect("no TMF response");
     assert_eq!((h[0] & 0x3f, h[2]), (0x22, 1), "{h:02x?}");
+}
+
+/// `iscsi_set_options` `max_connections_per_session` 1: MaxConnections
+/// negotiates to 1 and a second connection is refused (too many
+/// connections); 0 is refused with the valid range.
+#[test]
+fn max_connections_option() {
+    let t = start_with(
+        512,
+        vec![json!({"method": "iscsi_set_options",
+            "params": {"max_connections_per_session": 1}})],
+    );
+    let (_a, h, text) = login_mcs(t.port, 0, 0, 1);
+    assert_eq!((h[36], h[37]), (0, 0), "{text}");
+    assert!(text.contains("MaxConnections=1"), "{text}");
+    let tsih = u16::from_be_bytes([h[14], h[15]]);
+    let (_b, h, _) = login_mcs(t.port, tsih, 1, 1);
+    assert_eq!(
+        (h[36], h[37]),
+        (2, 6),
+        "second connection with MaxConnections=1"
+    );
+    let opts = ok(&t.sock, "iscsi_get_options", None);
+    assert_eq!(opts["max_connections_per_session"], json!(1));
+    drop(t);
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.json");
+    std::fs::write(
+        &cfg,
+        json!({"subsystems": [{"subsystem": "iscsi", "config": [
+            {"method": "iscsi_set_options", "params": {"max_connections_per_session": 0}}]}]})
+        .to_string(),
+    )
+    .unwrap();
+    let out = Command::new("timeout")
+        .args(["30", TGT, "--no-huge", "-r"])
+        .arg(dir.path().join("s.sock"))
+        .arg("-c")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started with max_connections_per_session 0"
+    );
+    assert!(
+        err.contains("max_connections_per_session must be 1 to 65535"),
+        "{err}"
+    );
 }
