@@ -196,8 +196,10 @@ impl TmfWait {
 /// What a task management function aborts on each connection.
 #[derive(Debug, Clone, Copy)]
 enum AbortScope {
-    /// ABORT TASK: the task with this ITT, if it is for this LUN.
-    Task { itt: u32, lun: u64 },
+    /// ABORT TASK: the task with this ITT, if it is for this LUN; if no
+    /// connection has it and CmdSN `ref_sn` has not arrived yet, that
+    /// command is dropped when it does (RFC 7143 11.5.1 b).
+    Task { itt: u32, lun: u64, ref_sn: u32 },
     /// ABORT/CLEAR TASK SET, LUN RESET: every task of the LUN.
     Lun(u64),
     /// Target resets: every task.
@@ -307,6 +309,8 @@ pub struct Conn {
     /// Aborted tasks still running, and the task management function
     /// (maybe another connection's) waiting for them.
     abort_waits: Vec<(Vec<u32>, Arc<TmfWait>)>,
+    /// (ITT, CmdSN) of commands aborted before they arrived.
+    pre_aborted: Vec<(u32, u32)>,
     mailbox: Arc<Mailbox>,
     /// The session's shared state, once in full feature phase.
     shared: Option<Arc<SessionShared>>,
@@ -391,6 +395,7 @@ impl Conn {
             next_ttt: 1,
             pending_tmfs: Vec::new(),
             abort_waits: Vec::new(),
+            pre_aborted: Vec::new(),
             mailbox: Arc::new(Mailbox::default()),
             shared: None,
             join_tsih: None,
@@ -1249,7 +1254,14 @@ impl Conn {
                 } else {
                     1
                 };
-                (r, Some(AbortScope::Task { itt: rtt, lun }))
+                (
+                    r,
+                    Some(AbortScope::Task {
+                        itt: rtt,
+                        lun,
+                        ref_sn,
+                    }),
+                )
             }
             // ABORT TASK SET, CLEAR TASK SET, LOGICAL UNIT RESET
             2 | 4 | 5 if !lun_exists => (2, None),
@@ -1311,7 +1323,7 @@ impl Conn {
     /// go now; `w` is told once the executing ones have completed.
     fn abort_local(&mut self, scope: AbortScope, w: &Arc<TmfWait>) {
         let running = match scope {
-            AbortScope::Task { itt, lun } => match self.tasks.get_mut(&itt) {
+            AbortScope::Task { itt, lun, ref_sn } => match self.tasks.get_mut(&itt) {
                 Some(t) if t.lun == lun => {
                     w.found.store(true, Ordering::Release);
                     if t.executing {
@@ -1323,7 +1335,15 @@ impl Conn {
                         Vec::new()
                     }
                 }
-                _ => Vec::new(),
+                _ => {
+                    // Not here: if its CmdSN has not arrived, it may still
+                    // come (on this connection or another), to be dropped.
+                    let ahead = ref_sn.wrapping_sub(self.exp_cmd_sn());
+                    if ahead < self.queue_depth && self.pre_aborted.len() < 64 {
+                        self.pre_aborted.push((itt, ref_sn));
+                    }
+                    Vec::new()
+                }
             },
             AbortScope::Lun(lun) => self.abort_tasks(Some(lun)),
             AbortScope::All => self.abort_tasks(None),
@@ -1334,6 +1354,29 @@ impl Conn {
             tracing::debug!(tasks = ?running, "task management waits for running tasks");
             self.abort_waits.push((running, w.clone()));
         }
+    }
+
+    /// True if the command (ITT, CmdSN) was aborted before it arrived: it
+    /// is dropped without a response. Forgets entries whose CmdSN can no
+    /// longer arrive.
+    fn drop_pre_aborted(&mut self, itt: u32, sn: u32) -> bool {
+        let hit = self.pre_aborted.iter().position(|e| *e == (itt, sn));
+        if let Some(i) = hit {
+            self.pre_aborted.swap_remove(i);
+        }
+        let exp = self.exp_cmd_sn();
+        let qd = self.queue_depth;
+        // Only CmdSNs from ExpCmdSN on can still arrive (one received on
+        // another connection was dropped there: each connection has the entry).
+        self.pre_aborted.retain(|(_, s)| s.wrapping_sub(exp) < qd);
+        if hit.is_some() {
+            tracing::debug!(
+                itt,
+                cmd_sn = sn,
+                "command aborted before it arrived: dropped"
+            );
+        }
+        hit.is_some()
     }
 
     /// Sends the task management responses whose aborted tasks are all
@@ -1410,6 +1453,9 @@ impl Conn {
             return;
         }
         let itt = b.itt();
+        if !self.pre_aborted.is_empty() && self.drop_pre_aborted(itt, b.sn24()) {
+            return;
+        }
         let flags = b.flags();
         let read = flags & 0x40 != 0;
         let write = flags & 0x20 != 0;

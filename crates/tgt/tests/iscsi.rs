@@ -1197,3 +1197,34 @@ fn max_connections_option() {
         "{err}"
     );
 }
+
+/// ABORT TASK for a command that has not arrived yet (sent on another
+/// connection, RefCmdSN in the window): "function complete", and the command
+/// is dropped when it comes (RFC 7143 11.5.1 b); the next one runs.
+#[test]
+fn abort_task_before_the_task_arrives() {
+    let t = start_cfg(512, Vec::new(), Vec::new(), "Malloc0", &["-m", "0x3"]);
+    let (mut a, h, _) = login_mcs(t.port, 0, 0, 1);
+    assert_eq!((h[36], h[37]), (0, 0));
+    let tsih = u16::from_be_bytes([h[14], h[15]]);
+    let (mut b, h, _) = login_mcs(t.port, tsih, 1, 1);
+    assert_eq!((h[36], h[37]), (0, 0));
+    // ABORT TASK (immediate, CmdSN 2) for ITT 5 with RefCmdSN 1, on A.
+    a.write_all(&tmf(1, 0x100, 5, 2, 1)).unwrap();
+    let (h, _) = read_pdu(&mut a).expect("no TMF response");
+    assert_eq!((h[0] & 0x3f, h[2]), (0x22, 0), "{h:02x?}");
+    // The READ it names (ITT 5, CmdSN 1) arrives on B: dropped.
+    b.write_all(&scsi_rw(5, 1, 0, None)).unwrap();
+    b.write_all(&nop_ping(0x200, 2)).unwrap();
+    let (h, _) = read_pdu(&mut b).expect("no NOP-In");
+    assert_eq!(
+        (h[0] & 0x3f, &h[16..20]),
+        (0x20, &0x200u32.to_be_bytes()[..]),
+        "the aborted READ was answered: {h:02x?}"
+    );
+    // Its CmdSN was consumed: ExpCmdSN 2. The ITT works again.
+    assert_eq!(&h[28..32], &2u32.to_be_bytes());
+    b.write_all(&scsi_rw(5, 2, 0, None)).unwrap();
+    let (h, _) = read_pdu(&mut b).expect("no answer to the next READ");
+    assert_eq!((h[0] & 0x3f, h[3]), (0x25, 0), "{h:02x?}");
+}
