@@ -1706,7 +1706,15 @@ impl Conn {
                 }
                 b.set_u32(36, data_sn);
                 b.set_u32(40, off as u32);
-                self.send(&Pdu::new(b, r.data[off..off + n].to_vec()));
+                // Straight from the read buffer: no copy per PDU.
+                crate::pdu::emit_parts(
+                    &b,
+                    &[],
+                    &r.data[off..off + n],
+                    &mut self.outbuf,
+                    self.hd,
+                    self.dd,
+                );
                 data_sn += 1;
                 off += n;
             }
