@@ -69,7 +69,7 @@ struct SessionShared {
     tsih: u16,
     discovery: bool,
     target: Option<Arc<TargetNode>>,
-    nexus: String,
+    nexus: Arc<str>,
     queue_depth: u32,
     /// Session-wide keys negotiated by the leading connection.
     params: Params,
@@ -272,7 +272,7 @@ struct Session {
     discovery: bool,
     target: Option<Arc<TargetNode>>,
     tsih: u16,
-    nexus: String,
+    nexus: Arc<str>,
 }
 
 /// One connection.
@@ -838,7 +838,7 @@ impl Conn {
                     discovery: self.session_type_discovery,
                     target: self.target.clone(),
                     tsih: 0,
-                    nexus,
+                    nexus: nexus.into(),
                 });
             }
             if !self.session_type_discovery {
@@ -1632,13 +1632,14 @@ impl Conn {
         };
         t.executing = true;
         let cmd = ScsiCommand {
-            cdb: t.cdb.clone(),
+            // Moved, and the nexus shared: no allocation here.
+            cdb: std::mem::take(&mut t.cdb),
             data_out: std::mem::take(&mut t.data),
             nexus: self
                 .session
                 .as_ref()
                 .map(|s| s.nexus.clone())
-                .unwrap_or_default(),
+                .unwrap_or_else(|| "".into()),
         };
         let lun = t.lun;
         let q = self.completions.clone();
@@ -1788,7 +1789,7 @@ mod tests {
             tsih: 1,
             discovery: false,
             target: None,
-            nexus: String::new(),
+            nexus: "".into(),
             queue_depth,
             params: Params::rfc_defaults(),
             cmd_sn: AtomicU64::new(u64::from(exp) << 32),
