@@ -4,6 +4,7 @@
 # "test ... ok|FAILED" lines. tests/vm/run counts both.
 cd /mnt/host
 [ "$RSPDK_VM_MODE" = nvmf ] && exec sh /mnt/host/guest-nvmf.sh
+[ "$RSPDK_VM_MODE" = iscsi ] && exec sh /mnt/host/guest-iscsi.sh
 B=/mnt/host/bin
 rc=0
 check() { # name command...

@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rspdk_scsi::{decode_lun, ScsiCommand, ScsiResult};
@@ -55,8 +55,75 @@ struct SessionEntry {
     initiator: String,
     isid: [u8; 6],
     target: String,
+    cid: u16,
     kill: Arc<AtomicBool>,
+    mailbox: Arc<Mailbox>,
     info: Option<ConnInfo>,
+    shared: Arc<SessionShared>,
+}
+
+/// What the connections of one session share (MC/S). They may live on
+/// different poll group threads, so the CmdSN window is one atomic word;
+/// the rest is fixed when the leading connection logs in.
+struct SessionShared {
+    tsih: u16,
+    discovery: bool,
+    target: Option<Arc<TargetNode>>,
+    nexus: Arc<str>,
+    queue_depth: u32,
+    /// Session-wide keys negotiated by the leading connection.
+    params: Params,
+    /// ExpCmdSN in the high 32 bits; bit i of the low 32 says CmdSN
+    /// ExpCmdSN + 1 + i has arrived already (commands of several
+    /// connections can arrive out of order).
+    cmd_sn: AtomicU64,
+    /// Connections in full feature phase.
+    conns: AtomicU32,
+}
+
+impl SessionShared {
+    fn exp_cmd_sn(&self) -> u32 {
+        (self.cmd_sn.load(Ordering::Acquire) >> 32) as u32
+    }
+
+    /// Takes CmdSN `sn` of a non-immediate command: true if it is new and
+    /// inside the window (ExpCmdSN..=MaxCmdSN), false for a duplicate or
+    /// one outside it (the command is then dropped, RFC 7143 3.2.2.1).
+    fn accept(&self, sn: u32) -> bool {
+        let mut cur = self.cmd_sn.load(Ordering::Acquire);
+        loop {
+            let (exp, bits) = ((cur >> 32) as u32, cur as u32);
+            let d = sn.wrapping_sub(exp);
+            let (exp, bits) = if d == 0 {
+                // Move past every CmdSN that arrived early.
+                let (mut e, mut b) = (exp.wrapping_add(1), bits);
+                while b & 1 != 0 {
+                    b >>= 1;
+                    e = e.wrapping_add(1);
+                }
+                (e, b >> 1)
+            } else if d <= 32 && d < self.queue_depth {
+                let bit = 1u32 << (d - 1);
+                if bits & bit != 0 {
+                    return false;
+                }
+                (exp, bits | bit)
+            } else if d < self.queue_depth {
+                // Far ahead of a gap: take it and move the window on.
+                (sn.wrapping_add(1), 0)
+            } else {
+                return false;
+            };
+            let new = (u64::from(exp) << 32) | u64::from(bits);
+            match self
+                .cmd_sn
+                .compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(c) => cur = c,
+            }
+        }
+    }
 }
 
 static SESSIONS: Mutex<Vec<(u64, SessionEntry)>> = Mutex::new(Vec::new());
@@ -109,11 +176,103 @@ struct Task {
     aborted: bool,
 }
 
+/// A task management function waiting for the tasks it aborted, on this
+/// connection and on the session's others, whose bdev I/O was running
+/// (RFC 7143 11.5.1: the response means the tasks are gone, so the
+/// initiator may reuse their ITTs).
+struct TmfWait {
+    /// Connections that have not finished aborting yet.
+    left: AtomicUsize,
+    /// ABORT TASK: some connection had the referenced task.
+    found: AtomicBool,
+}
+
+impl TmfWait {
+    fn one_done(&self) {
+        self.left.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a task management function aborts on each connection.
+#[derive(Debug, Clone, Copy)]
+enum AbortScope {
+    /// ABORT TASK: the task with this ITT, if it is for this LUN; if no
+    /// connection has it and CmdSN `ref_sn` has not arrived yet, that
+    /// command is dropped when it does (RFC 7143 11.5.1 b).
+    Task { itt: u32, lun: u64, ref_sn: u32 },
+    /// ABORT/CLEAR TASK SET, LUN RESET: every task of the LUN.
+    Lun(u64),
+    /// Target resets: every task.
+    All,
+}
+
+/// Abort requests from the session's other connections (possibly on other
+/// threads). Task management only: the lock is off the I/O path, which
+/// reads just the `pending` flag.
+#[derive(Default)]
+struct Mailbox {
+    pending: AtomicBool,
+    inner: Mutex<MailboxInner>,
+}
+
+#[derive(Default)]
+struct MailboxInner {
+    closed: bool,
+    msgs: Vec<(AbortScope, Arc<TmfWait>)>,
+}
+
+impl Mailbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MailboxInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the connection to abort `scope`; a closed connection has
+    /// nothing left to abort and counts as done at once.
+    fn post(&self, scope: AbortScope, w: Arc<TmfWait>) {
+        let mut g = self.lock();
+        if g.closed {
+            w.one_done();
+            return;
+        }
+        g.msgs.push((scope, w));
+        self.pending.store(true, Ordering::Release);
+    }
+
+    fn take(&self) -> Vec<(AbortScope, Arc<TmfWait>)> {
+        // A plain load first: this runs on every poll.
+        if !self.pending.load(Ordering::Acquire) || !self.pending.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.lock().msgs)
+    }
+
+    fn close(&self) {
+        let mut g = self.lock();
+        g.closed = true;
+        for (_, w) in g.msgs.drain(..) {
+            w.one_done();
+        }
+    }
+}
+
+/// A task management response to send once its [`TmfWait`] is done.
+struct PendingTmf {
+    /// The TMF request's ITT.
+    itt: u32,
+    /// The response code (ABORT TASK: if no connection had the task).
+    response: u8,
+    /// ABORT TASK: answer "function complete" if the task was found.
+    abort_task: bool,
+    wait: Arc<TmfWait>,
+    /// TARGET COLD RESET: close the connection after the response.
+    close_after: bool,
+}
+
 struct Session {
     discovery: bool,
     target: Option<Arc<TargetNode>>,
     tsih: u16,
-    nexus: String,
+    nexus: Arc<str>,
 }
 
 /// One connection.
@@ -146,6 +305,19 @@ pub struct Conn {
     tasks: HashMap<u32, Task>,
     ttt_to_itt: HashMap<u32, u32>,
     next_ttt: u32,
+    pending_tmfs: Vec<PendingTmf>,
+    /// Aborted tasks still running, and the task management function
+    /// (maybe another connection's) waiting for them.
+    abort_waits: Vec<(Vec<u32>, Arc<TmfWait>)>,
+    /// (ITT, CmdSN) of commands aborted before they arrived.
+    pre_aborted: Vec<(u32, u32)>,
+    mailbox: Arc<Mailbox>,
+    /// The session's shared state, once in full feature phase.
+    shared: Option<Arc<SessionShared>>,
+    /// The TSIH of the session this login adds a connection to (MC/S).
+    join_tsih: Option<u16>,
+    /// That session, once found.
+    joining: Option<Arc<SessionShared>>,
     completions: Rc<RefCell<VecDeque<(u32, ScsiResult)>>>,
     kill: Arc<AtomicBool>,
     registered: bool,
@@ -221,6 +393,13 @@ impl Conn {
             tasks: HashMap::new(),
             ttt_to_itt: HashMap::new(),
             next_ttt: 1,
+            pending_tmfs: Vec::new(),
+            abort_waits: Vec::new(),
+            pre_aborted: Vec::new(),
+            mailbox: Arc::new(Mailbox::default()),
+            shared: None,
+            join_tsih: None,
+            joining: None,
             completions: Rc::new(RefCell::new(VecDeque::new())),
             kill: Arc::new(AtomicBool::new(false)),
             registered: false,
@@ -260,6 +439,13 @@ impl Conn {
             self.keepalive(got);
         }
         busy |= self.drain_completions();
+        for (scope, w) in self.mailbox.take() {
+            busy = true;
+            self.abort_local(scope, &w);
+        }
+        if !self.pending_tmfs.is_empty() {
+            busy |= self.send_ready_tmfs();
+        }
         busy |= self.flush();
         if self.state == State::Closing && self.out_pos >= self.outbuf.len() {
             self.close();
@@ -358,12 +544,22 @@ impl Conn {
         }
         self.state = State::Closed;
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
-        if let Some(s) = &self.session {
-            if let Some(t) = &s.target {
-                t.dev.release_nexus(&s.nexus);
+        // The session ends with its last connection.
+        if let Some(sh) = self.shared.take() {
+            if sh.conns.fetch_sub(1, Ordering::AcqRel) == 1 {
+                if let Some(t) = &sh.target {
+                    t.dev.release_nexus(&sh.nexus);
+                }
             }
         }
         self.tasks.clear();
+        // Task management functions waiting here (ours or another
+        // connection's) need not wait for tasks that are gone.
+        self.mailbox.close();
+        for (_, w) in self.abort_waits.drain(..) {
+            w.one_done();
+        }
+        self.pending_tmfs.clear();
         if self.registered {
             sessions().retain(|(id, _)| *id != self.id);
         }
@@ -373,15 +569,23 @@ impl Conn {
         pdu.emit(&mut self.outbuf, self.hd, self.dd);
     }
 
+    /// ExpCmdSN: the session's once in full feature phase, else the login's.
+    fn exp_cmd_sn(&self) -> u32 {
+        match &self.shared {
+            Some(sh) => sh.exp_cmd_sn(),
+            None => self.exp_cmd_sn,
+        }
+    }
+
     fn max_cmd_sn(&self) -> u32 {
-        self.exp_cmd_sn
+        self.exp_cmd_sn()
             .wrapping_add(self.queue_depth)
             .wrapping_sub(1)
     }
 
     fn set_sns(&self, b: &mut Bhs, advance_stat: bool) -> u32 {
         b.set_u32(24, self.stat_sn);
-        b.set_u32(28, self.exp_cmd_sn);
+        b.set_u32(28, self.exp_cmd_sn());
         b.set_u32(32, self.max_cmd_sn());
         let s = self.stat_sn;
         let _ = advance_stat;
@@ -483,6 +687,17 @@ impl Conn {
             return true;
         }
         let sn = b.sn24();
+        if let Some(sh) = &self.shared {
+            let ok = sh.accept(sn);
+            if !ok {
+                tracing::debug!(
+                    cmd_sn = sn,
+                    exp = sh.exp_cmd_sn(),
+                    "CmdSN outside the window or seen: dropped"
+                );
+            }
+            return ok;
+        }
         let d = sn.wrapping_sub(self.exp_cmd_sn);
         if d == 0 {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
@@ -542,8 +757,9 @@ impl Conn {
                 return self.login_response(&b, 0, 0x02, 0x05, Vec::new());
             }
             if b.tsih() != 0 {
-                // Adding a connection to a session: not supported (MaxConnections=1).
-                return self.login_response(&b, 0, 0x02, 0x0a, Vec::new());
+                // Adds a connection to an existing session (MC/S), found
+                // once the identity keys are in.
+                self.join_tsih = Some(b.tsih());
             }
         }
         self.exp_cmd_sn = b.sn24();
@@ -605,20 +821,26 @@ impl Conn {
                 }
                 self.queue_depth = t.queue_depth.max(1);
             }
-            let nexus = format!(
-                "{},i,0x{}",
-                self.initiator_name,
-                self.isid
-                    .iter()
-                    .map(|x| format!("{x:02x}"))
-                    .collect::<String>()
-            );
-            self.session = Some(Session {
-                discovery: self.session_type_discovery,
-                target: self.target.clone(),
-                tsih: 0,
-                nexus,
-            });
+            if let Some(tsih) = self.join_tsih {
+                if !self.join_session(&b, tsih) {
+                    return;
+                }
+            } else {
+                let nexus = format!(
+                    "{},i,0x{}",
+                    self.initiator_name,
+                    self.isid
+                        .iter()
+                        .map(|x| format!("{x:02x}"))
+                        .collect::<String>()
+                );
+                self.session = Some(Session {
+                    discovery: self.session_type_discovery,
+                    target: self.target.clone(),
+                    tsih: 0,
+                    nexus: nexus.into(),
+                });
+            }
             if !self.session_type_discovery {
                 resp.push(("TargetPortalGroupTag".into(), self.pg_tag.to_string()));
             }
@@ -663,6 +885,10 @@ impl Conn {
                 "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" => {
                     resp.push((k.clone(), "Irrelevant".into()))
                 }
+                // A non-leading connection keeps the session's values.
+                _ if self.joining.is_some() && crate::text::leading_only(k) => {
+                    resp.push((k.clone(), "Irrelevant".into()))
+                }
                 _ if csg == 0 => {
                     // Operational keys in the security stage are negotiated too.
                     if let Some(r) = negotiate(&mut self.params, &self.limits, discovery, k, v) {
@@ -693,48 +919,79 @@ impl Conn {
         let mut out_flags = (csg << 2) | if transit { 0x80 | nsg } else { 0 };
         if transit && nsg == 3 {
             out_flags = 0x80 | (csg << 2) | 3;
-            // Session reinstatement: close older sessions of this initiator port.
-            let tsih = NEXT_TSIH.fetch_add(1, Ordering::Relaxed).max(1);
-            if let Some(s) = self.session.as_mut() {
-                s.tsih = tsih;
-            }
             let target_name = self
                 .target
                 .as_ref()
                 .map(|t| t.name.clone())
                 .unwrap_or_default();
-            {
-                let mut all = sessions();
-                for (_, s) in all.iter() {
-                    if s.initiator == self.initiator_name
-                        && s.isid == self.isid
-                        && s.target == target_name
-                    {
-                        s.kill.store(true, Ordering::Release);
+            let mut all = sessions();
+            let shared = match self.joining.take() {
+                Some(sh) => {
+                    // Connection reinstatement: an older connection with
+                    // this CID leaves the session.
+                    for (_, s) in all.iter() {
+                        if Arc::ptr_eq(&s.shared, &sh) && s.cid == self.cid {
+                            s.kill.store(true, Ordering::Release);
+                        }
                     }
+                    sh
                 }
-                all.push((
-                    self.id,
-                    SessionEntry {
-                        initiator: self.initiator_name.clone(),
-                        isid: self.isid,
-                        target: target_name.clone(),
-                        kill: self.kill.clone(),
-                        info: Some(ConnInfo {
-                            id: self.id,
-                            cid: self.cid,
-                            tsih,
-                            lcore_id: rspdk_event::current_cpu().unwrap_or(0),
-                            initiator_addr: self.peer.ip().to_string(),
-                            target_addr: self.local.ip().to_string(),
-                            target_node_name: target_name,
-                            thread_name: self.thread_name.clone(),
-                            initiator_name: self.initiator_name.clone(),
-                            isid: self.isid.iter().map(|x| format!("{x:02x}")).collect(),
-                        }),
-                    },
-                ));
-            }
+                None => {
+                    // Session reinstatement: close older sessions of this
+                    // initiator port.
+                    for (_, s) in all.iter() {
+                        if s.initiator == self.initiator_name
+                            && s.isid == self.isid
+                            && s.target == target_name
+                        {
+                            s.kill.store(true, Ordering::Release);
+                        }
+                    }
+                    let tsih = NEXT_TSIH.fetch_add(1, Ordering::Relaxed).max(1);
+                    let Some(sess) = self.session.as_mut() else {
+                        drop(all);
+                        return self.login_response(&b, 0, 0x03, 0x00, Vec::new());
+                    };
+                    sess.tsih = tsih;
+                    Arc::new(SessionShared {
+                        tsih,
+                        discovery: sess.discovery,
+                        target: sess.target.clone(),
+                        nexus: sess.nexus.clone(),
+                        queue_depth: self.queue_depth,
+                        params: self.params.clone(),
+                        cmd_sn: AtomicU64::new(u64::from(self.exp_cmd_sn) << 32),
+                        conns: AtomicU32::new(0),
+                    })
+                }
+            };
+            shared.conns.fetch_add(1, Ordering::AcqRel);
+            all.push((
+                self.id,
+                SessionEntry {
+                    initiator: self.initiator_name.clone(),
+                    isid: self.isid,
+                    target: target_name.clone(),
+                    cid: self.cid,
+                    kill: self.kill.clone(),
+                    mailbox: self.mailbox.clone(),
+                    shared: shared.clone(),
+                    info: Some(ConnInfo {
+                        id: self.id,
+                        cid: self.cid,
+                        tsih: shared.tsih,
+                        lcore_id: rspdk_event::current_cpu().unwrap_or(0),
+                        initiator_addr: self.peer.ip().to_string(),
+                        target_addr: self.local.ip().to_string(),
+                        target_node_name: target_name,
+                        thread_name: self.thread_name.clone(),
+                        initiator_name: self.initiator_name.clone(),
+                        isid: self.isid.iter().map(|x| format!("{x:02x}")).collect(),
+                    }),
+                },
+            ));
+            drop(all);
+            self.shared = Some(shared);
             self.registered = true;
         }
         let text = emit_text(&resp);
@@ -746,6 +1003,63 @@ impl Conn {
             tracing::info!(peer = %self.peer, initiator = %self.initiator_name,
                 target = ?self.target.as_ref().map(|t| &t.name), "iSCSI login complete");
         }
+    }
+
+    /// The first login PDU of a connection that names an existing session
+    /// (TSIH != 0): finds the session of this initiator port and target,
+    /// checks MaxConnections, and takes over the session's values.
+    /// Returns false once it has answered with a login failure.
+    fn join_session(&mut self, b: &Bhs, tsih: u16) -> bool {
+        let target_name = self.target.as_ref().map(|t| t.name.clone());
+        let found = {
+            let all = sessions();
+            let sh = all
+                .iter()
+                .find(|(_, e)| {
+                    e.shared.tsih == tsih
+                        && e.isid == self.isid
+                        && e.initiator == self.initiator_name
+                        && Some(&e.target) == target_name.as_ref()
+                        && !e.shared.discovery
+                })
+                .map(|(_, e)| e.shared.clone());
+            sh.map(|sh| {
+                let others = all
+                    .iter()
+                    .filter(|(_, e)| Arc::ptr_eq(&e.shared, &sh) && e.cid != self.cid)
+                    .count();
+                (sh, others)
+            })
+        };
+        let Some((sh, others)) = found else {
+            tracing::warn!(peer = %self.peer, tsih, "login names a session that does not exist");
+            self.login_response(b, 0, 0x02, 0x0a, Vec::new());
+            return false;
+        };
+        if others >= sh.params.max_connections as usize {
+            tracing::warn!(peer = %self.peer, tsih, max = sh.params.max_connections,
+                "session has MaxConnections connections already");
+            self.login_response(b, 0, 0x02, 0x06, Vec::new());
+            return false;
+        }
+        // Session-wide keys from the leading login; connection keys
+        // (digests, MaxRecvDataSegmentLength) start over.
+        let fresh = Params::rfc_defaults();
+        self.params = Params {
+            send_dsl: fresh.send_dsl,
+            header_digest: false,
+            data_digest: false,
+            ..sh.params.clone()
+        };
+        self.queue_depth = sh.queue_depth;
+        self.session = Some(Session {
+            discovery: false,
+            target: sh.target.clone(),
+            tsih: sh.tsih,
+            nexus: sh.nexus.clone(),
+        });
+        self.joining = Some(sh);
+        true
     }
 
     /// (CHAP required, mutual CHAP required, auth group) for this login.
@@ -876,16 +1190,48 @@ impl Conn {
         self.send(&Pdu::new(b, emit_text(&resp)));
     }
 
+    /// Logout: reason 0 closes the session (every connection of it), 1 and
+    /// 2 close the connection named by CID, which may be another connection
+    /// of the session (then this one goes on).
     fn handle_logout(&mut self, p: Pdu) {
         if !self.accept_cmd_sn(&p.bhs) {
             return;
         }
+        let reason = p.bhs.flags() & 0x7f;
+        let cid = p.bhs.u16_at(20);
+        let mut response = 0;
+        let mut close_self = true;
+        if let Some(sh) = &self.shared {
+            let all = sessions();
+            let same = |e: &SessionEntry| Arc::ptr_eq(&e.shared, sh);
+            if reason == 0 {
+                for (id, e) in all.iter() {
+                    if same(e) && *id != self.id {
+                        e.kill.store(true, Ordering::Release);
+                    }
+                }
+            } else if cid != self.cid {
+                close_self = false;
+                let mut found = false;
+                for (_, e) in all.iter() {
+                    if same(e) && e.cid == cid {
+                        e.kill.store(true, Ordering::Release);
+                        found = true;
+                    }
+                }
+                if !found {
+                    response = 1; // CID not found
+                }
+            }
+        }
         let mut b = Bhs::new(op::LOGOUT_RESP, 0x80);
         b.set_itt(p.bhs.itt());
-        b.0[2] = 0;
+        b.0[2] = response;
         self.next_stat_sn(&mut b);
         self.send(&Pdu::new(b, Vec::new()));
-        self.state = State::Closing;
+        if close_self {
+            self.state = State::Closing;
+        }
     }
 
     fn handle_tmf(&mut self, p: Pdu) {
@@ -897,46 +1243,37 @@ impl Conn {
         let rtt = p.bhs.ttt();
         let target = self.target.clone();
         let lun_exists = target.as_ref().and_then(|t| t.dev.lun(lun)).is_some();
-        let response = match func {
+        let (response, scope) = match func {
             1 => {
-                // ABORT TASK
-                match self.tasks.get_mut(&rtt) {
-                    Some(t) if t.lun == lun => {
-                        if t.executing {
-                            t.aborted = true;
-                        } else {
-                            self.tasks.remove(&rtt);
-                            self.ttt_to_itt.retain(|_, itt| *itt != rtt);
-                        }
-                        0
-                    }
-                    _ => {
-                        let ref_sn = p.bhs.u32_at(32);
-                        // Not found: complete if it was never received, else "does not exist".
-                        if ref_sn.wrapping_sub(self.exp_cmd_sn) < 0x8000_0000 {
-                            0
-                        } else {
-                            1
-                        }
-                    }
-                }
-            }
-            2 | 4 | 5 => {
-                // ABORT TASK SET, CLEAR TASK SET, LOGICAL UNIT RESET
-                if !lun_exists {
-                    2
-                } else {
-                    self.abort_tasks(Some(lun));
-                    if func == 5 {
-                        if let Some(l) = target.as_ref().and_then(|t| t.dev.lun(lun)) {
-                            l.reset();
-                        }
-                    }
+                // ABORT TASK. If no connection has the task: "function
+                // complete" if its CmdSN was never received, else "task
+                // does not exist".
+                let ref_sn = p.bhs.u32_at(32);
+                let r = if ref_sn.wrapping_sub(self.exp_cmd_sn()) < 0x8000_0000 {
                     0
+                } else {
+                    1
+                };
+                (
+                    r,
+                    Some(AbortScope::Task {
+                        itt: rtt,
+                        lun,
+                        ref_sn,
+                    }),
+                )
+            }
+            // ABORT TASK SET, CLEAR TASK SET, LOGICAL UNIT RESET
+            2 | 4 | 5 if !lun_exists => (2, None),
+            2 | 4 | 5 => {
+                if func == 5 {
+                    if let Some(l) = target.as_ref().and_then(|t| t.dev.lun(lun)) {
+                        l.reset();
+                    }
                 }
+                (0, Some(AbortScope::Lun(lun)))
             }
             6 | 7 => {
-                self.abort_tasks(None);
                 if let Some(t) = &target {
                     for (id, _) in t.dev.luns() {
                         if let Some(l) = t.dev.lun(id) {
@@ -944,27 +1281,160 @@ impl Conn {
                         }
                     }
                 }
-                0
+                (0, Some(AbortScope::All))
             }
-            3 | 8 => 5,
-            _ => 255,
+            3 | 8 => (5, None),
+            _ => (255, None),
         };
-        let mut b = Bhs::new(op::TMF_RESP, 0x80);
-        b.0[2] = response;
-        b.set_itt(p.bhs.itt());
-        self.next_stat_sn(&mut b);
-        self.send(&Pdu::new(b, Vec::new()));
-        if func == 7 && response == 0 {
-            self.state = State::Closing;
+        // The session's other connections abort their tasks in scope too.
+        let others: Vec<Arc<Mailbox>> = match (&scope, &self.shared) {
+            (Some(_), Some(sh)) => sessions()
+                .iter()
+                .filter(|(id, e)| *id != self.id && Arc::ptr_eq(&e.shared, sh))
+                .map(|(_, e)| e.mailbox.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        let wait = Arc::new(TmfWait {
+            left: AtomicUsize::new(1 + others.len()),
+            found: AtomicBool::new(false),
+        });
+        match scope {
+            Some(scope) => {
+                self.abort_local(scope, &wait);
+                for m in &others {
+                    m.post(scope, wait.clone());
+                }
+            }
+            None => wait.one_done(),
+        }
+        self.pending_tmfs.push(PendingTmf {
+            itt: p.bhs.itt(),
+            response,
+            abort_task: func == 1,
+            wait,
+            close_after: func == 7 && response == 0,
+        });
+        self.send_ready_tmfs();
+    }
+
+    /// Aborts this connection's tasks in `scope` for a task management
+    /// function (this connection's or another's): tasks not yet executing
+    /// go now; `w` is told once the executing ones have completed.
+    fn abort_local(&mut self, scope: AbortScope, w: &Arc<TmfWait>) {
+        let running = match scope {
+            AbortScope::Task { itt, lun, ref_sn } => match self.tasks.get_mut(&itt) {
+                Some(t) if t.lun == lun => {
+                    w.found.store(true, Ordering::Release);
+                    if t.executing {
+                        t.aborted = true;
+                        vec![itt]
+                    } else {
+                        self.tasks.remove(&itt);
+                        self.ttt_to_itt.retain(|_, i| *i != itt);
+                        Vec::new()
+                    }
+                }
+                _ => {
+                    // Not here: if its CmdSN has not arrived, it may still
+                    // come (on this connection or another), to be dropped.
+                    let ahead = ref_sn.wrapping_sub(self.exp_cmd_sn());
+                    if ahead < self.queue_depth && self.pre_aborted.len() < 64 {
+                        self.pre_aborted.push((itt, ref_sn));
+                    }
+                    Vec::new()
+                }
+            },
+            AbortScope::Lun(lun) => self.abort_tasks(Some(lun)),
+            AbortScope::All => self.abort_tasks(None),
+        };
+        if running.is_empty() {
+            w.one_done();
+        } else {
+            tracing::debug!(tasks = ?running, "task management waits for running tasks");
+            self.abort_waits.push((running, w.clone()));
         }
     }
 
-    fn abort_tasks(&mut self, lun: Option<u64>) {
+    /// True if the command (ITT, CmdSN) was aborted before it arrived: it
+    /// is dropped without a response. Forgets entries whose CmdSN can no
+    /// longer arrive.
+    fn drop_pre_aborted(&mut self, itt: u32, sn: u32) -> bool {
+        let hit = self.pre_aborted.iter().position(|e| *e == (itt, sn));
+        if let Some(i) = hit {
+            self.pre_aborted.swap_remove(i);
+        }
+        let exp = self.exp_cmd_sn();
+        let qd = self.queue_depth;
+        // Only CmdSNs from ExpCmdSN on can still arrive (one received on
+        // another connection was dropped there: each connection has the entry).
+        self.pre_aborted.retain(|(_, s)| s.wrapping_sub(exp) < qd);
+        if hit.is_some() {
+            tracing::debug!(
+                itt,
+                cmd_sn = sn,
+                "command aborted before it arrived: dropped"
+            );
+        }
+        hit.is_some()
+    }
+
+    /// Sends the task management responses whose aborted tasks are all
+    /// gone. Returns true if it sent any.
+    fn send_ready_tmfs(&mut self) -> bool {
+        let mut sent = false;
+        let mut i = 0;
+        while i < self.pending_tmfs.len() {
+            if self.pending_tmfs[i].wait.left.load(Ordering::Acquire) > 0 {
+                i += 1;
+                continue;
+            }
+            let tmf = self.pending_tmfs.remove(i);
+            if self.state != State::FullFeature {
+                continue;
+            }
+            let response = if tmf.abort_task && tmf.wait.found.load(Ordering::Acquire) {
+                0
+            } else {
+                tmf.response
+            };
+            let mut b = Bhs::new(op::TMF_RESP, 0x80);
+            b.0[2] = response;
+            b.set_itt(tmf.itt);
+            self.next_stat_sn(&mut b);
+            self.send(&Pdu::new(b, Vec::new()));
+            sent = true;
+            if tmf.close_after {
+                self.state = State::Closing;
+            }
+        }
+        sent
+    }
+
+    /// An aborted task's I/O finished: the task management functions that
+    /// waited only for it here are told.
+    fn aborted_task_done(&mut self, itt: u32) {
+        self.abort_waits.retain_mut(|(itts, w)| {
+            itts.retain(|i| *i != itt);
+            if itts.is_empty() {
+                w.one_done();
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Aborts the tasks of `lun` (all with None): those not yet executing
+    /// go now, executing ones are marked and returned (their ITTs).
+    fn abort_tasks(&mut self, lun: Option<u64>) -> Vec<u32> {
         let mut gone = Vec::new();
+        let mut running = Vec::new();
         for (itt, t) in self.tasks.iter_mut() {
             if lun.is_none_or(|l| l == t.lun) {
                 if t.executing {
                     t.aborted = true;
+                    running.push(*itt);
                 } else {
                     gone.push(*itt);
                 }
@@ -974,6 +1444,7 @@ impl Conn {
             self.tasks.remove(&itt);
             self.ttt_to_itt.retain(|_, i| *i != itt);
         }
+        running
     }
 
     fn handle_scsi(&mut self, p: Pdu) {
@@ -982,6 +1453,9 @@ impl Conn {
             return;
         }
         let itt = b.itt();
+        if !self.pre_aborted.is_empty() && self.drop_pre_aborted(itt, b.sn24()) {
+            return;
+        }
         let flags = b.flags();
         let read = flags & 0x40 != 0;
         let write = flags & 0x20 != 0;
@@ -1158,13 +1632,14 @@ impl Conn {
         };
         t.executing = true;
         let cmd = ScsiCommand {
-            cdb: t.cdb.clone(),
+            // Moved, and the nexus shared: no allocation here.
+            cdb: std::mem::take(&mut t.cdb),
             data_out: std::mem::take(&mut t.data),
             nexus: self
                 .session
                 .as_ref()
                 .map(|s| s.nexus.clone())
-                .unwrap_or_default(),
+                .unwrap_or_else(|| "".into()),
         };
         let lun = t.lun;
         let q = self.completions.clone();
@@ -1189,7 +1664,11 @@ impl Conn {
             let Some(t) = self.tasks.remove(&itt) else {
                 continue;
             };
-            if t.aborted || self.state != State::FullFeature {
+            if t.aborted {
+                self.aborted_task_done(itt);
+                continue;
+            }
+            if self.state != State::FullFeature {
                 continue;
             }
             self.complete(itt, &t, r);
@@ -1223,12 +1702,20 @@ impl Conn {
                     self.next_stat_sn(&mut b);
                     b.set_u32(44, resid);
                 } else {
-                    b.set_u32(28, self.exp_cmd_sn);
+                    b.set_u32(28, self.exp_cmd_sn());
                     b.set_u32(32, self.max_cmd_sn());
                 }
                 b.set_u32(36, data_sn);
                 b.set_u32(40, off as u32);
-                self.send(&Pdu::new(b, r.data[off..off + n].to_vec()));
+                // Straight from the read buffer: no copy per PDU.
+                crate::pdu::emit_parts(
+                    &b,
+                    &[],
+                    &r.data[off..off + n],
+                    &mut self.outbuf,
+                    self.hd,
+                    self.dd,
+                );
                 data_sn += 1;
                 off += n;
             }
@@ -1290,5 +1777,54 @@ fn residual(expected: usize, actual: usize) -> (u8, u32) {
         std::cmp::Ordering::Less => (0x02, (expected - actual) as u32),
         std::cmp::Ordering::Greater => (0x04, (actual - expected) as u32),
         std::cmp::Ordering::Equal => (0, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(exp: u32, queue_depth: u32) -> SessionShared {
+        SessionShared {
+            tsih: 1,
+            discovery: false,
+            target: None,
+            nexus: "".into(),
+            queue_depth,
+            params: Params::rfc_defaults(),
+            cmd_sn: AtomicU64::new(u64::from(exp) << 32),
+            conns: AtomicU32::new(1),
+        }
+    }
+
+    #[test]
+    fn cmd_sn_window_in_order_out_of_order_and_duplicates() {
+        let s = session(10, 64);
+        assert!(s.accept(10));
+        assert_eq!(s.exp_cmd_sn(), 11);
+        // 12 and 13 before 11: taken, ExpCmdSN waits for 11.
+        assert!(s.accept(12));
+        assert!(s.accept(13));
+        assert_eq!(s.exp_cmd_sn(), 11);
+        assert!(!s.accept(12), "duplicate taken");
+        assert!(s.accept(11));
+        assert_eq!(s.exp_cmd_sn(), 14);
+        // Behind the window, and past MaxCmdSN: dropped.
+        assert!(!s.accept(13));
+        assert!(!s.accept(14 + 64));
+        // Far ahead (beyond the 32 tracked): the window jumps.
+        assert!(s.accept(14 + 40));
+        assert_eq!(s.exp_cmd_sn(), 14 + 41);
+    }
+
+    #[test]
+    fn cmd_sn_window_wraps() {
+        let s = session(u32::MAX - 1, 8);
+        assert!(s.accept(u32::MAX));
+        assert!(s.accept(0));
+        assert_eq!(s.exp_cmd_sn(), u32::MAX - 1);
+        assert!(s.accept(u32::MAX - 1));
+        assert_eq!(s.exp_cmd_sn(), 1);
+        assert!(!s.accept(u32::MAX));
     }
 }

@@ -15,8 +15,8 @@
 //! ## Threads
 //! Listening sockets are polled (non-blocking `accept`) by a poller on the
 //! app thread; each accepted connection goes, round robin, to one of the
-//! `iscsi_poll_group_N` lightweight threads (one per reactor core, placed by
-//! the scheduler), whose poller reads, handles and writes all of its
+//! `iscsi_poll_group_N` lightweight threads (one per reactor core, pinned
+//! there), whose poller reads, handles and writes all of its
 //! connections without blocking. SCSI commands run on that thread, on its
 //! bdev channels.
 
@@ -101,11 +101,30 @@ fn poll_conns() -> PollerStatus {
     }
 }
 
-fn start_poll_groups(n: usize) -> Result<(), IscsiError> {
+/// Starts one poll group thread per reactor core (pinned there, as SPDK's
+/// iSCSI poll groups are), at most `limit` (0: no limit), so connections,
+/// including the connections of one session, spread over the reactors.
+fn start_poll_groups(limit: usize) -> Result<(), IscsiError> {
     let mut groups = POLL_GROUPS.lock().unwrap_or_else(|e| e.into_inner());
-    for i in 0..n {
-        let h = thread_create(ThreadOpts::named(&format!("iscsi_poll_group_{i}")))
-            .map_err(|e| IscsiError::Thread(e.to_string()))?;
+    let mut last_err = None;
+    for core in 0..256u32 {
+        if limit > 0 && groups.len() >= limit {
+            break;
+        }
+        let mut mask = rspdk_thread::CpuSet::new();
+        mask.insert(core);
+        let opts = ThreadOpts {
+            cpumask: mask,
+            ..ThreadOpts::named(&format!("iscsi_poll_group_{}", groups.len()))
+        };
+        // Cores without a reactor refuse the thread.
+        let h = match thread_create(opts) {
+            Ok(h) => h,
+            Err(e) => {
+                last_err = Some(e.to_string());
+                continue;
+            }
+        };
         h.send_msg(|| {
             if let Ok(p) = poller_register("iscsi_conn_poll", 0, |_| poll_conns()) {
                 if let Some(t) = rspdk_thread::get_thread() {
@@ -120,6 +139,12 @@ fn start_poll_groups(n: usize) -> Result<(), IscsiError> {
         .map_err(|e| IscsiError::Thread(e.to_string()))?;
         groups.push(h);
     }
+    if groups.is_empty() {
+        return Err(IscsiError::Thread(format!(
+            "no reactor took an iSCSI poll group: {}",
+            last_err.unwrap_or_default()
+        )));
+    }
     Ok(())
 }
 
@@ -132,12 +157,7 @@ pub(crate) fn ensure_started() -> Result<(), IscsiError> {
     if ACCEPTOR.with(|a| a.borrow().is_some()) {
         return Ok(());
     }
-    let n = match POLL_GROUP_COUNT.load(Ordering::Relaxed) {
-        0 => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        n => n,
-    };
+    let n = POLL_GROUP_COUNT.load(Ordering::Relaxed);
     if POLL_GROUPS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -191,7 +211,7 @@ fn accept_all() -> PollerStatus {
 /// SPDK's `iscsi` subsystem: depends on `scsi` and `bdev`.
 #[derive(Debug, Default)]
 pub struct IscsiSubsystem {
-    /// Poll group threads to create (0: one per available CPU).
+    /// Poll group threads to create (0: one per reactor core).
     pub poll_groups: usize,
 }
 

@@ -327,25 +327,46 @@ impl Pdu {
 
     /// Appends the PDU's wire form to `out` (lengths set from the segments).
     pub fn emit(&self, out: &mut Vec<u8>, header_digest: bool, data_digest: bool) {
-        let mut bhs = self.bhs;
-        bhs.0[4] = (pad4(self.ahs.len()) / 4) as u8;
-        bhs.set_data_len(self.data.len());
-        let start = out.len();
-        out.extend_from_slice(&bhs.0);
-        out.extend_from_slice(&self.ahs);
-        out.resize(start + BHS_LEN + pad4(self.ahs.len()), 0);
-        if header_digest {
-            let c = crc32c(&out[start..]);
+        emit_parts(
+            &self.bhs,
+            &self.ahs,
+            &self.data,
+            out,
+            header_digest,
+            data_digest,
+        );
+    }
+}
+
+/// Appends a PDU made of `bhs`, `ahs` and `data` to `out`, as
+/// [`Pdu::emit`] does, without owning the segments (Data-In PDUs are
+/// written straight from the command's read buffer).
+pub fn emit_parts(
+    bhs: &Bhs,
+    ahs: &[u8],
+    data: &[u8],
+    out: &mut Vec<u8>,
+    header_digest: bool,
+    data_digest: bool,
+) {
+    let mut bhs = *bhs;
+    bhs.0[4] = (pad4(ahs.len()) / 4) as u8;
+    bhs.set_data_len(data.len());
+    let start = out.len();
+    out.extend_from_slice(&bhs.0);
+    out.extend_from_slice(ahs);
+    out.resize(start + BHS_LEN + pad4(ahs.len()), 0);
+    if header_digest {
+        let c = crc32c(&out[start..]);
+        out.extend_from_slice(&c.to_le_bytes());
+    }
+    if !data.is_empty() {
+        let d0 = out.len();
+        out.extend_from_slice(data);
+        out.resize(d0 + pad4(data.len()), 0);
+        if data_digest {
+            let c = crc32c(&out[d0..]);
             out.extend_from_slice(&c.to_le_bytes());
-        }
-        if !self.data.is_empty() {
-            let d0 = out.len();
-            out.extend_from_slice(&self.data);
-            out.resize(d0 + pad4(self.data.len()), 0);
-            if data_digest {
-                let c = crc32c(&out[d0..]);
-                out.extend_from_slice(&c.to_le_bytes());
-            }
         }
     }
 }

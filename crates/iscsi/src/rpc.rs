@@ -198,6 +198,11 @@ pub fn register_rpcs(reg: &RpcRegistry) {
             if o.first_burst_length < 512 {
                 return Err(inval("first_burst_length must be at least 512"));
             }
+            if !(1..=65535).contains(&o.max_connections_per_session) {
+                return Err(inval(
+                    "max_connections_per_session must be 1 to 65535 (MaxConnections)",
+                ));
+            }
             with_registry(|r| r.options = o);
             Ok(json!(true))
         },

@@ -101,7 +101,7 @@ impl Options {
             initial_r2t: true,
             max_outstanding_r2t: self.max_r2t_per_connection.max(1),
             error_recovery_level: self.error_recovery_level,
-            max_connections: 1,
+            max_connections: self.max_connections_per_session.max(1),
             default_time2wait: self.default_time2wait,
             default_time2retain: self.default_time2retain,
         }

@@ -180,6 +180,26 @@ pub const DECLARATIVE_KEYS: &[&str] = &[
     "TargetPortalGroupTag",
 ];
 
+/// True for the session-wide keys that only the leading connection of a
+/// session negotiates (RFC 7143 13: "LO"); a connection added to a session
+/// answers them `Irrelevant` and keeps the session's values.
+pub fn leading_only(key: &str) -> bool {
+    matches!(
+        key,
+        "MaxConnections"
+            | "InitialR2T"
+            | "ImmediateData"
+            | "MaxBurstLength"
+            | "FirstBurstLength"
+            | "DefaultTime2Wait"
+            | "DefaultTime2Retain"
+            | "MaxOutstandingR2T"
+            | "DataPDUInOrder"
+            | "DataSequenceInOrder"
+            | "ErrorRecoveryLevel"
+    )
+}
+
 /// Negotiates one operational key; returns the response pair, or `None`
 /// for keys that need no answer. Unknown keys get `NotUnderstood`, bad
 /// values `Reject`.

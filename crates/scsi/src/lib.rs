@@ -76,8 +76,9 @@ pub struct ScsiCommand {
     pub cdb: Vec<u8>,
     /// Data the initiator sent (WRITE, UNMAP parameters, ...).
     pub data_out: Vec<u8>,
-    /// The I_T nexus: the initiator port name (reservations key on it).
-    pub nexus: String,
+    /// The I_T nexus: the initiator port name (reservations key on it);
+    /// shared, so a transport hands it over per command without allocating.
+    pub nexus: std::sync::Arc<str>,
 }
 
 /// How a command ended.
@@ -221,12 +222,17 @@ impl ScsiDev {
         let now = self.generation.load(Ordering::Acquire);
         let changed = {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            let s = seen.entry(cmd.nexus.clone()).or_insert(now);
-            if *s != now && op != Some(0x12) {
-                *s = now;
-                op != Some(0xa0)
-            } else {
-                false
+            // No allocation per command: the key is copied only for a new nexus.
+            match seen.get_mut(&*cmd.nexus) {
+                Some(s) if *s != now && op != Some(0x12) => {
+                    *s = now;
+                    op != Some(0xa0)
+                }
+                Some(_) => false,
+                None => {
+                    seen.insert(cmd.nexus.to_string(), now);
+                    false
+                }
             }
         };
         if changed {

@@ -2,8 +2,12 @@
 //! on a free loopback port, probed with libiscsi's `iscsi-ls`, `iscsi-inq`,
 //! `iscsi-readcapacity16` and the `iscsi-test-cu` conformance suite (512 B
 //! and 4096 B blocks), the iSCSI RPCs and save_config, and bad logins from
-//! a raw socket. The libiscsi tools come from Debian's `libiscsi-bin`
-//! (installed by `.ci/run`); without them those parts are skipped loudly.
+//! a raw socket, data round trips with QEMU's iSCSI driver (`qemu-img`,
+//! `qemu-io`), and task management while bdev I/O runs (a delay bdev). The
+//! libiscsi tools come from Debian's `libiscsi-bin` (installed by
+//! `.ci/run`); without them those parts are skipped loudly. The QEMU tools
+//! (`qemu-utils`, `qemu-block-extra`) are skipped loudly too, except in CI
+//! (`CI` set), where `.ci/run` installs them and their absence fails.
 
 #[path = "../../event/tests/common/mod.rs"]
 mod common;
@@ -55,13 +59,29 @@ fn start(block_size: u32) -> Tgt {
 
 /// Starts the target with `options` (config entries) before the iSCSI ones.
 fn start_with(block_size: u32, options: Vec<Value>) -> Tgt {
+    start_cfg(block_size, options, Vec::new(), "Malloc0", &[])
+}
+
+/// Starts the target with `options` before the iSCSI entries, `bdevs`
+/// (config entries) after Malloc0, LUN 0 on bdev `lun0`, and `args` for
+/// rspdk_tgt (`-m 0x3`).
+fn start_cfg(
+    block_size: u32,
+    options: Vec<Value>,
+    bdevs: Vec<Value>,
+    lun0: &str,
+    args: &[&str],
+) -> Tgt {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("spdk.sock");
     let port = free_port();
+    let mut bdev_cfg = vec![
+        json!({"method": "bdev_malloc_create", "params": {"name": "Malloc0",
+        "num_blocks": (64u64 << 20) / u64::from(block_size), "block_size": block_size}}),
+    ];
+    bdev_cfg.extend(bdevs);
     let cfg = json!({"subsystems": [
-        {"subsystem": "bdev", "config": [
-            {"method": "bdev_malloc_create", "params": {"name": "Malloc0",
-                "num_blocks": (64u64 << 20) / u64::from(block_size), "block_size": block_size}}]},
+        {"subsystem": "bdev", "config": bdev_cfg},
         {"subsystem": "iscsi", "config": [
             {"method": "iscsi_create_portal_group", "params": {"tag": 1,
                 "portals": [{"host": "127.0.0.1", "port": port.to_string()}]}},
@@ -69,7 +89,7 @@ fn start_with(block_size: u32, options: Vec<Value>) -> Tgt {
                 "initiators": ["ANY", "!iqn.2026-01.io.rspdk:denied"], "netmasks": ["127.0.0.1/8"]}},
             {"method": "iscsi_create_target_node", "params": {"name": "disk1",
                 "alias_name": "Data Disk1", "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}],
-                "luns": [{"bdev_name": "Malloc0", "lun_id": 0}], "queue_depth": 64}}]}
+                "luns": [{"bdev_name": lun0, "lun_id": 0}], "queue_depth": 64}}]}
     ]});
     let mut cfg = cfg;
     if let Some(iscsi) = cfg["subsystems"][1]["config"].as_array_mut() {
@@ -83,6 +103,7 @@ fn start_with(block_size: u32, options: Vec<Value>) -> Tgt {
         .arg("-r")
         .arg(&sock)
         .arg("--no-huge")
+        .args(args)
         .arg("-c")
         .arg(&cfg_path)
         .stdout(Stdio::null())
@@ -210,6 +231,20 @@ fn libiscsi_conformance_4096() {
 
 /// Builds a Login Request PDU (CSG 1 -> NSG 3, transit) with `keys`.
 fn login_pdu(keys: &str) -> Vec<u8> {
+    login_pdu_at(keys, 0, 0, 0)
+}
+
+/// [`login_pdu`] for session `tsih` (0: a new session), connection `cid`,
+/// CmdSN `cmd_sn`.
+fn login_pdu_at(keys: &str, tsih: u16, cid: u16, cmd_sn: u32) -> Vec<u8> {
+    let mut b = login_pdu_keys(keys);
+    b[14..16].copy_from_slice(&tsih.to_be_bytes());
+    b[20..22].copy_from_slice(&cid.to_be_bytes());
+    b[24..28].copy_from_slice(&cmd_sn.to_be_bytes());
+    b
+}
+
+fn login_pdu_keys(keys: &str) -> Vec<u8> {
     let mut data = keys.replace(';', "\0").into_bytes();
     data.push(0);
     let mut b = vec![0u8; 48];
@@ -603,4 +638,593 @@ fn random_pdus_after_login() {
         );
     }
     assert!(ok(&t.sock, "iscsi_get_target_nodes", None)[0]["name"] == json!(IQN));
+}
+
+/// True if `tool` can run. Without it the caller skips loudly, except in CI
+/// (`CI` set: `.ci/run` installs `package`), where a missing tool fails.
+fn need(tool: &str, package: &str) -> bool {
+    if have(tool) {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{tool} is missing in CI: .ci/run should have installed it (apt-get install {package})"
+    );
+    eprintln!("SKIPPED: {tool} is not installed (apt-get install {package})");
+    false
+}
+
+/// Runs `cmd args`, returning (success, stdout + stderr).
+fn run_status(cmd: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("timeout")
+        .arg("300")
+        .arg(cmd)
+        .args(args)
+        .output()
+        .unwrap();
+    let s =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), s)
+}
+
+/// QEMU's iSCSI block driver (libiscsi inside qemu-img/qemu-io) moves data
+/// through the target: `qemu-img convert` of a random raw image onto the
+/// LUN and back, `qemu-img compare`, and `qemu-io` pattern writes and reads
+/// (sequential and several in flight).
+#[test]
+fn qemu_img_and_qemu_io() {
+    if !need("qemu-img", "qemu-utils qemu-block-extra") || !need("qemu-io", "qemu-utils") {
+        return;
+    }
+    let t = start(512);
+    let url = format!("iscsi://127.0.0.1:{}/{IQN}/0", t.port);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.raw");
+    let back = dir.path().join("back.raw");
+    // 64 MiB (the LUN's size) of xorshift noise.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut img = vec![0u8; 64 << 20];
+    for c in img.chunks_exact_mut(8) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        c.copy_from_slice(&seed.to_le_bytes());
+    }
+    std::fs::write(&src, &img).unwrap();
+    let (src_s, back_s) = (src.to_str().unwrap(), back.to_str().unwrap());
+
+    let (ok_, out) = run_status(
+        "qemu-img",
+        &["convert", "-n", "-f", "raw", "-O", "raw", src_s, &url],
+    );
+    if !ok_ && out.contains("Unknown protocol") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "qemu-img has no iscsi driver in CI: apt-get install qemu-block-extra\n{out}"
+        );
+        eprintln!("SKIPPED: qemu-img has no iscsi driver (apt-get install qemu-block-extra)");
+        return;
+    }
+    assert!(ok_, "qemu-img convert onto the LUN failed:\n{out}");
+    let (ok_, out) = run_status(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "raw", src_s, &url],
+    );
+    assert!(ok_ && out.contains("Images are identical"), "{out}");
+    let (ok_, out) = run_status(
+        "qemu-img",
+        &["convert", "-f", "raw", "-O", "raw", &url, back_s],
+    );
+    assert!(ok_, "qemu-img convert from the LUN failed:\n{out}");
+    let got = std::fs::read(&back).unwrap();
+    assert!(got == img, "the image read back differs");
+    let (ok_, out) = run_status("qemu-img", &["info", &url]);
+    assert!(ok_ && out.contains("virtual size: 64 MiB"), "{out}");
+
+    // qemu-io: sequential pattern writes and reads, a wrong pattern caught,
+    // then eight 64 KiB writes in flight at once, read back.
+    let io = |cmds: &[&str]| {
+        let mut args = vec!["-f", "raw"];
+        for c in cmds {
+            args.push("-c");
+            args.push(c);
+        }
+        args.push(&url);
+        run_status("qemu-io", &args)
+    };
+    let (ok_, out) = io(&[
+        "write -P 0xa5 1M 1M",
+        "write -P 0x3c 3584 1536",
+        "read -P 0xa5 1M 1M",
+        "read -P 0x3c 3584 1536",
+    ]);
+    assert!(
+        ok_ && out.matches("wrote ").count() == 2
+            && out.matches("read ").count() == 2
+            && !out.contains("fail"),
+        "{out}"
+    );
+    let (_, out) = io(&["read -P 0x5a 1M 4k"]);
+    assert!(
+        out.contains("Pattern verification failed"),
+        "a wrong pattern was not caught:\n{out}"
+    );
+    let writes: Vec<String> = (0..8)
+        .map(|i| format!("aio_write -P 0x{:02x} {} 64k", 0x10 + i, (8 + i) << 20))
+        .collect();
+    let reads: Vec<String> = (0..8)
+        .map(|i| format!("read -P 0x{:02x} {} 64k", 0x10 + i, (8 + i) << 20))
+        .collect();
+    let mut cmds: Vec<&str> = writes.iter().map(|s| s.as_str()).collect();
+    cmds.push("aio_flush");
+    cmds.extend(reads.iter().map(|s| s.as_str()));
+    let (ok_, out) = io(&cmds);
+    assert!(
+        ok_ && out.matches("wrote ").count() == 8
+            && out.matches("read ").count() == 8
+            && !out.contains("fail"),
+        "{out}"
+    );
+}
+
+/// Logs in (no digests, RFC 7143 default keys); returns the stream in full
+/// feature phase, its CmdSN starting at 1.
+fn login_plain(port: u16, initiator: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&login_pdu_at(
+        &format!("InitiatorName={initiator};SessionType=Normal;TargetName={IQN}"),
+        0,
+        0,
+        1,
+    ))
+    .unwrap();
+    let (hdr, _) = read_pdu(&mut s).expect("no login response");
+    assert_eq!((hdr[36], hdr[37]), (0, 0), "login failed");
+    assert_eq!(hdr[1] & 0x83, 0x83, "not in full feature phase");
+    s
+}
+
+/// Reads one PDU (no digests): its header and data segment, None on EOF
+/// or timeout.
+fn read_pdu(s: &mut TcpStream) -> Option<([u8; 48], Vec<u8>)> {
+    let mut hdr = [0u8; 48];
+    s.read_exact(&mut hdr).ok()?;
+    let dsl = u32::from_be_bytes([0, hdr[5], hdr[6], hdr[7]]) as usize;
+    let mut data = vec![0u8; dsl.div_ceil(4) * 4];
+    s.read_exact(&mut data).ok()?;
+    data.truncate(dsl);
+    Some((hdr, data))
+}
+
+/// A SCSI Command PDU (simple task attribute, LUN 0): READ(10) of 8
+/// blocks at `lba` or, with `write`, WRITE(10) of 8 blocks with them as
+/// immediate data.
+fn scsi_rw(itt: u32, cmd_sn: u32, lba: u32, write: Option<&[u8]>) -> Vec<u8> {
+    let mut b = vec![0u8; 48];
+    b[0] = 0x01;
+    b[1] = if write.is_some() { 0xa1 } else { 0xc1 };
+    b[16..20].copy_from_slice(&itt.to_be_bytes());
+    b[20..24].copy_from_slice(&4096u32.to_be_bytes());
+    b[24..28].copy_from_slice(&cmd_sn.to_be_bytes());
+    b[32] = if write.is_some() { 0x2a } else { 0x28 };
+    b[34..38].copy_from_slice(&lba.to_be_bytes());
+    b[39..41].copy_from_slice(&8u16.to_be_bytes());
+    if let Some(d) = write {
+        b[5..8].copy_from_slice(&(d.len() as u32).to_be_bytes()[1..]);
+        b.extend_from_slice(d);
+    }
+    b
+}
+
+/// An immediate Task Management Function Request (LUN 0).
+fn tmf(func: u8, itt: u32, rtt: u32, cmd_sn: u32, ref_cmd_sn: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 48];
+    b[0] = 0x42;
+    b[1] = 0x80 | func;
+    b[16..20].copy_from_slice(&itt.to_be_bytes());
+    b[20..24].copy_from_slice(&rtt.to_be_bytes());
+    b[24..28].copy_from_slice(&cmd_sn.to_be_bytes());
+    b[32..36].copy_from_slice(&ref_cmd_sn.to_be_bytes());
+    b
+}
+
+/// ABORT TASK and LOGICAL UNIT RESET while the tasks' bdev I/O runs (a
+/// delay bdev, 1.5 s per I/O): the TMF response comes once the I/O has
+/// finished, the aborted tasks get no response, their ITTs are free again,
+/// and the connection keeps working.
+#[test]
+fn abort_and_lun_reset_during_io() {
+    const LAT_US: u64 = 1_500_000;
+    let t = start_cfg(
+        512,
+        Vec::new(),
+        vec![
+            json!({"method": "bdev_delay_create", "params": {"base_bdev_name": "Malloc0",
+            "name": "Delay0", "avg_read_latency": LAT_US, "p99_read_latency": LAT_US,
+            "avg_write_latency": LAT_US, "p99_write_latency": LAT_US}}),
+        ],
+        "Delay0",
+        &[],
+    );
+    let mut s = login_plain(t.port, "iqn.2026-01.io.rspdk:abort");
+    let lat = Duration::from_micros(LAT_US);
+
+    // ABORT TASK on a running READ (ITT 1, CmdSN 1).
+    let t0 = std::time::Instant::now();
+    s.write_all(&scsi_rw(1, 1, 0, None)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    s.write_all(&tmf(1, 0x100, 1, 2, 1)).unwrap();
+    let (h, _) = read_pdu(&mut s).expect("no TMF response");
+    assert_eq!(
+        h[0] & 0x3f,
+        0x22,
+        "expected the TMF response first, got {h:02x?}"
+    );
+    assert_eq!(&h[16..20], &0x100u32.to_be_bytes());
+    assert_eq!(h[2], 0, "ABORT TASK: function complete");
+    assert!(
+        t0.elapsed() >= lat - Duration::from_millis(100),
+        "the TMF response came before the aborted I/O finished"
+    );
+    // The ITT is free again: a READ with ITT 1 (CmdSN 2) runs normally,
+    // and it is the next PDU (no late response for the aborted one).
+    s.write_all(&scsi_rw(1, 2, 0, None)).unwrap();
+    let (h, d) = read_pdu(&mut s).expect("no answer to the second READ");
+    assert_eq!(h[0] & 0x3f, 0x25, "expected Data-In, got {h:02x?}");
+    assert_eq!((h[1] & 0x81, h[3]), (0x81, 0), "Data-In with GOOD status");
+    assert_eq!(d.len(), 4096);
+
+    // LUN RESET with a WRITE and a READ running (CmdSN 3 and 4).
+    let pattern = vec![0x5au8; 4096];
+    s.write_all(&scsi_rw(2, 3, 64, Some(&pattern))).unwrap();
+    s.write_all(&scsi_rw(3, 4, 128, None)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = std::time::Instant::now();
+    s.write_all(&tmf(5, 0x101, 0xffff_ffff, 5, 0)).unwrap();
+    let (h, _) = read_pdu(&mut s).expect("no TMF response to LUN RESET");
+    assert_eq!(h[0] & 0x3f, 0x22, "expected the TMF response, got {h:02x?}");
+    assert_eq!(&h[16..20], &0x101u32.to_be_bytes());
+    assert_eq!(h[2], 0, "LUN RESET: function complete");
+    assert!(t0.elapsed() < lat * 3, "LUN RESET took {:?}", t0.elapsed());
+    // Next command: the reset's unit attention (29h/03h) ...
+    s.write_all(&scsi_rw(4, 5, 64, None)).unwrap();
+    let (h, d) = read_pdu(&mut s).expect("no answer after the LUN RESET");
+    assert_eq!(
+        (h[0] & 0x3f, h[3]),
+        (0x21, 0x02),
+        "expected CHECK CONDITION, got {h:02x?}"
+    );
+    assert_eq!(&h[16..20], &4u32.to_be_bytes());
+    assert_eq!(
+        (d[2 + 2] & 0x0f, d[2 + 12], d[2 + 13]),
+        (6, 0x29, 0x03),
+        "{d:02x?}"
+    );
+    // ... then the aborted WRITE's data is on the LUN (the I/O had started)
+    // or not, but the READ works and the connection is healthy.
+    s.write_all(&scsi_rw(5, 6, 64, None)).unwrap();
+    let (h, d) = read_pdu(&mut s).expect("no answer to the READ after the reset");
+    assert_eq!((h[0] & 0x3f, h[3]), (0x25, 0), "{h:02x?}");
+    assert_eq!(d.len(), 4096);
+    // Nothing else is queued: a NOP-Out is answered next.
+    let mut nop = vec![0u8; 48];
+    nop[0] = 0x40;
+    nop[1] = 0x80;
+    nop[16..20].copy_from_slice(&0x200u32.to_be_bytes());
+    nop[20..24].copy_from_slice(&0xffff_ffffu32.to_be_bytes());
+    nop[24..28].copy_from_slice(&7u32.to_be_bytes());
+    s.write_all(&nop).unwrap();
+    let (h, _) = read_pdu(&mut s).expect("no NOP-In");
+    assert_eq!(
+        (h[0] & 0x3f, &h[16..20]),
+        (0x20, &0x200u32.to_be_bytes()[..])
+    );
+    assert_eq!(
+        ok(&t.sock, "iscsi_get_connections", None)
+            .as_array()
+            .map(|a| a.len()),
+        Some(1)
+    );
+}
+
+/// A Logout Request (immediate) for connection `cid` with `reason`.
+fn logout_pdu(itt: u32, reason: u8, cid: u16, cmd_sn: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 48];
+    b[0] = 0x46;
+    b[1] = 0x80 | reason;
+    b[16..20].copy_from_slice(&itt.to_be_bytes());
+    b[20..22].copy_from_slice(&cid.to_be_bytes());
+    b[24..28].copy_from_slice(&cmd_sn.to_be_bytes());
+    b
+}
+
+/// Sends a login for session `tsih`, connection `cid`; returns the stream
+/// and the response header and text.
+fn login_mcs(port: u16, tsih: u16, cid: u16, cmd_sn: u32) -> (TcpStream, [u8; 48], String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&login_pdu_at(
+        &format!(
+            "InitiatorName=iqn.2026-01.io.rspdk:mcs;SessionType=Normal;TargetName={IQN};\
+             MaxConnections=4;ImmediateData=Yes"
+        ),
+        tsih,
+        cid,
+        cmd_sn,
+    ))
+    .unwrap();
+    let (h, d) = read_pdu(&mut s).expect("no login response");
+    (s, h, String::from_utf8_lossy(&d).replace('\0', ";"))
+}
+
+/// Multiple connections per session (MaxConnections 2, the default): a
+/// second login with the session's ISID and TSIH joins it, a third is
+/// refused (too many connections), a wrong TSIH too (session does not
+/// exist); commands on either connection share one CmdSN window (also out
+/// of order across connections; duplicates dropped), each answered on its
+/// own connection; the connections sit on different poll groups; logging
+/// out one connection keeps the session.
+#[test]
+fn multiple_connections_per_session() {
+    // Two reactors: one poll group each (the default is one per CPU of
+    // the core mask).
+    let t = start_cfg(512, Vec::new(), Vec::new(), "Malloc0", &["-m", "0x3"]);
+    let (mut a, h, text) = login_mcs(t.port, 0, 0, 1);
+    assert_eq!((h[36], h[37]), (0, 0), "leading login failed: {text}");
+    assert!(text.contains("MaxConnections=2"), "{text}");
+    let tsih = u16::from_be_bytes([h[14], h[15]]);
+    assert_ne!(tsih, 0);
+
+    let (mut b, h, text) = login_mcs(t.port, tsih, 1, 1);
+    assert_eq!((h[36], h[37]), (0, 0), "second connection refused: {text}");
+    assert_eq!(u16::from_be_bytes([h[14], h[15]]), tsih, "TSIH");
+    assert_eq!(
+        h[1] & 0x83,
+        0x83,
+        "second connection not in full feature phase"
+    );
+    // Leading-only keys keep the session's values.
+    assert!(text.contains("MaxConnections=Irrelevant"), "{text}");
+    let (_c, h, _) = login_mcs(t.port, tsih, 2, 1);
+    assert_eq!(
+        (h[36], h[37]),
+        (2, 6),
+        "third connection: too many connections"
+    );
+    let (_d, h, _) = login_mcs(t.port, tsih.wrapping_add(100), 1, 1);
+    assert_eq!(
+        (h[36], h[37]),
+        (2, 0x0a),
+        "unknown TSIH: session does not exist"
+    );
+
+    let conns = ok(&t.sock, "iscsi_get_connections", None);
+    let conns = conns.as_array().unwrap();
+    assert_eq!(conns.len(), 2, "{conns:?}");
+    assert!(conns.iter().all(|c| c["tsih"] == json!(tsih)), "{conns:?}");
+    assert_ne!(
+        conns[0]["thread_name"], conns[1]["thread_name"],
+        "both connections on one poll group: {conns:?}"
+    );
+
+    // A WRITE on one connection, read back on the other (CmdSN 1, 2).
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+    a.write_all(&scsi_rw(1, 1, 100, Some(&pattern))).unwrap();
+    let (h, _) = read_pdu(&mut a).expect("no WRITE response");
+    assert_eq!((h[0] & 0x3f, h[3]), (0x21, 0), "WRITE: {h:02x?}");
+    b.write_all(&scsi_rw(2, 2, 100, None)).unwrap();
+    let (h, d) = read_pdu(&mut b).expect("no READ answer on the second connection");
+    assert_eq!((h[0] & 0x3f, h[3]), (0x25, 0), "READ: {h:02x?}");
+    assert!(d == pattern, "the other connection read different data");
+    // Session-wide ExpCmdSN (bytes 28..32): 3 after CmdSN 1 and 2.
+    assert_eq!(&h[28..32], &3u32.to_be_bytes());
+    // CmdSN 4 on A before CmdSN 3 on B: both run.
+    a.write_all(&scsi_rw(3, 4, 100, None)).unwrap();
+    let (h, _) = read_pdu(&mut a).expect("CmdSN 4 ahead of 3 not answered");
+    assert_eq!((h[0] & 0x3f, h[3]), (0x25, 0));
+    assert_eq!(
+        &h[28..32],
+        &3u32.to_be_bytes(),
+        "ExpCmdSN waits for CmdSN 3"
+    );
+    b.write_all(&scsi_rw(4, 3, 100, None)).unwrap();
+    let (h, _) = read_pdu(&mut b).expect("CmdSN 3 after 4 not answered");
+    assert_eq!((h[0] & 0x3f, h[3]), (0x25, 0));
+    assert_eq!(&h[28..32], &5u32.to_be_bytes(), "ExpCmdSN past 3 and 4");
+    // A duplicate CmdSN (4) is dropped: the immediate NOP-Out after it is
+    // the next thing answered.
+    a.write_all(&scsi_rw(5, 4, 100, None)).unwrap();
+    let mut nop = vec![0u8; 48];
+    nop[0] = 0x40;
+    nop[1] = 0x80;
+    nop[16..20].copy_from_slice(&0x300u32.to_be_bytes());
+    nop[20..24].copy_from_slice(&0xffff_ffffu32.to_be_bytes());
+    nop[24..28].copy_from_slice(&5u32.to_be_bytes());
+    a.write_all(&nop).unwrap();
+    let (h, _) = read_pdu(&mut a).expect("no NOP-In");
+    assert_eq!(h[0] & 0x3f, 0x20, "duplicate CmdSN answered: {h:02x?}");
+
+    // Logout of connection 1 (reason 1: close the connection) on itself.
+    b.write_all(&logout_pdu(6, 1, 1, 5)).unwrap();
+    let (h, _) = read_pdu(&mut b).expect("no logout response");
+    assert_eq!((h[0] & 0x3f, h[2]), (0x26, 0), "logout: {h:02x?}");
+    assert!(read_pdu(&mut b).is_none(), "connection 1 still open");
+    // The session goes on, on connection 0.
+    a.write_all(&scsi_rw(7, 5, 100, None)).unwrap();
+    let (h, d) = read_pdu(&mut a).expect("session gone with its second connection");
+    assert_eq!((h[0] & 0x3f, h[3]), (0x25, 0));
+    assert!(d == pattern);
+    let n = ok(&t.sock, "iscsi_get_connections", None)
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(n, 1);
+    // A connection joins again, then logout reason 0 closes both.
+    let (mut b, h, _) = login_mcs(t.port, tsih, 1, 6);
+    assert_eq!((h[36], h[37]), (0, 0), "rejoining failed");
+    a.write_all(&logout_pdu(8, 0, 0, 6)).unwrap();
+    let (h, _) = read_pdu(&mut a).expect("no logout response");
+    assert_eq!((h[0] & 0x3f, h[2]), (0x26, 0));
+    assert!(read_pdu(&mut a).is_none(), "connection 0 still open");
+    assert!(
+        read_pdu(&mut b).is_none(),
+        "connection 1 outlived its session"
+    );
+    assert_eq!(ok(&t.sock, "iscsi_get_connections", None), json!([]));
+}
+
+/// An immediate NOP-Out asking for an answer (ITT `itt`).
+fn nop_ping(itt: u32, cmd_sn: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 48];
+    b[0] = 0x40;
+    b[1] = 0x80;
+    b[16..20].copy_from_slice(&itt.to_be_bytes());
+    b[20..24].copy_from_slice(&0xffff_ffffu32.to_be_bytes());
+    b[24..28].copy_from_slice(&cmd_sn.to_be_bytes());
+    b
+}
+
+/// Task management across the connections of one session (on two poll
+/// groups): ABORT TASK and LUN RESET sent on connection 0 abort a running
+/// READ (1.5 s delay bdev) allegiant to connection 1; the response waits for
+/// that I/O, and connection 1 gets no response for the aborted task.
+#[test]
+fn task_management_across_connections() {
+    const LAT_US: u64 = 1_500_000;
+    let t = start_cfg(
+        512,
+        Vec::new(),
+        vec![
+            json!({"method": "bdev_delay_create", "params": {"base_bdev_name": "Malloc0",
+            "name": "Delay0", "avg_read_latency": LAT_US, "p99_read_latency": LAT_US,
+            "avg_write_latency": LAT_US, "p99_write_latency": LAT_US}}),
+        ],
+        "Delay0",
+        &["-m", "0x3"],
+    );
+    let lat = Duration::from_micros(LAT_US);
+    let (mut a, h, _) = login_mcs(t.port, 0, 0, 1);
+    assert_eq!((h[36], h[37]), (0, 0));
+    let tsih = u16::from_be_bytes([h[14], h[15]]);
+    let (mut b, h, _) = login_mcs(t.port, tsih, 1, 1);
+    assert_eq!((h[36], h[37]), (0, 0));
+
+    for (n, func) in [(0u32, 1u8), (1, 5)] {
+        let (itt, cmd_sn) = (1 + n, 1 + n);
+        // The READ, then a ping on the same connection: once the ping is
+        // answered, the READ has been submitted (PDUs run in order).
+        let t0 = std::time::Instant::now();
+        b.write_all(&scsi_rw(itt, cmd_sn, 0, None)).unwrap();
+        b.write_all(&nop_ping(0x400 + n, cmd_sn + 1)).unwrap();
+        let (h, _) = read_pdu(&mut b).expect("no NOP-In on connection 1");
+        assert_eq!(
+            (h[0] & 0x3f, &h[16..20]),
+            (0x20, &(0x400 + n).to_be_bytes()[..])
+        );
+        let rtt = if func == 1 { itt } else { 0xffff_ffff };
+        a.write_all(&tmf(func, 0x100 + n, rtt, cmd_sn + 1, cmd_sn))
+            .unwrap();
+        let (h, _) = read_pdu(&mut a).expect("no TMF response");
+        assert_eq!(h[0] & 0x3f, 0x22, "function {func}: {h:02x?}");
+        assert_eq!(h[2], 0, "function {func}: function complete");
+        assert!(
+            t0.elapsed() >= lat,
+            "function {func}: answered before the other connection's I/O finished"
+        );
+        // Connection 1: no response for the aborted READ, the ping is next.
+        b.write_all(&nop_ping(0x200 + n, cmd_sn + 1)).unwrap();
+        let (h, _) = read_pdu(&mut b).expect("no NOP-In on connection 1");
+        assert_eq!(
+            (h[0] & 0x3f, &h[16..20]),
+            (0x20, &(0x200 + n).to_be_bytes()[..]),
+            "function {func}: connection 1 answered the aborted task: {h:02x?}"
+        );
+    }
+    // ABORT TASK for a task no connection has, received already: does not exist.
+    a.write_all(&tmf(1, 0x300, 0x77, 3, 1)).unwrap();
+    let (h, _) = read_pdu(&mut a).expect("no TMF response");
+    assert_eq!((h[0] & 0x3f, h[2]), (0x22, 1), "{h:02x?}");
+}
+
+/// `iscsi_set_options` `max_connections_per_session` 1: MaxConnections
+/// negotiates to 1 and a second connection is refused (too many
+/// connections); 0 is refused with the valid range.
+#[test]
+fn max_connections_option() {
+    let t = start_with(
+        512,
+        vec![json!({"method": "iscsi_set_options",
+            "params": {"max_connections_per_session": 1}})],
+    );
+    let (_a, h, text) = login_mcs(t.port, 0, 0, 1);
+    assert_eq!((h[36], h[37]), (0, 0), "{text}");
+    assert!(text.contains("MaxConnections=1"), "{text}");
+    let tsih = u16::from_be_bytes([h[14], h[15]]);
+    let (_b, h, _) = login_mcs(t.port, tsih, 1, 1);
+    assert_eq!(
+        (h[36], h[37]),
+        (2, 6),
+        "second connection with MaxConnections=1"
+    );
+    let opts = ok(&t.sock, "iscsi_get_options", None);
+    assert_eq!(opts["max_connections_per_session"], json!(1));
+    drop(t);
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.json");
+    std::fs::write(
+        &cfg,
+        json!({"subsystems": [{"subsystem": "iscsi", "config": [
+            {"method": "iscsi_set_options", "params": {"max_connections_per_session": 0}}]}]})
+        .to_string(),
+    )
+    .unwrap();
+    let out = Command::new("timeout")
+        .args(["30", TGT, "--no-huge", "-r"])
+        .arg(dir.path().join("s.sock"))
+        .arg("-c")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started with max_connections_per_session 0"
+    );
+    assert!(
+        err.contains("max_connections_per_session must be 1 to 65535"),
+        "{err}"
+    );
+}
+
+/// ABORT TASK for a command that has not arrived yet (sent on another
+/// connection, RefCmdSN in the window): "function complete", and the command
+/// is dropped when it comes (RFC 7143 11.5.1 b); the next one runs.
+#[test]
+fn abort_task_before_the_task_arrives() {
+    let t = start_cfg(512, Vec::new(), Vec::new(), "Malloc0", &["-m", "0x3"]);
+    let (mut a, h, _) = login_mcs(t.port, 0, 0, 1);
+    assert_eq!((h[36], h[37]), (0, 0));
+    let tsih = u16::from_be_bytes([h[14], h[15]]);
+    let (mut b, h, _) = login_mcs(t.port, tsih, 1, 1);
+    assert_eq!((h[36], h[37]), (0, 0));
+    // ABORT TASK (immediate, CmdSN 2) for ITT 5 with RefCmdSN 1, on A.
+    a.write_all(&tmf(1, 0x100, 5, 2, 1)).unwrap();
+    let (h, _) = read_pdu(&mut a).expect("no TMF response");
+    assert_eq!((h[0] & 0x3f, h[2]), (0x22, 0), "{h:02x?}");
+    // The READ it names (ITT 5, CmdSN 1) arrives on B: dropped.
+    b.write_all(&scsi_rw(5, 1, 0, None)).unwrap();
+    b.write_all(&nop_ping(0x200, 2)).unwrap();
+    let (h, _) = read_pdu(&mut b).expect("no NOP-In");
+    assert_eq!(
+        (h[0] & 0x3f, &h[16..20]),
+        (0x20, &0x200u32.to_be_bytes()[..]),
+        "the aborted READ was answered: {h:02x?}"
+    );
+    // Its CmdSN was consumed: ExpCmdSN 2. The ITT works again.
+    assert_eq!(&h[28..32], &2u32.to_be_bytes());
+    b.write_all(&scsi_rw(5, 2, 0, None)).unwrap();
+    let (h, _) = read_pdu(&mut b).expect("no answer to the next READ");
+    assert_eq!((h[0] & 0x3f, h[3]), (0x25, 0), "{h:02x?}");
 }
