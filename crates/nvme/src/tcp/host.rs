@@ -428,6 +428,19 @@ impl TcpQpair {
         }
     }
 
+    /// Queues `req` behind the commands in flight without sending it.
+    pub(crate) fn queue(&mut self, req: Request) -> Result<()> {
+        if self.pending.len() < self.pending_limit {
+            self.pending.push_back(req);
+            Ok(())
+        } else {
+            Err(NvmeError::NoRequests {
+                qid: self.qid,
+                limit: self.slots.len() + self.pending_limit,
+            })
+        }
+    }
+
     fn start(&mut self, cid: u16, mut req: Request) {
         let len = payload_len(&req.payload);
         let write = len > 0 && is_write(&req.cmd);
@@ -1212,8 +1225,12 @@ impl TcpIoQpair {
             state::OK | state::RESETTING => {}
             _ => return Err(self.ctrlr.state_error()),
         }
+        if !self.connected || self.generation != self.ctrlr.generation.load(Ordering::Acquire) {
+            // Reconnecting: wait, to be sent on the new connection.
+            return self.q.queue(req);
+        }
         self.q.submit(req)?;
-        if !self.delay_doorbell && self.connected {
+        if !self.delay_doorbell {
             if let Err(e) = self.q.flush() {
                 self.broken(&e);
             }
