@@ -596,3 +596,245 @@ fn keep_alive_from_the_admin_poll_keeps_the_controller() {
     }
     assert!(c.is_failed());
 }
+
+/// `rspdk_tgt` with `cfg` (a JSON config) and an RPC socket in `dir`.
+fn start_cfg(dir: &std::path::Path, tag: &str, cfg: serde_json::Value) -> Child {
+    let sock = dir.join(format!("{tag}.sock"));
+    let _ = std::fs::remove_file(&sock);
+    let cfg_path = dir.join(format!("{tag}.json"));
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let child = Command::new(TGT)
+        .arg("-r")
+        .arg(&sock)
+        .arg("--no-huge")
+        .arg("-c")
+        .arg(&cfg_path)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{tag}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    wait_started(&sock);
+    child
+}
+
+/// A target exporting an aio bdev on `file` (so data outlives a restart).
+fn file_target(dir: &std::path::Path, file: &std::path::Path, port: u16) -> Child {
+    start_cfg(
+        dir,
+        "a",
+        json!({"subsystems": [
+            {"subsystem": "bdev", "config": [
+                {"method": "bdev_aio_create", "params": {"name": "Aio0", "filename": file, "block_size": 512}}
+            ]},
+            {"subsystem": "nvmf", "config": [
+                {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+                {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "allow_any_host": true, "serial_number": "FILE01"}},
+                {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Aio0"}}},
+                {"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "listen_address":
+                    {"trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}}
+            ]}
+        ]}),
+    )
+}
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `bdev_nvme_attach_controller -t tcp` in a second rspdk_tgt (B), which
+/// re-exports the NVMe bdev over NVMe/TCP; our host writes and reads
+/// through B to the first target (A). A is killed: B's controller goes to
+/// resetting, a write waits in B, A comes back on the same port, B
+/// reconnects and the write completes; data written before is still read
+/// back. Then a second controller with a 2 s ctrlr_loss_timeout_sec and a
+/// 1 s fast_io_fail_timeout_sec: I/O fails fast and the controller and its
+/// bdev are deleted.
+#[test]
+fn bdev_nvme_tcp_attach_reconnect_fast_io_fail_and_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("disk.img");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let pa = free_port();
+    let mut a = Kill(file_target(dir.path(), &file, pa));
+    let b = Kill(start_cfg(
+        dir.path(),
+        "b",
+        json!({"subsystems": [{"subsystem": "nvmf", "config": [
+            {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}}
+        ]}]}),
+    ));
+    let bsock = dir.path().join("b.sock");
+    let names = ok(
+        &bsock,
+        "bdev_nvme_attach_controller",
+        Some(
+            json!({"name": "Nvme0", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1",
+            "trsvcid": pa.to_string(), "subnqn": NQN, "hostnqn": "nqn.2014-08.org.nvmexpress:uuid:bhost",
+            "hdgst": true, "ddgst": true, "ctrlr_loss_timeout_sec": -1, "reconnect_delay_sec": 1}),
+        ),
+    );
+    assert_eq!(names, json!(["Nvme0n1"]));
+    let c = ok(&bsock, "bdev_nvme_get_controllers", None);
+    assert_eq!(c[0]["ctrlrs"][0]["state"], "enabled", "{c}");
+    assert_eq!(c[0]["ctrlrs"][0]["trid"]["trtype"], "TCP");
+    assert_eq!(c[0]["ctrlrs"][0]["trid"]["trsvcid"], pa.to_string());
+    assert_eq!(
+        c[0]["ctrlrs"][0]["host"]["nqn"],
+        "nqn.2014-08.org.nvmexpress:uuid:bhost"
+    );
+    let saved = ok(&bsock, "save_config", None).to_string();
+    for want in [
+        r#""method":"bdev_nvme_attach_controller""#,
+        r#""trtype":"TCP""#,
+        r#""adrfam":"IPv4""#,
+        r#""hdgst":true"#,
+        r#""ctrlr_loss_timeout_sec":-1"#,
+        r#""reconnect_delay_sec":1"#,
+    ] {
+        assert!(saved.contains(want), "{want} not in {saved}");
+    }
+    // Bad policies are refused with the rule they break.
+    let e = common::rpc(
+        &bsock,
+        "bdev_nvme_attach_controller",
+        Some(
+            json!({"name": "Bad", "trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": pa.to_string(),
+            "subnqn": NQN, "ctrlr_loss_timeout_sec": 5}),
+        ),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("reconnect_delay_sec"), "{}", e.message);
+    // B re-exports Nvme0n1.
+    let pb = free_port();
+    let bnqn = "nqn.2016-06.io.spdk:reexport";
+    ok(
+        &bsock,
+        "nvmf_create_subsystem",
+        Some(json!({"nqn": bnqn, "allow_any_host": true})),
+    );
+    ok(
+        &bsock,
+        "nvmf_subsystem_add_ns",
+        Some(json!({"nqn": bnqn, "namespace": {"bdev_name": "Nvme0n1"}})),
+    );
+    ok(
+        &bsock,
+        "nvmf_subsystem_add_listener",
+        Some(
+            json!({"nqn": bnqn, "listen_address": {"trtype": "tcp", "adrfam": "ipv4",
+            "traddr": "127.0.0.1", "trsvcid": pb.to_string()}}),
+        ),
+    );
+    let host = Controller::connect(&trid(pb, bnqn), &opts(false, false)).unwrap();
+    let mut qp = host.alloc_io_qpair(None).unwrap();
+    let p1 = pattern(11, 65536);
+    // SAFETY: every buffer outlives its wait.
+    unsafe { qp.write(1, p1.as_ptr(), 0, 128, 1) }.unwrap();
+    all_ok(&wait(&mut qp, 1));
+    // A dies; a write through B waits for the reconnect.
+    let _ = a.0.kill();
+    let _ = a.0.wait();
+    let p2 = pattern(12, 8192);
+    // SAFETY: as above.
+    unsafe { qp.write(1, p2.as_ptr(), 1000, 16, 2) }.unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = ok(&bsock, "bdev_nvme_get_controllers", None);
+        if c[0]["ctrlrs"][0]["state"] == "resetting" {
+            break;
+        }
+        assert!(Instant::now() < end, "{c}");
+        qp.process_completions(0, |c| panic!("completed while A is down: {c:?}"))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..50 {
+        qp.process_completions(0, |c| panic!("completed while A is down: {c:?}"))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a = Kill(file_target(dir.path(), &file, pa));
+    all_ok(&wait(&mut qp, 1));
+    let c = ok(&bsock, "bdev_nvme_get_controllers", None);
+    assert_eq!(c[0]["ctrlrs"][0]["state"], "enabled", "{c}");
+    let mut back = vec![0u8; 65536];
+    // SAFETY: as above.
+    unsafe { qp.read(1, back.as_mut_ptr(), 0, 128, 3) }.unwrap();
+    all_ok(&wait(&mut qp, 1));
+    assert!(back == p1, "data written before the restart");
+    let mut back2 = vec![0u8; 8192];
+    // SAFETY: as above.
+    unsafe { qp.read(1, back2.as_mut_ptr(), 1000, 16, 4) }.unwrap();
+    all_ok(&wait(&mut qp, 1));
+    assert!(back2 == p2, "the write that waited");
+    drop(qp);
+    host.detach().unwrap();
+    ok(&bsock, "nvmf_delete_subsystem", Some(json!({"nqn": bnqn})));
+    ok(
+        &bsock,
+        "bdev_nvme_detach_controller",
+        Some(json!({"name": "Nvme0"})),
+    );
+    // Fast I/O fail and controller loss.
+    ok(
+        &bsock,
+        "bdev_nvme_attach_controller",
+        Some(
+            json!({"name": "Nvme1", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1",
+            "trsvcid": pa.to_string(), "subnqn": NQN,
+            "ctrlr_loss_timeout_sec": 3, "reconnect_delay_sec": 1, "fast_io_fail_timeout_sec": 1}),
+        ),
+    );
+    ok(
+        &bsock,
+        "nvmf_create_subsystem",
+        Some(json!({"nqn": bnqn, "allow_any_host": true})),
+    );
+    ok(
+        &bsock,
+        "nvmf_subsystem_add_ns",
+        Some(json!({"nqn": bnqn, "namespace": {"bdev_name": "Nvme1n1"}})),
+    );
+    ok(
+        &bsock,
+        "nvmf_subsystem_add_listener",
+        Some(
+            json!({"nqn": bnqn, "listen_address": {"trtype": "tcp", "adrfam": "ipv4",
+            "traddr": "127.0.0.1", "trsvcid": pb.to_string()}}),
+        ),
+    );
+    let host = Controller::connect(&trid(pb, bnqn), &opts(false, false)).unwrap();
+    let mut qp = host.alloc_io_qpair(None).unwrap();
+    drop(a);
+    std::thread::sleep(Duration::from_millis(100));
+    let t0 = Instant::now();
+    // SAFETY: as above.
+    unsafe { qp.read(1, back2.as_mut_ptr(), 0, 16, 5) }.unwrap();
+    let c = wait(&mut qp, 1);
+    let waited = t0.elapsed();
+    assert!(c[0].status.is_error(), "read with A gone must fail");
+    assert!(
+        waited < Duration::from_millis(2900),
+        "failed after {waited:?}: fast_io_fail_timeout_sec is 1"
+    );
+    // After ctrlr_loss_timeout_sec the controller and its bdev are gone.
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = ok(&bsock, "bdev_nvme_get_controllers", None);
+        if c == json!([]) {
+            break;
+        }
+        assert!(Instant::now() < end, "controller not deleted: {c}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(common::rpc(&bsock, "bdev_get_bdevs", Some(json!({"name": "Nvme1n1"}))).is_err());
+    drop(b);
+}
