@@ -117,7 +117,11 @@ fn print_ctrlr(c: &Controller) -> Result<(), rspdk_nvme::NvmeError> {
     println!("=====================================================");
     println!(
         "NVMe Controller at {} [{:04x}:{:04x}] ({})",
-        c.trid().traddr,
+        if c.is_fabrics() {
+            c.trid().to_string()
+        } else {
+            c.trid().traddr.clone()
+        },
         d.vid(),
         d.ssvid(),
         c.driver()

@@ -548,6 +548,9 @@ fn run(cli: &Cli) -> Result<(), String> {
     if terr > 0 {
         return Err(format!("{terr} I/Os completed with an error"));
     }
+    if w.verify {
+        println!("verify: every byte read back matched what was written");
+    }
     Ok(())
 }
 
