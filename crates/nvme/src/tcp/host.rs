@@ -53,6 +53,19 @@ const KA_TAG: u64 = 1 << 62;
 
 const ABORTED: Status = Status::ABORTED_SQ_DELETION;
 
+/// Fills SGL1 of a fabrics command: PSDT 01b always (even without data:
+/// Linux's nvmet refuses anything else), one data block descriptor
+/// (NVMe-oF 1.1, section 2.3.1): in-capsule with offset 0 (type 0, subtype
+/// 1), or a transport data block (type 5, subtype Ah; with length 0 the
+/// null descriptor).
+fn set_sgl(cmd: &mut Sqe, len: usize, in_capsule: bool) {
+    cmd.set_psdt(1);
+    cmd.dw[6] = 0;
+    cmd.dw[7] = 0;
+    cmd.dw[8] = len as u32;
+    cmd.dw[9] = if in_capsule { 0x01 } else { 0x5a } << 24;
+}
+
 /// Whether a command moves data from host to controller.
 fn is_write(cmd: &Sqe) -> bool {
     if cmd.opcode() == FABRICS_OPCODE {
@@ -144,6 +157,28 @@ fn gather(p: &Payload, off: usize, len: usize, out: &mut Vec<u8>) -> bool {
     }
 }
 
+/// C2HData payloads at least this large whose data has not all arrived are
+/// received straight into the command's buffer (no copy through the
+/// receive buffer for the rest).
+const DIRECT_MIN: usize = 16 * 1024;
+
+/// A C2HData PDU whose data is being received into the command's buffer.
+#[derive(Clone, Copy, Debug)]
+struct DirectRx {
+    cid: u16,
+    /// Address of the next data byte in the command's buffer.
+    dst: usize,
+    /// Data bytes still to come.
+    left: usize,
+    /// This PDU's data in the buffer (address, length), for the digest.
+    start: usize,
+    len: usize,
+    /// A data digest follows the data.
+    ddgst: bool,
+    /// LAST_PDU and SUCCESS: the command completes with the data.
+    complete: bool,
+}
+
 #[derive(Clone, Copy)]
 struct Slot {
     req: Option<Request>,
@@ -176,6 +211,8 @@ pub(crate) struct TcpQpair {
     /// The command whose CQE DW1 [`TcpQpair::sync`] wants, and that DW1.
     want_dw1: u64,
     got_dw1: u32,
+    /// A C2HData being received straight into its command's buffer.
+    direct: Option<DirectRx>,
 }
 
 /// What a queue connects with.
@@ -256,6 +293,7 @@ impl TcpQpair {
             cntlid: p.cntlid,
             want_dw1: u64::MAX - 1,
             got_dw1: 0,
+            direct: None,
         };
         Pdu::IcReq(IcReq {
             pfv: 0,
@@ -445,17 +483,8 @@ impl TcpQpair {
         let len = payload_len(&req.payload);
         let write = len > 0 && is_write(&req.cmd);
         req.cmd.set_cid(cid);
-        let mut in_capsule = false;
-        if len > 0 {
-            // One SGL data block descriptor (NVMe-oF 1.1, section 2.3.1):
-            // in-capsule (offset) or transport data block.
-            req.cmd.set_psdt(1);
-            in_capsule = write && len <= self.icd;
-            req.cmd.dw[6] = 0;
-            req.cmd.dw[7] = 0;
-            req.cmd.dw[8] = len as u32;
-            req.cmd.dw[9] = if in_capsule { 0x01 } else { 0x5a } << 24;
-        }
+        let in_capsule = write && len <= self.icd;
+        set_sgl(&mut req.cmd, len, in_capsule);
         if in_capsule {
             if let Payload::Contig { vaddr, .. } = req.payload {
                 // SAFETY: the submitter guarantees `len` readable bytes at
@@ -554,15 +583,29 @@ impl TcpQpair {
         done: &mut dyn FnMut(Request, Completion),
     ) -> Result<u32> {
         self.flush()?;
-        self.fill()?;
+        if self.direct.is_none() {
+            self.fill()?;
+        }
         let mut n = 0u32;
         loop {
             if max > 0 && n >= max {
                 break;
             }
+            if self.direct.is_some() {
+                if !self.run_direct(&mut n, done)? {
+                    break;
+                }
+                if self.rstart == self.rend {
+                    self.fill()?;
+                }
+                continue;
+            }
             let parsed = pdu::parse(&self.rbuf[self.rstart..self.rend], self.dg, MAX_PLEN)
                 .map_err(|e| terr(&self.addr, format!("queue {}: {e}", self.qid)))?;
             let Some((p, len)) = parsed else {
+                if self.try_direct()? {
+                    continue;
+                }
                 break;
             };
             match p {
@@ -661,6 +704,175 @@ impl TcpQpair {
         Ok(n)
     }
 
+    /// At a C2HData whose header is here but not all of its (large) data:
+    /// checks the header and switches to receiving the data straight into
+    /// the command's buffer. False: leave it to the parser.
+    fn try_direct(&mut self) -> Result<bool> {
+        use pdu::{field, flags, pdu_type, DATA_HLEN, DIGEST_LEN};
+        let buf = &self.rbuf[self.rstart..self.rend];
+        let Some(ch) = pdu::CommonHeader::parse(buf) else {
+            return Ok(false);
+        };
+        let hd = if self.dg.header { DIGEST_LEN } else { 0 };
+        let hdr_end = DATA_HLEN + hd;
+        let has_h = ch.flags & flags::HDGSTF != 0;
+        let has_d = ch.flags & flags::DDGSTF != 0;
+        if ch.pdu_type != pdu_type::C2H_DATA
+            || ch.hlen as usize != DATA_HLEN
+            || buf.len() < hdr_end
+            || ch.pdo as usize != hdr_end
+            || has_h != self.dg.header
+            || has_d != self.dg.data
+        {
+            return Ok(false);
+        }
+        let dd = if has_d { DIGEST_LEN } else { 0 };
+        let plen = ch.plen as usize;
+        if plen < hdr_end + dd + DIRECT_MIN || plen > MAX_PLEN as usize {
+            return Ok(false);
+        }
+        let datal_total = plen - hdr_end - dd;
+        if hd > 0 {
+            let got = u32::from_le_bytes(buf[DATA_HLEN..DATA_HLEN + 4].try_into().expect("4"));
+            let want = pdu::crc32c(&buf[..DATA_HLEN]);
+            if got != want {
+                return Err(terr(
+                    &self.addr,
+                    format!(
+                        "queue {}: header digest mismatch: received {got:#010x}, computed {want:#010x}",
+                        self.qid
+                    ),
+                ));
+            }
+        }
+        let le =
+            |r: std::ops::Range<usize>| buf[r].iter().rev().fold(0u32, |a, &b| (a << 8) | b as u32);
+        let cid = le(field::CCCID) as usize;
+        let datao = le(field::DATAO) as usize;
+        let datal = le(field::DATAL) as usize;
+        if datal != datal_total {
+            return Err(terr(
+                &self.addr,
+                format!(
+                    "queue {}: C2HData DATAL {datal} but PLEN {plen} holds {datal_total} data bytes",
+                    self.qid
+                ),
+            ));
+        }
+        let vaddr = match self.slots.get(cid) {
+            Some(Slot {
+                req:
+                    Some(Request {
+                        payload: Payload::Contig { vaddr, len },
+                        ..
+                    }),
+                write: false,
+                ..
+            }) if datao + datal <= *len => *vaddr,
+            // Vectored, unknown or out of range: the parser reports it.
+            _ => return Ok(false),
+        };
+        let last = ch.flags & flags::LAST_PDU != 0;
+        let success = ch.flags & flags::SUCCESS != 0;
+        self.direct = Some(DirectRx {
+            cid: cid as u16,
+            dst: vaddr + datao,
+            left: datal,
+            start: vaddr + datao,
+            len: datal,
+            ddgst: has_d,
+            complete: last && success,
+        });
+        self.rstart += hdr_end;
+        Ok(true)
+    }
+
+    /// Moves the data of the current direct C2HData: what the receive
+    /// buffer holds, then straight from the socket. True when the PDU is
+    /// done (and its command completed if it carried SUCCESS).
+    fn run_direct(
+        &mut self,
+        n: &mut u32,
+        done: &mut dyn FnMut(Request, Completion),
+    ) -> Result<bool> {
+        let Some(mut d) = self.direct else {
+            return Ok(true);
+        };
+        let k = (self.rend - self.rstart).min(d.left);
+        if k > 0 {
+            // SAFETY: `dst..dst+left` lies in the read command's buffer
+            // (checked against its length in `try_direct`), which the
+            // submitter keeps valid and untouched until completion.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.rbuf[self.rstart..].as_ptr(),
+                    d.dst as *mut u8,
+                    k,
+                )
+            };
+            self.rstart += k;
+            d.dst += k;
+            d.left -= k;
+        }
+        while d.left > 0 {
+            // SAFETY: as above: the rest of this PDU's span of the buffer.
+            let dst = unsafe { std::slice::from_raw_parts_mut(d.dst as *mut u8, d.left) };
+            match self.sock.read(dst) {
+                Ok(0) => return Err(self.closed("read", None)),
+                Ok(k) => {
+                    d.dst += k;
+                    d.left -= k;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.direct = Some(d);
+                    return Ok(false);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.closed("read", Some(e))),
+            }
+        }
+        if d.ddgst {
+            if self.rend - self.rstart < pdu::DIGEST_LEN {
+                self.fill()?;
+            }
+            if self.rend - self.rstart < pdu::DIGEST_LEN {
+                self.direct = Some(d);
+                return Ok(false);
+            }
+            let b = &self.rbuf[self.rstart..self.rstart + 4];
+            let got = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            // SAFETY: the data just received into the command's buffer.
+            let data = unsafe { std::slice::from_raw_parts(d.start as *const u8, d.len) };
+            let want = pdu::crc32c(data);
+            if got != want {
+                return Err(terr(
+                    &self.addr,
+                    format!(
+                        "queue {}: data digest mismatch: received {got:#010x}, computed {want:#010x}",
+                        self.qid
+                    ),
+                ));
+            }
+            self.rstart += 4;
+        }
+        self.direct = None;
+        if d.complete {
+            if let Some(req) = self.slots[d.cid as usize].req.take() {
+                self.free.push(d.cid);
+                *n += 1;
+                done(
+                    req,
+                    Completion {
+                        ctx: req.ctx,
+                        status: Status::SUCCESS,
+                        cdw0: 0,
+                    },
+                );
+            }
+        }
+        Ok(true)
+    }
+
     fn answer_r2t(&mut self, h: &DataHeader) -> Result<()> {
         let cid = h.cccid as usize;
         let slot = match self.slots.get(cid) {
@@ -748,6 +960,7 @@ impl TcpQpair {
         self.wpos = 0;
         self.rstart = 0;
         self.rend = 0;
+        self.direct = None;
         n
     }
 
@@ -1338,5 +1551,60 @@ impl Drop for TcpIoQpair {
     fn drop(&mut self) {
         self.q.shutdown();
         self.ctrlr.free_qid(self.q.qid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_carries_an_sgl_even_without_data() {
+        // Keep Alive, Property Get, AER: no data, still PSDT 01b and a null
+        // transport data block (the kernel target checks PSDT).
+        let mut s = Sqe::new(AdminOpcode::KeepAlive.into(), 0);
+        set_sgl(&mut s, 0, false);
+        assert_eq!(s.psdt(), 1);
+        assert_eq!((s.dw[8], s.dw[9] >> 24), (0, 0x5a));
+        let mut s = Sqe::new(0x01, 1);
+        set_sgl(&mut s, 4096, true);
+        assert_eq!((s.psdt(), s.dw[8], s.dw[9] >> 24), (1, 4096, 0x01));
+        let mut s = Sqe::new(0x02, 1);
+        set_sgl(&mut s, 131072, false);
+        assert_eq!((s.psdt(), s.dw[8], s.dw[9] >> 24), (1, 131072, 0x5a));
+    }
+
+    #[test]
+    fn direction_of_data() {
+        assert!(is_write(&Sqe::new(0x01, 1)));
+        assert!(!is_write(&Sqe::new(0x02, 1)));
+        assert!(is_write(&Sqe::new(0x05, 1)), "compare sends data");
+        assert!(is_write(&Sqe::new(FABRICS_OPCODE, fctype::CONNECT as u32)));
+        assert!(!is_write(&Sqe::new(
+            FABRICS_OPCODE,
+            fctype::PROPERTY_GET as u32
+        )));
+        assert!(!is_write(&Sqe::new(AdminOpcode::Identify.into(), 0)));
+    }
+
+    #[test]
+    fn dsm_range_is_gathered_as_16_bytes() {
+        let mut out = Vec::new();
+        let p = Payload::DsmRange(crate::spec::DsmRange {
+            attributes: 0,
+            nlb: 8,
+            slba: 0x1_0000_0002,
+        });
+        assert!(gather(&p, 0, 16, &mut out));
+        assert_eq!(out, [0, 0, 0, 0, 8, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0]);
+        assert!(!gather(&p, 8, 16, &mut out), "past its end");
+        let mut b = [0u8; 8];
+        let p = Payload::Contig {
+            vaddr: b.as_mut_ptr() as usize,
+            len: 8,
+        };
+        assert!(scatter(&p, 4, &[1, 2, 3, 4]));
+        assert!(!scatter(&p, 6, &[1, 2, 3]), "past its end");
+        assert_eq!(b, [0, 0, 0, 0, 1, 2, 3, 4]);
     }
 }
