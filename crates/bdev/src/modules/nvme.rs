@@ -382,6 +382,11 @@ fn no_ctrlr(name: &str) -> BdevError {
 /// `bdev_nvme_create`). Returns the bdev names.
 pub fn attach(mut params: AttachParams) -> Result<Vec<String>, BdevError> {
     let trid = params.trid()?;
+    if trid.trtype == rspdk_nvme::TransportType::Tcp && trid.is_discovery() {
+        return Err(BdevError::InvalidParam(format!(
+            "{trid}: give the subsystem NQN (-n/subnqn); a discovery controller has no namespaces"
+        )));
+    }
     let policy = ReconnectPolicy::from_params(&params)?;
     // Saved as SPDK writes them: `PCIe`/`TCP`, a full BDF, `IPv4`.
     params.trtype = trid.trtype.as_str().to_string();
@@ -1177,6 +1182,43 @@ mod tests {
             json!({"name": "Nvme0", "trtype": "PCIe", "traddr": "0000:00:04.0"})
         );
         assert_eq!(parse(v).unwrap(), p);
+    }
+
+    #[test]
+    fn reconnect_policy_follows_spdk_rules() {
+        let p = |l: Option<i64>, o: Option<u32>, u: Option<u32>| {
+            let mut a = parse(json!({"name": "N", "trtype": "tcp", "traddr": "127.0.0.1",
+                "subnqn": "nqn.x"}))
+            .unwrap();
+            a.ctrlr_loss_timeout_sec = l;
+            a.reconnect_delay_sec = o;
+            a.fast_io_fail_timeout_sec = u;
+            ReconnectPolicy::from_params(&a)
+        };
+        assert!(p(None, None, None).is_ok());
+        assert!(p(Some(-1), Some(1), None).is_ok());
+        assert!(p(Some(10), Some(2), Some(5)).is_ok());
+        for (l, o, u, want) in [
+            (Some(-2), Some(1), None, "ctrlr_loss_timeout_sec -2"),
+            (
+                Some(0),
+                Some(1),
+                None,
+                "need a non-zero ctrlr_loss_timeout_sec",
+            ),
+            (Some(5), None, None, "needs a non-zero reconnect_delay_sec"),
+            (Some(5), Some(6), None, "is over ctrlr_loss_timeout_sec"),
+            (Some(10), Some(5), Some(2), "is under reconnect_delay_sec"),
+            (
+                Some(10),
+                Some(2),
+                Some(11),
+                "is over ctrlr_loss_timeout_sec",
+            ),
+        ] {
+            let e = p(l, o, u).unwrap_err().to_string();
+            assert!(e.contains(want), "{l:?} {o:?} {u:?}: {e}");
+        }
     }
 
     #[test]
