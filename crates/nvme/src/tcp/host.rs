@@ -213,6 +213,11 @@ pub(crate) struct TcpQpair {
     got_dw1: u32,
     /// A C2HData being received straight into its command's buffer.
     direct: Option<DirectRx>,
+    /// Large reads are flowing: read each PDU header alone (so that large
+    /// C2HData never lands in the receive buffer) until `small_run` PDUs
+    /// in a row were not large C2HData.
+    header_first: bool,
+    small_run: u8,
 }
 
 /// What a queue connects with.
@@ -294,6 +299,8 @@ impl TcpQpair {
             want_dw1: u64::MAX - 1,
             got_dw1: 0,
             direct: None,
+            header_first: false,
+            small_run: 0,
         };
         Pdu::IcReq(IcReq {
             pfv: 0,
@@ -562,7 +569,17 @@ impl TcpQpair {
         if self.rend == self.rbuf.len() {
             return Ok(0);
         }
-        match self.sock.read(&mut self.rbuf[self.rend..]) {
+        // Between PDUs while large reads flow: only the next header (every
+        // PDU a host receives has a 24-byte header, then its digest).
+        let mut end = self.rbuf.len();
+        if self.header_first {
+            let hdr = pdu::DATA_HLEN + if self.dg.header { pdu::DIGEST_LEN } else { 0 };
+            let have = self.rend - self.rstart;
+            if have < hdr {
+                end = self.rend + (hdr - have);
+            }
+        }
+        match self.sock.read(&mut self.rbuf[self.rend..end]) {
             Ok(0) => Err(self.closed("read", None)),
             Ok(n) => {
                 self.rend += n;
@@ -608,6 +625,12 @@ impl TcpQpair {
                 }
                 break;
             };
+            if self.header_first {
+                self.small_run += 1;
+                if self.small_run >= 4 {
+                    self.header_first = false;
+                }
+            }
             match p {
                 Pdu::CapsuleResp(cqe) => {
                     self.rstart += len;
@@ -784,6 +807,8 @@ impl TcpQpair {
             complete: last && success,
         });
         self.rstart += hdr_end;
+        self.header_first = true;
+        self.small_run = 0;
         Ok(true)
     }
 
@@ -961,6 +986,7 @@ impl TcpQpair {
         self.rstart = 0;
         self.rend = 0;
         self.direct = None;
+        self.header_first = false;
         n
     }
 
