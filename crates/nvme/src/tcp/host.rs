@@ -157,6 +157,12 @@ fn gather(p: &Payload, off: usize, len: usize, out: &mut Vec<u8>) -> bool {
     }
 }
 
+/// H2CData payloads at least this large are sent straight from the
+/// command's buffer (`writev`), not copied into the send buffer.
+const SEND_DIRECT_MIN: usize = 16 * 1024;
+/// At most this many pieces per `writev`.
+const MAX_IOV: usize = 64;
+
 /// C2HData payloads at least this large whose data has not all arrived are
 /// received straight into the command's buffer (no copy through the
 /// receive buffer for the rest).
@@ -197,6 +203,12 @@ pub(crate) struct TcpQpair {
     rend: usize,
     wbuf: Vec<u8>,
     wpos: usize,
+    /// Data sent from callers' buffers: (offset in `wbuf` it goes before,
+    /// address, length), in order; `ext_idx`/`ext_off` say how far sending
+    /// got.
+    ext: Vec<(usize, usize, usize)>,
+    ext_idx: usize,
+    ext_off: usize,
     scratch: Vec<u8>,
     slots: Vec<Slot>,
     free: Vec<u16>,
@@ -280,6 +292,9 @@ impl TcpQpair {
             rend: 0,
             wbuf: Vec::with_capacity(256 * 1024),
             wpos: 0,
+            ext: Vec::with_capacity(entries * 2),
+            ext_idx: 0,
+            ext_off: 0,
             scratch: Vec::with_capacity(64 * 1024),
             // The queue holds SQSIZE commands (one entry stays empty).
             slots: vec![
@@ -533,6 +548,9 @@ impl TcpQpair {
 
     /// Sends what is queued, without blocking.
     pub(crate) fn flush(&mut self) -> Result<()> {
+        if self.ext_idx < self.ext.len() {
+            return self.flush_vectored();
+        }
         while self.wpos < self.wbuf.len() {
             match self.sock.write(&self.wbuf[self.wpos..]) {
                 Ok(0) => return Err(self.closed("write", None)),
@@ -545,6 +563,92 @@ impl TcpQpair {
         if self.wpos == self.wbuf.len() {
             self.wbuf.clear();
             self.wpos = 0;
+            self.ext.clear();
+            self.ext_idx = 0;
+        }
+        Ok(())
+    }
+
+    /// Sends the send buffer interleaved with callers' data (`writev`).
+    fn flush_vectored(&mut self) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        loop {
+            let mut iov = [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; MAX_IOV];
+            let mut k = 0;
+            let mut pos = self.wpos;
+            let (mut i, mut off) = (self.ext_idx, self.ext_off);
+            while k < MAX_IOV {
+                let until = self.ext.get(i).map_or(self.wbuf.len(), |e| e.0);
+                if pos < until {
+                    iov[k] = libc::iovec {
+                        iov_base: self.wbuf[pos..].as_ptr() as *mut libc::c_void,
+                        iov_len: until - pos,
+                    };
+                    k += 1;
+                    pos = until;
+                    continue;
+                }
+                let Some(&(_, addr, len)) = self.ext.get(i) else {
+                    break;
+                };
+                iov[k] = libc::iovec {
+                    iov_base: (addr + off) as *mut libc::c_void,
+                    iov_len: len - off,
+                };
+                k += 1;
+                i += 1;
+                off = 0;
+            }
+            if k == 0 {
+                break;
+            }
+            // SAFETY: `iov[..k]` points into `wbuf` (alive, not resized
+            // during the call) and into callers' write buffers, which stay
+            // valid until their commands complete, which cannot happen
+            // before this data is sent.
+            let r = unsafe { libc::writev(self.sock.as_raw_fd(), iov.as_ptr(), k as libc::c_int) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::WouldBlock => return Ok(()),
+                    std::io::ErrorKind::Interrupted => continue,
+                    _ => return Err(self.closed("write", Some(e))),
+                }
+            }
+            if r == 0 {
+                return Err(self.closed("write", None));
+            }
+            // Advance over `r` bytes of the same sequence.
+            let mut n = r as usize;
+            while n > 0 {
+                let until = self.ext.get(self.ext_idx).map_or(self.wbuf.len(), |e| e.0);
+                if self.wpos < until {
+                    let m = (until - self.wpos).min(n);
+                    self.wpos += m;
+                    n -= m;
+                    continue;
+                }
+                let Some(&(_, _, len)) = self.ext.get(self.ext_idx) else {
+                    break;
+                };
+                let m = (len - self.ext_off).min(n);
+                self.ext_off += m;
+                n -= m;
+                if self.ext_off == len {
+                    self.ext_idx += 1;
+                    self.ext_off = 0;
+                }
+            }
+            if self.ext_idx >= self.ext.len() && self.wpos == self.wbuf.len() {
+                self.wbuf.clear();
+                self.wpos = 0;
+                self.ext.clear();
+                self.ext_idx = 0;
+                return Ok(());
+            }
         }
         Ok(())
     }
@@ -937,7 +1041,17 @@ impl TcpQpair {
                 // SAFETY: the write's buffer holds `slot.len` readable bytes
                 // until completion; `off + n <= o + l <= slot.len`.
                 let data = unsafe { std::slice::from_raw_parts((vaddr + off) as *const u8, n) };
-                Pdu::H2cData { hdr, last, data }.emit(&mut self.wbuf, self.dg);
+                if n >= SEND_DIRECT_MIN {
+                    // Header here, data from the caller's buffer.
+                    pdu::emit_h2c_data_header(&mut self.wbuf, &hdr, last, self.dg);
+                    self.ext.push((self.wbuf.len(), vaddr + off, n));
+                    if self.dg.data {
+                        self.wbuf
+                            .extend_from_slice(&pdu::crc32c(data).to_le_bytes());
+                    }
+                } else {
+                    Pdu::H2cData { hdr, last, data }.emit(&mut self.wbuf, self.dg);
+                }
             } else {
                 self.scratch.clear();
                 gather(&req.payload, off, n, &mut self.scratch);
@@ -983,6 +1097,9 @@ impl TcpQpair {
         }
         self.wbuf.clear();
         self.wpos = 0;
+        self.ext.clear();
+        self.ext_idx = 0;
+        self.ext_off = 0;
         self.rstart = 0;
         self.rend = 0;
         self.direct = None;
