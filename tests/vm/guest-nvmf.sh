@@ -64,7 +64,8 @@ check "digest queue: 1 MiB write reads back" roundtrip $DEV 16777216 1048576 1 /
 check "nvme disconnect (digests)" sh -c "$NVME disconnect -n $NQN | tee /tmp/dis; grep -q 'disconnected 1' /tmp/dis"
 
 # The other direction: the kernel's target (nvmet-tcp) here, our host
-# (rspdk_nvmf_perf) on the host through QEMU's port forward.
+# (rspdk_nvme_identify and rspdk_nvme_perf over rspdk_nvme's TCP transport)
+# on the host through QEMU's port forward.
 C=/sys/kernel/config/nvmet
 SUB=nqn.2024-01.io.rspdk:nvmet
 nvmet_up() {
@@ -84,5 +85,5 @@ check "kernel target nvmet-tcp up on 10.0.2.15:4420" nvmet_up
 touch /mnt/host/nvmet_ready
 for i in $(seq 300); do [ -f /mnt/host/host_result ] && break; sleep 1; done
 sed 's/^/    /' /mnt/host/host_result.log 2>/dev/null
-check "rspdk_nvmf host against the kernel's nvmet-tcp (verify, digests, randrw)" grep -qx ok /mnt/host/host_result
+check "rspdk_nvme TCP host against the kernel's nvmet-tcp (discovery, identify, perf verify, digests, randrw)" grep -qx ok /mnt/host/host_result
 exit $rc

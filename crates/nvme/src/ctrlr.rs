@@ -16,6 +16,7 @@ use crate::spec::{
     FirmwareSlotLog, HealthLog, IdentifyController, IdentifyNamespace, Sqe,
 };
 use crate::status::Status;
+use crate::tcp::host::{TcpCtrlr, TcpIoQpair};
 use crate::trid::{TransportId, TransportType};
 
 /// Controller options (SPDK: `spdk_nvme_ctrlr_opts`).
@@ -38,7 +39,22 @@ pub struct ControllerOpts {
     pub num_aers: u8,
     /// Use SGLs for vectored I/O when the controller supports them.
     pub use_sgl: bool,
+    /// Host NQN sent in the fabrics Connect (fabrics only; a `hostnqn:` in
+    /// the transport ID wins).
+    pub hostnqn: String,
+    /// NVMe/TCP header digests (CRC32C on every PDU header).
+    pub header_digest: bool,
+    /// NVMe/TCP data digests (CRC32C on every PDU's data).
+    pub data_digest: bool,
+    /// Keep Alive Timeout asked for in Connect, in milliseconds (fabrics;
+    /// 0 disables). Keep Alives are sent from
+    /// [`Controller::process_admin_completions`] at half this period.
+    pub keep_alive_timeout_ms: u32,
 }
+
+/// The host NQN used when none is given (SPDK derives one from a UUID).
+pub const DEFAULT_HOSTNQN: &str =
+    "nqn.2014-08.org.nvmexpress:uuid:7273706b-0000-4000-8000-686f73740001";
 
 impl Default for ControllerOpts {
     fn default() -> Self {
@@ -51,6 +67,10 @@ impl Default for ControllerOpts {
             admin_timeout_ms: 10_000,
             num_aers: 4,
             use_sgl: true,
+            hostnqn: DEFAULT_HOSTNQN.to_string(),
+            header_digest: false,
+            data_digest: false,
+            keep_alive_timeout_ms: 10_000,
         }
     }
 }
@@ -155,14 +175,13 @@ pub(crate) struct Inner {
     failure: Mutex<String>,
 }
 
-/// An attached NVMe controller (SPDK: `struct spdk_nvme_ctrlr`). Cloning
-/// gives another handle to the same controller; queue pairs keep it alive.
+/// A PCIe controller (the transport behind [`Controller`] for `trtype:PCIe`).
 #[derive(Clone)]
-pub struct Controller {
+pub(crate) struct PcieController {
     pub(crate) inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for Controller {
+impl std::fmt::Debug for PcieController {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Controller")
             .field("trid", &self.inner.trid.to_string())
@@ -197,6 +216,20 @@ pub fn probe(
     mut attach_cb: impl FnMut(&TransportId, Controller, &ControllerOpts),
 ) -> Result<usize> {
     let trids = match trid {
+        Some(t) if t.trtype == TransportType::Tcp && t.is_discovery() => {
+            // Like SPDK: a discovery trid enumerates its log page.
+            let d = Controller::connect(t, &ControllerOpts::default())?;
+            let log = d.discovery_log();
+            let _ = d.detach();
+            log?.into_iter()
+                .filter(|e| e.subtype == 2)
+                .filter_map(|e| e.trid())
+                .map(|mut x| {
+                    x.hostnqn = t.hostnqn.clone();
+                    x
+                })
+                .collect()
+        }
         Some(t) => vec![t.clone()],
         None => probe_pcie(&Default::default()),
     };
@@ -225,15 +258,9 @@ fn sync_err(traddr: &str, what: &str, ms: u64) -> NvmeError {
     }
 }
 
-impl Controller {
-    /// Attaches the controller `trid` names (SPDK: `spdk_nvme_connect`).
-    pub fn connect(trid: &TransportId, opts: &ControllerOpts) -> Result<Controller> {
-        if trid.trtype != TransportType::Pcie {
-            return Err(NvmeError::NotSupported(format!(
-                "transport {} (this driver does PCIe)",
-                trid.trtype.as_str()
-            )));
-        }
+impl PcieController {
+    /// Attaches the PCIe controller `trid` names.
+    pub fn connect(trid: &TransportId, opts: &ControllerOpts) -> Result<PcieController> {
         if opts.admin_queue_size < 2 || opts.io_queue_size < 2 {
             return Err(NvmeError::InvalidArgument(
                 "queue sizes must be at least 2".into(),
@@ -293,7 +320,7 @@ impl Controller {
             resetter: Mutex::new(None),
             failure: Mutex::new(String::new()),
         });
-        let c = Controller { inner };
+        let c = PcieController { inner };
         c.initialize()?;
         Ok(c)
     }
@@ -454,21 +481,7 @@ impl Controller {
         self.inner.admin_sync(cmd, payload, what)
     }
 
-    /// Issues a raw admin command (passthrough) with an optional data buffer
-    /// and waits for its completion. The returned completion may carry an
-    /// error status; it is not turned into an `Err`.
-    pub fn admin_raw(&self, cmd: Sqe, buf: Option<&mut rspdk_env::DmaBuf>) -> Result<Completion> {
-        let payload = match buf {
-            Some(b) => Payload::Contig {
-                vaddr: b.as_mut_ptr() as usize,
-                len: b.len(),
-            },
-            None => Payload::None,
-        };
-        self.inner.admin_raw(cmd, payload)
-    }
-
-    fn admin_read<T>(
+    pub(crate) fn admin_read<T>(
         &self,
         cmd: Sqe,
         len: usize,
@@ -583,12 +596,6 @@ impl Controller {
         self.inner.cap
     }
 
-    /// VS: (major, minor, tertiary).
-    pub fn version(&self) -> (u16, u8, u8) {
-        let v = self.inner.vs;
-        ((v >> 16) as u16, (v >> 8) as u8, v as u8)
-    }
-
     /// How the device is reached: "vfio-pci" or "uio_pci_generic".
     pub fn driver(&self) -> &'static str {
         self.inner.pci.driver()
@@ -597,14 +604,6 @@ impl Controller {
     /// Active namespaces.
     pub fn namespaces(&self) -> Vec<Namespace> {
         lock(&self.inner.namespaces).clone()
-    }
-
-    /// Namespace `nsid`, if active.
-    pub fn namespace(&self, nsid: u32) -> Option<Namespace> {
-        lock(&self.inner.namespaces)
-            .iter()
-            .find(|n| n.id == nsid)
-            .cloned()
     }
 
     /// The largest transfer one command may move, in bytes (SPDK:
@@ -618,78 +617,7 @@ impl Controller {
         self.inner.max_io_queues.load(Ordering::Relaxed)
     }
 
-    /// Get Log Page into `len` bytes.
-    pub fn get_log_page(&self, lid: u8, nsid: u32, len: usize, offset: u64) -> Result<Vec<u8>> {
-        if len == 0 || len % 4 != 0 {
-            return Err(NvmeError::InvalidArgument(format!(
-                "log page length {len} is not a positive multiple of 4"
-            )));
-        }
-        let numd = (len / 4 - 1) as u32;
-        let mut s = Sqe::new(AdminOpcode::GetLogPage.into(), nsid);
-        s.dw[10] = ((numd & 0xffff) << 16) | lid as u32;
-        s.dw[11] = numd >> 16;
-        s.dw[12] = offset as u32;
-        s.dw[13] = (offset >> 32) as u32;
-        self.admin_read(s, len, &format!("Get Log Page {lid:#04x}"), |b| b.to_vec())
-    }
-
-    /// The SMART / Health Information log (controller-wide).
-    pub fn health_log(&self) -> Result<HealthLog> {
-        let b = self.get_log_page(log_page::HEALTH_INFORMATION, u32::MAX, 512, 0)?;
-        Ok(HealthLog::from_bytes(&b).expect("512 bytes"))
-    }
-
-    /// The Error Information log's first `entries` entries (at most ELPE + 1).
-    pub fn error_log(&self, entries: usize) -> Result<Vec<ErrorLogEntry>> {
-        let max = lock(&self.inner.cdata).elpe() as usize + 1;
-        let n = entries.clamp(1, max);
-        let b = self.get_log_page(log_page::ERROR, 0, n * 64, 0)?;
-        Ok(b.chunks_exact(64)
-            .map(|c| ErrorLogEntry::from_bytes(c).expect("64"))
-            .collect())
-    }
-
-    /// The Firmware Slot Information log.
-    pub fn firmware_log(&self) -> Result<FirmwareSlotLog> {
-        let b = self.get_log_page(log_page::FIRMWARE_SLOT, 0, 512, 0)?;
-        Ok(FirmwareSlotLog::from_bytes(&b).expect("512 bytes"))
-    }
-
-    /// Get Features: returns CQE DW0.
-    pub fn get_feature(&self, fid: u8, cdw11: u32) -> Result<u32> {
-        let mut s = Sqe::new(AdminOpcode::GetFeatures.into(), 0);
-        s.dw[10] = fid as u32;
-        s.dw[11] = cdw11;
-        Ok(self
-            .admin_sync(s, Payload::None, &format!("Get Features {fid:#04x}"))?
-            .cdw0)
-    }
-
-    /// Set Features: returns CQE DW0.
-    pub fn set_feature(&self, fid: u8, cdw11: u32) -> Result<u32> {
-        let mut s = Sqe::new(AdminOpcode::SetFeatures.into(), 0);
-        s.dw[10] = fid as u32;
-        s.dw[11] = cdw11;
-        Ok(self
-            .admin_sync(s, Payload::None, &format!("Set Features {fid:#04x}"))?
-            .cdw0)
-    }
-
-    /// Whether the volatile write cache is enabled.
-    pub fn write_cache(&self) -> Result<bool> {
-        Ok(self.get_feature(feature::VOLATILE_WRITE_CACHE, 0)? & 1 != 0)
-    }
-
-    /// Enables or disables the volatile write cache.
-    pub fn set_write_cache(&self, on: bool) -> Result<()> {
-        self.set_feature(feature::VOLATILE_WRITE_CACHE, on as u32)
-            .map(|_| ())
-    }
-
-    /// Aborts command `cid` on queue `sqid`. Returns true if the controller
-    /// says it aborted it (the command then completes with "Command Abort
-    /// Requested" on its queue).
+    /// Aborts command `cid` on queue `sqid`.
     pub fn abort(&self, sqid: u16, cid: u16) -> Result<bool> {
         let mut s = Sqe::new(AdminOpcode::Abort.into(), 0);
         s.dw[10] = ((cid as u32) << 16) | sqid as u32;
@@ -815,13 +743,12 @@ impl Controller {
         Ok(())
     }
 
-    /// Allocates an I/O queue pair with the controller's default options
-    /// (SPDK: `spdk_nvme_ctrlr_alloc_io_qpair`).
+    /// Allocates a PCIe I/O queue pair.
     pub fn alloc_io_qpair(
         &self,
         opts: Option<crate::qpair::QpairOpts>,
     ) -> Result<crate::qpair::IoQpair> {
-        crate::qpair::IoQpair::new(self.inner.clone(), opts)
+        crate::qpair::PcieQpair::new(self.inner.clone(), opts).map(crate::qpair::IoQpair::pcie)
     }
 }
 
@@ -1074,5 +1001,579 @@ impl Status {
     /// (reset, failure, detach).
     pub fn is_aborted_by_driver(self) -> bool {
         self == Status::ABORTED_SQ_DELETION
+    }
+}
+
+/// One entry of the discovery log page (LID 70h, NVMe-oF 1.1 figure 33).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryEntry {
+    /// Transport type (1 RDMA, 2 FC, 3 TCP, 254 intra-host).
+    pub trtype: u8,
+    /// Address family (1 IPv4, 2 IPv6, 3 IB, 4 FC).
+    pub adrfam: u8,
+    /// Subsystem type (1 referral to a discovery service, 2 NVM subsystem,
+    /// 3 current discovery subsystem).
+    pub subtype: u8,
+    /// Transport requirements.
+    pub treq: u8,
+    /// Port id.
+    pub portid: u16,
+    /// Controller id (0xffff: dynamic).
+    pub cntlid: u16,
+    /// Admin queue size the subsystem takes.
+    pub asqsz: u16,
+    /// Service id (the TCP port).
+    pub trsvcid: String,
+    /// Address.
+    pub traddr: String,
+    /// Subsystem NQN.
+    pub subnqn: String,
+}
+
+impl DiscoveryEntry {
+    /// Parses a 1024-byte entry.
+    pub fn parse(b: &[u8]) -> Option<DiscoveryEntry> {
+        if b.len() < 1024 {
+            return None;
+        }
+        let text = |r: std::ops::Range<usize>| {
+            String::from_utf8_lossy(&b[r])
+                .trim_end_matches([' ', '\0'])
+                .to_string()
+        };
+        Some(DiscoveryEntry {
+            trtype: b[0],
+            adrfam: b[1],
+            subtype: b[2],
+            treq: b[3],
+            portid: u16::from_le_bytes([b[4], b[5]]),
+            cntlid: u16::from_le_bytes([b[6], b[7]]),
+            asqsz: u16::from_le_bytes([b[8], b[9]]),
+            trsvcid: text(32..64),
+            subnqn: text(256..512),
+            traddr: text(512..768),
+        })
+    }
+
+    /// The transport ID of an NVMe/TCP entry (None for other transports).
+    pub fn trid(&self) -> Option<TransportId> {
+        if self.trtype != 3 {
+            return None;
+        }
+        Some(TransportId {
+            trtype: TransportType::Tcp,
+            traddr: self.traddr.clone(),
+            adrfam: Some(if self.adrfam == 2 { "IPv6" } else { "IPv4" }.into()),
+            trsvcid: Some(self.trsvcid.clone()),
+            subnqn: Some(self.subnqn.clone()),
+            hostnqn: None,
+        })
+    }
+}
+
+/// An attached NVMe controller (SPDK: `struct spdk_nvme_ctrlr`), reached
+/// over PCIe or NVMe/TCP behind one API. Cloning gives another handle to
+/// the same controller; queue pairs keep it alive.
+#[derive(Clone)]
+pub struct Controller {
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    Pcie(PcieController),
+    Tcp(Arc<TcpCtrlr>),
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("trid", &self.trid().to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+fn identify_sqe(cns: u8, nsid: u32) -> Sqe {
+    let mut s = Sqe::new(AdminOpcode::Identify.into(), nsid);
+    s.dw[10] = cns as u32;
+    s
+}
+
+impl Controller {
+    /// Attaches the controller `trid` names (SPDK: `spdk_nvme_connect`):
+    /// a PCIe function bound to vfio-pci/uio_pci_generic, or an NVMe/TCP
+    /// subsystem (ICReq, Connect of the admin queue, CC.EN through
+    /// Property Set, Identify; the discovery NQN gives a discovery
+    /// controller, see [`Controller::discovery_log`]).
+    pub fn connect(trid: &TransportId, opts: &ControllerOpts) -> Result<Controller> {
+        if opts.admin_queue_size < 2 || opts.io_queue_size < 2 {
+            return Err(NvmeError::InvalidArgument(
+                "queue sizes must be at least 2".into(),
+            ));
+        }
+        match trid.trtype {
+            TransportType::Pcie => Ok(Controller {
+                kind: Kind::Pcie(PcieController::connect(trid, opts)?),
+            }),
+            TransportType::Tcp => {
+                let c = Controller {
+                    kind: Kind::Tcp(Arc::new(TcpCtrlr::new(trid, opts)?)),
+                };
+                c.tcp_init()?;
+                Ok(c)
+            }
+            t => Err(NvmeError::NotSupported(format!(
+                "transport {} (this driver does PCIe and TCP)",
+                t.as_str()
+            ))),
+        }
+    }
+
+    /// Connects and initialises a TCP controller (attach and reset).
+    fn tcp_init(&self) -> Result<()> {
+        let Kind::Tcp(t) = &self.kind else {
+            return Ok(());
+        };
+        t.connect_admin()?;
+        let cdata = self.identify_controller()?;
+        *lock(&t.cdata) = cdata.clone();
+        if !t.is_discovery() {
+            if cdata.ioccsz() < 4 {
+                return Err(NvmeError::NotSupported(format!(
+                    "IOCCSZ {} is below the 64-byte command: not an I/O controller",
+                    cdata.ioccsz()
+                )));
+            }
+            let want = t.opts.num_io_queues.clamp(1, 65535) - 1;
+            let mut s = Sqe::new(AdminOpcode::SetFeatures.into(), 0);
+            s.dw[10] = feature::NUMBER_OF_QUEUES as u32;
+            s.dw[11] = (want << 16) | want;
+            let granted = match t.admin_sync(s, Payload::None, "Set Features (Number of Queues)") {
+                Ok(c) => ((c.cdw0 & 0xffff) + 1)
+                    .min((c.cdw0 >> 16) + 1)
+                    .min(t.opts.num_io_queues),
+                Err(NvmeError::Command { status, .. }) => {
+                    tracing::debug!(%status, "Number of Queues refused; asking for none");
+                    t.opts.num_io_queues
+                }
+                Err(e) => return Err(e),
+            };
+            t.set_io_queues(granted);
+            self.refresh_namespaces()?;
+            t.submit_aers(t.opts.num_aers.min(cdata.aerl().saturating_add(1)))?;
+        }
+        t.state.store(state::OK, Ordering::Release);
+        tracing::info!(
+            trid = %t.trid,
+            serial = %cdata.serial(),
+            model = %cdata.model(),
+            cntlid = t.cntlid.load(Ordering::Relaxed),
+            io_queues = t.max_io_queues.load(Ordering::Relaxed),
+            "NVMe/TCP controller attached"
+        );
+        Ok(())
+    }
+
+    /// Reads `len` bytes with an admin command.
+    fn admin_read_vec(&self, cmd: Sqe, len: usize, what: &str) -> Result<Vec<u8>> {
+        match &self.kind {
+            Kind::Pcie(p) => p.admin_read(cmd, len, what, |b| b.to_vec()),
+            Kind::Tcp(t) => t.admin_read(cmd, len, what),
+        }
+    }
+
+    /// An admin command without data that must succeed.
+    fn admin_cmd(&self, cmd: Sqe, what: &str) -> Result<Completion> {
+        match &self.kind {
+            Kind::Pcie(p) => p.admin_sync(cmd, Payload::None, what),
+            Kind::Tcp(t) => t.admin_sync(cmd, Payload::None, what),
+        }
+    }
+
+    /// Issues a raw admin command (passthrough) with an optional data buffer
+    /// and waits for its completion. The returned completion may carry an
+    /// error status; it is not turned into an `Err`.
+    pub fn admin_raw(&self, cmd: Sqe, buf: Option<&mut rspdk_env::DmaBuf>) -> Result<Completion> {
+        let payload = match buf {
+            Some(b) => Payload::Contig {
+                vaddr: b.as_mut_ptr() as usize,
+                len: b.len(),
+            },
+            None => Payload::None,
+        };
+        match &self.kind {
+            Kind::Pcie(p) => p.inner.admin_raw(cmd, payload),
+            Kind::Tcp(t) => t.admin_raw(cmd, payload),
+        }
+    }
+
+    /// Identify Controller.
+    pub fn identify_controller(&self) -> Result<IdentifyController> {
+        if let Kind::Pcie(p) = &self.kind {
+            return p.identify_controller();
+        }
+        let b = self.admin_read_vec(
+            identify_sqe(cns::CONTROLLER, 0),
+            4096,
+            "Identify Controller",
+        )?;
+        Ok(IdentifyController::from_bytes(&b).expect("4096 bytes"))
+    }
+
+    /// Identify Namespace `nsid`.
+    pub fn identify_namespace(&self, nsid: u32) -> Result<IdentifyNamespace> {
+        if let Kind::Pcie(p) = &self.kind {
+            return p.identify_namespace(nsid);
+        }
+        let b = self.admin_read_vec(
+            identify_sqe(cns::NAMESPACE, nsid),
+            4096,
+            "Identify Namespace",
+        )?;
+        Ok(IdentifyNamespace::from_bytes(&b).expect("4096 bytes"))
+    }
+
+    /// The active namespace ids (Identify CNS 02h).
+    pub fn active_namespace_ids(&self) -> Result<Vec<u32>> {
+        if let Kind::Pcie(p) = &self.kind {
+            return p.active_namespace_ids();
+        }
+        let mut out = Vec::new();
+        let mut after = 0u32;
+        loop {
+            let b = self.admin_read_vec(
+                identify_sqe(cns::ACTIVE_NS_LIST, after),
+                4096,
+                "Identify Active Namespace ID list",
+            )?;
+            let ids: Vec<u32> = b
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4")))
+                .take_while(|&id| id != 0)
+                .collect();
+            let full = ids.len() == 1024;
+            after = ids.last().copied().unwrap_or(0);
+            out.extend(ids);
+            if !full {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Re-reads the namespace list and each namespace's data.
+    pub fn refresh_namespaces(&self) -> Result<()> {
+        match &self.kind {
+            Kind::Pcie(p) => p.refresh_namespaces(),
+            Kind::Tcp(t) => {
+                let ids = self.active_namespace_ids()?;
+                let mut list = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let data = self.identify_namespace(id)?;
+                    list.push(Namespace {
+                        id,
+                        num_blocks: data.nsze(),
+                        block_size: data.block_size(),
+                        data,
+                    });
+                }
+                *lock(&t.namespaces) = list;
+                Ok(())
+            }
+        }
+    }
+
+    /// The Identify Controller data read at attach (SPDK:
+    /// `spdk_nvme_ctrlr_get_data`).
+    pub fn data(&self) -> IdentifyController {
+        match &self.kind {
+            Kind::Pcie(p) => p.data(),
+            Kind::Tcp(t) => lock(&t.cdata).clone(),
+        }
+    }
+
+    /// The controller's transport ID.
+    pub fn trid(&self) -> &TransportId {
+        match &self.kind {
+            Kind::Pcie(p) => p.trid(),
+            Kind::Tcp(t) => &t.trid,
+        }
+    }
+
+    /// CAP (over TCP, read with Property Get at connect).
+    pub fn cap(&self) -> Cap {
+        match &self.kind {
+            Kind::Pcie(p) => p.cap(),
+            Kind::Tcp(t) => Cap(t.cap.load(Ordering::Acquire)),
+        }
+    }
+
+    /// VS: (major, minor, tertiary).
+    pub fn version(&self) -> (u16, u8, u8) {
+        let v = match &self.kind {
+            Kind::Pcie(p) => p.inner.vs,
+            Kind::Tcp(t) => t.vs.load(Ordering::Acquire),
+        };
+        ((v >> 16) as u16, (v >> 8) as u8, v as u8)
+    }
+
+    /// How the device is reached: "vfio-pci", "uio_pci_generic" or "tcp".
+    pub fn driver(&self) -> &'static str {
+        match &self.kind {
+            Kind::Pcie(p) => p.driver(),
+            Kind::Tcp(_) => "tcp",
+        }
+    }
+
+    /// True for a fabrics (TCP) controller.
+    pub fn is_fabrics(&self) -> bool {
+        matches!(self.kind, Kind::Tcp(_))
+    }
+
+    /// True for a discovery controller (connected to the discovery NQN).
+    pub fn is_discovery(&self) -> bool {
+        match &self.kind {
+            Kind::Pcie(_) => false,
+            Kind::Tcp(t) => t.is_discovery(),
+        }
+    }
+
+    /// The fabrics controller id (CNTLID from Connect; Identify's for PCIe).
+    pub fn cntlid(&self) -> u16 {
+        match &self.kind {
+            Kind::Pcie(p) => p.data().cntlid(),
+            Kind::Tcp(t) => t.cntlid.load(Ordering::Acquire) as u16,
+        }
+    }
+
+    /// Active namespaces.
+    pub fn namespaces(&self) -> Vec<Namespace> {
+        match &self.kind {
+            Kind::Pcie(p) => p.namespaces(),
+            Kind::Tcp(t) => lock(&t.namespaces).clone(),
+        }
+    }
+
+    /// Namespace `nsid`, if active.
+    pub fn namespace(&self, nsid: u32) -> Option<Namespace> {
+        self.namespaces().into_iter().find(|n| n.id == nsid)
+    }
+
+    /// The largest transfer one command may move, in bytes (SPDK:
+    /// `spdk_nvme_ns_get_max_io_xfer_size`).
+    pub fn max_transfer_size(&self) -> usize {
+        match &self.kind {
+            Kind::Pcie(p) => p.max_transfer_size(),
+            Kind::Tcp(t) => t.max_transfer(),
+        }
+    }
+
+    /// I/O queue pairs the controller granted.
+    pub fn max_io_qpairs(&self) -> u32 {
+        match &self.kind {
+            Kind::Pcie(p) => p.max_io_qpairs(),
+            Kind::Tcp(t) => t.max_io_queues.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Get Log Page into `len` bytes.
+    pub fn get_log_page(&self, lid: u8, nsid: u32, len: usize, offset: u64) -> Result<Vec<u8>> {
+        if len == 0 || len % 4 != 0 {
+            return Err(NvmeError::InvalidArgument(format!(
+                "log page length {len} is not a positive multiple of 4"
+            )));
+        }
+        let numd = (len / 4 - 1) as u32;
+        let mut s = Sqe::new(AdminOpcode::GetLogPage.into(), nsid);
+        s.dw[10] = ((numd & 0xffff) << 16) | lid as u32;
+        s.dw[11] = numd >> 16;
+        s.dw[12] = offset as u32;
+        s.dw[13] = (offset >> 32) as u32;
+        self.admin_read_vec(s, len, &format!("Get Log Page {lid:#04x}"))
+    }
+
+    /// The discovery log page (LID 70h) of a discovery controller: every
+    /// subsystem port this host may connect to.
+    pub fn discovery_log(&self) -> Result<Vec<DiscoveryEntry>> {
+        let h = self.get_log_page(0x70, 0, 1024, 0)?;
+        let numrec = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes")).min(1024) as usize;
+        if numrec == 0 {
+            return Ok(Vec::new());
+        }
+        let b = self.get_log_page(0x70, 0, 1024 * (numrec + 1), 0)?;
+        Ok(b[1024..]
+            .chunks_exact(1024)
+            .filter_map(DiscoveryEntry::parse)
+            .collect())
+    }
+
+    /// The SMART / Health Information log (controller-wide).
+    pub fn health_log(&self) -> Result<HealthLog> {
+        let b = self.get_log_page(log_page::HEALTH_INFORMATION, u32::MAX, 512, 0)?;
+        Ok(HealthLog::from_bytes(&b).expect("512 bytes"))
+    }
+
+    /// The Error Information log's first `entries` entries (at most ELPE + 1).
+    pub fn error_log(&self, entries: usize) -> Result<Vec<ErrorLogEntry>> {
+        let max = self.data().elpe() as usize + 1;
+        let n = entries.clamp(1, max);
+        let b = self.get_log_page(log_page::ERROR, 0, n * 64, 0)?;
+        Ok(b.chunks_exact(64)
+            .map(|c| ErrorLogEntry::from_bytes(c).expect("64"))
+            .collect())
+    }
+
+    /// The Firmware Slot Information log.
+    pub fn firmware_log(&self) -> Result<FirmwareSlotLog> {
+        let b = self.get_log_page(log_page::FIRMWARE_SLOT, 0, 512, 0)?;
+        Ok(FirmwareSlotLog::from_bytes(&b).expect("512 bytes"))
+    }
+
+    /// Get Features: returns CQE DW0.
+    pub fn get_feature(&self, fid: u8, cdw11: u32) -> Result<u32> {
+        let mut s = Sqe::new(AdminOpcode::GetFeatures.into(), 0);
+        s.dw[10] = fid as u32;
+        s.dw[11] = cdw11;
+        Ok(self.admin_cmd(s, &format!("Get Features {fid:#04x}"))?.cdw0)
+    }
+
+    /// Set Features: returns CQE DW0.
+    pub fn set_feature(&self, fid: u8, cdw11: u32) -> Result<u32> {
+        let mut s = Sqe::new(AdminOpcode::SetFeatures.into(), 0);
+        s.dw[10] = fid as u32;
+        s.dw[11] = cdw11;
+        Ok(self.admin_cmd(s, &format!("Set Features {fid:#04x}"))?.cdw0)
+    }
+
+    /// Whether the volatile write cache is enabled.
+    pub fn write_cache(&self) -> Result<bool> {
+        Ok(self.get_feature(feature::VOLATILE_WRITE_CACHE, 0)? & 1 != 0)
+    }
+
+    /// Enables or disables the volatile write cache.
+    pub fn set_write_cache(&self, on: bool) -> Result<()> {
+        self.set_feature(feature::VOLATILE_WRITE_CACHE, on as u32)
+            .map(|_| ())
+    }
+
+    /// Aborts command `cid` on queue `sqid`. Returns true if the controller
+    /// says it aborted it (the command then completes with "Command Abort
+    /// Requested" on its queue).
+    pub fn abort(&self, sqid: u16, cid: u16) -> Result<bool> {
+        match &self.kind {
+            Kind::Pcie(p) => p.abort(sqid, cid),
+            Kind::Tcp(_) => {
+                let mut s = Sqe::new(AdminOpcode::Abort.into(), 0);
+                s.dw[10] = ((cid as u32) << 16) | sqid as u32;
+                Ok(self.admin_cmd(s, "Abort")?.cdw0 & 1 == 0)
+            }
+        }
+    }
+
+    /// Polls the admin queue: reaps Asynchronous Event completions (which
+    /// are re-armed) and checks the controller's health (PCIe: CSTS and hot
+    /// removal; TCP: the connection), and over TCP sends a Keep Alive when
+    /// half the Keep Alive Timeout has passed. Returns the events that
+    /// arrived (SPDK: `spdk_nvme_ctrlr_process_admin_completions`).
+    pub fn process_admin_completions(&self) -> Result<Vec<AsyncEvent>> {
+        match &self.kind {
+            Kind::Pcie(p) => p.process_admin_completions(),
+            Kind::Tcp(t) => t.poll_admin(),
+        }
+    }
+
+    /// True if the controller has failed (fatal status, removal, failed
+    /// reset, or over TCP a lost connection).
+    pub fn is_failed(&self) -> bool {
+        match &self.kind {
+            Kind::Pcie(p) => p.is_failed(),
+            Kind::Tcp(t) => t.state.load(Ordering::Acquire) == state::FAILED,
+        }
+    }
+
+    /// Resets the controller (SPDK: `spdk_nvme_ctrlr_reset`). PCIe:
+    /// disables it, which deletes every queue on the device, re-initialises
+    /// the admin queue and the configuration, and lets each I/O queue pair
+    /// re-create its queues on its next poll. TCP: drops the connections
+    /// and connects the admin queue again (a failed controller can be
+    /// reset: that is the reconnect); each I/O queue pair reconnects on
+    /// its next poll. Commands that were in flight complete with "Command
+    /// Aborted due to SQ Deletion". On failure the controller is marked
+    /// failed.
+    pub fn reset(&self) -> Result<()> {
+        let t = match &self.kind {
+            Kind::Pcie(p) => return p.reset(),
+            Kind::Tcp(t) => t,
+        };
+        let _one = lock(&t.reset_lock);
+        if t.state.load(Ordering::Acquire) == state::DETACHED {
+            return Err(NvmeError::Detached(t.trid.traddr.clone()));
+        }
+        t.state.store(state::RESETTING, Ordering::Release);
+        t.generation.fetch_add(1, Ordering::AcqRel);
+        t.disconnect_admin();
+        if let Err(e) = self.tcp_init() {
+            t.disconnect_admin();
+            t.fail(&format!("reconnect failed: {e}"));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Detaches the controller (SPDK: `spdk_nvme_detach`): a normal shutdown
+    /// notification (waiting for CSTS.SHST as CAP.TO allows), then the
+    /// device is closed (TCP: the connections) once every queue pair is
+    /// gone. Queue pairs still held complete their commands with "Command
+    /// Aborted due to SQ Deletion" and refuse new ones.
+    pub fn detach(self) -> Result<()> {
+        let t = match self.kind {
+            Kind::Pcie(p) => return p.detach(),
+            Kind::Tcp(t) => t,
+        };
+        let _one = lock(&t.reset_lock);
+        let prev = t.state.swap(state::DISABLING, Ordering::AcqRel);
+        if prev == state::OK {
+            // CC.SHN = normal shutdown; wait briefly for CSTS.SHST complete.
+            let cc = (1u32) | (6 << 16) | (4 << 20) | cc::SHN_NORMAL;
+            if t.prop_set(0x14, cc).is_ok() {
+                let end = Instant::now() + Duration::from_millis(1000);
+                while Instant::now() < end {
+                    match t.prop_get(0x1c, false) {
+                        Ok(v) if v as u32 & csts::SHST_MASK == csts::SHST_COMPLETE => break,
+                        Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        t.disconnect_admin();
+        t.state.store(state::DETACHED, Ordering::Release);
+        tracing::info!(trid = %t.trid, "controller detached");
+        Ok(())
+    }
+
+    /// Allocates an I/O queue pair (SPDK: `spdk_nvme_ctrlr_alloc_io_qpair`)
+    /// with `opts`, or the controller's defaults. Over TCP this is a new
+    /// connection and a fabrics Connect of the next free queue id.
+    pub fn alloc_io_qpair(
+        &self,
+        opts: Option<crate::qpair::QpairOpts>,
+    ) -> Result<crate::qpair::IoQpair> {
+        match &self.kind {
+            Kind::Pcie(p) => p.alloc_io_qpair(opts),
+            Kind::Tcp(t) => {
+                let o = opts.unwrap_or(crate::qpair::QpairOpts {
+                    io_queue_size: t.opts.io_queue_size,
+                    io_queue_requests: t.opts.io_queue_requests,
+                    delay_doorbell: true,
+                });
+                TcpIoQpair::new(
+                    t.clone(),
+                    o.io_queue_size,
+                    o.io_queue_requests as usize,
+                    o.delay_doorbell,
+                )
+                .map(crate::qpair::IoQpair::tcp)
+            }
+        }
     }
 }

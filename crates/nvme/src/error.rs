@@ -70,6 +70,16 @@ pub enum NvmeError {
     #[error("not supported: {0}")]
     NotSupported(String),
 
+    /// An NVMe/TCP connection failed or broke the protocol (connect refused,
+    /// closed by the target, a bad PDU, a digest mismatch).
+    #[error("NVMe/TCP {addr}: {reason}")]
+    Transport {
+        /// The target's address.
+        addr: String,
+        /// What went wrong, and the fix when there is one.
+        reason: String,
+    },
+
     /// Nothing matched the probe.
     #[error("not found: {0}")]
     NotFound(String),
@@ -95,6 +105,7 @@ impl NvmeError {
             NvmeError::NoRequests { .. } => libc::ENOMEM,
             NvmeError::NotSupported(_) => libc::ENOTSUP,
             NvmeError::NotFound(_) => libc::ENOENT,
+            NvmeError::Transport { .. } => libc::ECONNABORTED,
         }
     }
 }

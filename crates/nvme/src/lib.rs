@@ -28,9 +28,12 @@ pub mod status;
 pub mod tcp;
 pub mod trid;
 
-pub use ctrlr::{probe, probe_pcie, AsyncEvent, Controller, ControllerOpts, Namespace};
+pub use ctrlr::{
+    probe, probe_pcie, AsyncEvent, Controller, ControllerOpts, DiscoveryEntry, Namespace,
+    DEFAULT_HOSTNQN,
+};
 pub use error::{NvmeError, Result};
 pub use qpair::{IoQpair, QpairOpts, TimeoutAction, TimeoutEvent};
 pub use queue::{Completion, SgeFns};
 pub use status::Status;
-pub use trid::{TransportId, TransportType};
+pub use trid::{TransportId, TransportType, DISCOVERY_NQN};

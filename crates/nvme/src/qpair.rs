@@ -19,6 +19,7 @@ use crate::error::{NvmeError, Result};
 use crate::queue::{Completion, Payload, Queue, Request, SgeFns};
 use crate::spec::{AdminOpcode, DsmRange, IoOpcode, Sqe};
 use crate::status::Status;
+use crate::tcp::host::TcpIoQpair;
 
 /// Queue pair options (SPDK: `spdk_nvme_io_qpair_opts`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,8 +58,19 @@ pub struct TimeoutEvent {
 
 type TimeoutCb = Box<dyn FnMut(&TimeoutEvent) -> TimeoutAction + Send>;
 
-/// An I/O queue pair.
+/// An I/O queue pair: PCIe queues or an NVMe/TCP connection (SPDK:
+/// `struct spdk_nvme_qpair`). Owned by one thread.
 pub struct IoQpair {
+    t: Qp,
+}
+
+enum Qp {
+    Pcie(Box<PcieQpair>),
+    Tcp(Box<TcpIoQpair>),
+}
+
+/// A PCIe I/O queue pair.
+pub(crate) struct PcieQpair {
     q: Queue,
     ctrlr: Arc<Inner>,
     generation: u32,
@@ -76,17 +88,16 @@ pub struct IoQpair {
 impl std::fmt::Debug for IoQpair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IoQpair")
-            .field("qid", &self.q.qid)
-            .field("entries", &self.q.entries())
-            .field("outstanding", &self.q.outstanding)
+            .field("qid", &self.qid())
+            .field("outstanding", &self.outstanding())
             .finish_non_exhaustive()
     }
 }
 
 const ABORTED: Status = Status::ABORTED_SQ_DELETION;
 
-impl IoQpair {
-    pub(crate) fn new(ctrlr: Arc<Inner>, opts: Option<QpairOpts>) -> Result<IoQpair> {
+impl PcieQpair {
+    pub(crate) fn new(ctrlr: Arc<Inner>, opts: Option<QpairOpts>) -> Result<PcieQpair> {
         match ctrlr.state.load(Ordering::Acquire) {
             state::OK => {}
             _ => return Err(ctrlr.state_error()),
@@ -120,7 +131,7 @@ impl IoQpair {
             }
         };
         let max_transfer = ctrlr.max_transfer();
-        let mut qp = IoQpair {
+        let mut qp = PcieQpair {
             q,
             generation: ctrlr.generation.load(Ordering::Acquire),
             namespaces: ctrlr.namespaces(),
@@ -214,41 +225,8 @@ impl IoQpair {
         self.next_timeout_scan = Instant::now();
     }
 
-    fn ns(&self, nsid: u32) -> Result<&Namespace> {
-        self.namespaces
-            .iter()
-            .find(|n| n.id == nsid)
-            .ok_or_else(|| NvmeError::InvalidArgument(format!("namespace {nsid} is not active")))
-    }
-
-    fn check_blocks(&self, nsid: u32, nlb: u32, len: Option<usize>) -> Result<()> {
-        let ns = self.ns(nsid)?;
-        if nlb == 0 || nlb > 65536 {
-            return Err(NvmeError::InvalidArgument(format!(
-                "{nlb} blocks: a command moves 1..=65536 blocks"
-            )));
-        }
-        let bytes = nlb as u64 * ns.block_size as u64;
-        if bytes > self.max_transfer as u64 {
-            return Err(NvmeError::InvalidArgument(format!(
-                "{bytes} bytes is over the controller's maximum data transfer size of {} bytes: split the I/O",
-                self.max_transfer
-            )));
-        }
-        if let Some(len) = len {
-            let want = nlb as usize * ns.block_size as usize;
-            if len < want {
-                return Err(NvmeError::InvalidArgument(format!(
-                    "buffer of {len} bytes is smaller than {nlb} blocks of {} bytes",
-                    ns.block_size
-                )));
-            }
-        }
-        Ok(())
-    }
-
     /// Submits a request, honouring the controller's state.
-    fn submit(&mut self, req: Request) -> Result<()> {
+    pub(crate) fn submit(&mut self, req: Request) -> Result<()> {
         let st = self.ctrlr.state.load(Ordering::Acquire);
         match st {
             state::OK if self.generation == self.ctrlr.generation.load(Ordering::Acquire) => {
@@ -265,6 +243,320 @@ impl IoQpair {
             }
             _ => Err(self.ctrlr.state_error()),
         }
+    }
+
+    /// Aborts everything in flight and waiting, telling `done`.
+    fn abort_all(&mut self, done: &mut dyn FnMut(&Completion)) -> u32 {
+        let mut n = 0;
+        let mut f = |r: Request| {
+            n += 1;
+            done(&Completion {
+                ctx: r.ctx,
+                status: ABORTED,
+                cdw0: 0,
+            });
+        };
+        self.q.abort_in_flight(&mut f);
+        self.q.drain_pending(&mut f);
+        n
+    }
+
+    /// Re-creates the device queues after a controller reset.
+    fn reconnect(&mut self, done: &mut dyn FnMut(&Completion)) -> Result<u32> {
+        let mut n = 0;
+        self.q.reset_rings(&mut |r| {
+            n += 1;
+            done(&Completion {
+                ctx: r.ctx,
+                status: ABORTED,
+                cdw0: 0,
+            })
+        });
+        self.namespaces = self.ctrlr.namespaces();
+        if let Err(e) = self.create_queues() {
+            self.abort_all(done);
+            return Err(e);
+        }
+        tracing::debug!(qid = self.q.qid, "I/O queue pair re-created after reset");
+        Ok(n)
+    }
+
+    /// Reaps up to `max` completions (0: all available), calling `done` for
+    /// each (SPDK: `spdk_nvme_qpair_process_completions`). Returns how many
+    /// completed. If the controller failed or was detached, everything in
+    /// flight and waiting completes with "Command Aborted due to SQ
+    /// Deletion" and the error is returned.
+    pub fn process_completions(
+        &mut self,
+        max: u32,
+        mut done: impl FnMut(&Completion),
+    ) -> Result<u32> {
+        let st = self.ctrlr.state.load(Ordering::Acquire);
+        let gen = self.ctrlr.generation.load(Ordering::Acquire);
+        match st {
+            state::FAILED | state::DETACHED => {
+                // What the controller completed before it stopped is real;
+                // the rest is handed back.
+                let mut n = self.q.reap(0, &mut |_, c| done(&c));
+                n += self.abort_all(&mut done);
+                if n > 0 {
+                    return Ok(n);
+                }
+                return Err(self.ctrlr.state_error());
+            }
+            state::RESETTING => {
+                // The device's queues are going away: give back what was in flight.
+                let mut n = 0;
+                self.q.abort_in_flight(&mut |r| {
+                    n += 1;
+                    done(&Completion {
+                        ctx: r.ctx,
+                        status: ABORTED,
+                        cdw0: 0,
+                    })
+                });
+                return Ok(n);
+            }
+            _ => {}
+        }
+        let mut n = 0;
+        if gen != self.generation {
+            n += self.reconnect(&mut done)?;
+        }
+        if self.timeout.is_some() && self.q.outstanding > 0 {
+            // Before reaping, so a command that is late is seen as late.
+            self.run_timeouts();
+        }
+        n += self.q.poll(max, &mut |_, c| done(&c));
+        if n == 0 && self.q.outstanding > 0 {
+            self.idle_polls += 1;
+            if self.idle_polls % 4096 == 0 {
+                if let Some(why) = self.ctrlr.dead_reason() {
+                    self.ctrlr.fail(why);
+                    return Ok(self.abort_all(&mut done));
+                }
+            }
+        } else {
+            self.idle_polls = 0;
+        }
+        Ok(n)
+    }
+
+    fn run_timeouts(&mut self) {
+        let now = Instant::now();
+        if now < self.next_timeout_scan {
+            return;
+        }
+        let Some((t, cb)) = self.timeout.as_mut() else {
+            return;
+        };
+        // Scan at most every quarter timeout (and at least every 10 ms).
+        self.next_timeout_scan = now + (*t / 4).min(Duration::from_millis(10));
+        let mut actions: [(u16, TimeoutAction); 8] = [(0, TimeoutAction::None); 8];
+        let mut k = 0;
+        let qid = self.q.qid;
+        self.q.check_timeouts(now, *t, &mut |cid, r| {
+            let a = cb(&TimeoutEvent {
+                qid,
+                cid,
+                opcode: r.cmd.opcode(),
+                ctx: r.ctx,
+            });
+            if a != TimeoutAction::None && k < actions.len() {
+                actions[k] = (cid, a);
+                k += 1;
+            }
+        });
+        for &(cid, a) in &actions[..k] {
+            let ctrlr = crate::ctrlr::PcieController {
+                inner: self.ctrlr.clone(),
+            };
+            let r = match a {
+                TimeoutAction::Abort if self.q.in_flight(cid) => ctrlr.abort(qid, cid).map(|_| ()),
+                TimeoutAction::Reset => ctrlr.reset(),
+                _ => Ok(()),
+            };
+            if let Err(e) = r {
+                tracing::warn!(qid, cid, error = %e, "timeout action failed");
+            }
+        }
+    }
+
+    /// The command id in flight for `ctx` (to abort it).
+    pub fn cid_of(&self, ctx: u64) -> Option<u16> {
+        self.q.cid_of(ctx)
+    }
+
+    /// DMA memory this queue pair holds, in bytes.
+    pub fn dma_bytes(&self) -> usize {
+        self.q.dma_bytes()
+    }
+}
+
+impl Drop for PcieQpair {
+    fn drop(&mut self) {
+        let st = self.ctrlr.state.load(Ordering::Acquire);
+        let same = self.generation == self.ctrlr.generation.load(Ordering::Acquire);
+        if st == state::OK && same && self.connected {
+            let qid = self.q.qid as u32;
+            let mut d = Sqe::new(AdminOpcode::DeleteIoSq.into(), 0);
+            d.dw[10] = qid;
+            let r1 = self
+                .ctrlr
+                .admin_sync(d, Payload::None, "Delete I/O Submission Queue");
+            let mut d = Sqe::new(AdminOpcode::DeleteIoCq.into(), 0);
+            d.dw[10] = qid;
+            let r2 = self
+                .ctrlr
+                .admin_sync(d, Payload::None, "Delete I/O Completion Queue");
+            if r1.is_err() || r2.is_err() {
+                // The device may still use the rings: keep the memory.
+                tracing::warn!(qid, "could not delete I/O queues; leaking their memory");
+                self.q.leak_memory();
+            }
+        }
+        self.ctrlr.free_qid(self.q.qid);
+    }
+}
+
+impl IoQpair {
+    pub(crate) fn pcie(q: PcieQpair) -> IoQpair {
+        IoQpair {
+            t: Qp::Pcie(Box::new(q)),
+        }
+    }
+
+    pub(crate) fn tcp(q: TcpIoQpair) -> IoQpair {
+        IoQpair {
+            t: Qp::Tcp(Box::new(q)),
+        }
+    }
+
+    fn namespaces(&self) -> &[Namespace] {
+        match &self.t {
+            Qp::Pcie(q) => &q.namespaces,
+            Qp::Tcp(q) => &q.namespaces,
+        }
+    }
+
+    fn max_transfer(&self) -> usize {
+        match &self.t {
+            Qp::Pcie(q) => q.max_transfer,
+            Qp::Tcp(q) => q.max_transfer,
+        }
+    }
+
+    fn submit(&mut self, req: Request) -> Result<()> {
+        match &mut self.t {
+            Qp::Pcie(q) => q.submit(req),
+            Qp::Tcp(q) => q.submit(req),
+        }
+    }
+
+    /// The queue id.
+    pub fn qid(&self) -> u16 {
+        match &self.t {
+            Qp::Pcie(q) => q.qid(),
+            Qp::Tcp(q) => q.q.qid,
+        }
+    }
+
+    /// Commands the controller holds.
+    pub fn outstanding(&self) -> usize {
+        match &self.t {
+            Qp::Pcie(q) => q.outstanding(),
+            Qp::Tcp(q) => q.q.outstanding(),
+        }
+    }
+
+    /// Commands waiting for a free slot.
+    pub fn queued(&self) -> usize {
+        match &self.t {
+            Qp::Pcie(q) => q.queued(),
+            Qp::Tcp(q) => q.q.queued(),
+        }
+    }
+
+    /// Calls `cb` for commands in flight longer than `timeout` (SPDK:
+    /// `spdk_nvme_ctrlr_register_timeout_callback`, per queue pair here);
+    /// its answer may abort the command or reset the controller. PCIe only
+    /// for now: over TCP the callback is not called (the connection's
+    /// failure is the timeout).
+    pub fn set_timeout(
+        &mut self,
+        timeout: Duration,
+        cb: impl FnMut(&TimeoutEvent) -> TimeoutAction + Send + 'static,
+    ) {
+        match &mut self.t {
+            Qp::Pcie(q) => q.set_timeout(timeout, cb),
+            Qp::Tcp(_) => tracing::debug!("command timeouts are not tracked over TCP"),
+        }
+    }
+
+    /// Reaps up to `max` completions (0: all available), calling `done` for
+    /// each (SPDK: `spdk_nvme_qpair_process_completions`). Returns how many
+    /// completed. If the controller failed or was detached, everything in
+    /// flight and waiting completes with "Command Aborted due to SQ
+    /// Deletion" and the error is returned. Over TCP this also sends the
+    /// PDUs queued since the last call, in one write.
+    pub fn process_completions(
+        &mut self,
+        max: u32,
+        mut done: impl FnMut(&Completion),
+    ) -> Result<u32> {
+        match &mut self.t {
+            Qp::Pcie(q) => q.process_completions(max, done),
+            Qp::Tcp(q) => q.process_completions(max, &mut done),
+        }
+    }
+
+    /// The command id in flight for `ctx` (to abort it).
+    pub fn cid_of(&self, ctx: u64) -> Option<u16> {
+        match &self.t {
+            Qp::Pcie(q) => q.cid_of(ctx),
+            Qp::Tcp(q) => q.q.cid_of(ctx),
+        }
+    }
+
+    /// DMA memory this queue pair holds, in bytes (0 over TCP).
+    pub fn dma_bytes(&self) -> usize {
+        match &self.t {
+            Qp::Pcie(q) => q.dma_bytes(),
+            Qp::Tcp(_) => 0,
+        }
+    }
+
+    fn ns(&self, nsid: u32) -> Result<&Namespace> {
+        self.namespaces()
+            .iter()
+            .find(|n| n.id == nsid)
+            .ok_or_else(|| NvmeError::InvalidArgument(format!("namespace {nsid} is not active")))
+    }
+
+    fn check_blocks(&self, nsid: u32, nlb: u32, len: Option<usize>) -> Result<()> {
+        let ns = self.ns(nsid)?;
+        if nlb == 0 || nlb > 65536 {
+            return Err(NvmeError::InvalidArgument(format!(
+                "{nlb} blocks: a command moves 1..=65536 blocks"
+            )));
+        }
+        let bytes = nlb as u64 * ns.block_size as u64;
+        if bytes > self.max_transfer() as u64 {
+            return Err(NvmeError::InvalidArgument(format!(
+                "{bytes} bytes is over the controller's maximum data transfer size of {} bytes: split the I/O",
+                self.max_transfer()
+            )));
+        }
+        if let Some(len) = len {
+            let want = nlb as usize * ns.block_size as usize;
+            if len < want {
+                return Err(NvmeError::InvalidArgument(format!(
+                    "buffer of {len} bytes is smaller than {nlb} blocks of {} bytes",
+                    ns.block_size
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn rw(&mut self, op: IoOpcode, nsid: u32, lba: u64, nlb: u32, flags: u32) -> Sqe {
@@ -474,178 +766,5 @@ impl IoQpair {
             }
         };
         self.submit(Request { cmd, payload, ctx })
-    }
-
-    /// Aborts everything in flight and waiting, telling `done`.
-    fn abort_all(&mut self, done: &mut dyn FnMut(&Completion)) -> u32 {
-        let mut n = 0;
-        let mut f = |r: Request| {
-            n += 1;
-            done(&Completion {
-                ctx: r.ctx,
-                status: ABORTED,
-                cdw0: 0,
-            });
-        };
-        self.q.abort_in_flight(&mut f);
-        self.q.drain_pending(&mut f);
-        n
-    }
-
-    /// Re-creates the device queues after a controller reset.
-    fn reconnect(&mut self, done: &mut dyn FnMut(&Completion)) -> Result<u32> {
-        let mut n = 0;
-        self.q.reset_rings(&mut |r| {
-            n += 1;
-            done(&Completion {
-                ctx: r.ctx,
-                status: ABORTED,
-                cdw0: 0,
-            })
-        });
-        self.namespaces = self.ctrlr.namespaces();
-        if let Err(e) = self.create_queues() {
-            self.abort_all(done);
-            return Err(e);
-        }
-        tracing::debug!(qid = self.q.qid, "I/O queue pair re-created after reset");
-        Ok(n)
-    }
-
-    /// Reaps up to `max` completions (0: all available), calling `done` for
-    /// each (SPDK: `spdk_nvme_qpair_process_completions`). Returns how many
-    /// completed. If the controller failed or was detached, everything in
-    /// flight and waiting completes with "Command Aborted due to SQ
-    /// Deletion" and the error is returned.
-    pub fn process_completions(
-        &mut self,
-        max: u32,
-        mut done: impl FnMut(&Completion),
-    ) -> Result<u32> {
-        let st = self.ctrlr.state.load(Ordering::Acquire);
-        let gen = self.ctrlr.generation.load(Ordering::Acquire);
-        match st {
-            state::FAILED | state::DETACHED => {
-                // What the controller completed before it stopped is real;
-                // the rest is handed back.
-                let mut n = self.q.reap(0, &mut |_, c| done(&c));
-                n += self.abort_all(&mut done);
-                if n > 0 {
-                    return Ok(n);
-                }
-                return Err(self.ctrlr.state_error());
-            }
-            state::RESETTING => {
-                // The device's queues are going away: give back what was in flight.
-                let mut n = 0;
-                self.q.abort_in_flight(&mut |r| {
-                    n += 1;
-                    done(&Completion {
-                        ctx: r.ctx,
-                        status: ABORTED,
-                        cdw0: 0,
-                    })
-                });
-                return Ok(n);
-            }
-            _ => {}
-        }
-        let mut n = 0;
-        if gen != self.generation {
-            n += self.reconnect(&mut done)?;
-        }
-        if self.timeout.is_some() && self.q.outstanding > 0 {
-            // Before reaping, so a command that is late is seen as late.
-            self.run_timeouts();
-        }
-        n += self.q.poll(max, &mut |_, c| done(&c));
-        if n == 0 && self.q.outstanding > 0 {
-            self.idle_polls += 1;
-            if self.idle_polls % 4096 == 0 {
-                if let Some(why) = self.ctrlr.dead_reason() {
-                    self.ctrlr.fail(why);
-                    return Ok(self.abort_all(&mut done));
-                }
-            }
-        } else {
-            self.idle_polls = 0;
-        }
-        Ok(n)
-    }
-
-    fn run_timeouts(&mut self) {
-        let now = Instant::now();
-        if now < self.next_timeout_scan {
-            return;
-        }
-        let Some((t, cb)) = self.timeout.as_mut() else {
-            return;
-        };
-        // Scan at most every quarter timeout (and at least every 10 ms).
-        self.next_timeout_scan = now + (*t / 4).min(Duration::from_millis(10));
-        let mut actions: [(u16, TimeoutAction); 8] = [(0, TimeoutAction::None); 8];
-        let mut k = 0;
-        let qid = self.q.qid;
-        self.q.check_timeouts(now, *t, &mut |cid, r| {
-            let a = cb(&TimeoutEvent {
-                qid,
-                cid,
-                opcode: r.cmd.opcode(),
-                ctx: r.ctx,
-            });
-            if a != TimeoutAction::None && k < actions.len() {
-                actions[k] = (cid, a);
-                k += 1;
-            }
-        });
-        for &(cid, a) in &actions[..k] {
-            let ctrlr = crate::ctrlr::Controller {
-                inner: self.ctrlr.clone(),
-            };
-            let r = match a {
-                TimeoutAction::Abort if self.q.in_flight(cid) => ctrlr.abort(qid, cid).map(|_| ()),
-                TimeoutAction::Reset => ctrlr.reset(),
-                _ => Ok(()),
-            };
-            if let Err(e) = r {
-                tracing::warn!(qid, cid, error = %e, "timeout action failed");
-            }
-        }
-    }
-
-    /// The command id in flight for `ctx` (to abort it).
-    pub fn cid_of(&self, ctx: u64) -> Option<u16> {
-        self.q.cid_of(ctx)
-    }
-
-    /// DMA memory this queue pair holds, in bytes.
-    pub fn dma_bytes(&self) -> usize {
-        self.q.dma_bytes()
-    }
-}
-
-impl Drop for IoQpair {
-    fn drop(&mut self) {
-        let st = self.ctrlr.state.load(Ordering::Acquire);
-        let same = self.generation == self.ctrlr.generation.load(Ordering::Acquire);
-        if st == state::OK && same && self.connected {
-            let qid = self.q.qid as u32;
-            let mut d = Sqe::new(AdminOpcode::DeleteIoSq.into(), 0);
-            d.dw[10] = qid;
-            let r1 = self
-                .ctrlr
-                .admin_sync(d, Payload::None, "Delete I/O Submission Queue");
-            let mut d = Sqe::new(AdminOpcode::DeleteIoCq.into(), 0);
-            d.dw[10] = qid;
-            let r2 = self
-                .ctrlr
-                .admin_sync(d, Payload::None, "Delete I/O Completion Queue");
-            if r1.is_err() || r2.is_err() {
-                // The device may still use the rings: keep the memory.
-                tracing::warn!(qid, "could not delete I/O queues; leaking their memory");
-                self.q.leak_memory();
-            }
-        }
-        self.ctrlr.free_qid(self.q.qid);
     }
 }

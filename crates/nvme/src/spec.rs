@@ -649,6 +649,24 @@ pub mod oncs {
 }
 
 impl IdentifyController {
+    /// Controller type (byte 111): 1 I/O, 2 discovery, 3 administrative,
+    /// 0 not reported.
+    pub fn cntrltype(&self) -> u8 {
+        self.bytes[111]
+    }
+    /// Keep Alive Support granularity (KAS, bytes 321:320), in 100 ms units.
+    pub fn kas(&self) -> u16 {
+        self.le(320..322) as u16
+    }
+    /// I/O Queue Command Capsule Supported Size (IOCCSZ, bytes 1795:1792),
+    /// in 16-byte units (fabrics): the SQE plus in-capsule data.
+    pub fn ioccsz(&self) -> u32 {
+        self.le(1792..1796) as u32
+    }
+    /// In Capsule Data Offset (ICDOFF, bytes 1801:1800), in 16-byte units.
+    pub fn icdoff(&self) -> u16 {
+        self.le(1800..1802) as u16
+    }
     /// PCI vendor id.
     pub fn vid(&self) -> u16 {
         self.le(ctrlr_field::VID) as u16

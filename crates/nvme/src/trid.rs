@@ -11,7 +11,7 @@ pub enum TransportType {
     Pcie,
     /// RDMA (not implemented here).
     Rdma,
-    /// TCP (not implemented here).
+    /// NVMe/TCP (this driver's fabrics transport).
     Tcp,
     /// vfio-user (not implemented here).
     VfioUser,
@@ -40,9 +40,17 @@ pub struct TransportId {
     pub adrfam: Option<String>,
     /// Service id (fabrics only).
     pub trsvcid: Option<String>,
-    /// Subsystem NQN.
+    /// Subsystem NQN (fabrics; none means the discovery subsystem).
     pub subnqn: Option<String>,
+    /// Host NQN to connect as (fabrics; SPDK's perf and identify accept
+    /// `hostnqn:` in the string; [`ControllerOpts::hostnqn`] otherwise).
+    ///
+    /// [`ControllerOpts::hostnqn`]: crate::ControllerOpts::hostnqn
+    pub hostnqn: Option<String>,
 }
+
+/// The well-known discovery subsystem NQN.
+pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
 
 impl TransportId {
     /// A PCIe transport ID for `bdf`.
@@ -54,7 +62,56 @@ impl TransportId {
             adrfam: None,
             trsvcid: None,
             subnqn: None,
+            hostnqn: None,
         })
+    }
+
+    /// An NVMe/TCP transport ID (IPv4 unless `traddr` has a colon).
+    pub fn tcp(traddr: &str, trsvcid: u16, subnqn: &str) -> TransportId {
+        TransportId {
+            trtype: TransportType::Tcp,
+            traddr: traddr.to_string(),
+            adrfam: Some(if traddr.contains(':') { "IPv6" } else { "IPv4" }.to_string()),
+            trsvcid: Some(trsvcid.to_string()),
+            subnqn: Some(subnqn.to_string()),
+            hostnqn: None,
+        }
+    }
+
+    /// The subsystem NQN to connect to (the discovery NQN when none).
+    pub fn subnqn_or_discovery(&self) -> &str {
+        self.subnqn.as_deref().unwrap_or(DISCOVERY_NQN)
+    }
+
+    /// True when this names the discovery subsystem.
+    pub fn is_discovery(&self) -> bool {
+        self.subnqn_or_discovery() == DISCOVERY_NQN
+    }
+
+    /// The socket address of a TCP transport ID (trsvcid defaults to 4420).
+    pub fn socket_addr(&self) -> Result<std::net::SocketAddr, NvmeError> {
+        use std::net::ToSocketAddrs;
+        let port = self.trsvcid.as_deref().unwrap_or("4420");
+        let port: u16 = port.parse().map_err(|_| {
+            NvmeError::InvalidArgument(format!(
+                "transport ID '{self}': trsvcid '{port}' is not a TCP port (1..65535)"
+            ))
+        })?;
+        (self.traddr.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| {
+                NvmeError::InvalidArgument(format!(
+                    "transport ID '{self}': traddr '{}' does not resolve ({e}); give an IP address",
+                    self.traddr
+                ))
+            })?
+            .next()
+            .ok_or_else(|| {
+                NvmeError::InvalidArgument(format!(
+                    "transport ID '{self}': traddr '{}' resolves to no address",
+                    self.traddr
+                ))
+            })
     }
 }
 
@@ -65,7 +122,7 @@ impl std::str::FromStr for TransportId {
         let bad = |m: String| NvmeError::InvalidArgument(format!("transport ID '{s}': {m}"));
         let mut trtype = None;
         let mut traddr = None;
-        let (mut adrfam, mut trsvcid, mut subnqn) = (None, None, None);
+        let (mut adrfam, mut trsvcid, mut subnqn, mut hostnqn) = (None, None, None, None);
         for tok in s.split_whitespace() {
             let (k, v) = tok
                 .split_once([':', '='])
@@ -88,9 +145,18 @@ impl std::str::FromStr for TransportId {
                     })
                 }
                 "traddr" => traddr = Some(v.to_string()),
-                "adrfam" => adrfam = Some(v.to_string()),
                 "trsvcid" => trsvcid = Some(v.to_string()),
                 "subnqn" => subnqn = Some(v.to_string()),
+                "hostnqn" => hostnqn = Some(v.to_string()),
+                "adrfam" => {
+                    adrfam = Some(match v.to_ascii_lowercase().as_str() {
+                        "ipv4" => "IPv4".to_string(),
+                        "ipv6" => "IPv6".to_string(),
+                        "ib" => "IB".to_string(),
+                        "fc" => "FC".to_string(),
+                        _ => return Err(bad(format!("unknown adrfam '{v}' (IPv4, IPv6, IB, FC)"))),
+                    })
+                }
                 // SPDK accepts these; they do not select a controller.
                 "hostaddr" | "hostsvcid" | "priority" | "ns" | "alt_traddr" => {}
                 other => return Err(bad(format!("unknown key '{other}'"))),
@@ -103,12 +169,37 @@ impl std::str::FromStr for TransportId {
         } else {
             traddr
         };
+        if trtype == TransportType::Tcp {
+            if let Some(p) = &trsvcid {
+                if !matches!(p.parse::<u16>(), Ok(1..)) {
+                    return Err(bad(format!("trsvcid '{p}' is not a TCP port (1..65535)")));
+                }
+            }
+            let ip = traddr.parse::<std::net::IpAddr>();
+            match (adrfam.as_deref(), &ip) {
+                (Some("IPv4"), Ok(std::net::IpAddr::V6(_)))
+                | (Some("IPv6"), Ok(std::net::IpAddr::V4(_))) => {
+                    return Err(bad(format!(
+                        "traddr '{traddr}' does not match adrfam {}",
+                        adrfam.as_deref().unwrap_or("")
+                    )))
+                }
+                (Some("IB") | Some("FC"), _) => {
+                    return Err(bad(format!(
+                        "adrfam {} is not for TCP (IPv4 or IPv6)",
+                        adrfam.as_deref().unwrap_or("")
+                    )))
+                }
+                _ => {}
+            }
+        }
         Ok(TransportId {
             trtype,
             traddr,
             adrfam,
             trsvcid,
             subnqn,
+            hostnqn,
         })
     }
 }
@@ -124,6 +215,9 @@ impl std::fmt::Display for TransportId {
         }
         if let Some(a) = &self.subnqn {
             write!(f, " subnqn:{a}")?;
+        }
+        if let Some(a) = &self.hostnqn {
+            write!(f, " hostnqn:{a}")?;
         }
         Ok(())
     }
@@ -152,6 +246,16 @@ mod tests {
             t.to_string(),
             "trtype:TCP traddr:10.0.0.1 adrfam:IPv4 trsvcid:4420 subnqn:nqn.x"
         );
+        let t: TransportId =
+            "trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:4420 subnqn:nqn.x hostnqn:nqn.h"
+                .parse()
+                .unwrap();
+        assert_eq!(t.adrfam.as_deref(), Some("IPv4"));
+        assert_eq!(t.hostnqn.as_deref(), Some("nqn.h"));
+        assert_eq!(t.socket_addr().unwrap().port(), 4420);
+        assert!(!t.is_discovery());
+        let t: TransportId = "trtype:TCP traddr:127.0.0.1".parse().unwrap();
+        assert!(t.is_discovery());
     }
 
     #[test]
@@ -165,6 +269,11 @@ mod tests {
             "trtype:PCIe traddr",
             "trtype:PCIe traddr:0000:00:04.0 colour:blue",
             "trtype: traddr:0000:00:04.0",
+            "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:99999",
+            "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:http",
+            "trtype:TCP adrfam:IPv5 traddr:127.0.0.1",
+            "trtype:TCP adrfam:IPv6 traddr:127.0.0.1",
+            "trtype:TCP adrfam:IPv4 traddr:::1",
         ] {
             let e = bad.parse::<TransportId>().unwrap_err();
             assert!(e.to_string().contains("transport ID"), "{bad}: {e}");

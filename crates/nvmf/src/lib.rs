@@ -21,8 +21,8 @@
 //!   subsystem for `rspdk_event::App` (depends on `bdev`, saved by
 //!   `save_config`).
 //!
-//! - [`host`]: a polled NVMe/TCP host (admin and I/O queues, pipelined
-//!   reads and writes), used by the `rspdk_nvmf_perf` load generator.
+//! The NVMe/TCP host (initiator) is `rspdk_nvme`'s TCP transport
+//! (`rspdk_nvme::Controller::connect` with `trtype:TCP`).
 //!
 //! A PDU that breaks the rules gets that connection a C2HTermReq naming the
 //! Fatal Error Status and the byte at fault, then it is closed; others go
@@ -31,7 +31,6 @@
 pub mod admin;
 mod conn;
 pub mod error;
-pub mod host;
 pub use rspdk_nvme::tcp::pdu;
 pub mod rpc;
 pub mod target;

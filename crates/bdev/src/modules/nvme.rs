@@ -17,13 +17,27 @@
 //!
 //! RPCs: `bdev_nvme_attach_controller`, `bdev_nvme_detach_controller`,
 //! `bdev_nvme_get_controllers`, `bdev_nvme_reset_controller`, with SPDK's
-//! names and parameters. Only the PCIe transport is implemented.
+//! names and parameters. Transports: PCIe and TCP (`-t tcp -a ADDR -s PORT
+//! -f ipv4 -n SUBNQN [-q HOSTNQN] [--hdgst] [--ddgst]`).
+//!
+//! Each controller has an admin poller on the thread that attached it: it
+//! polls the admin queue (Asynchronous Events; over TCP the Keep Alives)
+//! and runs SPDK's reconnect policy when the controller fails (over TCP:
+//! the connection dropped). With `ctrlr_loss_timeout_sec` non-zero, a
+//! failed controller is reset (reconnected) at once and then every
+//! `reconnect_delay_sec`; meanwhile I/O waits in the channels (aborted
+//! commands included) until the reconnect, or fails once
+//! `fast_io_fail_timeout_sec` (non-zero) has passed; after
+//! `ctrlr_loss_timeout_sec` (-1: never) the controller and its bdevs are
+//! deleted. With 0 (the default) a failed controller stays failed.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rspdk_nvme::{Controller, ControllerOpts, IoQpair, NvmeError, SgeFns, TransportId};
 use rspdk_thread::{poller_register, Poller, PollerStatus};
@@ -53,8 +67,8 @@ const MAX_WRITE_ZEROES_BLOCKS: u64 = 1 << 16;
 pub struct AttachParams {
     /// Controller name; bdevs are named `<name>n<nsid>`.
     pub name: String,
-    /// Transport type: `PCIe` (case-insensitive); `TCP`/`RDMA` are not
-    /// implemented yet.
+    /// Transport type: `PCIe` or `TCP` (case-insensitive); `RDMA` is not
+    /// implemented.
     pub trtype: String,
     /// Transport address (for PCIe a BDF such as `0000:00:04.0`).
     pub traddr: String,
@@ -100,13 +114,16 @@ pub struct AttachParams {
     /// I/O queues to ask the controller for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_io_queues: Option<u32>,
-    /// Reconnect policy (fabrics).
+    /// Seconds to keep trying to reconnect a failed controller before it is
+    /// deleted; -1: forever; 0 (default): no reconnect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ctrlr_loss_timeout_sec: Option<i64>,
-    /// Reconnect policy (fabrics).
+    /// Seconds between reconnect attempts (non-zero when
+    /// `ctrlr_loss_timeout_sec` is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconnect_delay_sec: Option<u32>,
-    /// Reconnect policy (fabrics).
+    /// Seconds after the failure at which waiting I/O fails (0: never; at
+    /// least `reconnect_delay_sec`, at most `ctrlr_loss_timeout_sec`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fast_io_fail_timeout_sec: Option<u32>,
     /// Bdevs to create at most (SPDK's default 128).
@@ -133,6 +150,7 @@ impl AttachParams {
             ("adrfam", &self.adrfam),
             ("trsvcid", &self.trsvcid),
             ("subnqn", &self.subnqn),
+            ("hostnqn", &self.hostnqn),
         ] {
             if let Some(v) = v {
                 s.push_str(&format!(" {k}:{v}"));
@@ -147,6 +165,85 @@ impl AttachParams {
     }
 }
 
+/// The reconnect policy, checked as SPDK checks it
+/// (`ctrlr_loss_timeout_sec`, `reconnect_delay_sec`,
+/// `fast_io_fail_timeout_sec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconnectPolicy {
+    /// -1 forever, 0 no reconnect, else seconds.
+    pub ctrlr_loss_timeout_sec: i64,
+    /// Seconds between attempts.
+    pub reconnect_delay_sec: u32,
+    /// Seconds until waiting I/O fails (0: never).
+    pub fast_io_fail_timeout_sec: u32,
+}
+
+impl ReconnectPolicy {
+    /// The policy the parameters give, or an error naming the rule broken.
+    pub fn from_params(p: &AttachParams) -> Result<ReconnectPolicy, BdevError> {
+        let loss = p.ctrlr_loss_timeout_sec.unwrap_or(0);
+        let delay = p.reconnect_delay_sec.unwrap_or(0);
+        let fast = p.fast_io_fail_timeout_sec.unwrap_or(0);
+        let bad = |m: String| Err(BdevError::InvalidParam(m));
+        if loss < -1 {
+            return bad(format!(
+                "ctrlr_loss_timeout_sec {loss}: use -1 (forever), 0 (no reconnect) or seconds"
+            ));
+        }
+        if loss == 0 {
+            if delay != 0 || fast != 0 {
+                return bad(format!(
+                    "reconnect_delay_sec {delay} and fast_io_fail_timeout_sec {fast} need a non-zero ctrlr_loss_timeout_sec"
+                ));
+            }
+        } else {
+            if delay == 0 {
+                return bad(format!(
+                    "ctrlr_loss_timeout_sec {loss} needs a non-zero reconnect_delay_sec"
+                ));
+            }
+            if loss > 0 && delay as i64 > loss {
+                return bad(format!(
+                    "reconnect_delay_sec {delay} is over ctrlr_loss_timeout_sec {loss}"
+                ));
+            }
+            if fast != 0 && fast < delay {
+                return bad(format!(
+                    "fast_io_fail_timeout_sec {fast} is under reconnect_delay_sec {delay}"
+                ));
+            }
+            if fast != 0 && loss > 0 && fast as i64 > loss {
+                return bad(format!(
+                    "fast_io_fail_timeout_sec {fast} is over ctrlr_loss_timeout_sec {loss}"
+                ));
+            }
+        }
+        Ok(ReconnectPolicy {
+            ctrlr_loss_timeout_sec: loss,
+            reconnect_delay_sec: delay,
+            fast_io_fail_timeout_sec: fast,
+        })
+    }
+}
+
+/// What the channels of a controller need to know about its health.
+#[derive(Debug, Default)]
+struct Health {
+    /// The controller failed and a reconnect is pending: I/O waits.
+    reconnecting: AtomicBool,
+    /// `fast_io_fail_timeout_sec` passed while reconnecting: I/O fails.
+    io_fail: AtomicBool,
+    /// Reconnects are attempted (ctrlr_loss_timeout_sec != 0).
+    enabled: bool,
+}
+
+impl Health {
+    /// True when I/O should wait for the reconnect rather than fail.
+    fn waits(&self) -> bool {
+        self.enabled && !self.io_fail.load(Ordering::Acquire)
+    }
+}
+
 /// The bdev name of namespace `nsid` of controller `ctrlr_name`.
 pub fn bdev_name(ctrlr_name: &str, nsid: u32) -> String {
     format!("{ctrlr_name}n{nsid}")
@@ -158,6 +255,107 @@ struct NvmeCtrlr {
     ctrlr: Controller,
     params: AttachParams,
     bdevs: Vec<String>,
+    policy: ReconnectPolicy,
+    health: Arc<Health>,
+    /// When the current failure was first seen.
+    failed_at: Option<Instant>,
+    /// When the next reconnect attempt may run.
+    next_try: Option<Instant>,
+}
+
+thread_local! {
+    /// Admin pollers of the controllers this thread attached.
+    static ADMIN_POLLERS: RefCell<HashMap<String, Poller>> = RefCell::new(HashMap::new());
+}
+
+fn drop_admin_poller(name: &str) {
+    let _ = ADMIN_POLLERS.try_with(|m| {
+        if let Some(p) = m.borrow_mut().remove(name) {
+            p.unregister();
+        }
+    });
+}
+
+/// One admin poller tick: admin completions and keep alive while the
+/// controller is healthy; the reconnect policy once it has failed.
+fn admin_tick(name: &str) -> PollerStatus {
+    let Some((ctrlr, health, policy)) = ctrlrs()
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| (c.ctrlr.clone(), c.health.clone(), c.policy))
+    else {
+        return PollerStatus::Idle;
+    };
+    if !ctrlr.is_failed() {
+        if let Err(e) = ctrlr.process_admin_completions() {
+            tracing::warn!(name, error = %e, "NVMe admin queue");
+        }
+        if !ctrlr.is_failed() {
+            return PollerStatus::Idle;
+        }
+    }
+    if !health.enabled {
+        return PollerStatus::Idle;
+    }
+    let now = Instant::now();
+    let (failed_at, next_try) = {
+        let mut list = ctrlrs();
+        let Some(c) = list.iter_mut().find(|c| c.name == name) else {
+            return PollerStatus::Idle;
+        };
+        let f = *c.failed_at.get_or_insert(now);
+        (f, *c.next_try.get_or_insert(now))
+    };
+    if !health.reconnecting.swap(true, Ordering::AcqRel) {
+        tracing::warn!(name, "NVMe controller failed; reconnecting");
+    }
+    let down = now.duration_since(failed_at);
+    if policy.fast_io_fail_timeout_sec > 0
+        && down >= Duration::from_secs(policy.fast_io_fail_timeout_sec as u64)
+        && !health.io_fail.swap(true, Ordering::AcqRel)
+    {
+        tracing::warn!(name, "fast_io_fail_timeout_sec passed: failing I/O");
+    }
+    if policy.ctrlr_loss_timeout_sec > 0
+        && down >= Duration::from_secs(policy.ctrlr_loss_timeout_sec as u64)
+    {
+        tracing::error!(
+            name,
+            "ctrlr_loss_timeout_sec passed: deleting the controller"
+        );
+        health.io_fail.store(true, Ordering::Release);
+        let n = name.to_string();
+        if let Err(e) = detach(
+            name,
+            move || tracing::info!(name = %n, "NVMe controller deleted"),
+        ) {
+            tracing::warn!(name, error = %e, "deleting the lost controller");
+        }
+        return PollerStatus::Busy;
+    }
+    if now < next_try {
+        return PollerStatus::Idle;
+    }
+    if let Some(c) = ctrlrs().iter_mut().find(|c| c.name == name) {
+        c.next_try = Some(now + Duration::from_secs(policy.reconnect_delay_sec.max(1) as u64));
+    }
+    match ctrlr.reset() {
+        Ok(()) => {
+            if let Some(c) = ctrlrs().iter_mut().find(|c| c.name == name) {
+                c.failed_at = None;
+                c.next_try = None;
+            }
+            health.io_fail.store(false, Ordering::Release);
+            health.reconnecting.store(false, Ordering::Release);
+            tracing::info!(
+                name,
+                after_ms = down.as_millis() as u64,
+                "NVMe controller reconnected"
+            );
+        }
+        Err(e) => tracing::warn!(name, error = %e, "NVMe reconnect attempt failed"),
+    }
+    PollerStatus::Busy
 }
 
 static CTRLRS: Mutex<Vec<NvmeCtrlr>> = Mutex::new(Vec::new());
@@ -184,9 +382,16 @@ fn no_ctrlr(name: &str) -> BdevError {
 /// `bdev_nvme_create`). Returns the bdev names.
 pub fn attach(mut params: AttachParams) -> Result<Vec<String>, BdevError> {
     let trid = params.trid()?;
-    // Saved as SPDK writes them: `PCIe`, a full BDF.
+    if trid.trtype == rspdk_nvme::TransportType::Tcp && trid.is_discovery() {
+        return Err(BdevError::InvalidParam(format!(
+            "{trid}: give the subsystem NQN (-n/subnqn); a discovery controller has no namespaces"
+        )));
+    }
+    let policy = ReconnectPolicy::from_params(&params)?;
+    // Saved as SPDK writes them: `PCIe`/`TCP`, a full BDF, `IPv4`.
     params.trtype = trid.trtype.as_str().to_string();
     params.traddr = trid.traddr.clone();
+    params.adrfam = trid.adrfam.clone();
     {
         let list = ctrlrs();
         if list.iter().any(|c| c.name == params.name) {
@@ -195,10 +400,13 @@ pub fn attach(mut params: AttachParams) -> Result<Vec<String>, BdevError> {
                 message: format!("an NVMe controller named '{}' exists", params.name),
             });
         }
-        if let Some(c) = list.iter().find(|c| c.ctrlr.trid().traddr == trid.traddr) {
+        let same = |t: &TransportId| {
+            t.traddr == trid.traddr && t.trsvcid == trid.trsvcid && t.subnqn == trid.subnqn
+        };
+        if let Some(c) = list.iter().find(|c| same(c.ctrlr.trid())) {
             return Err(BdevError::Module {
                 errno: libc::EEXIST,
-                message: format!("{} is already attached as '{}'", trid.traddr, c.name),
+                message: format!("{trid} is already attached as '{}'", c.name),
             });
         }
     }
@@ -209,6 +417,14 @@ pub fn attach(mut params: AttachParams) -> Result<Vec<String>, BdevError> {
         }
         opts.num_io_queues = n;
     }
+    opts.header_digest = params.hdgst.unwrap_or(false);
+    opts.data_digest = params.ddgst.unwrap_or(false);
+    if let Some(h) = &params.hostnqn {
+        opts.hostnqn = h.clone();
+    }
+    if let Some(us) = params.fabrics_connect_timeout_us.filter(|&u| u > 0) {
+        opts.admin_timeout_ms = us.div_ceil(1000);
+    }
     let ctrlr = Controller::connect(&trid, &opts).map_err(|e| nvme_err(&trid.to_string(), e))?;
     let max_bdevs = params.max_bdevs.unwrap_or(128) as usize;
     let mut namespaces = ctrlr.namespaces();
@@ -218,6 +434,10 @@ pub fn attach(mut params: AttachParams) -> Result<Vec<String>, BdevError> {
     let oncs = cdata.oncs();
     let vwc = cdata.vwc_present();
     let max_xfer = ctrlr.max_transfer_size();
+    let health = Arc::new(Health {
+        enabled: policy.ctrlr_loss_timeout_sec != 0,
+        ..Default::default()
+    });
     let mut names = Vec::new();
     let mut fail = None;
     for ns in &namespaces {
@@ -231,6 +451,7 @@ pub fn attach(mut params: AttachParams) -> Result<Vec<String>, BdevError> {
             nsid: ns.id,
             oncs,
             vwc,
+            health: health.clone(),
         }));
         match bdev_register(props, MODULE, Box::new(backend)) {
             Ok(_) => names.push(name),
@@ -248,12 +469,26 @@ pub fn attach(mut params: AttachParams) -> Result<Vec<String>, BdevError> {
         return Err(e);
     }
     tracing::info!(name = %params.name, trid = %trid, bdevs = ?names, "NVMe controller attached");
+    let name = params.name.clone();
     ctrlrs().push(NvmeCtrlr {
         name: params.name.clone(),
         ctrlr,
         params,
         bdevs: names.clone(),
+        policy,
+        health,
+        failed_at: None,
+        next_try: None,
     });
+    let n2 = name.clone();
+    match poller_register("bdev_nvme_admin", 10_000, move |_| admin_tick(&n2)) {
+        Ok(p) => {
+            let _ = ADMIN_POLLERS.try_with(|m| m.borrow_mut().insert(name, p));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no admin poller (not on an SPDK thread): no keep alive or reconnect")
+        }
+    }
     Ok(names)
 }
 
@@ -268,6 +503,8 @@ pub fn detach(name: &str, done: impl FnOnce() + Send + 'static) -> Result<(), Bd
             .ok_or_else(|| no_ctrlr(name))?;
         list.remove(i)
     };
+    drop_admin_poller(name);
+    c.health.io_fail.store(true, Ordering::Release);
     let bdevs: Vec<String> = c
         .bdevs
         .iter()
@@ -339,9 +576,15 @@ pub fn get_controllers(name: Option<&str>) -> Result<Value, BdevError> {
         out.push(json!({
             "name": c.name,
             "ctrlrs": [{
-                "state": if c.ctrlr.is_failed() { "failed" } else { "enabled" },
+                "state": if !c.ctrlr.is_failed() {
+                    "enabled"
+                } else if c.health.enabled {
+                    "resetting"
+                } else {
+                    "failed"
+                },
                 "trid": trid_json(c.ctrlr.trid()),
-                "cntlid": d.cntlid(),
+                "cntlid": if c.ctrlr.is_fabrics() { c.ctrlr.cntlid() } else { d.cntlid() },
                 "host": {
                     "nqn": c.params.hostnqn.clone().unwrap_or_default(),
                     "addr": c.params.hostaddr.clone().unwrap_or_default(),
@@ -364,6 +607,7 @@ struct NvmeNs {
     nsid: u32,
     oncs: u16,
     vwc: bool,
+    health: Arc<Health>,
 }
 
 struct NvmeBackend(Arc<NvmeNs>);
@@ -437,6 +681,7 @@ impl crate::bdev::BdevModule for NvmeModule {
     fn fini(&self) {
         let all: Vec<NvmeCtrlr> = std::mem::take(&mut *ctrlrs());
         for c in all {
+            drop_admin_poller(&c.name);
             if let Err(e) = c.ctrlr.detach() {
                 tracing::warn!(name = %c.name, error = %e, "NVMe detach at shutdown");
             }
@@ -493,6 +738,7 @@ struct Slot {
 }
 
 struct NsState {
+    health: Arc<Health>,
     qp: IoQpair,
     nsid: u32,
     ctrlr: Controller,
@@ -529,6 +775,7 @@ impl NvmeChannel {
             })?;
         let n = ControllerOpts::default().io_queue_requests as usize;
         let st = Rc::new(RefCell::new(NsState {
+            health: ns.health.clone(),
             qp,
             nsid: ns.nsid,
             ctrlr: ns.ctrlr.clone(),
@@ -632,6 +879,11 @@ impl NsState {
             Err(e) => {
                 tracing::debug!(bdev = %self.bdev, error = %e, "NVMe submission refused");
                 let io = self.release(i).expect("slot just filled");
+                if matches!(e, NvmeError::ControllerFailed { .. }) && self.health.waits() {
+                    // Waits for the reconnect.
+                    self.waiting.push_back(io);
+                    return Ok(());
+                }
                 Err((io, IoStatus::Failed))
             }
         }
@@ -647,6 +899,13 @@ impl NsState {
 
     /// Starts `io`, or queues it when every slot is busy.
     fn start(&mut self, io: BdevIo) -> Result<(), (BdevIo, IoStatus)> {
+        if self.health.reconnecting.load(Ordering::Acquire) {
+            if self.health.waits() {
+                self.waiting.push_back(io);
+                return Ok(());
+            }
+            return Err((io, IoStatus::Failed));
+        }
         match self.free.pop() {
             Some(i) => self.issue(i, io),
             None => {
@@ -668,22 +927,41 @@ fn poll(cell: &RefCell<NsState>) -> PollerStatus {
             slots,
             free,
             done,
+            waiting,
+            health,
             ..
         } = st;
         let r = qp.process_completions(0, |c| {
             let i = c.ctx as usize;
             if let Some(io) = slots.get_mut(i).and_then(|s| s.io.take()) {
                 free.push(i as u32);
-                done.push((io, io_status(c.status.sct(), c.status.sc())));
+                if c.status.is_aborted_by_driver() && health.waits() {
+                    // The path is down: retried after the reconnect.
+                    waiting.push_back(io);
+                } else {
+                    done.push((io, io_status(c.status.sct(), c.status.sc())));
+                }
             }
         });
         let n = r.unwrap_or(0);
-        while !st.free.is_empty() {
-            let Some(io) = st.waiting.pop_front() else {
-                break;
-            };
-            if let Err(x) = st.start(io) {
-                st.done.push(x);
+        if st.health.reconnecting.load(Ordering::Acquire) {
+            if !st.health.waits() {
+                while let Some(io) = st.waiting.pop_front() {
+                    st.done.push((io, IoStatus::Failed));
+                }
+            }
+        } else {
+            // Each waiting I/O is tried once per poll (a refused one may
+            // come back to the queue).
+            let mut tries = st.waiting.len();
+            while tries > 0 && !st.free.is_empty() {
+                tries -= 1;
+                let Some(io) = st.waiting.pop_front() else {
+                    break;
+                };
+                if let Err(x) = st.start(io) {
+                    st.done.push(x);
+                }
             }
         }
         if st.done.is_empty() {
@@ -904,6 +1182,43 @@ mod tests {
             json!({"name": "Nvme0", "trtype": "PCIe", "traddr": "0000:00:04.0"})
         );
         assert_eq!(parse(v).unwrap(), p);
+    }
+
+    #[test]
+    fn reconnect_policy_follows_spdk_rules() {
+        let p = |l: Option<i64>, o: Option<u32>, u: Option<u32>| {
+            let mut a = parse(json!({"name": "N", "trtype": "tcp", "traddr": "127.0.0.1",
+                "subnqn": "nqn.x"}))
+            .unwrap();
+            a.ctrlr_loss_timeout_sec = l;
+            a.reconnect_delay_sec = o;
+            a.fast_io_fail_timeout_sec = u;
+            ReconnectPolicy::from_params(&a)
+        };
+        assert!(p(None, None, None).is_ok());
+        assert!(p(Some(-1), Some(1), None).is_ok());
+        assert!(p(Some(10), Some(2), Some(5)).is_ok());
+        for (l, o, u, want) in [
+            (Some(-2), Some(1), None, "ctrlr_loss_timeout_sec -2"),
+            (
+                Some(0),
+                Some(1),
+                None,
+                "need a non-zero ctrlr_loss_timeout_sec",
+            ),
+            (Some(5), None, None, "needs a non-zero reconnect_delay_sec"),
+            (Some(5), Some(6), None, "is over ctrlr_loss_timeout_sec"),
+            (Some(10), Some(5), Some(2), "is under reconnect_delay_sec"),
+            (
+                Some(10),
+                Some(2),
+                Some(11),
+                "is over ctrlr_loss_timeout_sec",
+            ),
+        ] {
+            let e = p(l, o, u).unwrap_err().to_string();
+            assert!(e.contains(want), "{l:?} {o:?} {u:?}: {e}");
+        }
     }
 
     #[test]

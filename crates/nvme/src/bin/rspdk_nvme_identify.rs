@@ -3,13 +3,16 @@
 //! active namespace, the SMART / health log, the firmware slot log and the
 //! error log.
 //!
-//! `rspdk_nvme_identify -r 'trtype:PCIe traddr:0000:00:04.0'`; without
-//! `-r`, every NVMe controller bound to vfio-pci or uio_pci_generic.
+//! `rspdk_nvme_identify -r 'trtype:PCIe traddr:0000:00:04.0'`, or over
+//! NVMe/TCP `-r 'trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420
+//! subnqn:nqn.2016-06.io.spdk:cnode1'` (a discovery NQN, or none, prints
+//! the discovery log); without `-r`, every NVMe controller bound to
+//! vfio-pci or uio_pci_generic.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use rspdk_nvme::{Controller, ControllerOpts, TransportId};
+use rspdk_nvme::{Controller, ControllerOpts, TransportId, TransportType};
 
 #[derive(Parser)]
 #[command(
@@ -18,9 +21,19 @@ use rspdk_nvme::{Controller, ControllerOpts, TransportId};
     about = "Identify NVMe controllers"
 )]
 struct Cli {
-    /// Transport ID of the controller, e.g. 'trtype:PCIe traddr:0000:00:04.0'.
+    /// Transport ID of the controller, e.g. 'trtype:PCIe traddr:0000:00:04.0'
+    /// or 'trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:NQN'.
     #[arg(short = 'r', long = "transport")]
     trid: Option<String>,
+    /// Host NQN for fabrics connections (SPDK's -q).
+    #[arg(short = 'q', long = "hostnqn")]
+    hostnqn: Option<String>,
+    /// NVMe/TCP header digest.
+    #[arg(short = 'H', long = "hdgst")]
+    hdgst: bool,
+    /// NVMe/TCP data digest.
+    #[arg(short = 'I', long = "ddgst")]
+    ddgst: bool,
     /// Memory to reserve in MiB (SPDK's -s).
     #[arg(short = 's', long = "mem-size", default_value_t = 0)]
     mem_size: usize,
@@ -46,14 +59,69 @@ fn yes(b: bool) -> &'static str {
     }
 }
 
+fn print_discovery(c: &Controller) -> Result<(), rspdk_nvme::NvmeError> {
+    let log = c.discovery_log()?;
+    println!("=====================================================");
+    println!("Discovery Log Page at {}", c.trid());
+    println!("=====================================================");
+    println!("Number of Records:                     {}", log.len());
+    for (i, e) in log.iter().enumerate() {
+        println!("Discovery Log Entry {i}");
+        println!("----------------------");
+        let trtype = match e.trtype {
+            1 => "RDMA".to_string(),
+            2 => "FC".to_string(),
+            3 => "TCP".to_string(),
+            t => format!("{t}"),
+        };
+        let adrfam = match e.adrfam {
+            1 => "IPv4".to_string(),
+            2 => "IPv6".to_string(),
+            a => format!("{a}"),
+        };
+        let subtype = match e.subtype {
+            1 => "Referral to a discovery service".to_string(),
+            2 => "NVM Subsystem".to_string(),
+            3 => "Current Discovery Subsystem".to_string(),
+            s => format!("{s}"),
+        };
+        println!(
+            "Transport Type:                        {} ({trtype})",
+            e.trtype
+        );
+        println!(
+            "Address Family:                        {} ({adrfam})",
+            e.adrfam
+        );
+        println!(
+            "Subsystem Type:                        {} ({subtype})",
+            e.subtype
+        );
+        println!("Port ID:                               {}", e.portid);
+        println!("Controller ID:                         {:#06x}", e.cntlid);
+        println!("Admin Max SQ Size:                     {}", e.asqsz);
+        println!("Transport Service Identifier:          {}", e.trsvcid);
+        println!("NVM Subsystem Qualified Name:          {}", e.subnqn);
+        println!("Transport Address:                     {}", e.traddr);
+    }
+    Ok(())
+}
+
 fn print_ctrlr(c: &Controller) -> Result<(), rspdk_nvme::NvmeError> {
+    if c.is_discovery() {
+        return print_discovery(c);
+    }
     let d = c.data();
     let cap = c.cap();
     let (maj, min, ter) = c.version();
     println!("=====================================================");
     println!(
         "NVMe Controller at {} [{:04x}:{:04x}] ({})",
-        c.trid().traddr,
+        if c.is_fabrics() {
+            c.trid().to_string()
+        } else {
+            c.trid().traddr.clone()
+        },
         d.vid(),
         d.ssvid(),
         c.driver()
@@ -318,10 +386,6 @@ fn main() -> ExitCode {
     if let Some(b) = cli.base_virtaddr {
         opts.base_virtaddr = b;
     }
-    if let Err(e) = rspdk_env::init(&opts) {
-        eprintln!("rspdk_nvme_identify: env init: {e}");
-        return ExitCode::FAILURE;
-    }
     let trids: Vec<TransportId> = match &cli.trid {
         Some(s) => match s.parse() {
             Ok(t) => vec![t],
@@ -330,15 +394,39 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        None => rspdk_nvme::probe_pcie(&Default::default()),
+        None => Vec::new(),
     };
+    // The fabrics host needs no DMA memory.
+    if trids
+        .iter()
+        .any(|t: &TransportId| t.trtype != TransportType::Tcp)
+        || trids.is_empty()
+    {
+        if let Err(e) = rspdk_env::init(&opts) {
+            eprintln!("rspdk_nvme_identify: env init: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let trids = if cli.trid.is_none() {
+        rspdk_nvme::probe_pcie(&Default::default())
+    } else {
+        trids
+    };
+    let mut copts = ControllerOpts {
+        header_digest: cli.hdgst,
+        data_digest: cli.ddgst,
+        ..Default::default()
+    };
+    if let Some(h) = &cli.hostnqn {
+        copts.hostnqn = h.clone();
+    }
     if trids.is_empty() {
         eprintln!("rspdk_nvme_identify: no NVMe controllers bound to vfio-pci or uio_pci_generic (run rspdk_setup config)");
         return ExitCode::FAILURE;
     }
     let mut rc = ExitCode::SUCCESS;
     for t in trids {
-        match Controller::connect(&t, &ControllerOpts::default()) {
+        match Controller::connect(&t, &copts) {
             Ok(c) => {
                 if let Err(e) = print_ctrlr(&c) {
                     eprintln!("rspdk_nvme_identify: {t}: {e}");

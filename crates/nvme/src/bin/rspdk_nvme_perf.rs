@@ -1,11 +1,14 @@
 //! `rspdk_nvme_perf`: an I/O load generator like SPDK's spdk_nvme_perf.
 //!
 //! `rspdk_nvme_perf -r 'trtype:PCIe traddr:0000:00:04.0' -q 32 -o 4096 -w randread -t 10 -c 0x1`
+//! `rspdk_nvme_perf -r 'trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:NQN' -q 32 -o 4096 -w randread -t 10 -c 0x2`
 //!
-//! One worker thread per core in the mask (pinned), each with a queue pair
-//! per namespace keeping `-q` I/Os of `-o` bytes in flight for `-t`
+//! One worker thread per core in the mask (pinned) and namespace, each
+//! with `-P` queue pairs keeping `-q` I/Os of `-o` bytes in flight for `-t`
 //! seconds. Prints IOPS, MiB/s and latency (average, min, max) per
 //! namespace and core, a total, and latency percentiles (hdrhistogram).
+//! `-w verify` writes a pattern and reads it back, comparing every byte.
+//! The main thread polls each controller's admin queue (keep alive).
 
 use std::process::ExitCode;
 use std::sync::{Arc, Barrier};
@@ -14,7 +17,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use rspdk_env::DmaBuf;
-use rspdk_nvme::{Controller, ControllerOpts, Namespace, QpairOpts, TransportId};
+use rspdk_nvme::{Controller, ControllerOpts, Namespace, QpairOpts, TransportId, TransportType};
 
 #[derive(Parser, Clone)]
 #[command(name = "rspdk_nvme_perf", version, about = "NVMe I/O load generator")]
@@ -29,7 +32,8 @@ struct Cli {
     /// I/O size in bytes.
     #[arg(short = 'o', long = "io-size")]
     io_size: usize,
-    /// Pattern: read, write, randread, randwrite, rw, randrw.
+    /// Pattern: read, write, randread, randwrite, rw, randrw, verify (write,
+    /// read back and compare).
     #[arg(short = 'w', long = "io-pattern")]
     pattern: String,
     /// Percentage of reads for rw and randrw.
@@ -47,6 +51,16 @@ struct Cli {
     /// IOVA mode: pa, va or auto.
     #[arg(long = "iova-mode", default_value = "auto")]
     iova_mode: String,
+    /// I/O queue pairs per namespace and core (the queue depth is spread
+    /// over them).
+    #[arg(short = 'P', long = "num-qpairs", default_value_t = 1)]
+    num_qpairs: u32,
+    /// NVMe/TCP header digest.
+    #[arg(short = 'H', long = "enable-tcp-hdgst")]
+    hdgst: bool,
+    /// NVMe/TCP data digest.
+    #[arg(short = 'I', long = "enable-tcp-ddgst")]
+    ddgst: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -56,6 +70,33 @@ struct Workload {
     qd: u32,
     io_size: usize,
     time: Duration,
+    verify: bool,
+    qpairs: u32,
+}
+
+/// An I/O buffer: DMA memory for PCIe, heap memory for TCP (the fabrics
+/// transport copies to and from it).
+enum Buf {
+    Dma(DmaBuf),
+    Heap(Vec<u8>),
+}
+
+impl Buf {
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        match self {
+            Buf::Dma(b) => b.as_mut_ptr(),
+            Buf::Heap(v) => v.as_mut_ptr(),
+        }
+    }
+}
+
+/// The verify pattern of block `lba`, pass `pass`.
+fn pattern_byte(lba: u64, pass: u32, i: usize) -> u8 {
+    (lba as u8)
+        .wrapping_mul(13)
+        .wrapping_add(pass as u8)
+        .wrapping_add((i as u8).wrapping_mul(31))
+        ^ (i >> 8) as u8
 }
 
 struct Result1 {
@@ -121,24 +162,51 @@ fn worker(
     if slots == 0 {
         return Err(format!("namespace {} is smaller than one I/O", ns.id));
     }
-    let mut qp = ctrlr
-        .alloc_io_qpair(Some(QpairOpts {
-            io_queue_size: (w.qd + 1).clamp(2, 1024) as u16,
-            io_queue_requests: w.qd * 2,
-            delay_doorbell: true,
-        }))
-        .map_err(|e| e.to_string())?;
-    let mut bufs: Vec<DmaBuf> = (0..w.qd)
-        .map(|_| DmaBuf::zeroed(w.io_size))
+    let np = w.qpairs.clamp(1, w.qd) as usize;
+    let mut qps = Vec::with_capacity(np);
+    for k in 0..np {
+        let depth = (w.qd as usize).div_ceil(np) as u32;
+        let _ = k;
+        qps.push(
+            ctrlr
+                .alloc_io_qpair(Some(QpairOpts {
+                    io_queue_size: (depth + 1).clamp(2, 1024) as u16,
+                    io_queue_requests: depth * 2,
+                    delay_doorbell: true,
+                }))
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let fabrics = ctrlr.is_fabrics();
+    let mut bufs: Vec<Buf> = (0..w.qd)
+        .map(|_| {
+            if fabrics {
+                Ok(Buf::Heap(vec![0u8; w.io_size]))
+            } else {
+                DmaBuf::zeroed(w.io_size).map(Buf::Dma)
+            }
+        })
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     let ptrs: Vec<*mut u8> = bufs.iter_mut().map(|b| b.as_mut_ptr()).collect();
     let mut sent = vec![Instant::now(); w.qd as usize];
+    // Verify: each task writes a pattern at its LBA, then reads it back.
+    let mut task_lba = vec![0u64; w.qd as usize];
+    let mut task_read = vec![false; w.qd as usize];
+    let mut task_pass = vec![0u32; w.qd as usize];
+    let mut pass = 0u32;
+    let mut mismatches = 0u64;
     let mut hist =
         Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| e.to_string())?;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((core as u64 + 1) << 32) ^ ns.id as u64);
     let mut seq = 0u64;
-    let mut next = |rng: &mut Rng| -> (u64, bool) {
+    // Verify tasks own disjoint slots (task i: slots = i mod qd).
+    let vslots = (slots / w.qd as u64).max(1);
+    let mut next = |rng: &mut Rng, i: usize| -> (u64, bool) {
+        if w.verify {
+            let slot = (rng.next() % vslots) * w.qd as u64 + i as u64;
+            return ((slot % slots) * nlb as u64, false);
+        }
         let slot = if w.random {
             rng.next() % slots
         } else {
@@ -148,43 +216,64 @@ fn worker(
         let read = (rng.next() % 100) < w.read_pct as u64;
         (slot * nlb as u64, read)
     };
-    let submit =
-        |qp: &mut rspdk_nvme::IoQpair, i: usize, lba: u64, read: bool| -> Result<(), String> {
-            // SAFETY: each task's buffer lives in `bufs` until the end of the
-            // run, after every command has completed; a task is resubmitted
-            // only after its completion.
-            unsafe {
-                if read {
-                    qp.read(ns.id, ptrs[i], lba, nlb, i as u64)
-                } else {
-                    qp.write(ns.id, ptrs[i], lba, nlb, i as u64)
-                }
+    let fill = |p: *mut u8, lba: u64, pass: u32| {
+        // SAFETY: `p` is a task buffer of `io_size` bytes that no command
+        // uses now (its last one completed).
+        let b = unsafe { std::slice::from_raw_parts_mut(p, w.io_size) };
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = pattern_byte(lba, pass, i);
+        }
+    };
+    let check = |p: *mut u8, lba: u64, pass: u32| -> bool {
+        // SAFETY: as in `fill`: the read into it has completed.
+        let b = unsafe { std::slice::from_raw_parts(p, w.io_size) };
+        b.iter()
+            .enumerate()
+            .all(|(i, &x)| x == pattern_byte(lba, pass, i))
+    };
+    let submit = |qps: &mut [rspdk_nvme::IoQpair], i: usize, lba: u64, read: bool| {
+        let qp = &mut qps[i % np];
+        // SAFETY: each task's buffer lives in `bufs` until the end of the
+        // run, after every command has completed; a task is resubmitted
+        // only after its completion.
+        unsafe {
+            if read {
+                qp.read(ns.id, ptrs[i], lba, nlb, i as u64)
+            } else {
+                qp.write(ns.id, ptrs[i], lba, nlb, i as u64)
             }
-            .map_err(|e| e.to_string())
-        };
+        }
+        .map_err(|e| e.to_string())
+    };
     start.wait();
     let t0 = Instant::now();
     let end = t0 + w.time;
     for (i, t) in sent.iter_mut().enumerate() {
-        let (lba, read) = next(&mut rng);
+        let (lba, read) = next(&mut rng, i);
+        task_lba[i] = lba;
+        if w.verify {
+            fill(ptrs[i], lba, pass);
+        }
         *t = Instant::now();
-        submit(&mut qp, i, lba, read)?;
+        submit(&mut qps, i, lba, read)?;
     }
     let (mut ios, mut errors, mut inflight) = (0u64, 0u64, w.qd as u64);
     let mut stopping = false;
     let mut done_ids = [0usize; 1024];
     while inflight > 0 {
         let mut k = 0;
-        qp.process_completions(0, |c| {
-            if c.status.is_error() {
-                errors += 1;
-            }
-            if k < done_ids.len() {
-                done_ids[k] = c.ctx as usize;
-                k += 1;
-            }
-        })
-        .map_err(|e| e.to_string())?;
+        for qp in qps.iter_mut() {
+            qp.process_completions(0, |c| {
+                if c.status.is_error() {
+                    errors += 1;
+                }
+                if k < done_ids.len() {
+                    done_ids[k] = c.ctx as usize;
+                    k += 1;
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        }
         if k == 0 {
             continue;
         }
@@ -196,20 +285,47 @@ fn worker(
             let lat = now.duration_since(sent[i]).as_nanos() as u64;
             let _ = hist.record(lat.max(1));
             ios += 1;
+            if w.verify {
+                if task_read[i] && !check(ptrs[i], task_lba[i], task_pass[i]) {
+                    mismatches += 1;
+                }
+                if !task_read[i] && !stopping {
+                    // Read back what was just written.
+                    task_read[i] = true;
+                    // SAFETY: the write completed; the buffer is reused.
+                    unsafe { std::ptr::write_bytes(ptrs[i], 0, w.io_size) };
+                    sent[i] = Instant::now();
+                    submit(&mut qps, i, task_lba[i], true)?;
+                    continue;
+                }
+            }
             if stopping {
                 inflight -= 1;
             } else {
-                let (lba, read) = next(&mut rng);
+                let (lba, read) = next(&mut rng, i);
+                if w.verify {
+                    task_read[i] = false;
+                    pass = pass.wrapping_add(1);
+                    task_lba[i] = lba;
+                    fill(ptrs[i], lba, pass);
+                    task_pass[i] = pass;
+                }
                 sent[i] = Instant::now();
-                submit(&mut qp, i, lba, read)?;
+                submit(&mut qps, i, lba, read)?;
             }
         }
     }
     let elapsed = t0.elapsed();
-    drop(qp);
+    drop(qps);
     drop(bufs);
+    if mismatches > 0 {
+        return Err(format!(
+            "verify: {mismatches} reads did not return what was written (NSID {})",
+            ns.id
+        ));
+    }
     Ok(Result1 {
-        name: format!("PCIE ({}) NSID {}", ctrlr.trid().traddr, ns.id),
+        name: transport_name(ctrlr, ns.id),
         core,
         ios,
         bytes: ios * w.io_size as u64,
@@ -217,6 +333,19 @@ fn worker(
         elapsed,
         hist,
     })
+}
+
+fn transport_name(c: &Controller, nsid: u32) -> String {
+    let t = c.trid();
+    if c.is_fabrics() {
+        format!(
+            "TCP  ({}:{}) NSID {nsid}",
+            t.traddr,
+            t.trsvcid.as_deref().unwrap_or("4420")
+        )
+    } else {
+        format!("PCIE ({}) NSID {nsid}", t.traddr)
+    }
 }
 
 fn run(cli: &Cli) -> Result<(), String> {
@@ -227,9 +356,10 @@ fn run(cli: &Cli) -> Result<(), String> {
         "randwrite" => (true, 0),
         "rw" => (false, 50),
         "randrw" => (true, 50),
+        "verify" => (true, 0),
         p => {
             return Err(format!(
-                "-w {p}: use read, write, randread, randwrite, rw or randrw"
+                "-w {p}: use read, write, randread, randwrite, rw, randrw or verify"
             ))
         }
     };
@@ -254,35 +384,66 @@ fn run(cli: &Cli) -> Result<(), String> {
         qd: cli.qd,
         io_size: cli.io_size,
         time: Duration::from_secs(cli.time.max(1)),
+        verify: cli.pattern == "verify",
+        qpairs: cli.num_qpairs.max(1),
     };
     let iova_mode = cli
         .iova_mode
         .parse()
         .map_err(|e: rspdk_env::EnvError| e.to_string())?;
-    rspdk_env::init(&rspdk_env::EnvOpts {
-        name: "perf".into(),
-        mem_size_mb: cli.mem_size,
-        iova_mode,
+    let parsed: Vec<TransportId> = cli
+        .trid
+        .iter()
+        .map(|s| s.parse().map_err(|e: rspdk_nvme::NvmeError| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    // The fabrics host needs no DMA memory: only PCIe initialises the env.
+    if parsed.is_empty() || parsed.iter().any(|t| t.trtype != TransportType::Tcp) {
+        rspdk_env::init(&rspdk_env::EnvOpts {
+            name: "perf".into(),
+            mem_size_mb: cli.mem_size,
+            iova_mode,
+            ..Default::default()
+        })
+        .map_err(|e| format!("env init: {e}"))?;
+    }
+    let mut trids: Vec<TransportId> = Vec::new();
+    if parsed.is_empty() {
+        trids = rspdk_nvme::probe_pcie(&Default::default());
+    }
+    for t in parsed {
+        if t.trtype == TransportType::Tcp && t.is_discovery() {
+            // A discovery trid: every NVM subsystem in its log page.
+            let d = Controller::connect(&t, &ControllerOpts::default())
+                .map_err(|e| format!("attaching {t}: {e}"))?;
+            let log = d
+                .discovery_log()
+                .map_err(|e| format!("discovery log of {t}: {e}"))?;
+            let _ = d.detach();
+            for e in log.iter().filter(|e| e.subtype == 2) {
+                if let Some(mut x) = e.trid() {
+                    x.hostnqn = t.hostnqn.clone();
+                    trids.push(x);
+                }
+            }
+        } else {
+            trids.push(t);
+        }
+    }
+    let copts = ControllerOpts {
+        header_digest: cli.hdgst,
+        data_digest: cli.ddgst,
+        num_io_queues: (cores.len() as u32 * cli.num_qpairs.max(1) * 4).max(16),
         ..Default::default()
-    })
-    .map_err(|e| format!("env init: {e}"))?;
-    let trids: Vec<TransportId> = if cli.trid.is_empty() {
-        rspdk_nvme::probe_pcie(&Default::default())
-    } else {
-        cli.trid
-            .iter()
-            .map(|s| s.parse().map_err(|e: rspdk_nvme::NvmeError| e.to_string()))
-            .collect::<Result<_, _>>()?
     };
     if trids.is_empty() {
         return Err("no NVMe controllers (bind them with rspdk_setup config, or pass -r)".into());
     }
     let mut ctrlrs = Vec::new();
     for t in &trids {
-        let c = Controller::connect(t, &ControllerOpts::default())
-            .map_err(|e| format!("attaching {t}: {e}"))?;
+        let c = Controller::connect(t, &copts).map_err(|e| format!("attaching {t}: {e}"))?;
         println!(
-            "Attached to NVMe Controller at {} [{:04x}:{:04x}]",
+            "Attached to NVMe{} Controller at {} [{:04x}:{:04x}]",
+            if c.is_fabrics() { " over Fabrics" } else { "" },
             t.traddr,
             c.data().vid(),
             c.data().ssvid()
@@ -293,11 +454,7 @@ fn run(cli: &Cli) -> Result<(), String> {
     for c in &ctrlrs {
         for ns in c.namespaces() {
             for &core in &cores {
-                println!(
-                    "Associating PCIE ({}) NSID {} with lcore {core}",
-                    c.trid().traddr,
-                    ns.id
-                );
+                println!("Associating {} with lcore {core}", transport_name(c, ns.id));
                 jobs.push((c.clone(), ns.clone(), core));
             }
         }
@@ -315,6 +472,15 @@ fn run(cli: &Cli) -> Result<(), String> {
                 })
             })
             .collect();
+        // Poll the admin queues (keep alive) while the workers run.
+        while !hs.iter().all(|h| h.is_finished()) {
+            for c in &ctrlrs {
+                if let Err(e) = c.process_admin_completions() {
+                    eprintln!("rspdk_nvme_perf: {}: {e}", c.trid());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         hs.into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err("worker panicked".into())))
             .collect()
@@ -381,6 +547,9 @@ fn run(cli: &Cli) -> Result<(), String> {
     }
     if terr > 0 {
         return Err(format!("{terr} I/Os completed with an error"));
+    }
+    if w.verify {
+        println!("verify: every byte read back matched what was written");
     }
     Ok(())
 }

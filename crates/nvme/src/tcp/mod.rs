@@ -2,6 +2,7 @@
 //! Specification), shared by the host (this driver) and the target
 //! (`rspdk_nvmf`), which depends on this crate.
 
+pub mod host;
 pub mod pdu;
 
 /// Why a received PDU was refused. Each variant names the field at fault.

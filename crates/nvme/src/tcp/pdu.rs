@@ -624,6 +624,18 @@ fn put_data_header(h: &mut [u8], d: &DataHeader) {
 /// caller appends next (then [`finish_c2h_data`] adds the data digest).
 /// Lets the read path copy straight from its buffer.
 pub fn emit_c2h_data_header(out: &mut Vec<u8>, hdr: &DataHeader, fl: u8, digests: Digests) {
+    emit_data_header(out, pdu_type::C2H_DATA, hdr, fl, digests)
+}
+
+/// Appends the header of an H2CData PDU whose `hdr.datal` data bytes the
+/// caller sends next (then the data digest, [`crc32c`] of the data, if data
+/// digests are on). Lets the write path send straight from its buffer.
+pub fn emit_h2c_data_header(out: &mut Vec<u8>, hdr: &DataHeader, last: bool, digests: Digests) {
+    let fl = if last { flags::LAST_PDU } else { 0 };
+    emit_data_header(out, pdu_type::H2C_DATA, hdr, fl, digests)
+}
+
+fn emit_data_header(out: &mut Vec<u8>, t: u8, hdr: &DataHeader, fl: u8, digests: Digests) {
     let start = out.len();
     let hd = if digests.header { DIGEST_LEN } else { 0 };
     let dd = if digests.data && hdr.datal > 0 {
@@ -640,7 +652,7 @@ pub fn emit_c2h_data_header(out: &mut Vec<u8>, hdr: &DataHeader, fl: u8, digests
     }
     out.resize(start + DATA_HLEN, 0);
     CommonHeader {
-        pdu_type: pdu_type::C2H_DATA,
+        pdu_type: t,
         flags: f,
         hlen: DATA_HLEN as u8,
         pdo: (DATA_HLEN + hd) as u8,

@@ -392,6 +392,11 @@ fn method_table() -> Vec<MethodSpec> {
             .opt(Some('c'), "hostsvcid", Str, "NVMe-oF host svcid: e.g., a port number")
             .opt(Some('x'), "multipath", Str, "Set multipath behavior (disable, failover, multipath)")
             .opt(None, "num-io-queues", Int, "Set the number of IO queues to request during initialization.")
+            .opt(Some('g'), "hdgst", Flag, "Enable TCP header digest.")
+            .opt(Some('G'), "ddgst", Flag, "Enable TCP data digest.")
+            .opt(Some('l'), "ctrlr-loss-timeout-sec", Int, "Time to wait until ctrlr is reconnected before deleting ctrlr. -1 means infinite reconnect retries. 0 means no reconnect retry.")
+            .opt(Some('o'), "reconnect-delay-sec", Int, "Time to delay a reconnect retry. 0 means no reconnect retry.")
+            .opt(Some('u'), "fast-io-fail-timeout-sec", Int, "Time to wait until ctrlr is reconnected before failing I/O to ctrlr. 0 means no such timeout.")
             .output(Array),
         method("bdev_nvme_detach_controller", "Detach an NVMe controller and delete any associated bdevs")
             .pos("name", Str, "Controller name")
