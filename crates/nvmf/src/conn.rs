@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use rspdk_bdev::{BdevDesc, BdevError, BdevIoChannel, IoStatus, IoType, IoVec};
 use rspdk_env::DmaBuf;
 use rspdk_nvme::spec::{Cqe, Sqe};
+use rspdk_nvme::tcp::PduError;
 use rspdk_thread::{Interrupt, Poller, PollerStatus, Thread};
 
 use crate::admin;
@@ -512,8 +513,8 @@ impl ConnInner {
     /// Sends a C2HTermReq for `e` and closes.
     fn terminate(&mut self, e: &NvmfError, header: &[u8]) {
         let (fes_v, fei) = match e {
-            NvmfError::BadPdu { fes, offset, .. } => (*fes, *offset),
-            NvmfError::Digest { .. } => (fes::HDGST_ERROR, 0),
+            NvmfError::Pdu(PduError::BadPdu { fes, offset, .. }) => (*fes, *offset),
+            NvmfError::Pdu(PduError::Digest { .. }) => (fes::HDGST_ERROR, 0),
             _ => (fes::INVALID_HEADER_FIELD, 0),
         };
         tracing::warn!(peer = %self.peer, conn = self.id, error = %e, "nvmf: terminating the connection");
@@ -983,11 +984,11 @@ impl ConnInner {
             ]);
             let want = pdu::crc32c(&avail[..hlen]);
             if got != want {
-                return Err(NvmfError::Digest {
+                return Err(NvmfError::Pdu(PduError::Digest {
                     kind: "header",
                     got,
                     want,
-                });
+                }));
             }
         }
         let dneed = if self.digests.data {
@@ -1109,7 +1110,7 @@ impl ConnInner {
                 .map_or(got, |b| pdu::crc32c(&b[start..end]));
             if got != want {
                 bad = true;
-                let e = NvmfError::Digest {
+                let e = PduError::Digest {
                     kind: "data",
                     got,
                     want,

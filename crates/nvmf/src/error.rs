@@ -2,32 +2,15 @@
 
 use std::io;
 
+use rspdk_nvme::tcp::PduError;
+
 /// Why an NVMe-oF operation (an RPC, a PDU, a connection) failed. Each
 /// variant names the field or object at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum NvmfError {
-    /// A PDU broke the NVMe/TCP rules; `fes` is the Fatal Error Status the
-    /// connection is terminated with and `offset` the byte at fault
-    /// (NVMe/TCP 1.0, section 3.6.2.9).
-    #[error("bad PDU: {what} (FES {fes:#x}, byte {offset})")]
-    BadPdu {
-        /// What was wrong, naming the field.
-        what: String,
-        /// Fatal Error Status for the termination PDU.
-        fes: u8,
-        /// Offset of the offending field in the PDU header.
-        offset: u32,
-    },
-    /// A header or data digest did not match.
-    #[error("{kind} digest mismatch: received {got:#010x}, computed {want:#010x}")]
-    Digest {
-        /// `header` or `data`.
-        kind: &'static str,
-        /// The digest in the PDU.
-        got: u32,
-        /// The CRC32C of the bytes.
-        want: u32,
-    },
+    /// A PDU broke the NVMe/TCP rules or a digest did not match.
+    #[error(transparent)]
+    Pdu(#[from] PduError),
     /// An RPC or config parameter is invalid.
     #[error("invalid parameter: {0}")]
     InvalidParam(String),
@@ -63,24 +46,10 @@ pub enum NvmfError {
     Closed,
 }
 
-impl From<rspdk_nvme::tcp::PduError> for NvmfError {
-    fn from(e: rspdk_nvme::tcp::PduError) -> Self {
-        use rspdk_nvme::tcp::PduError;
-        match e {
-            PduError::BadPdu { what, fes, offset } => NvmfError::BadPdu { what, fes, offset },
-            PduError::Digest { kind, got, want } => NvmfError::Digest { kind, got, want },
-        }
-    }
-}
-
 impl NvmfError {
     /// A protocol error with the Fatal Error Status `fes`.
     pub fn pdu(fes: u8, offset: u32, what: impl Into<String>) -> NvmfError {
-        NvmfError::BadPdu {
-            what: what.into(),
-            fes,
-            offset,
-        }
+        NvmfError::Pdu(PduError::pdu(fes, offset, what))
     }
 
     /// An invalid parameter.
