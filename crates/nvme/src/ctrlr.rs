@@ -565,17 +565,9 @@ impl PcieController {
 
     /// Re-reads the namespace list and each namespace's data.
     pub fn refresh_namespaces(&self) -> Result<()> {
-        let ids = self.active_namespace_ids()?;
-        let mut list = Vec::with_capacity(ids.len());
-        for id in ids {
-            let data = self.identify_namespace(id)?;
-            list.push(Namespace {
-                id,
-                num_blocks: data.nsze(),
-                block_size: data.block_size(),
-                data,
-            });
-        }
+        let list = read_namespaces(self.active_namespace_ids()?, |id| {
+            self.identify_namespace(id)
+        })?;
         *lock(&self.inner.namespaces) = list;
         Ok(())
     }
@@ -772,28 +764,66 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Marks a controller of either transport failed (unless it was detached)
+/// with `reason`, and returns the error to report.
+pub(crate) fn fail_controller(
+    trid: &TransportId,
+    st: &AtomicU8,
+    failure: &Mutex<String>,
+    reason: &str,
+) -> NvmeError {
+    if st.load(Ordering::Acquire) != state::DETACHED {
+        st.store(state::FAILED, Ordering::Release);
+    }
+    *lock(failure) = reason.to_string();
+    tracing::error!(trid = %trid, reason, "controller failed");
+    NvmeError::ControllerFailed {
+        traddr: trid.traddr.clone(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The error for a controller's current non-OK state.
+pub(crate) fn state_error(trid: &TransportId, st: &AtomicU8, failure: &Mutex<String>) -> NvmeError {
+    match st.load(Ordering::Acquire) {
+        state::DETACHED => NvmeError::Detached(trid.traddr.clone()),
+        state::RESETTING => NvmeError::ControllerFailed {
+            traddr: trid.traddr.clone(),
+            reason: "resetting (reconnecting); retry after the reset".into(),
+        },
+        _ => NvmeError::ControllerFailed {
+            traddr: trid.traddr.clone(),
+            reason: lock(failure).clone(),
+        },
+    }
+}
+
+/// Reads every active namespace's Identify data through `identify`.
+fn read_namespaces(
+    ids: Vec<u32>,
+    identify: impl Fn(u32) -> Result<IdentifyNamespace>,
+) -> Result<Vec<Namespace>> {
+    ids.into_iter()
+        .map(|id| {
+            let data = identify(id)?;
+            Ok(Namespace {
+                id,
+                num_blocks: data.nsze(),
+                block_size: data.block_size(),
+                data,
+            })
+        })
+        .collect()
+}
+
 impl Inner {
     pub(crate) fn fail(&self, reason: &str) -> NvmeError {
-        if self.state.load(Ordering::Acquire) != state::DETACHED {
-            self.state.store(state::FAILED, Ordering::Release);
-        }
-        *lock(&self.failure) = reason.to_string();
-        tracing::error!(trid = %self.trid, reason, "controller failed");
-        NvmeError::ControllerFailed {
-            traddr: self.trid.traddr.clone(),
-            reason: reason.to_string(),
-        }
+        fail_controller(&self.trid, &self.state, &self.failure, reason)
     }
 
     /// The error for the current non-OK state.
     pub(crate) fn state_error(&self) -> NvmeError {
-        match self.state.load(Ordering::Acquire) {
-            state::DETACHED => NvmeError::Detached(self.trid.traddr.clone()),
-            _ => NvmeError::ControllerFailed {
-                traddr: self.trid.traddr.clone(),
-                reason: lock(&self.failure).clone(),
-            },
-        }
+        state_error(&self.trid, &self.state, &self.failure)
     }
 
     /// Reads CSTS: a removed device or fatal status fails the controller.
@@ -1265,17 +1295,9 @@ impl Controller {
         match &self.kind {
             Kind::Pcie(p) => p.refresh_namespaces(),
             Kind::Tcp(t) => {
-                let ids = self.active_namespace_ids()?;
-                let mut list = Vec::with_capacity(ids.len());
-                for id in ids {
-                    let data = self.identify_namespace(id)?;
-                    list.push(Namespace {
-                        id,
-                        num_blocks: data.nsze(),
-                        block_size: data.block_size(),
-                        data,
-                    });
-                }
+                let list = read_namespaces(self.active_namespace_ids()?, |id| {
+                    self.identify_namespace(id)
+                })?;
                 *lock(&t.namespaces) = list;
                 Ok(())
             }

@@ -11,14 +11,15 @@
 
 #[path = "../../event/tests/common/mod.rs"]
 mod common;
+mod common_tgt;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{ok, rpc, wait_started};
+use common::{ok, rpc};
+use common_tgt::{free_port, Tgt};
 use serde_json::{json, Value};
 
 const TGT: &str = env!("CARGO_BIN_EXE_rspdk_tgt");
@@ -30,28 +31,6 @@ const IQN: &str = "iqn.2016-06.io.spdk:disk1";
 /// tests are counted apart: 196 really pass, 34 skip, with either block size).
 const MIN_PASSED: u32 = 230;
 const MAX_SKIPPED: u32 = 34;
-
-struct Tgt {
-    child: Child,
-    sock: PathBuf,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Tgt {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn start(block_size: u32) -> Tgt {
     start_with(block_size, Vec::new())
@@ -73,7 +52,6 @@ fn start_cfg(
     args: &[&str],
 ) -> Tgt {
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("spdk.sock");
     let port = free_port();
     let mut bdev_cfg = vec![
         json!({"method": "bdev_malloc_create", "params": {"name": "Malloc0",
@@ -97,27 +75,7 @@ fn start_cfg(
             iscsi.insert(i, o);
         }
     }
-    let cfg_path = dir.path().join("cfg.json");
-    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let child = Command::new(TGT)
-        .arg("-r")
-        .arg(&sock)
-        .arg("--no-huge")
-        .args(args)
-        .arg("-c")
-        .arg(&cfg_path)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let t = Tgt {
-        child,
-        sock,
-        port,
-        _dir: dir,
-    };
-    wait_started(&t.sock);
-    t
+    Tgt::spawn(dir, port, &cfg, args)
 }
 
 fn have(tool: &str) -> bool {

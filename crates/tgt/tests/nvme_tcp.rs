@@ -8,13 +8,13 @@
 
 #[path = "../../event/tests/common/mod.rs"]
 mod common;
+mod common_tgt;
 
-use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{ok, wait_started};
+use common_tgt::{free_port, Tgt};
 use rspdk_nvme::{Completion, Controller, ControllerOpts, IoQpair, NvmeError, SgeFns, TransportId};
 use serde_json::json;
 
@@ -25,42 +25,8 @@ const BLOCKS: u64 = 32768;
 const ICD: usize = 4096;
 const MAX_IO: usize = 131072;
 
-struct Tgt {
-    child: Child,
-    sock: PathBuf,
-    port: u16,
-    dir: Option<tempfile::TempDir>,
-}
-
-impl Tgt {
-    /// Kills the target (SIGKILL: no goodbye to hosts); keeps its directory.
-    fn crash(&mut self) -> tempfile::TempDir {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.dir.take().expect("not crashed before")
-    }
-}
-
-impl Drop for Tgt {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `rspdk_tgt` exporting a 16 MiB malloc bdev as `NQN` on `port`.
 fn start_on(port: u16, dir: tempfile::TempDir) -> Tgt {
-    let sock = dir.path().join("spdk.sock");
-    let _ = std::fs::remove_file(&sock);
-    let log = dir.path().join("stderr.log");
     let cfg = json!({"subsystems": [
         {"subsystem": "bdev", "config": [
             {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": BLOCKS, "block_size": BS}}
@@ -74,27 +40,7 @@ fn start_on(port: u16, dir: tempfile::TempDir) -> Tgt {
                 {"trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}}
         ]}
     ]});
-    let cfg_path = dir.path().join("cfg.json");
-    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let child = Command::new(TGT)
-        .arg("-r")
-        .arg(&sock)
-        .arg("--no-huge")
-        .arg("-c")
-        .arg(&cfg_path)
-        .arg("-m")
-        .arg("0x1")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    wait_started(&sock);
-    Tgt {
-        child,
-        sock,
-        port,
-        dir: Some(dir),
-    }
+    Tgt::spawn(dir, port, &cfg, &["-m", "0x1"])
 }
 
 fn start() -> Tgt {

@@ -8,47 +8,23 @@
 #[path = "../../event/tests/common/mod.rs"]
 mod common;
 mod common_nvmf;
+mod common_tgt;
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 
 use common::{ok, rpc, wait_started};
 use common_nvmf::{admin_queue, io_queue, status, Host, Rx, HOSTNQN};
+use common_tgt::{free_port, Tgt};
 use serde_json::{json, Value};
 
 const TGT: &str = env!("CARGO_BIN_EXE_rspdk_tgt");
 const NQN: &str = "nqn.2016-06.io.spdk:test1";
 const BS: usize = 512;
 
-struct Tgt {
-    child: Child,
-    sock: PathBuf,
-    log: PathBuf,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Tgt {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `rspdk_tgt` with a 16 MiB malloc bdev exported as `NQN` on a free port.
 fn start(extra: &[&str]) -> Tgt {
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("spdk.sock");
-    let log = dir.path().join("stderr.log");
     let port = free_port();
     let cfg = json!({"subsystems": [
         {"subsystem": "bdev", "config": [
@@ -63,36 +39,11 @@ fn start(extra: &[&str]) -> Tgt {
                 {"trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}}
         ]}
     ]});
-    let cfg_path = dir.path().join("cfg.json");
-    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let child = Command::new(TGT)
-        .arg("-r")
-        .arg(&sock)
-        .arg("--no-huge")
-        .arg("-c")
-        .arg(&cfg_path)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    wait_started(&sock);
-    Tgt {
-        child,
-        sock,
-        log,
-        port,
-        _dir: dir,
-    }
+    Tgt::spawn(dir, port, &cfg, extra)
 }
 
-impl Tgt {
-    fn addr(&self) -> SocketAddr {
-        format!("127.0.0.1:{}", self.port).parse().unwrap()
-    }
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
+fn addr(t: &Tgt) -> SocketAddr {
+    format!("127.0.0.1:{}", t.port).parse().unwrap()
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
@@ -104,7 +55,7 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 #[test]
 fn discovery_lists_the_listener() {
     let t = start(&[]);
-    let mut h = admin_queue(t.addr(), rspdk_nvmf::DISCOVERY, false, false);
+    let mut h = admin_queue(addr(&t), rspdk_nvmf::DISCOVERY, false, false);
     let qp = ok(
         &t.sock,
         "nvmf_subsystem_get_qpairs",
@@ -149,7 +100,7 @@ fn identify_write_read_compare_with_digests_and_success_flag() {
 
 fn io_round(hd: bool, dd: bool, sqflow_off: bool) {
     let t = start(&["-m", "0x3"]);
-    let mut a = admin_queue(t.addr(), NQN, hd, dd);
+    let mut a = admin_queue(addr(&t), NQN, hd, dd);
     let (c, id) = a.identify(1, 0);
     assert_eq!(status(&c), (0, 0));
     let txt = |r: std::ops::Range<usize>| {
@@ -189,8 +140,8 @@ fn io_round(hd: bool, dd: bool, sqflow_off: bool) {
     assert_eq!(status(&c), (0, 0));
 
     // Two I/O queues, on (probably) different poll groups.
-    let mut q1 = io_queue(t.addr(), NQN, a.cntlid, 1, hd, dd, sqflow_off);
-    let mut q2 = io_queue(t.addr(), NQN, a.cntlid, 2, hd, dd, false);
+    let mut q1 = io_queue(addr(&t), NQN, a.cntlid, 1, hd, dd, sqflow_off);
+    let mut q2 = io_queue(addr(&t), NQN, a.cntlid, 2, hd, dd, false);
     // In-capsule write (4 KiB), read back on the other queue.
     let d1 = pattern(1, 4096);
     assert_eq!(status(&q1.write(1, 0, &d1, BS, true)), (0, 0));
@@ -314,9 +265,9 @@ fn io_round(hd: bool, dd: bool, sqflow_off: bool) {
 #[test]
 fn bad_connects_and_bad_pdus_affect_only_their_connection() {
     let t = start(&[]);
-    let mut good = admin_queue(t.addr(), NQN, false, false);
+    let mut good = admin_queue(addr(&t), NQN, false, false);
     // Unknown subsystem.
-    let mut h = Host::connect(t.addr(), false, false);
+    let mut h = Host::connect(addr(&t), false, false);
     let c = h.fabric_connect(0, 32, "nqn.2016-06.io.spdk:nope", HOSTNQN, 0xffff, 0);
     assert_eq!(status(&c), (1, 0x82));
     assert_eq!(c.dw[0], 256 | (1 << 16), "IPO: SUBNQN in the data");
@@ -326,7 +277,7 @@ fn bad_connects_and_bad_pdus_affect_only_their_connection() {
         "nvmf_subsystem_allow_any_host",
         Some(json!({"nqn": NQN, "allow_any_host": false})),
     );
-    let mut h = Host::connect(t.addr(), false, false);
+    let mut h = Host::connect(addr(&t), false, false);
     let c = h.fabric_connect(0, 32, NQN, HOSTNQN, 0xffff, 0);
     assert_eq!(status(&c), (1, 0x84));
     ok(
@@ -334,19 +285,19 @@ fn bad_connects_and_bad_pdus_affect_only_their_connection() {
         "nvmf_subsystem_add_host",
         Some(json!({"nqn": NQN, "host": HOSTNQN})),
     );
-    let mut h = Host::connect(t.addr(), false, false);
+    let mut h = Host::connect(addr(&t), false, false);
     assert_eq!(
         status(&h.fabric_connect(0, 32, NQN, HOSTNQN, 0xffff, 0)),
         (0, 0)
     );
     // I/O queue for a controller that does not exist.
-    let mut h = Host::connect(t.addr(), false, false);
+    let mut h = Host::connect(addr(&t), false, false);
     assert_eq!(
         status(&h.fabric_connect(1, 32, NQN, HOSTNQN, 999, 0)),
         (1, 0x82)
     );
     // Garbage: a terminate request naming the field, then close.
-    let mut h = Host::connect(t.addr(), false, false);
+    let mut h = Host::connect(addr(&t), false, false);
     h.send_raw(&[0x04, 0, 71, 0, 72, 0, 0, 0]);
     match h.try_recv() {
         Some(Rx::Term { fes, fei }) => assert_eq!((fes, fei), (1, 2), "invalid HLEN"),
@@ -354,7 +305,7 @@ fn bad_connects_and_bad_pdus_affect_only_their_connection() {
     }
     assert!(h.try_recv().is_none(), "closed after the termination");
     // A header digest mismatch.
-    let mut h = Host::connect(t.addr(), true, false);
+    let mut h = Host::connect(addr(&t), true, false);
     let mut raw = Vec::new();
     rspdk_nvmf::pdu::Pdu::CapsuleCmd {
         sqe: rspdk_nvme::spec::Sqe::new(0x7f, 1),
@@ -368,7 +319,7 @@ fn bad_connects_and_bad_pdus_affect_only_their_connection() {
         "header digest error"
     );
     // A PDU before the ICReq.
-    let mut s = std::net::TcpStream::connect(t.addr()).unwrap();
+    let mut s = std::net::TcpStream::connect(addr(&t)).unwrap();
     use std::io::{Read, Write};
     let mut raw = Vec::new();
     rspdk_nvmf::pdu::Pdu::CapsuleCmd {
@@ -539,8 +490,8 @@ fn rpcs_and_save_config() {
 fn shutdown_with_connected_hosts_is_clean_in_both_modes() {
     for mode in [&["-m", "0x3"][..], &["--interrupt-mode", "-m", "0x3"][..]] {
         let mut t = start(mode);
-        let mut a = admin_queue(t.addr(), NQN, false, false);
-        let mut q = io_queue(t.addr(), NQN, a.cntlid, 1, false, false, false);
+        let mut a = admin_queue(addr(&t), NQN, false, false);
+        let mut q = io_queue(addr(&t), NQN, a.cntlid, 1, false, false, false);
         let d = pattern(3, 8192);
         assert_eq!(status(&q.write(1, 64, &d, BS, false)), (0, 0));
         let (c, r) = q.read(1, 64, 16, BS);
@@ -577,8 +528,8 @@ fn shutdown_with_connected_hosts_is_clean_in_both_modes() {
 #[test]
 fn many_queues_from_many_threads() {
     let t = start(&["-m", "0x3"]);
-    let a = admin_queue(t.addr(), NQN, false, false);
-    let addr = t.addr();
+    let a = admin_queue(addr(&t), NQN, false, false);
+    let addr = addr(&t);
     let cntlid = a.cntlid;
     let workers: Vec<_> = (1..=8u16)
         .map(|qid| {
@@ -623,14 +574,14 @@ fn many_queues_from_many_threads() {
 #[test]
 fn keep_alive_timeout_drops_a_silent_host() {
     let t = start(&[]);
-    let mut a = Host::connect(t.addr(), false, false);
+    let mut a = Host::connect(addr(&t), false, false);
     assert_eq!(
         status(&a.fabric_connect(0, 32, NQN, HOSTNQN, 0xffff, 500)),
         (0, 0)
     );
     a.enable();
     let cntlid = a.cntlid;
-    let mut q = io_queue(t.addr(), NQN, cntlid, 1, false, false, false);
+    let mut q = io_queue(addr(&t), NQN, cntlid, 1, false, false, false);
     // Keep alives keep it up past the timeout...
     for _ in 0..4 {
         std::thread::sleep(std::time::Duration::from_millis(300));
@@ -657,7 +608,7 @@ fn keep_alive_timeout_drops_a_silent_host() {
 fn random_pdus_on_live_connections_only_hurt_themselves() {
     use std::io::{Read, Write};
     let t = start(&["-m", "0x3"]);
-    let mut good = admin_queue(t.addr(), NQN, true, true);
+    let mut good = admin_queue(addr(&t), NQN, true, true);
     let mut seed = 0x1234_5678_9abc_def1u64;
     let mut rnd = move || {
         seed ^= seed << 13;
@@ -667,7 +618,7 @@ fn random_pdus_on_live_connections_only_hurt_themselves() {
     };
     for round in 0..60 {
         let (hd, dd) = (round % 2 == 0, round % 3 == 0);
-        let mut h = Host::connect(t.addr(), hd, dd);
+        let mut h = Host::connect(addr(&t), hd, dd);
         // A valid PDU of some kind, mutated, truncated or padded.
         let mut sqe = rspdk_nvme::spec::Sqe::new(if round % 4 == 0 { 0x7f } else { 0x01 }, 1);
         sqe.dw[8] = (rnd() % 9000) as u32;
@@ -775,7 +726,7 @@ fn save_config_output_starts_an_identical_target() {
     let after = ok(&sock, "nvmf_get_subsystems", None);
     assert_eq!(before, after);
     // And it serves: the listed host connects.
-    let mut h = admin_queue(t.addr(), NQN, false, false);
+    let mut h = admin_queue(addr(&t), NQN, false, false);
     let (c, _) = h.identify(1, 0);
     assert_eq!(status(&c), (0, 0));
     h.disconnect();
@@ -787,10 +738,10 @@ fn save_config_output_starts_an_identical_target() {
 fn fused_compare_and_write() {
     use rspdk_nvme::spec::Sqe;
     let t = start(&[]);
-    let mut a = admin_queue(t.addr(), NQN, false, false);
+    let mut a = admin_queue(addr(&t), NQN, false, false);
     let (_, id) = a.identify(1, 0);
     assert_eq!(id[522] & 1, 1, "FUSES: compare and write");
-    let mut q = io_queue(t.addr(), NQN, a.cntlid, 1, false, false, false);
+    let mut q = io_queue(addr(&t), NQN, a.cntlid, 1, false, false, false);
     let old = pattern(40, 4096);
     let new = pattern(41, 4096);
     assert_eq!(status(&q.write(1, 300, &old, BS, true)), (0, 0));
@@ -847,8 +798,8 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[test]
 fn interrupt_mode_with_connected_hosts_sleeps_when_idle() {
     let t = start(&["--interrupt-mode", "-m", "0x3"]);
-    let mut a = admin_queue(t.addr(), NQN, false, false);
-    let mut q = io_queue(t.addr(), NQN, a.cntlid, 1, true, true, true);
+    let mut a = admin_queue(addr(&t), NQN, false, false);
+    let mut q = io_queue(addr(&t), NQN, a.cntlid, 1, true, true, true);
     for i in 0..20u64 {
         let d = pattern(i as u8, 65536);
         assert_eq!(status(&q.write(1, i * 128, &d, BS, false)), (0, 0));
@@ -932,8 +883,8 @@ fn data_digest_error_fails_the_command_and_the_connection_survives() {
     use rspdk_nvmf::pdu::{DataHeader, Pdu};
     let t = start(&[]);
     for hd in [false, true] {
-        let mut a = admin_queue(t.addr(), NQN, hd, true);
-        let mut q = io_queue(t.addr(), NQN, a.cntlid, 1, hd, true, false);
+        let mut a = admin_queue(addr(&t), NQN, hd, true);
+        let mut q = io_queue(addr(&t), NQN, a.cntlid, 1, hd, true, false);
         let old = pattern(3, 65536);
         let lba = 4096;
         assert_eq!(status(&q.write(1, lba, &old, BS, false)), (0, 0));
@@ -1041,7 +992,7 @@ fn data_digest_error_fails_the_command_and_the_connection_survives() {
 fn wrong_lengths_and_truncated_pdus_name_the_field() {
     use rspdk_nvmf::pdu::{DataHeader, Pdu};
     let t = start(&[]);
-    let mut a = admin_queue(t.addr(), NQN, false, false);
+    let mut a = admin_queue(addr(&t), NQN, false, false);
     let cntlid = a.cntlid;
     let term = |h: &mut Host| -> (u16, u32) {
         let r = match h.try_recv() {
@@ -1052,7 +1003,7 @@ fn wrong_lengths_and_truncated_pdus_name_the_field() {
         r
     };
     // PLEN beyond what the target accepts (in-capsule size + header).
-    let mut q = io_queue(t.addr(), NQN, cntlid, 1, false, false, false);
+    let mut q = io_queue(addr(&t), NQN, cntlid, 1, false, false, false);
     let mut raw = Vec::new();
     Pdu::CapsuleCmd {
         sqe: write_sqe(1, 0, 4096, true),
@@ -1063,7 +1014,7 @@ fn wrong_lengths_and_truncated_pdus_name_the_field() {
     q.send_raw(&raw[..72]);
     assert_eq!(term(&mut q), (1, 4), "PLEN too large: FEI names PLEN");
     // PDO inside the header.
-    let mut q = io_queue(t.addr(), NQN, cntlid, 1, false, false, false);
+    let mut q = io_queue(addr(&t), NQN, cntlid, 1, false, false, false);
     let mut raw = Vec::new();
     Pdu::CapsuleCmd {
         sqe: write_sqe(1, 0, 512, true),
@@ -1075,7 +1026,7 @@ fn wrong_lengths_and_truncated_pdus_name_the_field() {
     assert_eq!(term(&mut q), (1, 3), "PDO in the header: FEI names PDO");
     // H2CData whose DATAL disagrees with PLEN: found from the header alone,
     // before any of the data is awaited.
-    let mut q = io_queue(t.addr(), NQN, cntlid, 1, false, false, false);
+    let mut q = io_queue(addr(&t), NQN, cntlid, 1, false, false, false);
     let mut raw = Vec::new();
     Pdu::CapsuleCmd {
         sqe: write_sqe(2, 0, 8192, false),
@@ -1103,7 +1054,7 @@ fn wrong_lengths_and_truncated_pdus_name_the_field() {
     assert_eq!(term(&mut q), (1, 16), "DATAL mismatch: FEI names DATAL");
     // H2CData past the end of the transfer, and at the wrong offset.
     for (datao, datal) in [(4096u32, 8192u32), (512, 512)] {
-        let mut q = io_queue(t.addr(), NQN, cntlid, 1, false, false, false);
+        let mut q = io_queue(addr(&t), NQN, cntlid, 1, false, false, false);
         let mut raw = Vec::new();
         Pdu::CapsuleCmd {
             sqe: write_sqe(3, 0, 8192, false),
@@ -1135,7 +1086,7 @@ fn wrong_lengths_and_truncated_pdus_name_the_field() {
         );
     }
     // H2CData naming no R2T.
-    let mut q = io_queue(t.addr(), NQN, cntlid, 1, false, false, false);
+    let mut q = io_queue(addr(&t), NQN, cntlid, 1, false, false, false);
     let mut raw = Vec::new();
     Pdu::H2cData {
         hdr: DataHeader {
@@ -1152,7 +1103,7 @@ fn wrong_lengths_and_truncated_pdus_name_the_field() {
     assert_eq!(term(&mut q), (1, 10), "unknown TTAG: FEI names TTAG");
     // Truncated: the target waits for the rest (header, data or digest cut
     // short), then runs the command.
-    let mut q = io_queue(t.addr(), NQN, cntlid, 1, true, true, false);
+    let mut q = io_queue(addr(&t), NQN, cntlid, 1, true, true, false);
     let d = pattern(9, 4096);
     for cut in [5usize, 60, 74, 76, 1000, 4172, 4174] {
         let mut raw = Vec::new();

@@ -1301,30 +1301,12 @@ impl TcpCtrlr {
 
     /// Fails the controller (connection lost, protocol error).
     pub(crate) fn fail(&self, reason: &str) -> NvmeError {
-        if self.state.load(Ordering::Acquire) != state::DETACHED {
-            self.state.store(state::FAILED, Ordering::Release);
-        }
-        *lock(&self.failure) = reason.to_string();
-        tracing::error!(trid = %self.trid, reason, "controller failed");
-        NvmeError::ControllerFailed {
-            traddr: self.trid.traddr.clone(),
-            reason: reason.to_string(),
-        }
+        crate::ctrlr::fail_controller(&self.trid, &self.state, &self.failure, reason)
     }
 
     /// The error for the current non-OK state.
     pub(crate) fn state_error(&self) -> NvmeError {
-        match self.state.load(Ordering::Acquire) {
-            state::DETACHED => NvmeError::Detached(self.trid.traddr.clone()),
-            state::RESETTING => NvmeError::ControllerFailed {
-                traddr: self.trid.traddr.clone(),
-                reason: "reconnecting; retry after the reset".into(),
-            },
-            _ => NvmeError::ControllerFailed {
-                traddr: self.trid.traddr.clone(),
-                reason: lock(&self.failure).clone(),
-            },
-        }
+        crate::ctrlr::state_error(&self.trid, &self.state, &self.failure)
     }
 
     /// An admin command and its completion (an error status is returned
