@@ -408,6 +408,8 @@ struct ConnInner {
     pool: Vec<Vec<DmaBuf>>,
     ns: Vec<NsChan>,
     ns_gen: u64,
+    /// A namespace had no bdev channel at the last refresh: retry.
+    ns_missing: bool,
     /// The first (Compare) half of a fused compare-and-write, waiting for
     /// its Write.
     fused_first: Option<usize>,
@@ -456,6 +458,7 @@ impl ConnInner {
             pool: Vec::new(),
             ns: Vec::new(),
             ns_gen: u64::MAX,
+            ns_missing: false,
             fused_first: None,
         }
     }
@@ -1737,12 +1740,18 @@ impl ConnInner {
         }
     }
 
-    /// Refreshes the namespace channels when the subsystem changed.
-    fn ns_chan(&mut self, nsid: u32) -> Option<usize> {
-        let q = self.q.as_ref()?;
+    /// Refreshes the namespace channels when the subsystem changed, or
+    /// while a namespace's bdev could not give a channel (e.g. an NVMe bdev
+    /// whose controller is reconnecting): `Err(())` for a namespace that
+    /// exists without a channel yet, `Ok(None)` for no such namespace.
+    fn ns_chan(&mut self, nsid: u32) -> Result<Option<usize>, ()> {
+        let Some(q) = self.q.as_ref() else {
+            return Ok(None);
+        };
         let g = q.ctrlr.subsys.ns_generation.load(Ordering::Acquire);
-        if g != self.ns_gen {
+        if g != self.ns_gen || self.ns_missing {
             self.ns.clear();
+            self.ns_missing = false;
             for (id, ns) in lock(&q.ctrlr.subsys.namespaces).iter() {
                 match ns.desc.get_io_channel() {
                     Ok(ch) => self.ns.push(NsChan {
@@ -1751,18 +1760,36 @@ impl ConnInner {
                         ch,
                         block_size: ns.desc.bdev().block_size() as u64,
                     }),
-                    Err(e) => tracing::warn!(nsid = id, error = %e, "nvmf: no bdev channel"),
+                    Err(e) => {
+                        self.ns_missing = true;
+                        if *id == nsid {
+                            tracing::warn!(nsid = id, error = %e, "nvmf: no bdev channel (Namespace Not Ready)");
+                        }
+                    }
                 }
             }
             self.ns_gen = g;
         }
-        self.ns.iter().position(|n| n.nsid == nsid)
+        match self.ns.iter().position(|n| n.nsid == nsid) {
+            Some(i) => Ok(Some(i)),
+            None if self.ns_missing
+                && lock(&q.ctrlr.subsys.namespaces)
+                    .iter()
+                    .any(|(id, _)| *id == nsid) =>
+            {
+                Err(())
+            }
+            None => Ok(None),
+        }
     }
 
     fn io(&mut self, this: &Rc<Conn>, slot: usize) {
         let sqe = self.reqs[slot].sqe;
-        let Some(ni) = self.ns_chan(sqe.nsid()) else {
-            return self.complete(slot, sc::INVALID_NS, 0);
+        let ni = match self.ns_chan(sqe.nsid()) {
+            Ok(Some(ni)) => ni,
+            Ok(None) => return self.complete(slot, sc::INVALID_NS, 0),
+            // Retryable (DNR clear): the host tries again.
+            Err(()) => return self.complete(slot, sc::NS_NOT_READY, 0),
         };
         let ns = &self.ns[ni];
         let slba = sqe.slba();
@@ -1834,11 +1861,12 @@ impl ConnInner {
         let (c, w) = (self.reqs[first].sqe, self.reqs[second].sqe);
         let same =
             c.nsid() == w.nsid() && c.slba() == w.slba() && c.dw[12] & 0xffff == w.dw[12] & 0xffff;
-        let Some(ni) = self.ns_chan(c.nsid()).filter(|_| same) else {
-            let st = if same {
-                sc::INVALID_NS
-            } else {
-                sc::INVALID_FIELD
+        let chan = self.ns_chan(c.nsid());
+        let Some(ni) = chan.ok().flatten().filter(|_| same) else {
+            let st = match chan {
+                _ if !same => sc::INVALID_FIELD,
+                Err(()) => sc::NS_NOT_READY,
+                Ok(_) => sc::INVALID_NS,
             };
             self.complete(first, st, 0);
             return self.complete(second, st, 0);

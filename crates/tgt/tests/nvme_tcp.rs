@@ -782,5 +782,92 @@ fn bdev_nvme_tcp_attach_reconnect_fast_io_fail_and_loss() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(common::rpc(&bsock, "bdev_get_bdevs", Some(json!({"name": "Nvme1n1"}))).is_err());
+    drop(qp);
+    drop(host);
+
+    // No reconnect policy (SPDK's default, ctrlr_loss_timeout_sec 0): a
+    // failure gets one reset, which fails while A is down; the controller
+    // then stays failed (not deleted, not retrying) and its I/O fails at
+    // once, until bdev_nvme_reset_controller once A is back; then reads
+    // work again with the data intact.
+    let mut a = Kill(file_target(dir.path(), &file, pa));
+    ok(
+        &bsock,
+        "bdev_nvme_attach_controller",
+        Some(
+            json!({"name": "Nvme2", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1",
+            "trsvcid": pa.to_string(), "subnqn": NQN}),
+        ),
+    );
+    let (pc, cnqn) = (free_port(), "nqn.2016-06.io.spdk:reexport2");
+    ok(
+        &bsock,
+        "nvmf_create_subsystem",
+        Some(json!({"nqn": cnqn, "allow_any_host": true})),
+    );
+    ok(
+        &bsock,
+        "nvmf_subsystem_add_ns",
+        Some(json!({"nqn": cnqn, "namespace": {"bdev_name": "Nvme2n1"}})),
+    );
+    ok(
+        &bsock,
+        "nvmf_subsystem_add_listener",
+        Some(
+            json!({"nqn": cnqn, "listen_address": {"trtype": "tcp", "adrfam": "ipv4",
+            "traddr": "127.0.0.1", "trsvcid": pc.to_string()}}),
+        ),
+    );
+    let host = Controller::connect(&trid(pc, cnqn), &opts(false, false)).unwrap();
+    let mut qp = host.alloc_io_qpair(None).unwrap();
+    let _ = a.0.kill();
+    let _ = a.0.wait();
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = ok(
+            &bsock,
+            "bdev_nvme_get_controllers",
+            Some(json!({"name": "Nvme2"})),
+        );
+        if c[0]["ctrlrs"][0]["state"] == "failed" {
+            break;
+        }
+        assert!(Instant::now() < end, "{c}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let c = ok(
+        &bsock,
+        "bdev_nvme_get_controllers",
+        Some(json!({"name": "Nvme2"})),
+    );
+    assert_eq!(c[0]["ctrlrs"][0]["state"], "failed", "one reset only: {c}");
+    let t0 = Instant::now();
+    // SAFETY: as above.
+    unsafe { qp.read(1, back.as_mut_ptr(), 0, 128, 101) }.unwrap();
+    assert!(
+        wait(&mut qp, 1)[0].status.is_error(),
+        "I/O on a failed controller"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2), "failed at once");
+    a = Kill(file_target(dir.path(), &file, pa));
+    ok(
+        &bsock,
+        "bdev_nvme_reset_controller",
+        Some(json!({"name": "Nvme2"})),
+    );
+    // SAFETY: as above.
+    unsafe { qp.read(1, back.as_mut_ptr(), 0, 128, 102) }.unwrap();
+    all_ok(&wait(&mut qp, 1));
+    assert!(back == p1, "data read after the reset");
+    let c = ok(
+        &bsock,
+        "bdev_nvme_get_controllers",
+        Some(json!({"name": "Nvme2"})),
+    );
+    assert_eq!(c[0]["ctrlrs"][0]["state"], "enabled", "{c}");
+    drop(qp);
+    drop(host);
+    drop(a);
     drop(b);
 }

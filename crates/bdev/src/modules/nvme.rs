@@ -29,7 +29,9 @@
 //! commands included) until the reconnect, or fails once
 //! `fast_io_fail_timeout_sec` (non-zero) has passed; after
 //! `ctrlr_loss_timeout_sec` (-1: never) the controller and its bdevs are
-//! deleted. With 0 (the default) a failed controller stays failed.
+//! deleted. With 0 (the default) a failed fabrics controller gets one
+//! reset, as in SPDK; if that fails it stays failed (I/O fails at once)
+//! until `bdev_nvme_reset_controller`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -235,6 +237,8 @@ struct Health {
     io_fail: AtomicBool,
     /// Reconnects are attempted (ctrlr_loss_timeout_sec != 0).
     enabled: bool,
+    /// Without a policy: the one reset of this failure was tried.
+    reset_tried: AtomicBool,
 }
 
 impl Health {
@@ -276,6 +280,31 @@ fn drop_admin_poller(name: &str) {
     });
 }
 
+/// Without a reconnect policy (`ctrlr_loss_timeout_sec` 0, SPDK's default)
+/// a fabrics controller that failed gets one reset (reconnect), as SPDK's
+/// bdev_nvme does: if the target is back by then the controller carries on,
+/// otherwise it stays failed and its I/O fails. A PCIe controller is left
+/// failed (a removed or dead device would only time out again).
+fn reset_once(name: &str, ctrlr: &Controller, health: &Health) -> PollerStatus {
+    if ctrlr.trid().trtype == rspdk_nvme::TransportType::Pcie
+        || health.reset_tried.swap(true, Ordering::AcqRel)
+    {
+        return PollerStatus::Idle;
+    }
+    match ctrlr.reset() {
+        Ok(()) => {
+            health.reset_tried.store(false, Ordering::Release);
+            tracing::info!(name, "NVMe controller failed and was reset (reconnected)");
+        }
+        Err(e) => tracing::error!(
+            name,
+            error = %e,
+            "NVMe controller failed and its reset failed: it stays failed (attach with ctrlr_loss_timeout_sec and reconnect_delay_sec to keep reconnecting)"
+        ),
+    }
+    PollerStatus::Busy
+}
+
 /// One admin poller tick: admin completions and keep alive while the
 /// controller is healthy; the reconnect policy once it has failed.
 fn admin_tick(name: &str) -> PollerStatus {
@@ -291,11 +320,16 @@ fn admin_tick(name: &str) -> PollerStatus {
             tracing::warn!(name, error = %e, "NVMe admin queue");
         }
         if !ctrlr.is_failed() {
+            // Healthy again (e.g. bdev_nvme_reset_controller): the next
+            // failure gets its own reset.
+            if health.reset_tried.load(Ordering::Relaxed) {
+                health.reset_tried.store(false, Ordering::Release);
+            }
             return PollerStatus::Idle;
         }
     }
     if !health.enabled {
-        return PollerStatus::Idle;
+        return reset_once(name, &ctrlr, &health);
     }
     let now = Instant::now();
     let (failed_at, next_try) = {
