@@ -1115,6 +1115,13 @@ enum Kind {
     Tcp(Arc<TcpCtrlr>),
 }
 
+impl Controller {
+    /// A handle on a TCP controller (for its queue pairs' timeout actions).
+    pub(crate) fn from_tcp(t: Arc<TcpCtrlr>) -> Controller {
+        Controller { kind: Kind::Tcp(t) }
+    }
+}
+
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Controller")

@@ -56,7 +56,7 @@ pub struct TimeoutEvent {
     pub ctx: u64,
 }
 
-type TimeoutCb = Box<dyn FnMut(&TimeoutEvent) -> TimeoutAction + Send>;
+pub(crate) type TimeoutCb = Box<dyn FnMut(&TimeoutEvent) -> TimeoutAction + Send>;
 
 /// An I/O queue pair: PCIe queues or an NVMe/TCP connection (SPDK:
 /// `struct spdk_nvme_qpair`). Owned by one thread.
@@ -479,9 +479,9 @@ impl IoQpair {
 
     /// Calls `cb` for commands in flight longer than `timeout` (SPDK:
     /// `spdk_nvme_ctrlr_register_timeout_callback`, per queue pair here);
-    /// its answer may abort the command or reset the controller. PCIe only
-    /// for now: over TCP the callback is not called (the connection's
-    /// failure is the timeout).
+    /// its answer may abort the command or reset the controller. Each
+    /// command is reported once; the callback runs from
+    /// [`IoQpair::process_completions`].
     pub fn set_timeout(
         &mut self,
         timeout: Duration,
@@ -489,7 +489,7 @@ impl IoQpair {
     ) {
         match &mut self.t {
             Qp::Pcie(q) => q.set_timeout(timeout, cb),
-            Qp::Tcp(_) => tracing::debug!("command timeouts are not tracked over TCP"),
+            Qp::Tcp(q) => q.set_timeout(timeout, Box::new(cb)),
         }
     }
 

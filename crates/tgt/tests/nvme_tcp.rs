@@ -506,6 +506,51 @@ fn target_restart_then_reset_reconnects_and_io_resumes() {
     drop(t);
 }
 
+/// Command timeouts over TCP: a read on a namespace whose bdev delays
+/// every I/O by 600 ms is reported once to the timeout callback (100 ms)
+/// with its context, and still completes with its data.
+#[test]
+fn command_timeouts_are_reported_once() {
+    let port = free_port();
+    let cfg = json!({"subsystems": [
+        {"subsystem": "bdev", "config": [
+            {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": BLOCKS, "block_size": BS}},
+            {"method": "bdev_delay_create", "params": {"base_bdev_name": "Malloc0", "name": "Slow0",
+                "avg_read_latency": 600000, "p99_read_latency": 600000,
+                "avg_write_latency": 0, "p99_write_latency": 0}}
+        ]},
+        {"subsystem": "nvmf", "config": [
+            {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+            {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "allow_any_host": true}},
+            {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Slow0"}}},
+            {"method": "nvmf_subsystem_add_listener", "params": {"nqn": NQN, "listen_address":
+                {"trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}}}
+        ]}
+    ]});
+    let _t = Tgt::spawn(tempfile::tempdir().unwrap(), port, &cfg, &["-m", "0x1"]);
+    let c = Controller::connect(&trid(port, NQN), &opts(false, false)).unwrap();
+    let mut qp = c.alloc_io_qpair(None).unwrap();
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = events.clone();
+    qp.set_timeout(Duration::from_millis(100), move |ev| {
+        seen.lock().unwrap().push(*ev);
+        rspdk_nvme::TimeoutAction::None
+    });
+    let p = pattern(21, 4096);
+    // SAFETY: the buffer outlives the wait.
+    unsafe { qp.write(1, p.as_ptr(), 8, 8, 1) }.unwrap();
+    all_ok(&wait(&mut qp, 1));
+    assert!(events.lock().unwrap().is_empty(), "a fast write timed out");
+    let mut back = vec![0u8; 4096];
+    // SAFETY: as above.
+    unsafe { qp.read(1, back.as_mut_ptr(), 8, 8, 2) }.unwrap();
+    all_ok(&wait(&mut qp, 1));
+    assert!(back == p);
+    let ev = events.lock().unwrap().clone();
+    assert_eq!(ev.len(), 1, "reported once: {ev:?}");
+    assert_eq!((ev[0].ctx, ev[0].opcode), (2, 0x02), "{ev:?}");
+}
+
 #[test]
 fn keep_alive_from_the_admin_poll_keeps_the_controller() {
     let t = start();

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::ctrlr::{lock, state, AsyncEvent, ControllerOpts, Namespace};
 use crate::error::{NvmeError, Result};
+use crate::qpair::{TimeoutAction, TimeoutEvent};
 use crate::queue::{Completion, Payload, Request};
 use crate::spec::{AdminOpcode, Cap, IdentifyController, Sqe};
 use crate::status::Status;
@@ -190,6 +191,10 @@ struct Slot {
     req: Option<Request>,
     write: bool,
     len: usize,
+    /// When it was sent (only while command timeouts are tracked).
+    sent_at: Option<Instant>,
+    /// Its timeout was reported.
+    timed_out: bool,
 }
 
 /// One NVMe/TCP queue (admin or I/O): its connection and its commands.
@@ -230,6 +235,8 @@ pub(crate) struct TcpQpair {
     /// in a row were not large C2HData.
     header_first: bool,
     small_run: u8,
+    /// Stamp commands with their send time (command timeouts are set).
+    pub track_time: bool,
 }
 
 /// What a queue connects with.
@@ -301,7 +308,9 @@ impl TcpQpair {
                 Slot {
                     req: None,
                     write: false,
-                    len: 0
+                    len: 0,
+                    sent_at: None,
+                    timed_out: false,
                 };
                 entries - 1
             ],
@@ -316,6 +325,7 @@ impl TcpQpair {
             direct: None,
             header_first: false,
             small_run: 0,
+            track_time: false,
         };
         Pdu::IcReq(IcReq {
             pfv: 0,
@@ -533,6 +543,9 @@ impl TcpQpair {
             req: Some(req),
             write,
             len,
+            // A vDSO clock read, only when timeouts are asked for.
+            sent_at: self.track_time.then(Instant::now),
+            timed_out: false,
         };
     }
 
@@ -1513,9 +1526,58 @@ pub(crate) struct TcpIoQpair {
     requests: usize,
     /// False once the connection broke (until reconnected after a reset).
     connected: bool,
+    /// Command timeout and its callback.
+    timeout: Option<(Duration, crate::qpair::TimeoutCb)>,
+    next_timeout_scan: Instant,
 }
 
 impl TcpIoQpair {
+    /// Reports commands in flight longer than `timeout` to `cb` (once
+    /// each), from `process_completions`.
+    pub(crate) fn set_timeout(&mut self, timeout: Duration, cb: crate::qpair::TimeoutCb) {
+        self.timeout = Some((timeout, cb));
+        self.q.track_time = true;
+        self.next_timeout_scan = Instant::now();
+    }
+
+    fn run_timeouts(&mut self) {
+        let now = Instant::now();
+        if now < self.next_timeout_scan {
+            return;
+        }
+        let Some((t, cb)) = self.timeout.as_mut() else {
+            return;
+        };
+        // Scan at most every quarter timeout (and at least every 10 ms).
+        self.next_timeout_scan = now + (*t / 4).min(Duration::from_millis(10));
+        let qid = self.q.qid;
+        let mut actions: [(u16, TimeoutAction); 8] = [(0, TimeoutAction::None); 8];
+        let mut k = 0;
+        self.q.check_timeouts(now, *t, &mut |cid, r| {
+            let a = cb(&TimeoutEvent {
+                qid,
+                cid,
+                opcode: r.cmd.opcode(),
+                ctx: r.ctx,
+            });
+            if a != TimeoutAction::None && k < actions.len() {
+                actions[k] = (cid, a);
+                k += 1;
+            }
+        });
+        for &(cid, a) in &actions[..k] {
+            let ctrlr = crate::ctrlr::Controller::from_tcp(self.ctrlr.clone());
+            let r = match a {
+                TimeoutAction::Abort => ctrlr.abort(qid, cid).map(|_| ()),
+                TimeoutAction::Reset => ctrlr.reset(),
+                TimeoutAction::None => Ok(()),
+            };
+            if let Err(e) = r {
+                tracing::warn!(qid, cid, error = %e, "timeout action failed");
+            }
+        }
+    }
+
     pub(crate) fn new(
         ctrlr: Arc<TcpCtrlr>,
         size: u16,
@@ -1555,6 +1617,8 @@ impl TcpIoQpair {
             size,
             requests,
             connected: true,
+            timeout: None,
+            next_timeout_scan: Instant::now(),
         })
     }
 
@@ -1597,6 +1661,7 @@ impl TcpIoQpair {
             self.requests,
         ))?;
         q.icd = self.ctrlr.io_icd();
+        q.track_time = self.timeout.is_some();
         for r in pending {
             q.submit(r)?;
         }
@@ -1648,7 +1713,12 @@ impl TcpIoQpair {
             }
         }
         match self.q.poll(max, &mut |_, c| done(&c)) {
-            Ok(k) => Ok(n + k),
+            Ok(k) => {
+                if self.timeout.is_some() {
+                    self.run_timeouts();
+                }
+                Ok(n + k)
+            }
             Err(e) => {
                 self.broken(&e);
                 n += self.q.abort_all(&mut |_, c| done(&c));
@@ -1663,6 +1733,24 @@ impl TcpIoQpair {
 }
 
 impl TcpQpair {
+    /// Calls `f` once for each command in flight for `timeout` or longer.
+    fn check_timeouts(
+        &mut self,
+        now: Instant,
+        timeout: Duration,
+        f: &mut dyn FnMut(u16, &Request),
+    ) {
+        for (cid, s) in self.slots.iter_mut().enumerate() {
+            let (Some(req), Some(at)) = (s.req.as_ref(), s.sent_at) else {
+                continue;
+            };
+            if !s.timed_out && now.duration_since(at) >= timeout {
+                s.timed_out = true;
+                f(cid as u16, req);
+            }
+        }
+    }
+
     /// Hands back the commands in flight (not the waiting ones).
     pub(crate) fn abort_all_in_flight(&mut self, done: &mut dyn FnMut(&Completion)) -> u32 {
         let pending = std::mem::take(&mut self.pending);
