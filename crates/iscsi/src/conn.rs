@@ -158,6 +158,9 @@ enum State {
     Closed,
 }
 
+/// Free CDB buffers a connection keeps at most.
+const CDB_POOL_MAX: usize = 256;
+
 struct Task {
     lun: u64,
     cdb: Vec<u8>,
@@ -319,6 +322,8 @@ pub struct Conn {
     /// That session, once found.
     joining: Option<Arc<SessionShared>>,
     completions: Rc<RefCell<VecDeque<(u32, ScsiResult)>>>,
+    /// Free CDB buffers, reused across commands (at most [`CDB_POOL_MAX`]).
+    cdb_pool: Vec<Vec<u8>>,
     kill: Arc<AtomicBool>,
     registered: bool,
     thread_name: String,
@@ -401,6 +406,7 @@ impl Conn {
             join_tsih: None,
             joining: None,
             completions: Rc::new(RefCell::new(VecDeque::new())),
+            cdb_pool: Vec::with_capacity(CDB_POOL_MAX),
             kill: Arc::new(AtomicBool::new(false)),
             registered: false,
             scratch: vec![0u8; 65536].into_boxed_slice(),
@@ -1460,7 +1466,11 @@ impl Conn {
         let read = flags & 0x40 != 0;
         let write = flags & 0x20 != 0;
         let edtl = b.ttt();
-        let mut cdb = b.cdb().to_vec();
+        // A CDB buffer from the connection's free list: no allocation per
+        // command in steady state.
+        let mut cdb = self.cdb_pool.pop().unwrap_or_default();
+        cdb.clear();
+        cdb.extend_from_slice(b.cdb());
         if p.ahs.len() >= 4 && p.ahs[2] == 0x01 {
             // Extended CDB AHS.
             let alen = usize::from(u16::from_be_bytes([p.ahs[0], p.ahs[1]]));
@@ -1504,9 +1514,15 @@ impl Conn {
                     read,
                 );
             }
-            task.data = vec![0u8; edtl as usize];
             let imm = p.data.len();
-            task.data[..imm].copy_from_slice(&p.data);
+            if imm == edtl as usize {
+                // All of it immediate: take the PDU's (pooled) buffer.
+                task.data = p.data;
+            } else {
+                task.data = rspdk_scsi::bufpool::get(edtl as usize);
+                task.data[..imm].copy_from_slice(&p.data);
+                rspdk_scsi::bufpool::put(p.data);
+            }
             task.received = imm as u32;
             task.next_r2t_offset = imm as u32;
             if !self.params.initial_r2t && task.received < edtl {
@@ -1608,6 +1624,7 @@ impl Conn {
         }
         let (o, e) = (off as usize, (off + len) as usize);
         t.data[o..e].copy_from_slice(&p.data);
+        rspdk_scsi::bufpool::put(p.data);
         t.received += len;
         if !self.maybe_execute(itt) {
             self.send_r2ts(itt);
@@ -1643,13 +1660,20 @@ impl Conn {
         };
         let lun = t.lun;
         let q = self.completions.clone();
-        let done: rspdk_scsi::Done = Box::new(move |r| q.borrow_mut().push_back((itt, r)));
+        // Stored inline (an `Rc` and the ITT): no allocation.
+        let done = rspdk_scsi::Done::new(move |r| q.borrow_mut().push_back((itt, r)));
         match &self.target {
             Some(tg) => {
                 let dev = tg.dev.clone();
                 dev.execute(lun, &cmd, done);
             }
-            None => done(ScsiResult::check(rspdk_scsi::Sense::LUN_NOT_SUPPORTED)),
+            None => done.call(ScsiResult::check(rspdk_scsi::Sense::LUN_NOT_SUPPORTED)),
+        }
+        // The SCSI layer copied what it keeps: the buffers go back.
+        let ScsiCommand { cdb, data_out, .. } = cmd;
+        rspdk_scsi::bufpool::put(data_out);
+        if self.cdb_pool.len() < CDB_POOL_MAX {
+            self.cdb_pool.push(cdb);
         }
     }
 
@@ -1671,12 +1695,15 @@ impl Conn {
             if self.state != State::FullFeature {
                 continue;
             }
-            self.complete(itt, &t, r);
+            self.complete(itt, &t, &r);
+            // Data-In written (copied into the output buffer): the read
+            // buffer goes back to the pool.
+            rspdk_scsi::bufpool::put(r.data);
         }
         busy
     }
 
-    fn complete(&mut self, itt: u32, t: &Task, r: ScsiResult) {
+    fn complete(&mut self, itt: u32, t: &Task, r: &ScsiResult) {
         let lun = rspdk_scsi::encode_lun(t.lun);
         if r.status == rspdk_scsi::status::GOOD && t.read && !r.data.is_empty() {
             // Data-In, with status in the last PDU.

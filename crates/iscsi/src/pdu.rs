@@ -307,7 +307,9 @@ impl Pdu {
             }
         }
         let dstart = hend + hd;
-        let data = buf[dstart..dstart + dlen].to_vec();
+        // From the per-thread buffer pool: the SCSI path gives it back
+        // (no allocation per Data-Out in steady state).
+        let data = rspdk_scsi::bufpool::copy_of(&buf[dstart..dstart + dlen]);
         if dd > 0 {
             let p = dstart + pad4(dlen);
             let want = u32::from_le_bytes([buf[p], buf[p + 1], buf[p + 2], buf[p + 3]]);

@@ -20,6 +20,7 @@
 //! returns (commands that need no I/O): callers must not hold borrows the
 //! callback needs.
 
+pub mod bufpool;
 mod cdb;
 mod lun;
 mod resv;
@@ -236,10 +237,10 @@ impl ScsiDev {
             }
         };
         if changed {
-            return done(ScsiResult::check(Sense::LUNS_CHANGED));
+            return done.call(ScsiResult::check(Sense::LUNS_CHANGED));
         }
         if op == Some(0xa0) {
-            return done(self.report_luns(cmd));
+            return done.call(self.report_luns(cmd));
         }
         let lun = self.lun(lun_id).filter(|l| !l.is_removed());
         match lun {
@@ -271,7 +272,7 @@ impl ScsiDev {
                     }
                     _ => ScsiResult::check(Sense::LUN_NOT_SUPPORTED),
                 };
-                done(r)
+                done.call(r)
             }
         }
     }

@@ -10,6 +10,9 @@ use rspdk_bdev::{
     bdev_open, BdevDesc, BdevError, BdevEvent, BdevIoChannel, IoStatus, IoType, IoVec,
 };
 
+use rspdk_util::Callback;
+
+use crate::bufpool;
 use crate::cdb::Cdb;
 use crate::resv::{Access, Reservations};
 use crate::sense::{status, Sense};
@@ -40,8 +43,9 @@ pub fn release_thread_channels() {
     drop(all);
 }
 
-/// Completion of a command.
-pub type Done = Box<dyn FnOnce(ScsiResult)>;
+/// Completion of a command: a one-shot closure stored inline (no heap
+/// allocation for closures of up to [`rspdk_util::CALLBACK_INLINE_BYTES`]).
+pub type Done = Callback<ScsiResult>;
 
 /// A logical unit backed by a bdev (SPDK: `spdk_scsi_lun`).
 pub struct ScsiLun {
@@ -130,6 +134,41 @@ fn io_result(st: IoStatus, io_type: IoType, data: Vec<u8>) -> ScsiResult {
 
 /// State shared by a submission and its callback, taken back on failure.
 type Slot<T> = Rc<RefCell<Option<T>>>;
+
+/// What a data I/O keeps while it runs: its completion and its buffers.
+type IoSlotInner = Slot<(Done, Vec<u8>, Vec<u8>)>;
+
+thread_local! {
+    /// Free data-I/O slots of this thread, reused across I/Os.
+    static IO_SLOTS: RefCell<Vec<IoSlotInner>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Free list of data-I/O slots (per thread; grows on demand, keeps at most
+/// [`IoSlot::MAX_FREE`]).
+struct IoSlot;
+
+impl IoSlot {
+    const MAX_FREE: usize = 1024;
+
+    /// An empty slot, from the free list when one is there.
+    fn take() -> IoSlotInner {
+        IO_SLOTS
+            .try_with(|l| l.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Rc::new(RefCell::new(None)))
+    }
+
+    /// Puts an emptied slot back on the free list.
+    fn give(s: IoSlotInner) {
+        let _ = IO_SLOTS.try_with(|l| {
+            let mut l = l.borrow_mut();
+            if l.len() < Self::MAX_FREE {
+                l.push(s);
+            }
+        });
+    }
+}
 
 /// One step of a multi-I/O command.
 enum Op {
@@ -259,11 +298,11 @@ impl ScsiLun {
     pub fn execute(self: &Arc<Self>, cmd: &ScsiCommand, done: Done) {
         let cdb = match Cdb::new(&cmd.cdb) {
             Ok(c) => c,
-            Err(s) => return done(check(s)),
+            Err(s) => return done.call(check(s)),
         };
         let Some(desc) = self.desc() else {
             self.drop_channel();
-            return done(check(Sense::LUN_NOT_SUPPORTED));
+            return done.call(check(Sense::LUN_NOT_SUPPORTED));
         };
         if let Some(ua) = self.take_ua(&cmd.nexus, cdb.opcode()) {
             if cdb.opcode() == 0x03 {
@@ -273,28 +312,28 @@ impl ScsiLun {
                     ua.fixed()
                 };
                 d.truncate(usize::from(cdb.u8(4)));
-                return done(good(d));
+                return done.call(good(d));
             }
-            return done(check(ua));
+            return done.call(check(ua));
         }
         let access = access_of(&cdb);
         if !lock(&self.resv).allows(&cmd.nexus, access, &cdb) {
-            return done(conflict());
+            return done.call(conflict());
         }
         let op = cdb.opcode();
         match op {
-            0x00 | 0x1b | 0x1e => done(good(Vec::new())), // TUR, START STOP, PREVENT ALLOW
-            0x03 => done(self.request_sense(&cdb)),
-            0x12 => done(self.inquiry(&cdb, &desc)),
-            0x25 => done(self.read_capacity10(&desc)),
+            0x00 | 0x1b | 0x1e => done.call(good(Vec::new())), // TUR, START STOP, PREVENT ALLOW
+            0x03 => done.call(self.request_sense(&cdb)),
+            0x12 => done.call(self.inquiry(&cdb, &desc)),
+            0x25 => done.call(self.read_capacity10(&desc)),
             0x9e => match cdb.service_action() {
-                0x10 => done(self.read_capacity16(&cdb, &desc)),
-                0x12 => done(self.get_lba_status(&cdb, &desc)),
-                _ => done(check(Sense::INVALID_FIELD_IN_CDB)),
+                0x10 => done.call(self.read_capacity16(&cdb, &desc)),
+                0x12 => done.call(self.get_lba_status(&cdb, &desc)),
+                _ => done.call(check(Sense::INVALID_FIELD_IN_CDB)),
             },
-            0xa3 if cdb.service_action() == 0x0c => done(report_opcodes(&cdb)),
-            0x1a | 0x5a => done(self.mode_sense(&cdb, &desc)),
-            0x15 | 0x55 => done(mode_select(&cdb, &cmd.data_out)),
+            0xa3 if cdb.service_action() == 0x0c => done.call(report_opcodes(&cdb)),
+            0x1a | 0x5a => done.call(self.mode_sense(&cdb, &desc)),
+            0x15 | 0x55 => done.call(mode_select(&cdb, &cmd.data_out)),
             0x08 | 0x28 | 0xa8 | 0x88 => self.read(&cdb, &desc, done),
             0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e => {
                 self.write(&cdb, &desc, &cmd.data_out, done)
@@ -306,7 +345,7 @@ impl ScsiLun {
             0x89 => self.compare_and_write(&cdb, &desc, &cmd.data_out, done),
             0x9c => self.write_atomic(&cdb, &desc, &cmd.data_out, done),
             0x8b => self.or_write(&cdb, &desc, &cmd.data_out, done),
-            0x37 | 0xb7 => done(read_defect_data(&cdb)),
+            0x37 | 0xb7 => done.call(read_defect_data(&cdb)),
             0x34 | 0x90 => {
                 // PRE-FETCH: range check only.
                 let (lba, n) = if op == 0x34 {
@@ -314,16 +353,16 @@ impl ScsiLun {
                 } else {
                     (cdb.u64(2), u64::from(cdb.u32(10)))
                 };
-                done(match range_ok(&desc, lba, n) {
+                done.call(match range_ok(&desc, lba, n) {
                     Ok(()) => good(Vec::new()),
                     Err(r) => r,
                 })
             }
-            0x5e => done(lock(&self.resv).pr_in(&cdb)),
-            0x5f => done(lock(&self.resv).pr_out(&cmd.nexus, &cdb, &cmd.data_out)),
-            0x16 | 0x56 => done(lock(&self.resv).reserve6(&cmd.nexus)),
-            0x17 | 0x57 => done(lock(&self.resv).release6(&cmd.nexus)),
-            _ => done(check(Sense::INVALID_OPCODE)),
+            0x5e => done.call(lock(&self.resv).pr_in(&cdb)),
+            0x5f => done.call(lock(&self.resv).pr_out(&cmd.nexus, &cdb, &cmd.data_out)),
+            0x16 | 0x56 => done.call(lock(&self.resv).reserve6(&cmd.nexus)),
+            0x17 | 0x57 => done.call(lock(&self.resv).release6(&cmd.nexus)),
+            _ => done.call(check(Sense::INVALID_OPCODE)),
         }
     }
 
@@ -561,55 +600,71 @@ impl ScsiLun {
 
     fn read(self: &Arc<Self>, cdb: &Cdb, desc: &Arc<BdevDesc>, done: Done) {
         let Some((lba, n)) = cdb.lba_len() else {
-            return done(check(Sense::INVALID_OPCODE));
+            return done.call(check(Sense::INVALID_OPCODE));
         };
         if cdb.bytes().len() > 6 && cdb.u8(1) & 0xe0 != 0 {
-            return done(check(Sense::INVALID_FIELD_IN_CDB)); // RDPROTECT without protection
+            return done.call(check(Sense::INVALID_FIELD_IN_CDB)); // RDPROTECT without protection
         }
         if let Err(r) = range_ok(desc, lba, u64::from(n)) {
-            return done(r);
+            return done.call(r);
         }
         if n == 0 {
-            return done(good(Vec::new()));
+            return done.call(good(Vec::new()));
         }
         let bs = u64::from(desc.bdev().block_size());
         if u64::from(n) * bs > MAX_TRANSFER_BYTES {
-            return done(check(Sense::INVALID_FIELD_IN_CDB));
+            return done.call(check(Sense::INVALID_FIELD_IN_CDB));
         }
-        let buf = vec![0u8; (u64::from(n) * bs) as usize];
-        self.data_io(desc, IoType::Read, buf, Vec::new(), lba, u64::from(n), done);
+        let buf = bufpool::get((u64::from(n) * bs) as usize);
+        self.data_io(
+            desc,
+            IoType::Read,
+            buf,
+            Vec::new(),
+            lba,
+            u64::from(n),
+            done,
+            None,
+        );
     }
 
     fn write(self: &Arc<Self>, cdb: &Cdb, desc: &Arc<BdevDesc>, data: &[u8], done: Done) {
         let Some((lba, n)) = cdb.lba_len() else {
-            return done(check(Sense::INVALID_OPCODE));
+            return done.call(check(Sense::INVALID_OPCODE));
         };
         if cdb.bytes().len() > 6 && cdb.u8(1) & 0xe0 != 0 {
-            return done(check(Sense::INVALID_FIELD_IN_CDB)); // WRPROTECT without protection
+            return done.call(check(Sense::INVALID_FIELD_IN_CDB)); // WRPROTECT without protection
         }
         if let Err(r) = range_ok(desc, lba, u64::from(n)) {
-            return done(r);
+            return done.call(r);
         }
         if n == 0 {
-            return done(good(Vec::new()));
+            return done.call(good(Vec::new()));
         }
         let bs = u64::from(desc.bdev().block_size());
         let len = u64::from(n) * bs;
         if len > MAX_TRANSFER_BYTES {
-            return done(check(Sense::INVALID_FIELD_IN_CDB));
+            return done.call(check(Sense::INVALID_FIELD_IN_CDB));
         }
         // Write what the initiator sent, in whole blocks, at most the CDB's
         // transfer length; the transport reports the residual.
-        let done: Done = Box::new(move |mut r: ScsiResult| {
-            r.data_out_len = Some(len);
-            done(r)
-        });
         let blocks = (data.len() as u64 / bs).min(u64::from(n));
         if blocks == 0 {
-            return done(good(Vec::new()));
+            let mut r = good(Vec::new());
+            r.data_out_len = Some(len);
+            return done.call(r);
         }
-        let buf = data[..(blocks * bs) as usize].to_vec();
-        self.data_io(desc, IoType::Write, buf, Vec::new(), lba, blocks, done);
+        let buf = bufpool::copy_of(&data[..(blocks * bs) as usize]);
+        self.data_io(
+            desc,
+            IoType::Write,
+            buf,
+            Vec::new(),
+            lba,
+            blocks,
+            done,
+            Some(len),
+        );
     }
 
     fn verify(self: &Arc<Self>, cdb: &Cdb, desc: &Arc<BdevDesc>, data: &[u8], done: Done) {
@@ -619,18 +674,18 @@ impl ScsiLun {
             _ => (cdb.u64(2), u64::from(cdb.u32(10))),
         };
         if cdb.u8(1) & 0xe0 != 0 {
-            return done(check(Sense::INVALID_FIELD_IN_CDB));
+            return done.call(check(Sense::INVALID_FIELD_IN_CDB));
         }
         let bytchk = (cdb.u8(1) >> 1) & 3;
         if let Err(r) = range_ok(desc, lba, n) {
-            return done(r);
+            return done.call(r);
         }
         if n == 0 {
-            return done(good(Vec::new()));
+            return done.call(good(Vec::new()));
         }
         let bs = u64::from(desc.bdev().block_size());
         if n * bs > MAX_TRANSFER_BYTES {
-            return done(check(Sense::INVALID_FIELD_IN_CDB));
+            return done.call(check(Sense::INVALID_FIELD_IN_CDB));
         }
         match bytchk {
             0 => {
@@ -643,18 +698,19 @@ impl ScsiLun {
                     Vec::new(),
                     lba,
                     n,
-                    Box::new(|mut r: ScsiResult| {
+                    Callback::new(|mut r: ScsiResult| {
                         r.data.clear();
-                        done(r)
+                        done.call(r)
                     }),
+                    None,
                 )
             }
             1 => {
                 let mut buf = data.to_vec();
                 buf.resize((n * bs) as usize, 0);
-                self.data_io(desc, IoType::Compare, buf, Vec::new(), lba, n, done)
+                self.data_io(desc, IoType::Compare, buf, Vec::new(), lba, n, done, None)
             }
-            _ => done(check(Sense::INVALID_FIELD_IN_CDB)),
+            _ => done.call(check(Sense::INVALID_FIELD_IN_CDB)),
         }
     }
 
@@ -665,53 +721,53 @@ impl ScsiLun {
             (cdb.u64(2), u64::from(cdb.u32(10)))
         };
         if let Err(r) = range_ok(desc, lba, n) {
-            return done(r);
+            return done.call(r);
         }
         let nb = desc.bdev().num_blocks();
         let n = if n == 0 { nb - lba } else { n };
         if !desc.bdev().io_type_supported(IoType::Flush) || n == 0 {
-            return done(good(Vec::new()));
+            return done.call(good(Vec::new()));
         }
         self.chain(desc.clone(), vec![Op::NoData(IoType::Flush, lba, n)], done);
     }
 
     fn unmap(self: &Arc<Self>, cdb: &Cdb, desc: &Arc<BdevDesc>, data: &[u8], done: Done) {
         if cdb.u8(1) & 1 != 0 {
-            return done(check(Sense::INVALID_FIELD_IN_CDB)); // ANCHOR
+            return done.call(check(Sense::INVALID_FIELD_IN_CDB)); // ANCHOR
         }
         let plen = usize::from(cdb.u16(7));
         if plen == 0 {
-            return done(good(Vec::new()));
+            return done.call(good(Vec::new()));
         }
         if plen < 8 || data.len() < plen.min(8) {
-            return done(check(Sense::PARAM_LIST_LENGTH));
+            return done.call(check(Sense::PARAM_LIST_LENGTH));
         }
         let data = &data[..plen.min(data.len())];
         let bdl = usize::from(u16::from_be_bytes([data[2], data[3]]));
         let descs = &data[8..(8 + bdl).min(data.len())];
         if descs.len() / 16 > MAX_UNMAP_DESCRIPTORS as usize {
-            return done(check(Sense::INVALID_FIELD_IN_PARAM));
+            return done.call(check(Sense::INVALID_FIELD_IN_PARAM));
         }
         let mut ops = Vec::new();
         for d in descs.chunks_exact(16) {
             let lba = u64::from_be_bytes(d[0..8].try_into().unwrap_or([0; 8]));
             let n = u64::from(u32::from_be_bytes(d[8..12].try_into().unwrap_or([0; 4])));
             if n > u64::from(MAX_UNMAP_BLOCKS) {
-                return done(check(Sense::INVALID_FIELD_IN_PARAM));
+                return done.call(check(Sense::INVALID_FIELD_IN_PARAM));
             }
             if n == 0 {
                 if lba > desc.bdev().num_blocks() {
-                    return done(check(Sense::LBA_OUT_OF_RANGE));
+                    return done.call(check(Sense::LBA_OUT_OF_RANGE));
                 }
                 continue;
             }
             if let Err(r) = range_ok(desc, lba, n) {
-                return done(r);
+                return done.call(r);
             }
             ops.push(Op::NoData(IoType::Unmap, lba, n));
         }
         if !self.thin(desc) {
-            return done(check(Sense::INVALID_OPCODE));
+            return done.call(check(Sense::INVALID_OPCODE));
         }
         self.chain(desc.clone(), ops, done);
     }
@@ -727,25 +783,25 @@ impl ScsiLun {
         let unmap = flags & 0x08 != 0;
         let ndob = !ten && flags & 0x01 != 0;
         if flags & 0xe0 != 0 || flags & 0x10 != 0 || (ten && flags & 0x01 != 0) {
-            return done(check(Sense::INVALID_FIELD_IN_CDB)); // WRPROTECT, ANCHOR, obsolete bit
+            return done.call(check(Sense::INVALID_FIELD_IN_CDB)); // WRPROTECT, ANCHOR, obsolete bit
         }
         let nb = desc.bdev().num_blocks();
         if n == 0 {
             // To the end of the medium (WSNZ is 0).
             if lba > nb {
-                return done(check(Sense::LBA_OUT_OF_RANGE));
+                return done.call(check(Sense::LBA_OUT_OF_RANGE));
             }
             if lba == nb {
-                return done(good(Vec::new()));
+                return done.call(good(Vec::new()));
             }
         }
         let n = if n == 0 { nb - lba } else { n };
         if let Err(r) = range_ok(desc, lba, n) {
-            return done(r);
+            return done.call(r);
         }
         let bs = desc.bdev().block_size() as usize;
         if !ndob && data.len() != bs {
-            return done(check(Sense::INVALID_FIELD_IN_CDB));
+            return done.call(check(Sense::INVALID_FIELD_IN_CDB));
         }
         let block: Vec<u8> = if ndob {
             vec![0u8; bs]
@@ -789,26 +845,26 @@ impl ScsiLun {
         let lba = cdb.u64(2);
         let n = u64::from(cdb.u8(13));
         if cdb.u8(1) & 0xe0 != 0 {
-            return done(check(Sense::INVALID_FIELD_IN_CDB));
+            return done.call(check(Sense::INVALID_FIELD_IN_CDB));
         }
         if n == 0 {
             // No blocks but data sent (a 256-block request wraps to 0).
-            return done(if data.is_empty() {
+            return done.call(if data.is_empty() {
                 good(Vec::new())
             } else {
                 check(Sense::INVALID_FIELD_IN_CDB)
             });
         }
         if n > u64::from(MAX_CAW_BLOCKS) {
-            return done(check(Sense::INVALID_FIELD_IN_CDB));
+            return done.call(check(Sense::INVALID_FIELD_IN_CDB));
         }
         if let Err(r) = range_ok(desc, lba, n) {
-            return done(r);
+            return done.call(r);
         }
         let len = (n * u64::from(desc.bdev().block_size())) as usize;
         if data.len() != 2 * len {
             // The Data-Out must hold exactly the verify and write data.
-            return done(check(Sense::INVALID_FIELD_IN_CDB));
+            return done.call(check(Sense::INVALID_FIELD_IN_CDB));
         }
         let mut cmp = data.get(..len).unwrap_or(&[]).to_vec();
         cmp.resize(len, 0);
@@ -816,7 +872,7 @@ impl ScsiLun {
         wr.truncate(len);
         wr.resize(len, 0);
         if desc.bdev().io_type_supported(IoType::CompareAndWrite) {
-            self.data_io(desc, IoType::CompareAndWrite, wr, cmp, lba, n, done);
+            self.data_io(desc, IoType::CompareAndWrite, wr, cmp, lba, n, done, None);
         } else {
             let me = self.clone();
             let d2 = desc.clone();
@@ -827,12 +883,13 @@ impl ScsiLun {
                 Vec::new(),
                 lba,
                 n,
-                Box::new(move |r: ScsiResult| {
+                Callback::new(move |r: ScsiResult| {
                     if r.status != status::GOOD {
-                        return done(r);
+                        return done.call(r);
                     }
-                    me.data_io(&d2, IoType::Write, wr, Vec::new(), lba, n, done);
+                    me.data_io(&d2, IoType::Write, wr, Vec::new(), lba, n, done, None);
                 }),
+                None,
             );
         }
     }
@@ -842,43 +899,43 @@ impl ScsiLun {
         let boundary = cdb.u16(10);
         let n = u64::from(cdb.u16(12));
         if cdb.u8(1) & 0xe0 != 0 || boundary != 0 {
-            return done(check(Sense::INVALID_FIELD_IN_CDB));
+            return done.call(check(Sense::INVALID_FIELD_IN_CDB));
         }
         let bs = u64::from(desc.bdev().block_size());
         if n * bs > MAX_TRANSFER_BYTES {
-            return done(check(Sense::INVALID_FIELD_IN_CDB));
+            return done.call(check(Sense::INVALID_FIELD_IN_CDB));
         }
         if let Err(r) = range_ok(desc, lba, n) {
-            return done(r);
+            return done.call(r);
         }
         if n == 0 {
-            return done(good(Vec::new()));
+            return done.call(good(Vec::new()));
         }
         let len = n * bs;
         if (data.len() as u64) < len {
             // Atomic: all or nothing.
-            return done(check(Sense::INVALID_FIELD_IN_CDB));
+            return done.call(check(Sense::INVALID_FIELD_IN_CDB));
         }
         let buf = data[..len as usize].to_vec();
-        self.data_io(desc, IoType::Write, buf, Vec::new(), lba, n, done);
+        self.data_io(desc, IoType::Write, buf, Vec::new(), lba, n, done, None);
     }
 
     fn or_write(self: &Arc<Self>, cdb: &Cdb, desc: &Arc<BdevDesc>, data: &[u8], done: Done) {
         let lba = cdb.u64(2);
         let n = u64::from(cdb.u32(10));
         if cdb.u8(1) & 0xe0 != 0 {
-            return done(check(Sense::INVALID_FIELD_IN_CDB)); // ORPROTECT
+            return done.call(check(Sense::INVALID_FIELD_IN_CDB)); // ORPROTECT
         }
         if let Err(r) = range_ok(desc, lba, n) {
-            return done(r);
+            return done.call(r);
         }
         if n == 0 {
-            return done(good(Vec::new()));
+            return done.call(good(Vec::new()));
         }
         let bs = u64::from(desc.bdev().block_size());
         let len = n * bs;
         if len > MAX_TRANSFER_BYTES {
-            return done(check(Sense::INVALID_FIELD_IN_CDB));
+            return done.call(check(Sense::INVALID_FIELD_IN_CDB));
         }
         let mut mask = data.get(..len as usize).unwrap_or(data).to_vec();
         mask.resize(len as usize, 0);
@@ -891,21 +948,25 @@ impl ScsiLun {
             Vec::new(),
             lba,
             n,
-            Box::new(move |r: ScsiResult| {
+            Callback::new(move |r: ScsiResult| {
                 if r.status != status::GOOD {
-                    return done(r);
+                    return done.call(r);
                 }
                 let mut cur = r.data;
                 for (c, m) in cur.iter_mut().zip(mask.iter()) {
                     *c |= *m;
                 }
-                me.data_io(&d2, IoType::Write, cur, Vec::new(), lba, n, done);
+                me.data_io(&d2, IoType::Write, cur, Vec::new(), lba, n, done, None);
             }),
+            None,
         );
     }
 
     /// Submits one data I/O with owned buffers; `done` gets the data of a
-    /// read, nothing otherwise.
+    /// read, nothing otherwise, and `data_out_len` in
+    /// [`ScsiResult::data_out_len`]. The buffers of a write go back to
+    /// [`bufpool`]; a read's travels on in the result (the transport gives
+    /// it back once sent).
     #[allow(clippy::too_many_arguments)]
     fn data_io(
         self: &Arc<Self>,
@@ -916,35 +977,51 @@ impl ScsiLun {
         lba: u64,
         n: u64,
         done: Done,
+        data_out_len: Option<u64>,
     ) {
+        let finish = move |done: Done, mut r: ScsiResult| {
+            if data_out_len.is_some() {
+                r.data_out_len = data_out_len;
+            }
+            done.call(r)
+        };
         let ch = match self.channel(desc) {
             Ok(c) => c,
-            Err(e) => return done(bdev_err(&e)),
+            Err(e) => return finish(done, bdev_err(&e)),
         };
         let iov = [IoVec::new(buf.as_mut_ptr(), buf.len())];
         let cmp_iov = [IoVec::new(cmp.as_mut_ptr(), cmp.len())];
         let cmp_iovs: &[IoVec] = if cmp.is_empty() { &[] } else { &cmp_iov };
-        let slot: Slot<(Done, Vec<u8>, Vec<u8>)> = Rc::new(RefCell::new(Some((done, buf, cmp))));
+        // The slot is reused from this thread's free list: no allocation
+        // per I/O in steady state.
+        let slot = IoSlot::take();
+        *slot.borrow_mut() = Some((done, buf, cmp));
         let s2 = slot.clone();
         // SAFETY: the buffers are owned by `slot` and neither moved nor
         // touched (moving a Vec keeps its heap allocation) until the
         // callback runs, or the submission fails and drops it unrun.
         let r = unsafe {
             ch.submit(desc, io_type, &iov, cmp_iovs, lba, n, move |st| {
-                if let Some((done, buf, _cmp)) = s2.borrow_mut().take() {
+                let taken = s2.borrow_mut().take();
+                IoSlot::give(s2);
+                if let Some((done, buf, cmp)) = taken {
+                    bufpool::put(cmp);
                     let data = if io_type == IoType::Read {
                         buf
                     } else {
+                        bufpool::put(buf);
                         Vec::new()
                     };
-                    done(io_result(st, io_type, data));
+                    finish(done, io_result(st, io_type, data));
                 }
             })
         };
         if let Err(e) = r {
             let taken = slot.borrow_mut().take();
-            if let Some((done, _, _)) = taken {
-                done(bdev_err(&e));
+            if let Some((done, buf, cmp)) = taken {
+                bufpool::put(buf);
+                bufpool::put(cmp);
+                finish(done, bdev_err(&e));
             }
         }
     }
@@ -957,11 +1034,11 @@ impl ScsiLun {
 
     fn chain_next(self: &Arc<Self>, desc: Arc<BdevDesc>, mut ops: Vec<Op>, done: Done) {
         let Some(op) = ops.pop() else {
-            return done(good(Vec::new()));
+            return done.call(good(Vec::new()));
         };
         let ch = match self.channel(&desc) {
             Ok(c) => c,
-            Err(e) => return done(bdev_err(&e)),
+            Err(e) => return done.call(bdev_err(&e)),
         };
         let me = self.clone();
         let d2 = desc.clone();
@@ -977,7 +1054,7 @@ impl ScsiLun {
                 if st.is_ok() {
                     me.chain_next(d2, ops, done);
                 } else {
-                    done(io_result(st, io_type, Vec::new()));
+                    done.call(io_result(st, io_type, Vec::new()));
                 }
             }
         };
@@ -993,7 +1070,7 @@ impl ScsiLun {
         if let Err(e) = r {
             let taken = slot.borrow_mut().take();
             if let Some((done, _)) = taken {
-                done(bdev_err(&e));
+                done.call(bdev_err(&e));
             }
         }
     }
