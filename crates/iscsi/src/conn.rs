@@ -1714,7 +1714,7 @@ impl Conn {
             let mut off = 0;
             let mut data_sn = 0u32;
             if send == 0 {
-                self.send_response(itt, &r, t.edtl, total as u32, 0);
+                self.send_response(itt, r, t.edtl, total as u32, 0);
                 return;
             }
             while off < send {
@@ -1760,7 +1760,7 @@ impl Conn {
         } else {
             0
         };
-        self.send_response(itt, &r, t.edtl, if t.read || t.write { xfer } else { 0 }, 0);
+        self.send_response(itt, r, t.edtl, if t.read || t.write { xfer } else { 0 }, 0);
     }
 
     fn send_response(
