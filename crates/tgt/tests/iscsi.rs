@@ -51,6 +51,18 @@ fn start_cfg(
     lun0: &str,
     args: &[&str],
 ) -> Tgt {
+    start_cfg_env(block_size, options, bdevs, lun0, args, &[])
+}
+
+/// [`start_cfg`] with `envs` in the target's environment.
+fn start_cfg_env(
+    block_size: u32,
+    options: Vec<Value>,
+    bdevs: Vec<Value>,
+    lun0: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Tgt {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut bdev_cfg = vec![
@@ -75,7 +87,62 @@ fn start_cfg(
             iscsi.insert(i, o);
         }
     }
-    Tgt::spawn(dir, port, &cfg, args)
+    Tgt::spawn_env(dir, port, &cfg, args, envs)
+}
+
+/// Steady-state 4 KiB READs allocate nothing in the target: with
+/// `RSPDK_COUNT_ALLOCS` it reports its allocations each second, and the
+/// seconds inside an `iscsi-perf` run (QD 32; the first and last hold the
+/// login and logout) must show none (before the buffer pool: 4 per READ).
+#[test]
+fn no_allocation_per_read() {
+    if !have("iscsi-perf") {
+        eprintln!("SKIPPED: iscsi-perf not installed (libiscsi-bin)");
+        return;
+    }
+    let t = start_cfg_env(
+        512,
+        Vec::new(),
+        Vec::new(),
+        "Malloc0",
+        &[],
+        &[("RSPDK_COUNT_ALLOCS", "1")],
+    );
+    let reports = |t: &Tgt| -> Vec<u64> {
+        t.stderr()
+            .lines()
+            .filter_map(|l| l.strip_prefix("allocs/s "))
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect()
+    };
+    let before = reports(&t).len();
+    let url = format!("iscsi://127.0.0.1:{}/{IQN}/0", t.port);
+    let out = Command::new("timeout")
+        .args([
+            "60",
+            "iscsi-perf",
+            "-r",
+            "-m",
+            "32",
+            "-b",
+            "8",
+            "-t",
+            "5",
+            &url,
+        ])
+        .output()
+        .expect("iscsi-perf runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("iops average"), "iscsi-perf: {text}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let all = reports(&t);
+    let during = &all[before..];
+    assert!(during.len() >= 4, "too few reports: {all:?}");
+    let middle = &during[1..during.len() - 2];
+    assert!(
+        middle.iter().all(|&n| n == 0),
+        "allocations per second under I/O: {during:?}"
+    );
 }
 
 fn have(tool: &str) -> bool {

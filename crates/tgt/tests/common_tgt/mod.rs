@@ -29,6 +29,17 @@ impl Tgt {
     /// Starts `rspdk_tgt --no-huge -r DIR/spdk.sock -c DIR/cfg.json ARGS`
     /// with `cfg` as its config in `dir`, and waits for its RPC socket.
     pub fn spawn(dir: tempfile::TempDir, port: u16, cfg: &Value, args: &[&str]) -> Tgt {
+        Tgt::spawn_env(dir, port, cfg, args, &[])
+    }
+
+    /// [`Tgt::spawn`] with `envs` added to the target's environment.
+    pub fn spawn_env(
+        dir: tempfile::TempDir,
+        port: u16,
+        cfg: &Value,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Tgt {
         let sock = dir.path().join("spdk.sock");
         let _ = std::fs::remove_file(&sock);
         let log = dir.path().join("stderr.log");
@@ -41,6 +52,7 @@ impl Tgt {
             .arg("-c")
             .arg(&cfg_path)
             .args(args)
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
