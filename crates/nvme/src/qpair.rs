@@ -58,6 +58,31 @@ pub struct TimeoutEvent {
 
 pub(crate) type TimeoutCb = Box<dyn FnMut(&TimeoutEvent) -> TimeoutAction + Send>;
 
+/// Asks `cb` about each command `scan` reports as timed out and returns
+/// the actions wanted (at most 8 per scan; further ones wait for the next
+/// scan), for either transport.
+pub(crate) fn collect_timeout_actions(
+    qid: u16,
+    cb: &mut TimeoutCb,
+    scan: impl FnOnce(&mut dyn FnMut(u16, &crate::queue::Request)),
+) -> ([(u16, TimeoutAction); 8], usize) {
+    let mut actions = [(0, TimeoutAction::None); 8];
+    let mut k = 0;
+    scan(&mut |cid, r| {
+        let a = cb(&TimeoutEvent {
+            qid,
+            cid,
+            opcode: r.cmd.opcode(),
+            ctx: r.ctx,
+        });
+        if a != TimeoutAction::None && k < actions.len() {
+            actions[k] = (cid, a);
+            k += 1;
+        }
+    });
+    (actions, k)
+}
+
 /// An I/O queue pair: PCIe queues or an NVMe/TCP connection (SPDK:
 /// `struct spdk_nvme_qpair`). Owned by one thread.
 pub struct IoQpair {
@@ -352,21 +377,8 @@ impl PcieQpair {
         };
         // Scan at most every quarter timeout (and at least every 10 ms).
         self.next_timeout_scan = now + (*t / 4).min(Duration::from_millis(10));
-        let mut actions: [(u16, TimeoutAction); 8] = [(0, TimeoutAction::None); 8];
-        let mut k = 0;
         let qid = self.q.qid;
-        self.q.check_timeouts(now, *t, &mut |cid, r| {
-            let a = cb(&TimeoutEvent {
-                qid,
-                cid,
-                opcode: r.cmd.opcode(),
-                ctx: r.ctx,
-            });
-            if a != TimeoutAction::None && k < actions.len() {
-                actions[k] = (cid, a);
-                k += 1;
-            }
-        });
+        let (actions, k) = collect_timeout_actions(qid, cb, |f| self.q.check_timeouts(now, *t, f));
         for &(cid, a) in &actions[..k] {
             let ctrlr = crate::ctrlr::PcieController {
                 inner: self.ctrlr.clone(),

@@ -33,19 +33,26 @@ fn class_limit(class: usize) -> usize {
     (CLASS_BYTES / (MIN_CLASS << class)).max(8)
 }
 
+/// An empty buffer with room for `len` bytes of a pooled size class (from
+/// this thread's free list, or new), or None when `len` is not pooled.
+fn empty(len: usize) -> Option<Vec<u8>> {
+    let cap = len.max(MIN_CLASS).next_power_of_two();
+    let c = class_of(cap)?;
+    let mut v = FREE
+        .try_with(|f| f.borrow_mut()[c].pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Vec::with_capacity(cap));
+    v.clear();
+    Some(v)
+}
+
 /// A zero-filled buffer of `len` bytes, from this thread's pool when one
 /// of its size class is free.
 pub fn get(len: usize) -> Vec<u8> {
-    let cap = len.max(MIN_CLASS).next_power_of_two();
-    let mut v = match class_of(cap) {
-        Some(c) => FREE
-            .try_with(|f| f.borrow_mut()[c].pop())
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| Vec::with_capacity(cap)),
-        None => return vec![0u8; len],
+    let Some(mut v) = empty(len) else {
+        return vec![0u8; len];
     };
-    v.clear();
     v.resize(len, 0);
     v
 }
@@ -57,16 +64,9 @@ pub fn copy_of(data: &[u8]) -> Vec<u8> {
     if data.is_empty() {
         return Vec::new();
     }
-    let cap = data.len().max(MIN_CLASS).next_power_of_two();
-    let mut v = match class_of(cap) {
-        Some(c) => FREE
-            .try_with(|f| f.borrow_mut()[c].pop())
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| Vec::with_capacity(cap)),
-        None => return data.to_vec(),
+    let Some(mut v) = empty(data.len()) else {
+        return data.to_vec();
     };
-    v.clear();
     v.extend_from_slice(data);
     v
 }

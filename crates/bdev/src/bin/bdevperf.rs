@@ -8,7 +8,6 @@
 //! its own lightweight thread; latencies go to an HDR histogram; `verify`
 //! checks every byte it reads back.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, RefCell};
 use std::io::{IsTerminal, Write};
 use std::rc::Rc;
@@ -24,32 +23,8 @@ use rspdk_rpc::{Responder, StateMask};
 use rspdk_thread::{get_thread, now_ns, poller_register, PollerStatus};
 use serde_json::{json, Value};
 
-/// Counts heap allocations, to show that the I/O path makes none.
-struct CountingAlloc;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; the
-// counter is a relaxed atomic with no effect on the memory returned.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+static GLOBAL: rspdk_util::CountingAlloc = rspdk_util::CountingAlloc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -686,7 +661,7 @@ fn run_tests(
     }
     // Progress once a second on this (the app) thread; the end when all are done.
     let tty = std::io::stdout().is_terminal();
-    let last = Cell::new((now_ns(), 0u64, ALLOCS.load(Ordering::Relaxed)));
+    let last = Cell::new((now_ns(), 0u64, rspdk_util::allocations()));
     let warm = Cell::new(None::<(u64, u64)>);
     let steady = Cell::new((0u64, 0u64));
     let finished = RefCell::new(Some(finished));
@@ -697,7 +672,7 @@ fn run_tests(
     poller_register("bdevperf_progress", 1_000_000, move |poller| {
         let now = now_ns();
         let ios: u64 = jobs.iter().map(|j| j.ios.load(Ordering::Relaxed)).sum();
-        let allocs = ALLOCS.load(Ordering::Relaxed);
+        let allocs = rspdk_util::allocations();
         let (t0, ios0, _) = last.get();
         let dt = (now - t0) as f64 / 1e9;
         let iops = (ios - ios0) as f64 / dt;

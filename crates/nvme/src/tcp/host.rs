@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::ctrlr::{lock, state, AsyncEvent, ControllerOpts, Namespace};
 use crate::error::{NvmeError, Result};
-use crate::qpair::{TimeoutAction, TimeoutEvent};
+use crate::qpair::TimeoutAction;
 use crate::queue::{Completion, Payload, Request};
 use crate::spec::{AdminOpcode, Cap, IdentifyController, Sqe};
 use crate::status::Status;
@@ -1551,20 +1551,8 @@ impl TcpIoQpair {
         // Scan at most every quarter timeout (and at least every 10 ms).
         self.next_timeout_scan = now + (*t / 4).min(Duration::from_millis(10));
         let qid = self.q.qid;
-        let mut actions: [(u16, TimeoutAction); 8] = [(0, TimeoutAction::None); 8];
-        let mut k = 0;
-        self.q.check_timeouts(now, *t, &mut |cid, r| {
-            let a = cb(&TimeoutEvent {
-                qid,
-                cid,
-                opcode: r.cmd.opcode(),
-                ctx: r.ctx,
-            });
-            if a != TimeoutAction::None && k < actions.len() {
-                actions[k] = (cid, a);
-                k += 1;
-            }
-        });
+        let (actions, k) =
+            crate::qpair::collect_timeout_actions(qid, cb, |f| self.q.check_timeouts(now, *t, f));
         for &(cid, a) in &actions[..k] {
             let ctrlr = crate::ctrlr::Controller::from_tcp(self.ctrlr.clone());
             let r = match a {

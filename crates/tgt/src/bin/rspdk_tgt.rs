@@ -6,9 +6,7 @@
 //! hugepages are reserved when root and too few are free, otherwise it runs
 //! on ordinary pages with a warning.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use clap::Parser;
 use rspdk_bdev::BdevSubsystem;
@@ -19,36 +17,8 @@ use rspdk_nvmf::NvmfSubsystem;
 /// The system allocator, counting allocations (and reallocations) so that
 /// `RSPDK_COUNT_ALLOCS=1` can report them once a second on stderr: the
 /// measure for "no heap allocation per I/O in steady state".
-struct CountingAlloc;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; the
-// counter is a relaxed atomic with no effect on the memory returned.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+static GLOBAL: rspdk_util::CountingAlloc = rspdk_util::CountingAlloc;
 
 /// With `RSPDK_COUNT_ALLOCS` set, prints the process's heap allocations
 /// of each second (and the running total) on stderr, from a thread of its
@@ -61,10 +31,10 @@ fn start_alloc_report() {
         .name("alloc_report".into())
         .spawn(|| {
             use std::io::Write;
-            let mut last = ALLOCS.load(Ordering::Relaxed);
+            let mut last = rspdk_util::allocations();
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(1));
-                let now = ALLOCS.load(Ordering::Relaxed);
+                let now = rspdk_util::allocations();
                 let mut err = std::io::stderr().lock();
                 let _ = writeln!(err, "allocs/s {} total {}", now - last, now);
                 last = now;
