@@ -4,10 +4,9 @@
 //! and 4096 B blocks), the iSCSI RPCs and save_config, and bad logins from
 //! a raw socket, data round trips with QEMU's iSCSI driver (`qemu-img`,
 //! `qemu-io`), and task management while bdev I/O runs (a delay bdev). The
-//! libiscsi tools come from Debian's `libiscsi-bin` (installed by
-//! `.ci/run`); without them those parts are skipped loudly. The QEMU tools
-//! (`qemu-utils`, `qemu-block-extra`) are skipped loudly too, except in CI
-//! (`CI` set), where `.ci/run` installs them and their absence fails.
+//! libiscsi tools come from Debian's `libiscsi-bin`, the QEMU tools from
+//! `qemu-utils` and `qemu-block-extra` (`.ci/run` installs them); a test
+//! whose tool is missing fails, naming the package, and never skips.
 
 #[path = "../../event/tests/common/mod.rs"]
 mod common;
@@ -97,10 +96,7 @@ fn start_cfg_env(
 /// per READ as before the buffer pool (100K+ a second).
 #[test]
 fn no_allocation_per_read() {
-    if !have("iscsi-perf") {
-        eprintln!("SKIPPED: iscsi-perf not installed (libiscsi-bin)");
-        return;
-    }
+    require("iscsi-perf", "libiscsi-bin");
     let t = start_cfg_env(
         512,
         Vec::new(),
@@ -148,13 +144,20 @@ fn no_allocation_per_read() {
     );
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
+/// Fails the test unless `tool` is on PATH: a test whose tool is missing
+/// fails, naming the Debian package that has it (`.ci/run` installs them
+/// all); it never skips green.
+fn require(tool: &str, package: &str) {
+    let found = Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {tool}"))
         .stdout(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{tool} is not installed: apt-get install {package} (.ci/run installs it)"
+    );
 }
 
 fn run(cmd: &str, args: &[&str]) -> String {
@@ -215,10 +218,7 @@ fn failed_tests(log: &str) -> Vec<String> {
 }
 
 fn conformance(block_size: u32) {
-    if !have("iscsi-test-cu") {
-        eprintln!("SKIPPED: libiscsi-bin is not installed (apt-get install libiscsi-bin)");
-        return;
-    }
+    require("iscsi-test-cu", "libiscsi-bin");
     let t = start(block_size);
     let portal = format!("127.0.0.1:{}", t.port);
     let url = format!("iscsi://{portal}/{IQN}/0");
@@ -378,7 +378,8 @@ fn bad_logins_and_rpcs() {
     );
     // Hot remove of a LUN's bdev while the target runs: the LUN goes away,
     // its commands end with CHECK CONDITION, LUN 0 keeps working.
-    if have("iscsi-readcapacity16") {
+    require("iscsi-readcapacity16", "libiscsi-bin");
+    {
         let lun1 = format!("iscsi://127.0.0.1:{}/{IQN}/1", t.port);
         let lun0 = format!("iscsi://127.0.0.1:{}/{IQN}/0", t.port);
         assert!(run("iscsi-readcapacity16", &[&lun1]).contains("Total size:1048576"));
@@ -414,7 +415,8 @@ fn bad_logins_and_rpcs() {
             "require_chap": true, "chap_group": 1}),
         ),
     );
-    if have("iscsi-inq") {
+    require("iscsi-inq", "libiscsi-bin");
+    {
         let chap_url = |cred: &str| {
             format!(
                 "iscsi://{cred}127.0.0.1:{}/iqn.2016-06.io.spdk:chap1/0",
@@ -668,20 +670,6 @@ fn random_pdus_after_login() {
     assert!(ok(&t.sock, "iscsi_get_target_nodes", None)[0]["name"] == json!(IQN));
 }
 
-/// True if `tool` can run. Without it the caller skips loudly, except in CI
-/// (`CI` set: `.ci/run` installs `package`), where a missing tool fails.
-fn need(tool: &str, package: &str) -> bool {
-    if have(tool) {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{tool} is missing in CI: .ci/run should have installed it (apt-get install {package})"
-    );
-    eprintln!("SKIPPED: {tool} is not installed (apt-get install {package})");
-    false
-}
-
 /// Runs `cmd args`, returning (success, stdout + stderr).
 fn run_status(cmd: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new("timeout")
@@ -701,9 +689,8 @@ fn run_status(cmd: &str, args: &[&str]) -> (bool, String) {
 /// (sequential and several in flight).
 #[test]
 fn qemu_img_and_qemu_io() {
-    if !need("qemu-img", "qemu-utils qemu-block-extra") || !need("qemu-io", "qemu-utils") {
-        return;
-    }
+    require("qemu-img", "qemu-utils");
+    require("qemu-io", "qemu-utils");
     let t = start(512);
     let url = format!("iscsi://127.0.0.1:{}/{IQN}/0", t.port);
     let dir = tempfile::tempdir().unwrap();
@@ -725,14 +712,10 @@ fn qemu_img_and_qemu_io() {
         "qemu-img",
         &["convert", "-n", "-f", "raw", "-O", "raw", src_s, &url],
     );
-    if !ok_ && out.contains("Unknown protocol") {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "qemu-img has no iscsi driver in CI: apt-get install qemu-block-extra\n{out}"
-        );
-        eprintln!("SKIPPED: qemu-img has no iscsi driver (apt-get install qemu-block-extra)");
-        return;
-    }
+    assert!(
+        ok_ || !out.contains("Unknown protocol"),
+        "qemu-img has no iscsi driver: apt-get install qemu-block-extra\n{out}"
+    );
     assert!(ok_, "qemu-img convert onto the LUN failed:\n{out}");
     let (ok_, out) = run_status(
         "qemu-img",

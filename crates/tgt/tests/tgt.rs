@@ -86,6 +86,31 @@ fn keys(v: &Value) -> Vec<&str> {
         .collect()
 }
 
+/// `--demo` applies the embedded demo config: Malloc0 exported as cnode1,
+/// written back by save_config.
+#[test]
+fn demo_flag_applies_the_embedded_config() {
+    let t = Tgt::start(&["--demo"]);
+    let s = &t.sock;
+    let saved = ok(s, "save_config", None);
+    let bdev_cfg = saved["subsystems"][0]["config"].as_array().unwrap();
+    assert!(
+        bdev_cfg.iter().any(|e| e["method"] == "bdev_malloc_create"
+            && e["params"]["name"] == "Malloc0"
+            && e["params"]["num_blocks"] == 131072),
+        "{saved}"
+    );
+    assert_eq!(ok(s, "bdev_get_bdevs", None)[0]["name"], json!("Malloc0"));
+    let subs = ok(s, "nvmf_get_subsystems", None);
+    assert!(
+        subs.as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["nqn"] == "nqn.2016-06.io.spdk:cnode1"),
+        "{subs}"
+    );
+}
+
 #[test]
 fn every_framework_method_answers_with_spdk_shape() {
     let t = Tgt::start(&["--interrupt-mode"]);
@@ -125,18 +150,20 @@ fn every_framework_method_answers_with_spdk_shape() {
             {"subsystem": "iscsi", "depends_on": ["bdev", "scsi"]}
         ])
     );
-    // The embedded default config made Malloc0; save_config writes it back.
+    // A bare target starts empty, as spdk_tgt does: SPDK's scripts create
+    // Malloc0 and cnode1 themselves.
+    assert_eq!(ok(s, "bdev_get_bdevs", None), json!([]));
+    assert_eq!(
+        ok(s, "nvmf_get_subsystems", None).as_array().unwrap().len(),
+        1
+    );
     let saved = ok(s, "save_config", None);
     assert_eq!(saved["subsystems"][0]["subsystem"], json!("bdev"));
     let bdev_cfg = saved["subsystems"][0]["config"].as_array().unwrap();
     assert!(
-        bdev_cfg.iter().any(|e| e["method"] == "bdev_malloc_create"
-            && e["params"]["name"] == "Malloc0"
-            && e["params"]["num_blocks"] == 131072),
+        !bdev_cfg.iter().any(|e| e["method"] == "bdev_malloc_create"),
         "{saved}"
     );
-    assert_eq!(ok(s, "bdev_get_bdevs", None)[0]["name"], json!("Malloc0"));
-
     let st = ok(s, "thread_get_stats", None);
     assert_eq!(keys(&st), ["tick_rate", "threads"]);
     assert_eq!(

@@ -1,10 +1,12 @@
 //! `rspdk_tgt`: the rspdk target application (SPDK's `spdk_tgt`).
 //!
-//! Starts reactors on `-m`, applies the JSON config (`-c`, or the embedded
-//! default), serves JSON-RPC on `-r` (default `/var/tmp/spdk.sock`) until
-//! SIGINT/SIGTERM or `spdk_kill_instance`. With no arguments it just works:
-//! hugepages are reserved when root and too few are free, otherwise it runs
-//! on ordinary pages with a warning.
+//! Starts reactors on `-m`, applies the JSON config (`-c`), serves JSON-RPC
+//! on `-r` (default `/var/tmp/spdk.sock`) until SIGINT/SIGTERM or
+//! `spdk_kill_instance`. Without `-c` it starts empty, as `spdk_tgt` does,
+//! so that SPDK's scripts can create `Malloc0`, `cnode1` and the TCP
+//! transport themselves; `--demo` applies a small embedded configuration
+//! instead. Hugepages are reserved when root and too few are free,
+//! otherwise it runs on ordinary pages with a warning.
 
 use std::process::ExitCode;
 
@@ -45,12 +47,12 @@ fn start_alloc_report() {
     }
 }
 
-/// The embedded default config, applied when no `-c` is given: a 64 MiB
+/// The embedded demo config, applied with `--demo` (and no `-c`): a 64 MiB
 /// malloc bdev exported over NVMe/TCP on 127.0.0.1:4420 as
 /// `nqn.2016-06.io.spdk:cnode1` (any host may connect). If the port is
 /// taken (another target runs), the target still starts, without that
 /// listener.
-const DEFAULT_CONFIG: &str = r#"{"subsystems": [
+const DEMO_CONFIG: &str = r#"{"subsystems": [
  {"subsystem": "bdev", "config": [
   {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 131072, "block_size": 512}}
  ]},
@@ -74,25 +76,34 @@ const DEFAULT_CONFIG: &str = r#"{"subsystems": [
 struct Cli {
     #[command(flatten)]
     app: AppOpts,
+    /// Apply an embedded demo configuration (a 64 MiB malloc bdev Malloc0
+    /// exported over NVMe/TCP on 127.0.0.1:4420 as
+    /// nqn.2016-06.io.spdk:cnode1). Without it and without -c the target
+    /// starts empty, as spdk_tgt does.
+    #[arg(long, conflicts_with = "json_config")]
+    demo: bool,
 }
 
 fn main() -> ExitCode {
     start_alloc_report();
     let mut cli = Cli::parse();
-    if cli.app.json_config.is_none() {
-        // The embedded config's listener may find port 4420 taken; that
-        // must not stop a bare `rspdk_tgt`.
+    let demo = cli.demo.then(|| {
+        // The demo's listener may find port 4420 taken; that must not stop
+        // `rspdk_tgt --demo`.
         cli.app.json_ignore_init_errors = true;
+        serde_json::from_str::<serde_json::Value>(DEMO_CONFIG)
+            .expect("the embedded demo config is valid JSON")
+    });
+    let mut app = App::new(cli.app);
+    if let Some(demo) = demo {
+        app = app.default_config(demo);
     }
-    let default: serde_json::Value =
-        serde_json::from_str(DEFAULT_CONFIG).expect("the embedded default config is valid JSON");
-    let code = App::new(cli.app)
+    let code = app
         .name("rspdk_tgt")
         .subsystem(BdevSubsystem)
         .subsystem(NvmfSubsystem)
         .subsystem(ScsiSubsystem)
         .subsystem(IscsiSubsystem::default())
-        .default_config(default)
         .run(|ctx| {
             tracing::info!(
                 "rspdk_tgt started: RPC on {}, try `rspdk_rpc -s {} spdk_get_version`",
