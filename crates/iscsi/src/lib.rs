@@ -236,6 +236,9 @@ impl Subsystem for IscsiSubsystem {
     }
 
     fn register_rpcs(&self, registry: &RpcRegistry) -> Result<(), rspdk_rpc::Error> {
+        // SPDK's log flags of the iSCSI target (`-L`, `log_set_flag`).
+        rspdk_event::log::register_log_flag("iscsi", &["rspdk_iscsi"]);
+        rspdk_event::log::register_log_flag("scsi", &["rspdk_scsi"]);
         rpc::register_rpcs(registry);
         Ok(())
     }

@@ -107,7 +107,7 @@ pub fn identify_controller(ctrlr: &Controller, opts: &TransportOpts, crdt: [u16;
     put(&mut b, cf::FRMW, 0x03);
     put(&mut b, cf::LPA, 0x04);
     put(&mut b, cf::ELPE, 127);
-    put(&mut b, ctrlr_extra::KAS, 10);
+    put(&mut b, ctrlr_extra::KAS, opts.kas as u64);
     put(&mut b, cf::SQES, 0x66);
     put(&mut b, cf::CQES, 0x44);
     put(&mut b, cf::MAXCMD, opts.max_queue_depth as u64);
@@ -118,10 +118,10 @@ pub fn identify_controller(ctrlr: &Controller, opts: &TransportOpts, crdt: [u16;
             s.max_namespaces
         };
         put(&mut b, cf::NN, nn as u64);
-        // Compare, Dataset Management, Write Zeroes.
-        put(&mut b, cf::ONCS, 0x0d);
-        // FUSES: Compare and Write.
-        put(&mut b, 522..524, 1);
+        // Compare, Dataset Management, Write Zeroes, less `masked_oncs`.
+        put(&mut b, cf::ONCS, (0x0d & !opts.oncs_mask()) as u64);
+        // FUSES: Compare and Write, unless `masked_fuses` hides it.
+        put(&mut b, 522..524, u64::from(!opts.fuses_masked()));
         put(&mut b, cf::VWC, 1);
     }
     // SGLs supported (bit 0), SGL offsets (bit 20).

@@ -1399,7 +1399,9 @@ impl ConnInner {
             }
             match (sqe.fuse(), self.fused_first.take()) {
                 (0, None) => self.io(this, slot),
-                (1, None) if sqe.opcode() == 0x05 => self.fused_first = Some(slot),
+                (1, None) if sqe.opcode() == 0x05 && !self.opts.fuses_masked() => {
+                    self.fused_first = Some(slot)
+                }
                 (2, Some(first)) if sqe.opcode() == 0x01 => {
                     self.compare_and_write(this, first, slot)
                 }
@@ -1554,7 +1556,11 @@ impl ConnInner {
                 hostid,
                 cc: AtomicU32::new(0),
                 csts: AtomicU32::new(0),
-                kato_ms: AtomicU32::new(if subsys.discovery { 0 } else { kato }),
+                kato_ms: AtomicU32::new(if subsys.discovery {
+                    0
+                } else {
+                    self.opts.effective_kato(kato)
+                }),
                 num_io_queues: AtomicU16::new(nq.saturating_sub(1)),
                 qids: Mutex::new(vec![false; nq as usize + 1]),
                 dead: AtomicBool::new(false),
@@ -1785,6 +1791,20 @@ impl ConnInner {
 
     fn io(&mut self, this: &Rc<Conn>, slot: usize) {
         let sqe = self.reqs[slot].sqe;
+        // `masked_oncs`: an optional command hidden from Identify is not
+        // served either.
+        let masked = self.opts.oncs_mask();
+        let oncs_bit = match sqe.opcode() {
+            0x05 => 1 << 0,
+            0x04 => 1 << 1,
+            0x09 => 1 << 2,
+            0x08 => 1 << 3,
+            0x19 => 1 << 8,
+            _ => 0,
+        };
+        if masked & oncs_bit != 0 {
+            return self.complete(slot, sc::INVALID_OPCODE, 0);
+        }
         let ni = match self.ns_chan(sqe.nsid()) {
             Ok(Some(ni)) => ni,
             Ok(None) => return self.complete(slot, sc::INVALID_NS, 0),

@@ -57,6 +57,9 @@ impl Subsystem for NvmfSubsystem {
     }
 
     fn register_rpcs(&self, registry: &RpcRegistry) -> Result<(), rspdk_rpc::Error> {
+        // SPDK's log flags of the NVMe-oF target (`-L`, `log_set_flag`).
+        rspdk_event::log::register_log_flag("nvmf", &["rspdk_nvmf"]);
+        rspdk_event::log::register_log_flag("nvmf_tcp", &["rspdk_nvmf::tcp", "rspdk_nvmf::conn"]);
         rpc::register_rpcs(registry);
         Ok(())
     }

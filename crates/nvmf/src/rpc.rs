@@ -57,24 +57,83 @@ struct CreateSubsystem {
     #[serde(default = "d_max")]
     max_cntlid: u16,
     #[serde(default)]
-    #[allow(dead_code)]
     tgt_name: Option<String>,
     #[serde(default)]
-    #[allow(dead_code)]
     ana_reporting: bool,
     #[serde(default)]
-    #[allow(dead_code)]
     max_discard_size_kib: Option<u64>,
     #[serde(default)]
-    #[allow(dead_code)]
+    dmrsl: Option<u64>,
+    #[serde(default)]
     max_write_zeroes_size_kib: Option<u64>,
     #[serde(default)]
-    #[allow(dead_code)]
+    wzsl: Option<u64>,
+    #[serde(default)]
     passthrough: bool,
     #[serde(default)]
-    #[allow(dead_code)]
     enable_nssr: bool,
 }
+
+impl CreateSubsystem {
+    /// Refuses the options rspdk cannot honour yet, by name.
+    fn check_supported(&self) -> Result<(), NvmfError> {
+        one_target(&self.tgt_name)?;
+        let unsupported = [
+            ("ana_reporting", self.ana_reporting, "ANA reporting"),
+            (
+                "passthrough",
+                self.passthrough,
+                "NVMe passthrough subsystems",
+            ),
+            ("enable_nssr", self.enable_nssr, "NVM subsystem reset"),
+            (
+                "max_discard_size_kib",
+                self.max_discard_size_kib.is_some(),
+                "a discard size limit (DMRSL)",
+            ),
+            (
+                "dmrsl",
+                self.dmrsl.is_some(),
+                "a discard size limit (DMRSL)",
+            ),
+            (
+                "max_write_zeroes_size_kib",
+                self.max_write_zeroes_size_kib.is_some(),
+                "a write zeroes size limit (WZSL)",
+            ),
+            (
+                "wzsl",
+                self.wzsl.is_some(),
+                "a write zeroes size limit (WZSL)",
+            ),
+        ];
+        refuse_set(&unsupported)
+    }
+}
+
+/// Errors on the first option of `opts` that is set: `(name, set, what)`.
+fn refuse_set(opts: &[(&str, bool, &str)]) -> Result<(), NvmfError> {
+    match opts.iter().find(|(_, set, _)| *set) {
+        Some((name, _, what)) => Err(NvmfError::param(format!(
+            "{name}: {what} is not supported by rspdk yet; omit {name}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// rspdk serves one NVMe-oF target (SPDK's default `nvmf_tgt`): a
+/// `tgt_name` naming another is refused rather than ignored.
+fn one_target(tgt_name: &Option<String>) -> Result<(), NvmfError> {
+    match tgt_name.as_deref() {
+        None | Some(DEFAULT_TGT_NAME) => Ok(()),
+        Some(other) => Err(NvmfError::param(format!(
+            "tgt_name '{other}': rspdk serves one NVMe-oF target, '{DEFAULT_TGT_NAME}'; omit tgt_name"
+        ))),
+    }
+}
+
+/// The name of rspdk's one NVMe-oF target (SPDK's default target name).
+pub const DEFAULT_TGT_NAME: &str = "nvmf_tgt";
 
 fn d_serial() -> String {
     "00000000000000000000".into()
@@ -94,7 +153,6 @@ fn d_max() -> u16 {
 struct NqnParam {
     nqn: String,
     #[serde(default)]
-    #[allow(dead_code)]
     tgt_name: Option<String>,
 }
 
@@ -104,17 +162,53 @@ struct ListenerParams {
     nqn: String,
     listen_address: ListenAddress,
     #[serde(default)]
-    #[allow(dead_code)]
     tgt_name: Option<String>,
     #[serde(default)]
-    #[allow(dead_code)]
     secure_channel: bool,
     #[serde(default)]
-    #[allow(dead_code)]
     sock_impl: Option<String>,
     #[serde(default)]
-    #[allow(dead_code)]
     anagrpid: Option<u32>,
+    #[serde(default)]
+    ana_state: Option<String>,
+    #[serde(default)]
+    numa_id: Option<i32>,
+}
+
+impl ListenerParams {
+    /// Refuses the options rspdk cannot honour yet, by name.
+    fn check_supported(&self) -> Result<(), NvmfError> {
+        one_target(&self.tgt_name)?;
+        if let Some(imp) = self.sock_impl.as_deref() {
+            if imp != "posix" {
+                return Err(NvmfError::param(format!(
+                    "sock_impl '{imp}': rspdk's listeners use the kernel's TCP sockets ('posix'); omit sock_impl or pass posix"
+                )));
+            }
+        }
+        if let Some(st) = self.ana_state.as_deref() {
+            if st != "optimized" {
+                return Err(NvmfError::param(format!(
+                    "ana_state '{st}': ANA reporting is not supported by rspdk yet, every path is optimized; omit ana_state"
+                )));
+            }
+        }
+        if let Some(n) = self.numa_id {
+            if n != -1 && n != 0 {
+                return Err(NvmfError::param(format!(
+                    "numa_id {n}: rspdk places listeners on NUMA node 0 only; omit numa_id or pass 0 or -1"
+                )));
+            }
+        }
+        refuse_set(&[
+            (
+                "secure_channel",
+                self.secure_channel,
+                "TLS (a secure channel)",
+            ),
+            ("anagrpid", self.anagrpid.is_some(), "ANA groups"),
+        ])
+    }
 }
 
 #[derive(Deserialize)]
@@ -130,14 +224,37 @@ struct NsSpec {
     #[serde(default)]
     eui64: Option<String>,
     #[serde(default)]
-    #[allow(dead_code)]
     ptpl_file: Option<String>,
     #[serde(default)]
-    #[allow(dead_code)]
     anagrpid: Option<u32>,
     #[serde(default)]
-    #[allow(dead_code)]
     no_auto_visible: bool,
+    #[serde(default)]
+    hide_metadata: bool,
+}
+
+impl NsSpec {
+    /// Refuses the options rspdk cannot honour yet, by name.
+    fn check_supported(&self) -> Result<(), NvmfError> {
+        refuse_set(&[
+            (
+                "ptpl_file",
+                self.ptpl_file.is_some(),
+                "persisting reservations to a file (PTPL)",
+            ),
+            ("anagrpid", self.anagrpid.is_some(), "ANA groups"),
+            (
+                "no_auto_visible",
+                self.no_auto_visible,
+                "per-host namespace visibility (nvmf_ns_add_host)",
+            ),
+            (
+                "hide_metadata",
+                self.hide_metadata,
+                "hiding a bdev's metadata from hosts",
+            ),
+        ])
+    }
 }
 
 #[derive(Deserialize)]
@@ -146,7 +263,6 @@ struct AddNs {
     nqn: String,
     namespace: NsSpec,
     #[serde(default)]
-    #[allow(dead_code)]
     tgt_name: Option<String>,
 }
 
@@ -156,7 +272,6 @@ struct RemoveNs {
     nqn: String,
     nsid: u32,
     #[serde(default)]
-    #[allow(dead_code)]
     tgt_name: Option<String>,
 }
 
@@ -166,11 +281,38 @@ struct HostParams {
     nqn: String,
     host: String,
     #[serde(default)]
-    #[allow(dead_code)]
     tgt_name: Option<String>,
     #[serde(default)]
-    #[allow(dead_code)]
     psk: Option<String>,
+    #[serde(default)]
+    dhchap_key: Option<String>,
+    #[serde(default)]
+    dhchap_ctrlr_key: Option<String>,
+    /// remove_host: how long SPDK waits for the host's connections to
+    /// go; rspdk ends them at once, within any timeout.
+    #[serde(default)]
+    #[allow(dead_code)]
+    timeout_ms: Option<u64>,
+}
+
+impl HostParams {
+    /// Refuses the options rspdk cannot honour yet, by name.
+    fn check_supported(&self) -> Result<(), NvmfError> {
+        one_target(&self.tgt_name)?;
+        refuse_set(&[
+            ("psk", self.psk.is_some(), "NVMe/TCP TLS (a pre-shared key)"),
+            (
+                "dhchap_key",
+                self.dhchap_key.is_some(),
+                "DH-HMAC-CHAP authentication",
+            ),
+            (
+                "dhchap_ctrlr_key",
+                self.dhchap_ctrlr_key.is_some(),
+                "DH-HMAC-CHAP authentication",
+            ),
+        ])
+    }
 }
 
 #[derive(Deserialize)]
@@ -179,7 +321,6 @@ struct AllowAny {
     nqn: String,
     allow_any_host: bool,
     #[serde(default)]
-    #[allow(dead_code)]
     tgt_name: Option<String>,
 }
 
@@ -189,7 +330,6 @@ struct GetSubsystems {
     #[serde(default)]
     nqn: Option<String>,
     #[serde(default)]
-    #[allow(dead_code)]
     tgt_name: Option<String>,
 }
 
@@ -197,7 +337,6 @@ struct GetSubsystems {
 #[serde(deny_unknown_fields)]
 struct TgtOnly {
     #[serde(default)]
-    #[allow(dead_code)]
     tgt_name: Option<String>,
     #[serde(default)]
     trtype: Option<String>,
@@ -220,6 +359,68 @@ struct SetConfig {
     dhchap_digests: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     dhchap_dhgroups: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dup_host_policy: Option<String>,
+}
+
+impl SetConfig {
+    /// Refuses the options rspdk cannot honour yet, by name.
+    fn check_supported(&self) -> Result<(), NvmfError> {
+        if let Some(p) = &self.admin_cmd_passthru {
+            let on = p.get("identify_ctrlr").and_then(Value::as_bool);
+            let known = p
+                .as_object()
+                .is_some_and(|m| m.keys().all(|k| k == "identify_ctrlr"));
+            if !known || on.is_none() {
+                return Err(NvmfError::param(format!(
+                    "admin_cmd_passthru {p}: expected {{\"identify_ctrlr\": false}}"
+                )));
+            }
+            if on == Some(true) {
+                return Err(NvmfError::param(
+                    "admin_cmd_passthru.identify_ctrlr: passing Identify through to an NVMe bdev is not supported by rspdk yet; omit -p",
+                ));
+            }
+        }
+        if let Some(m) = &self.poll_groups_mask {
+            let set = rspdk_thread::CpuSet::parse(m)
+                .map_err(|e| NvmfError::param(format!("poll_groups_mask '{m}': {e}")))?;
+            if set.is_empty() {
+                return Err(NvmfError::param(format!(
+                    "poll_groups_mask '{m}' names no core"
+                )));
+            }
+        }
+        if let Some(p) = self.dup_host_policy.as_deref() {
+            if p != "allow" {
+                return Err(NvmfError::param(format!(
+                    "dup_host_policy '{p}': only 'allow' is supported by rspdk yet; omit it"
+                )));
+            }
+        }
+        if let Some(r) = self.acceptor_poll_rate {
+            return Err(NvmfError::param(format!(
+                "acceptor_poll_rate {r}: set it on the transport (nvmf_create_transport --acceptor-poll-rate), as SPDK does since v23.01"
+            )));
+        }
+        if let Some(c) = &self.conn_sched {
+            return Err(NvmfError::param(format!(
+                "conn_sched {c}: deprecated in SPDK and not supported; connections go round robin to the poll groups; omit it"
+            )));
+        }
+        refuse_set(&[
+            (
+                "dhchap_digests",
+                self.dhchap_digests.is_some(),
+                "DH-HMAC-CHAP authentication",
+            ),
+            (
+                "dhchap_dhgroups",
+                self.dhchap_dhgroups.is_some(),
+                "DH-HMAC-CHAP authentication",
+            ),
+        ])
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -256,6 +457,7 @@ pub fn register_rpcs(reg: &RpcRegistry) {
     let rt = StateMask::RUNTIME;
     let any = StateMask::STARTUP | StateMask::RUNTIME;
     method(reg, "nvmf_set_config", any, |p: SetConfig| {
+        p.check_supported()?;
         if let Some(f) = &p.discovery_filter {
             let ok = f
                 .split(',')
@@ -282,6 +484,11 @@ pub fn register_rpcs(reg: &RpcRegistry) {
     });
     method(reg, "nvmf_create_transport", any, |o: TransportOpts| {
         o.validate()?;
+        for what in o.no_effect() {
+            tracing::warn!(
+                "nvmf_create_transport: {what} has no effect: rspdk's TCP queue pairs own their data buffers, sized by max_queue_depth and max_io_size (iobuf_set_options sizes the shared pools)"
+            );
+        }
         let mut t = target();
         if t.transport.is_some() {
             return Err(NvmfError::Exists {
@@ -296,6 +503,7 @@ pub fn register_rpcs(reg: &RpcRegistry) {
         Ok(json!(true))
     });
     method(reg, "nvmf_get_transports", any, |p: TgtOnly| {
+        one_target(&p.tgt_name)?;
         let t = target();
         if let Some(tt) = &p.trtype {
             if !tt.eq_ignore_ascii_case("tcp") || t.transport.is_none() {
@@ -310,6 +518,7 @@ pub fn register_rpcs(reg: &RpcRegistry) {
         ))
     });
     method(reg, "nvmf_create_subsystem", rt, |p: CreateSubsystem| {
+        p.check_supported()?;
         target().create_subsystem(
             &p.nqn,
             &p.serial_number,
@@ -323,6 +532,7 @@ pub fn register_rpcs(reg: &RpcRegistry) {
         Ok(json!(true))
     });
     method(reg, "nvmf_delete_subsystem", rt, |p: NqnParam| {
+        one_target(&p.tgt_name)?;
         target().delete_subsystem(&p.nqn)?;
         bump();
         Ok(json!(true))
@@ -332,6 +542,7 @@ pub fn register_rpcs(reg: &RpcRegistry) {
         "nvmf_subsystem_add_listener",
         rt,
         |p: ListenerParams| {
+            p.check_supported()?;
             target().add_listener(&p.nqn, &p.listen_address)?;
             bump();
             Ok(json!(true))
@@ -342,13 +553,16 @@ pub fn register_rpcs(reg: &RpcRegistry) {
         "nvmf_subsystem_remove_listener",
         rt,
         |p: ListenerParams| {
+            one_target(&p.tgt_name)?;
             target().remove_listener(&p.nqn, &p.listen_address)?;
             bump();
             Ok(json!(true))
         },
     );
     method(reg, "nvmf_subsystem_add_ns", rt, |p: AddNs| {
+        one_target(&p.tgt_name)?;
         let n = &p.namespace;
+        n.check_supported()?;
         let uuid = n.uuid.as_deref().map(parse_uuid).transpose()?;
         let nguid = n
             .nguid
@@ -364,10 +578,12 @@ pub fn register_rpcs(reg: &RpcRegistry) {
         Ok(json!(nsid))
     });
     method(reg, "nvmf_subsystem_remove_ns", rt, |p: RemoveNs| {
+        one_target(&p.tgt_name)?;
         target().remove_ns(&p.nqn, p.nsid)?;
         Ok(json!(true))
     });
     method(reg, "nvmf_subsystem_add_host", rt, |p: HostParams| {
+        p.check_supported()?;
         let s = target().get(&p.nqn)?;
         crate::target::validate_nqn(&p.host)?;
         let mut h = lock(&s.hosts);
@@ -382,6 +598,7 @@ pub fn register_rpcs(reg: &RpcRegistry) {
         Ok(json!(true))
     });
     method(reg, "nvmf_subsystem_remove_host", rt, |p: HostParams| {
+        p.check_supported()?;
         let s = target().get(&p.nqn)?;
         let mut h = lock(&s.hosts);
         let n = h.len();
@@ -392,16 +609,27 @@ pub fn register_rpcs(reg: &RpcRegistry) {
                 name: p.host,
             });
         }
+        drop(h);
+        // As SPDK: the host's controllers on this subsystem end now (their
+        // connections close at their next poll), unless any host may
+        // connect anyway.
+        if !s.allow_any_host.load(Ordering::Acquire) {
+            for c in lock(&s.controllers).iter().filter(|c| c.hostnqn == p.host) {
+                c.dead.store(true, Ordering::Release);
+            }
+        }
         bump();
         Ok(json!(true))
     });
     method(reg, "nvmf_subsystem_allow_any_host", rt, |p: AllowAny| {
+        one_target(&p.tgt_name)?;
         let s = target().get(&p.nqn)?;
         s.allow_any_host.store(p.allow_any_host, Ordering::Release);
         bump();
         Ok(json!(true))
     });
     method(reg, "nvmf_get_subsystems", rt, |p: GetSubsystems| {
+        one_target(&p.tgt_name)?;
         let t = target();
         let list: Vec<Value> = match &p.nqn {
             Some(n) => vec![t.get(n)?.info_json()],
@@ -410,6 +638,7 @@ pub fn register_rpcs(reg: &RpcRegistry) {
         Ok(Value::Array(list))
     });
     method(reg, "nvmf_subsystem_get_controllers", rt, |p: NqnParam| {
+        one_target(&p.tgt_name)?;
         let s = target().get(&p.nqn)?;
         let t = target();
         let list: Vec<Value> = lock(&s.controllers)
@@ -430,7 +659,23 @@ pub fn register_rpcs(reg: &RpcRegistry) {
             .collect();
         Ok(Value::Array(list))
     });
+    method(reg, "nvmf_subsystem_get_listeners", rt, |p: NqnParam| {
+        one_target(&p.tgt_name)?;
+        let s = target().get(&p.nqn)?;
+        // Every path is optimized (no ANA reporting): one state per ANA
+        // group, and each namespace is its own group, as SPDK numbers them.
+        let groups: Vec<Value> = lock(&s.namespaces)
+            .keys()
+            .map(|nsid| json!({"ana_group": nsid, "ana_state": "optimized"}))
+            .collect();
+        let list: Vec<Value> = lock(&s.listeners)
+            .iter()
+            .map(|l| json!({"address": l, "secure_channel": false, "ana_states": groups}))
+            .collect();
+        Ok(Value::Array(list))
+    });
     method(reg, "nvmf_subsystem_get_qpairs", rt, |p: NqnParam| {
+        one_target(&p.tgt_name)?;
         let t = target();
         let s = t.get(&p.nqn)?;
         let list: Vec<Value> = t
@@ -460,7 +705,8 @@ pub fn register_rpcs(reg: &RpcRegistry) {
             .collect();
         Ok(Value::Array(list))
     });
-    method(reg, "nvmf_get_stats", rt, |_p: TgtOnly| {
+    method(reg, "nvmf_get_stats", rt, |p: TgtOnly| {
+        one_target(&p.tgt_name)?;
         let t = target();
         let groups: Vec<Value> = t
             .poll_groups
@@ -530,14 +776,23 @@ pub fn config_json() -> Vec<Value> {
             );
         }
         for ns in lock(&s.namespaces).values() {
+            let mut spec = json!({
+                "nsid": ns.nsid,
+                "bdev_name": ns.bdev_name,
+                "uuid": crate::target::uuid_string(&ns.uuid),
+                "nguid": ns.nguid.iter().map(|x| format!("{x:02X}")).collect::<String>(),
+            });
+            // An EUI64 of zero means none was given (Identify reports none).
+            if ns.eui64 != [0; 8] {
+                spec["eui64"] = json!(ns
+                    .eui64
+                    .iter()
+                    .map(|x| format!("{x:02X}"))
+                    .collect::<String>());
+            }
             out.push(json!({"method": "nvmf_subsystem_add_ns", "params": {
                 "nqn": s.nqn,
-                "namespace": {
-                    "nsid": ns.nsid,
-                    "bdev_name": ns.bdev_name,
-                    "uuid": crate::target::uuid_string(&ns.uuid),
-                    "nguid": ns.nguid.iter().map(|x| format!("{x:02X}")).collect::<String>(),
-                }
+                "namespace": spec,
             }}));
         }
     }

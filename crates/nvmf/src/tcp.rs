@@ -17,25 +17,56 @@ thread_local! {
     static INTRS: RefCell<Vec<(SocketAddr, Interrupt)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// How often the acceptor polls in poll mode (us).
-const ACCEPT_PERIOD_US: u64 = 1000;
-
-/// Opens (or shares) a listening socket on `addr`; called on the app thread.
-pub(crate) fn listen(addr: SocketAddr) -> Result<()> {
-    let shared = LISTENERS.with(|l| {
-        let mut l = l.borrow_mut();
-        if let Some(e) = l.socks.iter_mut().find(|e| e.0 == addr) {
-            e.2 += 1;
-            true
-        } else {
-            false
-        }
-    });
-    if shared {
+/// Sets SO_PRIORITY (the transport's `sock_priority`) on an accepted
+/// connection; 0 leaves the kernel's default.
+pub(crate) fn set_priority(stream: &std::net::TcpStream, priority: u32) -> std::io::Result<()> {
+    if priority == 0 {
         return Ok(());
+    }
+    let value = priority as libc::c_int;
+    // SAFETY: `stream` owns a valid socket fd for the duration of the call;
+    // the option value is a c_int on our stack whose size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PRIORITY,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Opens (or shares) a listening socket on `addr`; called on the app
+/// thread. Returns the address bound: port 0 asks the kernel for a free
+/// port, and the listener is recorded (and reported) under that port.
+/// `period_us` is how often the acceptor polls in poll mode (the
+/// transport's `acceptor_poll_rate`; the first listener sets it).
+pub(crate) fn listen(addr: SocketAddr, period_us: u64) -> Result<SocketAddr> {
+    let shared = addr.port() != 0
+        && LISTENERS.with(|l| {
+            let mut l = l.borrow_mut();
+            if let Some(e) = l.socks.iter_mut().find(|e| e.0 == addr) {
+                e.2 += 1;
+                true
+            } else {
+                false
+            }
+        });
+    if shared {
+        return Ok(addr);
     }
     let sock = TcpListener::bind(addr).map_err(|e| NvmfError::Io {
         what: format!("listen on {addr}"),
+        source: e,
+    })?;
+    let addr = sock.local_addr().map_err(|e| NvmfError::Io {
+        what: format!("read the address of the listener on {addr}"),
         source: e,
     })?;
     sock.set_nonblocking(true).map_err(|e| NvmfError::Io {
@@ -59,7 +90,7 @@ pub(crate) fn listen(addr: SocketAddr) -> Result<()> {
         ACCEPTOR.with(|a| {
             let mut a = a.borrow_mut();
             if a.is_none() {
-                let p = t.poller_register("nvmf_tcp_accept", ACCEPT_PERIOD_US, |_| {
+                let p = t.poller_register("nvmf_tcp_accept", period_us, |_| {
                     LISTENERS.with(|l| match l.try_borrow() {
                         Ok(l) => accept_all(&l),
                         Err(_) => PollerStatus::Idle,
@@ -71,7 +102,7 @@ pub(crate) fn listen(addr: SocketAddr) -> Result<()> {
     }
     tracing::info!(%addr, "NVMe/TCP target listening");
     LISTENERS.with(|l| l.borrow_mut().socks.push((addr, sock, 1)));
-    Ok(())
+    Ok(addr)
 }
 
 /// Drops one user of the listener on `addr`; the last closes it.

@@ -213,3 +213,40 @@ fn bdev_subcommands_send_spdk_params() {
     );
     assert!(!bad.status.success());
 }
+
+/// A reader that went away (a closed pipe) or a full disk ends rspdk_rpc
+/// with a status and, for the disk, a message: never a panic.
+#[test]
+fn closed_pipe_and_full_disk_are_not_panics() {
+    let server = TestServer::start();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_rspdk_rpc"))
+        .arg("-s")
+        .arg(&server.path)
+        .arg("spdk_get_version")
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(141), "{err}");
+
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rspdk_rpc"))
+        .arg("-s")
+        .arg(&server.path)
+        .arg("spdk_get_version")
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+}

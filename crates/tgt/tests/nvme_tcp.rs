@@ -32,7 +32,9 @@ fn start_on(port: u16, dir: tempfile::TempDir) -> Tgt {
             {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": BLOCKS, "block_size": BS}}
         ]},
         {"subsystem": "nvmf", "config": [
-            {"method": "nvmf_create_transport", "params": {"trtype": "TCP", "in_capsule_data_size": ICD, "max_io_size": MAX_IO}},
+            {"method": "nvmf_create_transport", "params": {"trtype": "TCP", "in_capsule_data_size": ICD, "max_io_size": MAX_IO,
+                // Sub-second keep-alive timeouts for the keep-alive tests.
+                "kas": 1, "min_kato": 100}},
             {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "allow_any_host": true,
                 "serial_number": "TCPHOST01", "model_number": "rspdk tcp host test"}},
             {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Malloc0"}}},

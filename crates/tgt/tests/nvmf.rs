@@ -24,6 +24,16 @@ const BS: usize = 512;
 
 /// `rspdk_tgt` with a 16 MiB malloc bdev exported as `NQN` on a free port.
 fn start(extra: &[&str]) -> Tgt {
+    start_transport(
+        json!({"trtype": "TCP", "in_capsule_data_size": 4096, "max_io_size": 131072,
+            // Sub-second keep-alive timeouts for the keep-alive tests.
+            "kas": 1, "min_kato": 100}),
+        extra,
+    )
+}
+
+/// [`start`] with `transport` as nvmf_create_transport's params.
+fn start_transport(transport: Value, extra: &[&str]) -> Tgt {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = json!({"subsystems": [
@@ -31,7 +41,7 @@ fn start(extra: &[&str]) -> Tgt {
             {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 32768, "block_size": BS}}
         ]},
         {"subsystem": "nvmf", "config": [
-            {"method": "nvmf_create_transport", "params": {"trtype": "TCP", "in_capsule_data_size": 4096, "max_io_size": 131072}},
+            {"method": "nvmf_create_transport", "params": transport},
             {"method": "nvmf_create_subsystem", "params": {"nqn": NQN, "allow_any_host": true,
                 "serial_number": "SPDK001", "model_number": "rspdk test"}},
             {"method": "nvmf_subsystem_add_ns", "params": {"nqn": NQN, "namespace": {"bdev_name": "Malloc0"}}},
@@ -569,6 +579,54 @@ fn many_queues_from_many_threads() {
         .sum();
     assert!(done >= 8 * 100, "{st}");
     drop(a);
+}
+
+/// SPDK's transport options act: `kas` and `min_kato` shape the keep-alive
+/// timeout a host gets (Identify KAS, Get Features KATO), `masked_oncs`
+/// hides Compare from Identify and refuses the command, `masked_fuses`
+/// hides Compare and Write.
+#[test]
+fn transport_keep_alive_and_masked_commands() {
+    let t = start_transport(
+        json!({"trtype": "TCP", "masked_oncs": ["compare"], "masked_fuses": ["compare_and_write"]}),
+        &[],
+    );
+    let mut a = Host::connect(addr(&t), false, false);
+    assert_eq!(
+        status(&a.fabric_connect(0, 32, NQN, HOSTNQN, 0xffff, 500)),
+        (0, 0)
+    );
+    a.enable();
+    let (c, id) = a.identify(1, 0);
+    assert_eq!(status(&c), (0, 0));
+    assert_eq!(
+        u16::from_le_bytes([id[320], id[321]]),
+        100,
+        "KAS: SPDK's default"
+    );
+    let oncs = u16::from_le_bytes([id[520], id[521]]);
+    assert_eq!(oncs & 1, 0, "Compare masked: ONCS {oncs:#x}");
+    assert_ne!(
+        oncs & (1 << 3),
+        0,
+        "Write Zeroes still there: ONCS {oncs:#x}"
+    );
+    assert_eq!(u16::from_le_bytes([id[522], id[523]]), 0, "FUSES masked");
+    // KATO 500 ms asked: raised to min_kato (10 s, SPDK's default).
+    let mut sqe = rspdk_nvme::spec::Sqe::new(0x0a, 0);
+    sqe.dw[10] = 0x0f;
+    let (c, _) = a.cmd(sqe, &[], false, 0);
+    assert_eq!(status(&c), (0, 0));
+    assert_eq!(c.dw[0], 10_000, "KATO after min_kato");
+    let mut q = io_queue(addr(&t), NQN, a.cntlid, 1, false, false, false);
+    let mut sqe = rspdk_nvme::spec::Sqe::new(0x05, 1);
+    sqe.dw[12] = 0;
+    let (c, _) = q.cmd(sqe, &[0u8; BS], true, 0);
+    assert_eq!(status(&c), (0, 0x01), "Compare: Invalid Command Opcode");
+    let mut sqe = rspdk_nvme::spec::Sqe::new(0x01, 1);
+    sqe.dw[12] = 0;
+    let (c, _) = q.cmd(sqe, &[7u8; BS], true, 0);
+    assert_eq!(status(&c), (0, 0), "Write still works");
 }
 
 #[test]

@@ -62,8 +62,9 @@ const ONCS_WRITE_ZEROES: u16 = 1 << 3;
 const MAX_WRITE_ZEROES_BLOCKS: u64 = 1 << 16;
 
 /// Parameters of `bdev_nvme_attach_controller`, as SPDK names them.
-/// Fabrics-only and multipath parameters are accepted and kept for
-/// save_config; this driver uses the PCIe ones.
+/// Every parameter SPDK's client sends is accepted; the ones this driver
+/// cannot honour yet are refused by [`AttachParams::check_supported`]
+/// unless they have their default value.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AttachParams {
@@ -95,10 +96,10 @@ pub struct AttachParams {
     /// Host service id (fabrics).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostsvcid: Option<String>,
-    /// Protection information checks (accepted; no PI namespaces here).
+    /// Protection information reference tag checks: only false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prchk_reftag: Option<bool>,
-    /// Protection information checks (accepted; no PI namespaces here).
+    /// Protection information guard checks: only false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prchk_guard: Option<bool>,
     /// TCP header digest (fabrics).
@@ -131,6 +132,88 @@ pub struct AttachParams {
     /// Bdevs to create at most (SPDK's default 128).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bdevs: Option<u32>,
+    /// NVMe/TCP TLS pre-shared key: not supported (refused when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psk: Option<String>,
+    /// DH-HMAC-CHAP key: not supported (refused when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_key: Option<String>,
+    /// DH-HMAC-CHAP controller key: not supported (refused when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_ctrlr_key: Option<String>,
+    /// Expose namespaces of command sets the driver does not know as
+    /// bdevs: not supported (true is refused; only NVM namespaces become
+    /// bdevs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_unrecognized_csi: Option<bool>,
+    /// Multipath I/O policy: not supported (refused when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Multipath path selector: not supported (refused when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Multipath round-robin I/O count: not supported (refused when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_io: Option<u32>,
+}
+
+impl AttachParams {
+    /// Refuses, by name, the parameters this driver cannot honour yet
+    /// (SPDK's client sends some of them with their defaults, which pass).
+    pub fn check_supported(&self) -> Result<(), BdevError> {
+        let unsupported = [
+            ("psk", self.psk.is_some(), "NVMe/TCP TLS"),
+            ("dhchap_key", self.dhchap_key.is_some(), "DH-HMAC-CHAP"),
+            (
+                "dhchap_ctrlr_key",
+                self.dhchap_ctrlr_key.is_some(),
+                "DH-HMAC-CHAP",
+            ),
+            (
+                "allow_unrecognized_csi",
+                self.allow_unrecognized_csi == Some(true),
+                "bdevs for namespaces of unknown command sets",
+            ),
+            ("policy", self.policy.is_some(), "multipath I/O policies"),
+            (
+                "selector",
+                self.selector.is_some(),
+                "multipath path selectors",
+            ),
+            ("min_io", self.min_io.is_some(), "multipath round robin"),
+            (
+                "prchk_reftag",
+                self.prchk_reftag == Some(true),
+                "protection information checks",
+            ),
+            (
+                "prchk_guard",
+                self.prchk_guard == Some(true),
+                "protection information checks",
+            ),
+            (
+                "hostaddr",
+                self.hostaddr.is_some(),
+                "choosing the host's source address",
+            ),
+            (
+                "hostsvcid",
+                self.hostsvcid.is_some(),
+                "choosing the host's source port",
+            ),
+            (
+                "priority",
+                self.priority.as_deref().is_some_and(|p| p != "0"),
+                "a socket priority on the host side",
+            ),
+        ];
+        match unsupported.iter().find(|(_, set, _)| *set) {
+            Some((name, _, what)) => Err(BdevError::InvalidParam(format!(
+                "{name}: {what} is not supported by rspdk's NVMe driver yet; omit {name}"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 impl AttachParams {
@@ -444,6 +527,7 @@ pub fn attach(mut params: AttachParams) -> Result<Vec<String>, BdevError> {
             });
         }
     }
+    params.check_supported()?;
     let mut opts = ControllerOpts::default();
     if let Some(n) = params.num_io_queues {
         if n == 0 {

@@ -20,6 +20,36 @@ use rspdk_env::hugepages::{self, parse_size};
 use rspdk_env::pci;
 use rspdk_env::sys::human_size;
 
+/// `println!` that cannot panic: a reader that went away (a closed pipe,
+/// as with `| head`) ends the program quietly with 141 (as SIGPIPE
+/// would), and any other write error (a full disk) ends it with a message
+/// on stderr and status 1.
+macro_rules! outln {
+    () => {
+        write_stdout_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        write_stdout_line(format_args!($($arg)*))
+    };
+}
+
+/// The body of [`outln!`].
+fn write_stdout_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "rspdk_setup",
@@ -108,15 +138,19 @@ fn bind_devices(d: &DeviceArgs) -> Result<(), String> {
     }
     let devs = nvme_devices(d)?;
     if devs.is_empty() {
-        println!("no NVMe devices to bind");
+        outln!("no NVMe devices to bind");
     }
     let mut failed = 0;
     for dev in devs {
         let from = dev.driver.clone().unwrap_or_else(|| "no driver".into());
         match pci::bind(&dev.bdf, &d.driver) {
-            Ok(()) => println!(
+            Ok(()) => outln!(
                 "{} ({:04x} {:04x}): {} -> {}",
-                dev.bdf, dev.vendor, dev.device, from, d.driver
+                dev.bdf,
+                dev.vendor,
+                dev.device,
+                from,
+                d.driver
             ),
             Err(e) => {
                 eprintln!("{}: not bound: {e}", dev.bdf);
@@ -221,7 +255,7 @@ fn config_huge(
             return Err("no hugepages could be reserved".into());
         }
     }
-    println!(
+    outln!(
         "reserved {got} {} hugepages {where_} ({})",
         human_size(page),
         human_size(got as usize * page)
@@ -230,14 +264,14 @@ fn config_huge(
         .into_iter()
         .find(|m| m.page_size == page)
     {
-        Some(m) => println!(
+        Some(m) => outln!(
             "hugetlbfs ({}) already mounted at {}",
             human_size(page),
             m.path.display()
         ),
         None => {
             hugepages::mount(huge_dir, page).map_err(|e| e.to_string())?;
-            println!(
+            outln!(
                 "mounted hugetlbfs ({}) at {}",
                 human_size(page),
                 huge_dir.display()
@@ -259,20 +293,23 @@ fn status(json: bool) -> Result<(), String> {
         let v = serde_json::json!({
             "hugepages": pools, "hugetlbfs_mounts": mounts, "pci_storage": storage, "iommu": iommu,
         });
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
         );
         return Ok(());
     }
-    println!("Hugepages");
-    println!(
+    outln!("Hugepages");
+    outln!(
         "{:<8} {:>10} {:>10} {:>10}",
-        "node", "size", "total", "free"
+        "node",
+        "size",
+        "total",
+        "free"
     );
     for p in &pools {
         let node = p.node.map_or("-".to_string(), |n| format!("node{n}"));
-        println!(
+        outln!(
             "{node:<8} {:>10} {:>10} {:>10}",
             human_size(p.page_size),
             p.total,
@@ -280,22 +317,26 @@ fn status(json: bool) -> Result<(), String> {
         );
     }
     if pools.is_empty() {
-        println!("  (this kernel has no hugepage support: use --no-huge)");
+        outln!("  (this kernel has no hugepage support: use --no-huge)");
     }
-    println!("\nhugetlbfs mounts");
+    outln!("\nhugetlbfs mounts");
     for m in &mounts {
-        println!("  {} ({})", m.path.display(), human_size(m.page_size));
+        outln!("  {} ({})", m.path.display(), human_size(m.page_size));
     }
     if mounts.is_empty() {
-        println!("  none (rspdk uses anonymous hugepages; `rspdk_setup config` mounts one)");
+        outln!("  none (rspdk uses anonymous hugepages; `rspdk_setup config` mounts one)");
     }
-    println!("\nPCI storage devices");
-    println!(
+    outln!("\nPCI storage devices");
+    outln!(
         "{:<14} {:>9} {:>8} {:>8} {:<14}",
-        "BDF", "vendor", "device", "class", "driver"
+        "BDF",
+        "vendor",
+        "device",
+        "class",
+        "driver"
     );
     for d in &storage {
-        println!(
+        outln!(
             "{:<14} {:>#9x} {:>#8x} {:>8} {:<14}",
             d.bdf,
             d.vendor,
@@ -305,9 +346,9 @@ fn status(json: bool) -> Result<(), String> {
         );
     }
     if storage.is_empty() {
-        println!("  none");
+        outln!("  none");
     }
-    println!(
+    outln!(
         "\nIOMMU: {} unit(s), {} group(s); vfio-pci {}; {}",
         iommu.units,
         iommu.groups,
@@ -339,12 +380,12 @@ fn reset(clear_huge: bool, devices: &DeviceArgs) -> Result<(), String> {
         })
         .collect();
     if ours.is_empty() {
-        println!("no devices bound to vfio-pci or uio_pci_generic");
+        outln!("no devices bound to vfio-pci or uio_pci_generic");
     }
     let mut failed = 0;
     for d in &ours {
         match pci::unbind_to_kernel(&d.bdf) {
-            Ok(now) => println!(
+            Ok(now) => outln!(
                 "{}: {} -> {}",
                 d.bdf,
                 d.driver.as_deref().unwrap_or("?"),
@@ -369,7 +410,7 @@ fn reset(clear_huge: bool, devices: &DeviceArgs) -> Result<(), String> {
         for p in hugepages::pools() {
             hugepages::set_reserved(p.node, p.page_size, 0).map_err(|e| e.to_string())?;
         }
-        println!("released all hugepages");
+        outln!("released all hugepages");
     }
     Ok(())
 }

@@ -14,6 +14,36 @@ use std::process::ExitCode;
 use clap::Parser;
 use rspdk_nvme::{Controller, ControllerOpts, TransportId, TransportType};
 
+/// `println!` that cannot panic: a reader that went away (a closed pipe,
+/// as with `| head`) ends the program quietly with 141 (as SIGPIPE
+/// would), and any other write error (a full disk) ends it with a message
+/// on stderr and status 1.
+macro_rules! outln {
+    () => {
+        write_stdout_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        write_stdout_line(format_args!($($arg)*))
+    };
+}
+
+/// The body of [`outln!`].
+fn write_stdout_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "rspdk_nvme_identify",
@@ -61,13 +91,13 @@ fn yes(b: bool) -> &'static str {
 
 fn print_discovery(c: &Controller) -> Result<(), rspdk_nvme::NvmeError> {
     let log = c.discovery_log()?;
-    println!("=====================================================");
-    println!("Discovery Log Page at {}", c.trid());
-    println!("=====================================================");
-    println!("Number of Records:                     {}", log.len());
+    outln!("=====================================================");
+    outln!("Discovery Log Page at {}", c.trid());
+    outln!("=====================================================");
+    outln!("Number of Records:                     {}", log.len());
     for (i, e) in log.iter().enumerate() {
-        println!("Discovery Log Entry {i}");
-        println!("----------------------");
+        outln!("Discovery Log Entry {i}");
+        outln!("----------------------");
         let trtype = match e.trtype {
             1 => "RDMA".to_string(),
             2 => "FC".to_string(),
@@ -85,24 +115,24 @@ fn print_discovery(c: &Controller) -> Result<(), rspdk_nvme::NvmeError> {
             3 => "Current Discovery Subsystem".to_string(),
             s => format!("{s}"),
         };
-        println!(
+        outln!(
             "Transport Type:                        {} ({trtype})",
             e.trtype
         );
-        println!(
+        outln!(
             "Address Family:                        {} ({adrfam})",
             e.adrfam
         );
-        println!(
+        outln!(
             "Subsystem Type:                        {} ({subtype})",
             e.subtype
         );
-        println!("Port ID:                               {}", e.portid);
-        println!("Controller ID:                         {:#06x}", e.cntlid);
-        println!("Admin Max SQ Size:                     {}", e.asqsz);
-        println!("Transport Service Identifier:          {}", e.trsvcid);
-        println!("NVM Subsystem Qualified Name:          {}", e.subnqn);
-        println!("Transport Address:                     {}", e.traddr);
+        outln!("Port ID:                               {}", e.portid);
+        outln!("Controller ID:                         {:#06x}", e.cntlid);
+        outln!("Admin Max SQ Size:                     {}", e.asqsz);
+        outln!("Transport Service Identifier:          {}", e.trsvcid);
+        outln!("NVM Subsystem Qualified Name:          {}", e.subnqn);
+        outln!("Transport Address:                     {}", e.traddr);
     }
     Ok(())
 }
@@ -114,8 +144,8 @@ fn print_ctrlr(c: &Controller) -> Result<(), rspdk_nvme::NvmeError> {
     let d = c.data();
     let cap = c.cap();
     let (maj, min, ter) = c.version();
-    println!("=====================================================");
-    println!(
+    outln!("=====================================================");
+    outln!(
         "NVMe Controller at {} [{:04x}:{:04x}] ({})",
         if c.is_fabrics() {
             c.trid().to_string()
@@ -126,18 +156,18 @@ fn print_ctrlr(c: &Controller) -> Result<(), rspdk_nvme::NvmeError> {
         d.ssvid(),
         c.driver()
     );
-    println!("=====================================================");
-    println!("Controller Capabilities/Features");
-    println!("================================");
-    println!("Vendor ID:                             {:04x}", d.vid());
-    println!("Subsystem Vendor ID:                   {:04x}", d.ssvid());
-    println!("Serial Number:                         {}", d.serial());
-    println!("Model Number:                          {}", d.model());
-    println!("Firmware Version:                      {}", d.firmware());
-    println!("IEEE OUI Identifier:                   {:06x}", d.ieee());
-    println!("Controller ID:                         {}", d.cntlid());
-    println!("NVMe Specification Version (VS):       {maj}.{min}.{ter}");
-    println!(
+    outln!("=====================================================");
+    outln!("Controller Capabilities/Features");
+    outln!("================================");
+    outln!("Vendor ID:                             {:04x}", d.vid());
+    outln!("Subsystem Vendor ID:                   {:04x}", d.ssvid());
+    outln!("Serial Number:                         {}", d.serial());
+    outln!("Model Number:                          {}", d.model());
+    outln!("Firmware Version:                      {}", d.firmware());
+    outln!("IEEE OUI Identifier:                   {:06x}", d.ieee());
+    outln!("Controller ID:                         {}", d.cntlid());
+    outln!("NVMe Specification Version (VS):       {maj}.{min}.{ter}");
+    outln!(
         "Maximum Data Transfer Size:            {}",
         if d.mdts() == 0 {
             "Unlimited".to_string()
@@ -145,52 +175,52 @@ fn print_ctrlr(c: &Controller) -> Result<(), rspdk_nvme::NvmeError> {
             format!("{}", 4096u64 << d.mdts())
         }
     );
-    println!(
+    outln!(
         "Maximum Queue Entries:                 {}",
         cap.mqes() as u32 + 1
     );
-    println!(
+    outln!(
         "Contiguous Queues Required:            {}",
         if cap.cqr() { "Yes" } else { "No" }
     );
-    println!(
+    outln!(
         "Reset Timeout:                         {} ms",
         cap.timeout_ms()
     );
-    println!(
+    outln!(
         "Doorbell Stride:                       {} bytes",
         4u32 << cap.dstrd()
     );
-    println!(
+    outln!(
         "NVM Subsystem Reset:                   {}",
         yes(cap.nssrs())
     );
-    println!(
+    outln!(
         "Memory Page Size Minimum:              {} bytes",
         4096u64 << cap.mpsmin()
     );
-    println!(
+    outln!(
         "Memory Page Size Maximum:              {} bytes",
         4096u64 << cap.mpsmax()
     );
-    println!("Number of Namespaces:                  {}", d.nn());
-    println!(
+    outln!("Number of Namespaces:                  {}", d.nn());
+    outln!(
         "I/O Queue Pairs Granted:               {}",
         c.max_io_qpairs()
     );
-    println!(
+    outln!(
         "Abort Command Limit:                   {}",
         d.acl() as u32 + 1
     );
-    println!(
+    outln!(
         "Async Event Request Limit:             {}",
         d.aerl() as u32 + 1
     );
-    println!(
+    outln!(
         "Error Log Page Entries:                {}",
         d.elpe() as u32 + 1
     );
-    println!(
+    outln!(
         "Volatile Write Cache:                  {}",
         if d.vwc_present() {
             "Present"
@@ -199,121 +229,121 @@ fn print_ctrlr(c: &Controller) -> Result<(), rspdk_nvme::NvmeError> {
         }
     );
     if d.vwc_present() {
-        println!(
+        outln!(
             "Volatile Write Cache Enabled:          {}",
             if c.write_cache()? { "Yes" } else { "No" }
         );
     }
-    println!(
+    outln!(
         "SGL Support:                           {}",
         yes(d.sgl_supported())
     );
-    println!("Subsystem NQN:                         {}", d.subnqn());
-    println!();
-    println!("NVM Command Set Attributes");
-    println!("==========================");
+    outln!("Subsystem NQN:                         {}", d.subnqn());
+    outln!();
+    outln!("NVM Command Set Attributes");
+    outln!("==========================");
     let oncs = d.oncs();
     use rspdk_nvme::spec::oncs as o;
-    println!(
+    outln!(
         "Compare Command:                       {}",
         yes(oncs & o::COMPARE != 0)
     );
-    println!(
+    outln!(
         "Write Uncorrectable Command:           {}",
         yes(oncs & o::WRITE_UNCORRECTABLE != 0)
     );
-    println!(
+    outln!(
         "Dataset Management Command:            {}",
         yes(oncs & o::DSM != 0)
     );
-    println!(
+    outln!(
         "Write Zeroes Command:                  {}",
         yes(oncs & o::WRITE_ZEROES != 0)
     );
-    println!(
+    outln!(
         "Reservation:                           {}",
         yes(oncs & o::RESERVATIONS != 0)
     );
-    println!();
+    outln!();
     let h = c.health_log()?;
-    println!("Health Information");
-    println!("==================");
-    println!(
+    outln!("Health Information");
+    outln!("==================");
+    outln!(
         "Critical Warnings:                     {:#04x}",
         h.critical_warning()
     );
-    println!(
+    outln!(
         "Current Temperature:                   {} Kelvin ({} Celsius)",
         h.temperature(),
         h.temperature() as i32 - 273
     );
-    println!(
+    outln!(
         "Available Spare:                       {}% (threshold {}%)",
         h.available_spare(),
         h.available_spare_threshold()
     );
-    println!(
+    outln!(
         "Life Percentage Used:                  {}%",
         h.percentage_used()
     );
-    println!(
+    outln!(
         "Data Units Read:                       {}",
         h.data_units_read()
     );
-    println!(
+    outln!(
         "Data Units Written:                    {}",
         h.data_units_written()
     );
-    println!(
+    outln!(
         "Host Read Commands:                    {}",
         h.host_read_commands()
     );
-    println!(
+    outln!(
         "Host Write Commands:                   {}",
         h.host_write_commands()
     );
-    println!(
+    outln!(
         "Power Cycles:                          {}",
         h.power_cycles()
     );
-    println!(
+    outln!(
         "Power On Hours:                        {} hours",
         h.power_on_hours()
     );
-    println!(
+    outln!(
         "Unsafe Shutdowns:                      {}",
         h.unsafe_shutdowns()
     );
-    println!(
+    outln!(
         "Media Errors:                          {}",
         h.media_errors()
     );
-    println!(
+    outln!(
         "Error Log Entries:                     {}",
         h.num_error_log_entries()
     );
-    println!();
+    outln!();
     let fw = c.firmware_log()?;
-    println!("Firmware Slot Information");
-    println!("=========================");
-    println!(
+    outln!("Firmware Slot Information");
+    outln!("=========================");
+    outln!(
         "Active slot:                           {}",
         fw.active_slot()
     );
     for s in 1..=7 {
         let r = fw.revision(s);
         if !r.is_empty() {
-            println!("Slot {s} Firmware Revision:              {r}");
+            outln!("Slot {s} Firmware Revision:              {r}");
         }
     }
-    println!();
+    outln!();
     let errs = c.error_log(4)?;
-    println!("Error Log");
-    println!("=========");
+    outln!("Error Log");
+    outln!("=========");
     let mut any = false;
     for e in errs.iter().filter(|e| e.error_count() != 0) {
         any = true;
-        println!(
+        outln!(
             "Entry {}: SQID {} CID {} LBA {} NSID {}: {}",
             e.error_count(),
             e.sqid(),
@@ -324,42 +354,42 @@ fn print_ctrlr(c: &Controller) -> Result<(), rspdk_nvme::NvmeError> {
         );
     }
     if !any {
-        println!("No errors logged");
+        outln!("No errors logged");
     }
-    println!();
+    outln!();
     for ns in c.namespaces() {
         let n = &ns.data;
-        println!("Namespace ID:{}", ns.id);
-        println!(
+        outln!("Namespace ID:{}", ns.id);
+        outln!(
             "Size (in LBAs):                        {} ({}M)",
             n.nsze(),
             ns.size() >> 20
         );
-        println!("Capacity (in LBAs):                    {}", n.ncap());
-        println!("Utilization (in LBAs):                 {}", n.nuse());
-        println!(
+        outln!("Capacity (in LBAs):                    {}", n.ncap());
+        outln!("Utilization (in LBAs):                 {}", n.nuse());
+        outln!(
             "Thin Provisioning:                     {}",
             yes(n.nsfeat() & 1 != 0)
         );
-        println!(
+        outln!(
             "Number of LBA Formats:                 {}",
             n.nlbaf() as u32 + 1
         );
-        println!(
+        outln!(
             "Current LBA Format:                    LBA Format #{:02}",
             n.flbas_index()
         );
         for i in 0..=n.nlbaf() as usize {
             let f = n.lbaf(i);
-            println!(
+            outln!(
                 "LBA Format #{i:02}: Data Size: {:5}  Metadata Size: {:5}",
                 1u64 << f.lbads,
                 f.ms
             );
         }
-        println!("EUI64:                                 {:016x}", n.eui64());
-        println!("NGUID:                                 {:032x}", n.nguid());
-        println!();
+        outln!("EUI64:                                 {:016x}", n.eui64());
+        outln!("NGUID:                                 {:032x}", n.nguid());
+        outln!();
     }
     Ok(())
 }

@@ -20,6 +20,36 @@ use serde_json::{json, Map, Value};
 
 use rspdk_rpc::{Error, ListenAddr, RpcClient, DEFAULT_SOCKET_PATH};
 
+/// `println!` that cannot panic: a reader that went away (a closed pipe,
+/// as with `| head`) ends the program quietly with 141 (as SIGPIPE
+/// would), and any other write error (a full disk) ends it with a message
+/// on stderr and status 1.
+macro_rules! outln {
+    () => {
+        write_stdout_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        write_stdout_line(format_args!($($arg)*))
+    };
+}
+
+/// The body of [`outln!`].
+fn write_stdout_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// How a result is printed; rpc.py's `print_dict`, `print_json`, or nothing.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Output {
@@ -689,7 +719,7 @@ impl Ctx {
     /// JSONRPCException message.
     fn call(&mut self, method: &str, params: Map<String, Value>) -> Result<Value, CliError> {
         if self.dry_run {
-            println!(
+            outln!(
                 "Request:\n{}",
                 to_python_json(&json!({"method": method, "params": params}), Some(2))
             );
@@ -739,21 +769,21 @@ impl Ctx {
             return;
         }
         match output {
-            Output::Json => println!("{}", to_python_json(result, Some(2))),
+            Output::Json => outln!("{}", to_python_json(result, Some(2))),
             Output::JsonUnquoted => {
                 let text = to_python_json(result, Some(2));
-                println!("{}", text.trim_matches('"'));
+                outln!("{}", text.trim_matches('"'));
             }
             Output::Nothing => {}
             Output::Array => match result.as_array() {
-                Some(a) => println!(
+                Some(a) => outln!(
                     "{}",
                     a.iter()
                         .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
                         .collect::<Vec<_>>()
                         .join(" ")
                 ),
-                None => println!("{}", to_python_json(result, Some(2))),
+                None => outln!("{}", to_python_json(result, Some(2))),
             },
         }
     }
@@ -1128,7 +1158,7 @@ fn run_save_config(
     }
     let indent = usize::try_from(indent).ok();
     if !ctx.dry_run {
-        println!("{}", to_python_json(&json!({"subsystems": config}), indent));
+        outln!("{}", to_python_json(&json!({"subsystems": config}), indent));
     }
     Ok(())
 }
@@ -1253,7 +1283,7 @@ fn run_load_config(
         }
     }
     if !subsystems.is_empty() {
-        println!("Some configs were skipped because the RPC state that can call them passed over.");
+        outln!("Some configs were skipped because the RPC state that can call them passed over.");
     }
     Ok(())
 }
@@ -1287,7 +1317,7 @@ fn main() -> ExitCode {
     let matches = build_cli(&table).get_matches();
     let timeout = matches.get_one::<f64>("timeout").copied().unwrap_or(60.0);
     if !(timeout > 0.0 && timeout.is_finite()) {
-        println!("Timeout value is invalid: {timeout}");
+        outln!("Timeout value is invalid: {timeout}");
         return ExitCode::FAILURE;
     }
     let verbose = matches.get_flag("v")
@@ -1309,7 +1339,7 @@ fn main() -> ExitCode {
         match connect(&matches, Duration::from_secs_f64(timeout)) {
             Ok(client) => Some(client),
             Err(err) => {
-                println!("{err}");
+                outln!("{err}");
                 return ExitCode::FAILURE;
             }
         }
@@ -1330,7 +1360,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Message(message)) => {
-            println!("{message}");
+            outln!("{message}");
             ExitCode::FAILURE
         }
     }
