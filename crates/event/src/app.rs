@@ -217,7 +217,10 @@ impl App {
         }
 
         let signal_fd = if self.handle_signals {
-            Some(SignalFd::new(&[libc::SIGINT, libc::SIGTERM]).map_err(AppError::Signals)?)
+            Some(
+                SignalFd::new(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+                    .map_err(AppError::Signals)?,
+            )
         } else {
             None
         };
@@ -550,6 +553,10 @@ impl AppInner {
         } = boot;
         let registry = RpcRegistry::new();
         let built: Vec<Box<dyn Subsystem>> = subsystems.into_iter().map(|f| f()).collect();
+        let names: Vec<&str> = built.iter().map(|s| s.name()).collect();
+        let unknown_subsystem = config
+            .as_ref()
+            .and_then(|c| c.check_subsystems(&names).err());
         let (ordered, order_err) = match init_order(&built) {
             Ok(order) => {
                 let mut slots: Vec<Option<Box<dyn Subsystem>>> =
@@ -579,6 +586,9 @@ impl AppInner {
         });
         APPS.with(|a| a.borrow_mut().insert(id, app.clone()));
         if let Some(e) = order_err {
+            return app.fail(e.into());
+        }
+        if let Some(e) = unknown_subsystem {
             return app.fail(e.into());
         }
         if let Err(e) = app.register_methods(rpc_fns) {

@@ -60,6 +60,17 @@ pub enum ConfigError {
         /// What is wrong, naming the element.
         reason: String,
     },
+    /// A section names a subsystem that neither this app nor SPDK has
+    /// (a misspelling, most likely).
+    #[error("JSON config: unknown subsystem '{subsystem}' (this app's subsystems: {known}){hint}")]
+    UnknownSubsystem {
+        /// The section's name.
+        subsystem: String,
+        /// The app's subsystems, comma separated.
+        known: String,
+        /// ", did you mean 'x'?" when one is close.
+        hint: String,
+    },
     /// An entry names a method that is not registered.
     #[error("JSON config: subsystem '{subsystem}': method '{method}' was not found")]
     MethodNotFound {
@@ -104,7 +115,59 @@ pub struct JsonConfig {
     pub entries: Vec<ConfigEntry>,
 }
 
+/// Subsystems of SPDK's `spdk_tgt` that an rspdk app may lack: a config
+/// written by SPDK lists them, often with an empty or null config, and
+/// such a section is skipped with a warning rather than refused.
+pub const SPDK_SUBSYSTEMS: &[&str] = &[
+    "accel",
+    "bdev",
+    "fsdev",
+    "iobuf",
+    "iscsi",
+    "keyring",
+    "nbd",
+    "nvmf",
+    "scheduler",
+    "scsi",
+    "sock",
+    "ublk",
+    "vfio_user_target",
+    "vhost_blk",
+    "vhost_scsi",
+    "vmd",
+];
+
 impl JsonConfig {
+    /// Checks the sections' subsystem names against the app's `known`
+    /// ones: a name that is neither the app's nor SPDK's is an error
+    /// (with a suggestion when one is a letter or two away); an SPDK
+    /// subsystem the app lacks is logged and its entries are left to fail
+    /// as unknown methods if there are any.
+    pub fn check_subsystems(&self, known: &[&str]) -> Result<(), ConfigError> {
+        for name in &self.subsystems {
+            if known.contains(&name.as_str()) {
+                continue;
+            }
+            if SPDK_SUBSYSTEMS.contains(&name.as_str()) {
+                tracing::warn!(
+                    subsystem = %name,
+                    "JSON config: SPDK subsystem '{name}' is not part of this app; its section is skipped if it is empty"
+                );
+                continue;
+            }
+            let close = known
+                .iter()
+                .chain(SPDK_SUBSYSTEMS)
+                .find(|k| edit_distance(k, name) <= 2);
+            return Err(ConfigError::UnknownSubsystem {
+                subsystem: name.clone(),
+                known: known.join(", "),
+                hint: close.map_or(String::new(), |k| format!(", did you mean '{k}'?")),
+            });
+        }
+        Ok(())
+    }
+
     /// Reads and parses a config file.
     pub fn from_file(path: &Path) -> Result<JsonConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
@@ -336,6 +399,21 @@ impl ConfigLoader {
             },
         );
     }
+}
+
+/// Levenshtein distance of two short names (for "did you mean").
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 /// Builds the `{"subsystems": [...]}` document from (name, config) pairs.

@@ -276,13 +276,29 @@ pub(crate) fn register(reg: &RpcRegistry, app: Weak<AppInner>) -> Result<(), rsp
         };
         r.success(&true);
         let sent = match (sig, app.signal_target()) {
-            // The app's own signal path: the thread in App::run reads it.
-            (libc::SIGINT | libc::SIGTERM, Some(tid)) => signals::signal_thread(tid, sig),
-            (libc::SIGINT | libc::SIGTERM, None) => {
+            // The app's own signal path (a clean shutdown, SIGHUP too):
+            // the thread in App::run reads it.
+            (libc::SIGINT | libc::SIGTERM | libc::SIGHUP, Some(tid)) => {
+                signals::signal_thread(tid, sig)
+            }
+            (libc::SIGINT | libc::SIGTERM | libc::SIGHUP, None) => {
                 app.stopper().stop(0);
                 Ok(())
             }
-            _ => signals::signal_process(sig),
+            // Signals that end the process at once: sent a moment after
+            // the reply, so the client gets its `true` first.
+            _ => {
+                let name = p.sig_name.clone();
+                std::thread::Builder::new()
+                    .name("kill_instance".into())
+                    .spawn(move || {
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                        if let Err(e) = signals::signal_process(sig) {
+                            tracing::error!("spdk_kill_instance {name}: {e}");
+                        }
+                    })
+                    .map(|_| ())
+            }
         };
         if let Err(e) = sent {
             tracing::error!("spdk_kill_instance {}: {e}", p.sig_name);

@@ -111,10 +111,19 @@ pub enum Error {
         source: io::Error,
     },
     /// Another live process already serves RPC on this Unix socket path.
-    #[error("RPC Unix socket {path} is in use by another process")]
+    #[error("RPC Unix socket {path} is in use by another process (stop it, or give this one another socket with -r)")]
     AddressInUse {
         /// The socket path.
         path: PathBuf,
+    },
+    /// The RPC socket path names something that is not a socket (a regular
+    /// file, a directory): it is never deleted to make room.
+    #[error("RPC socket path {path} exists and is not a socket but a {kind}: choose another path with -r, or remove it")]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+        /// What it is ("regular file", "directory", ...).
+        kind: &'static str,
     },
     /// A method with this name (or alias) is already registered.
     #[error("RPC method `{name}` is already registered")]

@@ -40,6 +40,11 @@ pub struct ServerConfig {
     pub max_pending_output: usize,
     /// Requests dispatched per connection per poll.
     pub max_requests_per_poll: usize,
+    /// When all `max_connections` are taken, a new client takes the place
+    /// of the connection idle longest (no request in flight, nothing to
+    /// send, nothing half-read) if that one has been idle this long; with
+    /// none so idle, the new client gets an error naming the limit.
+    pub evict_idle_after: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +54,7 @@ impl Default for ServerConfig {
             max_connections: 64,
             max_pending_output: 32 * 1024 * 1024,
             max_requests_per_poll: 64,
+            evict_idle_after: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -151,6 +157,8 @@ struct Connection {
     /// The peer shut down its sending side (read returned 0).
     read_closed: bool,
     phase: Phase,
+    /// When the peer last sent bytes or was last sent some.
+    last_active: std::time::Instant,
 }
 
 fn is_transient(err: &io::Error) -> bool {
@@ -182,6 +190,7 @@ impl Connection {
                 }
                 Ok(n) => {
                     self.session.receive(&scratch[..n]);
+                    self.last_active = std::time::Instant::now();
                     busy = true;
                 }
                 Err(err) if is_transient(&err) => {}
@@ -201,7 +210,12 @@ impl Connection {
         }
 
         match self.flush() {
-            Ok(wrote) => busy |= wrote,
+            Ok(wrote) => {
+                if wrote {
+                    self.last_active = std::time::Instant::now();
+                }
+                busy |= wrote
+            }
             Err(err) => {
                 tracing::debug!(%err, "RPC connection write failed");
                 self.phase = Phase::Closed;
@@ -222,6 +236,16 @@ impl Connection {
             }
         }
         busy
+    }
+
+    /// How long the connection has been idle: nothing in flight, nothing
+    /// to send, no partial request; `None` while it is busy.
+    fn idle_for(&self, now: std::time::Instant) -> Option<std::time::Duration> {
+        let quiet = self.phase == Phase::Open
+            && self.session.outstanding() == 0
+            && self.session.output_len() == 0
+            && !self.session.has_partial_request();
+        quiet.then(|| now.saturating_duration_since(self.last_active))
     }
 
     /// Write as much pending output as the socket takes; true if any.
@@ -291,7 +315,20 @@ fn clear_stale_socket(path: &Path) -> Result<(), Error> {
     };
     if !meta.file_type().is_socket() {
         // Never delete something that is not a socket.
-        return Err(in_use());
+        let ft = meta.file_type();
+        let kind = if ft.is_file() {
+            "regular file"
+        } else if ft.is_dir() {
+            "directory"
+        } else if ft.is_symlink() {
+            "symbolic link"
+        } else {
+            "special file"
+        };
+        return Err(Error::NotASocket {
+            path: path.to_path_buf(),
+            kind,
+        });
     }
     if UnixStream::connect(path).is_ok() {
         return Err(in_use());
@@ -393,11 +430,25 @@ impl RpcServer {
                 }
             };
             busy = true;
-            if self.connections.len() >= self.config.max_connections {
+            if self.connections.len() >= self.config.max_connections && !self.evict_idle() {
+                let max = self.config.max_connections;
                 tracing::warn!(
-                    max = self.config.max_connections,
-                    "too many RPC connections; closing the new one"
+                    max,
+                    "too many RPC connections, none idle; refusing the new one"
                 );
+                // A best-effort answer so the client sees why (not just
+                // "connection reset"); the socket is new, so this small
+                // write fits its buffer.
+                let mut stream = stream;
+                let _ = stream.set_nonblocking();
+                let msg = serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {
+                    "code": -32603,
+                    "message": format!(
+                        "too many RPC connections: all {max} are in use and none has been idle for {} s; close idle clients and retry",
+                        self.config.evict_idle_after.as_secs()
+                    )
+                }});
+                let _ = stream.write(msg.to_string().as_bytes());
                 continue;
             }
             if let Err(err) = stream.set_nonblocking() {
@@ -409,9 +460,36 @@ impl RpcServer {
                 session: Session::new(self.registry.clone(), self.config.max_request_size),
                 read_closed: false,
                 phase: Phase::Open,
+                last_active: std::time::Instant::now(),
             });
         }
         busy
+    }
+}
+
+impl RpcServer {
+    /// Closes the connection idle longest if it has been idle at least
+    /// `evict_idle_after`; true if one was closed.
+    fn evict_idle(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let oldest = self
+            .connections
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.idle_for(now).map(|d| (i, d)))
+            .filter(|(_, d)| *d >= self.config.evict_idle_after)
+            .max_by_key(|(_, d)| *d);
+        match oldest {
+            Some((i, idle)) => {
+                tracing::info!(
+                    idle_s = idle.as_secs(),
+                    "RPC connections full: closing the one idle longest for a new client"
+                );
+                self.connections.swap_remove(i);
+                true
+            }
+            None => false,
+        }
     }
 }
 

@@ -23,6 +23,29 @@ fn success_response_echoes_id_and_result() {
     assert_eq!(response["result"], 2);
 }
 
+/// Ids beyond 64 bits (and beyond f64's precision) come back exactly as
+/// sent, as SPDK echoes the id's JSON text.
+#[test]
+fn large_numeric_ids_are_echoed_exactly() {
+    let server = TestServer::start();
+    let mut client = server.connect();
+    for id in [
+        "123456789012345678901234567890",
+        "18446744073709551617",
+        "-9007199254740993",
+    ] {
+        client.send(
+            format!(
+                r#"{{"jsonrpc": "2.0", "method": "add", "params": {{"a": 1, "b": 2}}, "id": {id}}}"#
+            )
+            .as_bytes(),
+        );
+        let response = client.recv();
+        assert_eq!(response["id"].to_string(), id, "{response}");
+        assert_eq!(response["result"], 3);
+    }
+}
+
 #[test]
 fn parse_error_is_answered_and_closes_only_that_connection() {
     let server = TestServer::start();
@@ -348,6 +371,17 @@ fn stale_socket_is_replaced_and_live_one_refused() {
     );
     drop(server);
     assert!(!path.exists(), "socket file removed on drop");
+    // A regular file at the path is named as such, and left alone.
+    std::fs::write(&path, b"not a socket").unwrap();
+    let err =
+        RpcServer::listen_unix(&path, RpcRegistry::new(), ServerConfig::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("is not a socket but a regular file") && !msg.contains("another process"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
+    std::fs::remove_file(&path).unwrap();
 }
 
 #[test]
@@ -438,4 +472,44 @@ print(json.dumps([o["result"] for o in out]))
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "[2, 3, 4]");
+}
+
+/// Idle clients holding every connection do not lock others out: a new
+/// client first gets an error naming the limit, and once the holders have
+/// been idle `evict_idle_after`, the one idle longest makes room.
+#[test]
+fn idle_clients_cannot_lock_out_others() {
+    let server = TestServer::start_with(ServerConfig {
+        max_connections: 4,
+        evict_idle_after: Duration::from_millis(1500),
+        ..ServerConfig::default()
+    });
+    let mut holders: Vec<_> = (0..4).map(|_| server.connect()).collect();
+    // Each holder made one call, so all four are registered and idle.
+    for (i, h) in holders.iter_mut().enumerate() {
+        let r = h.call(json!({"method": "add", "params": {"a": i, "b": 0}, "id": i}));
+        assert_eq!(r["result"], json!(i));
+    }
+    let mut refused = server.connect();
+    let answer = refused
+        .try_recv(Duration::from_secs(5))
+        .expect("an error reply, not a silent reset");
+    let msg = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("too many RPC connections") && msg.contains('4'),
+        "{answer}"
+    );
+
+    std::thread::sleep(Duration::from_millis(1600));
+    let mut newcomer = server.connect();
+    let r = newcomer.call(json!({"method": "add", "params": {"a": 2, "b": 3}, "id": 9}));
+    assert_eq!(
+        r["result"],
+        json!(5),
+        "served after evicting an idle client"
+    );
+    // Exactly one holder (the one idle longest, the first) was closed.
+    assert!(holders[0].try_recv(Duration::from_secs(2)).is_none());
+    let r = holders[3].call(json!({"method": "add", "params": {"a": 1, "b": 1}, "id": 10}));
+    assert_eq!(r["result"], json!(2));
 }

@@ -464,3 +464,69 @@ fn idle_interrupt_mode_target_uses_almost_no_cpu() {
     eprintln!("idle --interrupt-mode rspdk_tgt: {:.2}% CPU", cpu * 100.0);
     assert!(cpu < 0.05, "idle CPU {:.1}%", cpu * 100.0);
 }
+
+/// A misspelled subsystem in a config file stops the start with an error
+/// that names it and the likely fix; an SPDK subsystem rspdk lacks, with
+/// an empty section (as SPDK's save_config writes them), is skipped.
+#[test]
+fn config_subsystem_names_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"subsystems": [{"subsystem": "bdve", "config": [
+            {"method": "bdev_malloc_create", "params": {"name": "M", "num_blocks": 64, "block_size": 512}}]}]}"#,
+    )
+    .unwrap();
+    let mut t = Tgt::spawn(&["-c", bad.to_str().unwrap()]);
+    let st = t.wait(Duration::from_secs(20)).expect("rspdk_tgt exits");
+    assert!(!st.success());
+    let err = t.stderr();
+    assert!(
+        err.contains("unknown subsystem 'bdve'") && err.contains("did you mean 'bdev'"),
+        "{err}"
+    );
+
+    let spdk = dir.path().join("spdk.json");
+    std::fs::write(
+        &spdk,
+        r#"{"subsystems": [{"subsystem": "vmd", "config": []}, {"subsystem": "keyring", "config": null},
+            {"subsystem": "bdev", "config": [
+            {"method": "bdev_malloc_create", "params": {"name": "M", "num_blocks": 64, "block_size": 512}}]}]}"#,
+    )
+    .unwrap();
+    let t = Tgt::start(&["-c", spdk.to_str().unwrap()]);
+    assert_eq!(ok(&t.sock, "bdev_get_bdevs", None)[0]["name"], json!("M"));
+}
+
+/// `spdk_kill_instance SIGHUP` answers `true` and shuts down cleanly
+/// (exit 0, the RPC socket removed), as SIGTERM does; SIGKILL answers
+/// `true` before the process dies.
+#[test]
+fn kill_instance_replies_before_the_signal() {
+    let mut t = Tgt::start(&[]);
+    assert_eq!(
+        ok(
+            &t.sock,
+            "spdk_kill_instance",
+            Some(json!({"sig_name": "SIGHUP"}))
+        ),
+        json!(true)
+    );
+    let st = t.wait(Duration::from_secs(20)).expect("exits after SIGHUP");
+    assert_eq!(st.code(), Some(0), "clean shutdown: {}", t.stderr());
+    assert!(!t.sock.exists(), "socket removed");
+
+    let mut t = Tgt::start(&[]);
+    assert_eq!(
+        ok(
+            &t.sock,
+            "spdk_kill_instance",
+            Some(json!({"sig_name": "SIGKILL"}))
+        ),
+        json!(true)
+    );
+    let st = t.wait(Duration::from_secs(20)).expect("killed");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), Some(libc::SIGKILL));
+}

@@ -128,7 +128,51 @@ fn parse_mask(s: &str) -> Result<Vec<u32>, String> {
     if cores.is_empty() {
         return Err("core mask selects no core".into());
     }
+    let usable = usable_cores();
+    if let Some(c) = cores.iter().find(|c| !usable.contains(c)) {
+        return Err(format!(
+            "core mask '{s}' names core {c}, which this process cannot run on (usable cores: {usable:?})"
+        ));
+    }
     Ok(cores)
+}
+
+/// The CPUs this process may run on (its affinity mask).
+fn usable_cores() -> Vec<u32> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity
+    // fills that local set and CPU_ISSET only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..64).collect();
+        }
+        (0..libc::CPU_SETSIZE as u32)
+            .filter(|&c| libc::CPU_ISSET(c as usize, &set))
+            .collect()
+    }
+}
+
+/// Waits on the start barrier once: at the start of the measured run, or
+/// when a worker gives up before it (dropped), so that the other workers
+/// never wait for one that failed.
+struct StartGate<'a> {
+    barrier: &'a Barrier,
+    passed: bool,
+}
+
+impl StartGate<'_> {
+    fn pass(&mut self) {
+        if !self.passed {
+            self.passed = true;
+            self.barrier.wait();
+        }
+    }
+}
+
+impl Drop for StartGate<'_> {
+    fn drop(&mut self) {
+        self.pass();
+    }
 }
 
 fn pin(core: u32) {
@@ -150,6 +194,10 @@ fn worker(
     w: Workload,
     start: &Barrier,
 ) -> Result<Result1, String> {
+    let mut start = StartGate {
+        barrier: start,
+        passed: false,
+    };
     let bs = ns.block_size as usize;
     if w.io_size == 0 || w.io_size % bs != 0 {
         return Err(format!(
@@ -245,7 +293,7 @@ fn worker(
         }
         .map_err(|e| e.to_string())
     };
-    start.wait();
+    start.pass();
     let t0 = Instant::now();
     let end = t0 + w.time;
     for (i, t) in sent.iter_mut().enumerate() {
@@ -260,6 +308,7 @@ fn worker(
     let (mut ios, mut errors, mut inflight) = (0u64, 0u64, w.qd as u64);
     let mut stopping = false;
     let mut done_ids = [0usize; 1024];
+    let mut done_failed = [false; 1024];
     while inflight > 0 {
         let mut k = 0;
         for qp in qps.iter_mut() {
@@ -269,6 +318,7 @@ fn worker(
                 }
                 if k < done_ids.len() {
                     done_ids[k] = c.ctx as usize;
+                    done_failed[k] = c.status.is_error();
                     k += 1;
                 }
             })
@@ -281,15 +331,17 @@ fn worker(
         if !stopping && now >= end {
             stopping = true;
         }
-        for &i in &done_ids[..k] {
+        for (&i, &failed) in done_ids[..k].iter().zip(&done_failed[..k]) {
             let lat = now.duration_since(sent[i]).as_nanos() as u64;
             let _ = hist.record(lat.max(1));
             ios += 1;
             if w.verify {
-                if task_read[i] && !check(ptrs[i], task_lba[i], task_pass[i]) {
+                // A failed read is an I/O error (counted above), not a
+                // mismatch; a failed write is not read back.
+                if task_read[i] && !failed && !check(ptrs[i], task_lba[i], task_pass[i]) {
                     mismatches += 1;
                 }
-                if !task_read[i] && !stopping {
+                if !task_read[i] && !stopping && !failed {
                     // Read back what was just written.
                     task_read[i] = true;
                     // SAFETY: the write completed; the buffer is reused.
@@ -377,13 +429,16 @@ fn run(cli: &Cli) -> Result<(), String> {
     if cli.qd == 0 || cli.qd > 1023 {
         return Err(format!("-q {} is not in 1..=1023", cli.qd));
     }
+    if cli.time == 0 {
+        return Err("-t 0: the run time must be at least 1 second".into());
+    }
     let cores = parse_mask(&cli.core_mask)?;
     let w = Workload {
         random,
         read_pct,
         qd: cli.qd,
         io_size: cli.io_size,
-        time: Duration::from_secs(cli.time.max(1)),
+        time: Duration::from_secs(cli.time),
         verify: cli.pattern == "verify",
         qpairs: cli.num_qpairs.max(1),
     };
@@ -453,11 +508,29 @@ fn run(cli: &Cli) -> Result<(), String> {
     let mut jobs = Vec::new();
     for c in &ctrlrs {
         for ns in c.namespaces() {
+            // As SPDK's perf: a namespace that cannot run the workload is
+            // skipped with a warning, the others run.
+            let bs = ns.block_size as usize;
+            if w.io_size % bs != 0 || (ns.num_blocks * bs as u64) < w.io_size as u64 {
+                eprintln!(
+                    "WARNING: {} skipped: its block size {bs} B and size {} blocks cannot take {} B I/Os",
+                    transport_name(c, ns.id),
+                    ns.num_blocks,
+                    w.io_size
+                );
+                continue;
+            }
             for &core in &cores {
                 println!("Associating {} with lcore {core}", transport_name(c, ns.id));
                 jobs.push((c.clone(), ns.clone(), core));
             }
         }
+    }
+    if jobs.is_empty() {
+        return Err(format!(
+            "no namespace can run {} B I/Os (-o must be a multiple of the block size)",
+            w.io_size
+        ));
     }
     println!("Initialization complete. Launching workers.");
     let barrier = Arc::new(Barrier::new(jobs.len()));
