@@ -335,8 +335,16 @@ fn log_reg(r: Result<(), rspdk_rpc::Error>, name: &str) {
     }
 }
 
+/// Parks `resp` until [`answer_parked`] is called with the returned id on
+/// this thread.
+pub fn park(resp: Responder) -> u64 {
+    let id = NEXT_PARKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    PARKED.with(|p| p.borrow_mut().insert(id, resp));
+    id
+}
+
 /// Answers a parked responder now, on this thread (when the operation that
-/// would have answered it failed to start).
+/// would have answered it failed to start, or finished elsewhere).
 pub fn answer_parked(id: u64, result: Result<Value, RpcError>) {
     if let Some(r) = PARKED.with(|p| p.borrow_mut().remove(&id)) {
         r.complete(result);

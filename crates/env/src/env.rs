@@ -100,6 +100,7 @@ pub fn init(opts: &EnvOpts) -> Result<&'static Env> {
             e.opts.name
         )));
     }
+    crate::hugepages::check_mem_size(opts.mem_size_mb)?;
     let backing = choose_backing(opts)?;
     let iova_mode = resolve_iova_mode(opts)?;
     let mut opts = opts.clone();

@@ -95,6 +95,28 @@ pub fn free_pages(page_size: usize) -> Option<u64> {
     pool(None, page_size).map(|p| p.free)
 }
 
+/// The machine's memory (MemTotal of /proc/meminfo), bytes.
+pub fn mem_total() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Refuses a memory size (`-s`, MiB) the machine cannot have: checked
+/// before any hugepage is reserved, so that an impossible size costs
+/// nothing.
+pub fn check_mem_size(mem_size_mb: usize) -> Result<()> {
+    let want = (mem_size_mb as u64).saturating_mul(1 << 20);
+    match mem_total() {
+        Some(total) if want > total => Err(EnvError::InvalidArgument(format!(
+            "-s {mem_size_mb} MiB is more than this machine's memory ({} MiB): ask for less",
+            total >> 20
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Sets the number of reserved pages of `page_size` on `node` (or
 /// system-wide), returning how many the kernel actually reserved: it may
 /// give fewer when memory is fragmented.

@@ -210,7 +210,7 @@ impl App {
         };
 
         if rspdk_env::env().is_none() {
-            let env_opts = prepare_memory(&opts, &self.name);
+            let env_opts = prepare_memory(&opts, &self.name)?;
             rspdk_env::init(&env_opts).map_err(|e| AppError::Env(e.to_string()))?;
         } else {
             tracing::debug!("env already initialised in this process; reusing it");
@@ -382,7 +382,10 @@ pub fn plan_memory(
 /// is there (see [`plan_memory`]): a root process reserves missing 2 MiB
 /// hugepages, others fall back to `--no-huge` with a one-line warning.
 /// `--no-huge` and `--huge-dir` are taken as given.
-pub fn prepare_memory(opts: &AppOpts, name: &str) -> EnvOpts {
+pub fn prepare_memory(opts: &AppOpts, name: &str) -> Result<EnvOpts, AppError> {
+    // An impossible size is refused before any hugepage is reserved.
+    rspdk_env::hugepages::check_mem_size(opts.mem_size_mb)
+        .map_err(|e| AppError::Env(e.to_string()))?;
     let mut env = EnvOpts {
         name: name.to_string(),
         mem_size_mb: opts.mem_size_mb,
@@ -392,7 +395,7 @@ pub fn prepare_memory(opts: &AppOpts, name: &str) -> EnvOpts {
         ..EnvOpts::default()
     };
     if env.no_huge || env.huge_dir.is_some() {
-        return env;
+        return Ok(env);
     }
     let page = env.huge_page_size;
     let pool = rspdk_env::hugepages::pool(None, page);
@@ -405,7 +408,7 @@ pub fn prepare_memory(opts: &AppOpts, name: &str) -> EnvOpts {
         " and not root, so none can be reserved".to_string()
     };
     match (plan, &pool) {
-        (MemoryPlan::UseAsIs, _) => return env,
+        (MemoryPlan::UseAsIs, _) => return Ok(env),
         (MemoryPlan::Reserve(add), Some(p)) => {
             match rspdk_env::hugepages::set_reserved(None, page, p.total + add) {
                 Ok(total) => {
@@ -418,7 +421,19 @@ pub fn prepare_memory(opts: &AppOpts, name: &str) -> EnvOpts {
                         human_size(now_free as usize * page)
                     );
                     if plan_memory(opts.mem_size_mb, page, now_free, false) == MemoryPlan::UseAsIs {
-                        return env;
+                        return Ok(env);
+                    }
+                    // Not enough even so: give back what was reserved for
+                    // nothing, rather than keep it from the rest of the
+                    // machine.
+                    match rspdk_env::hugepages::set_reserved(None, page, p.total) {
+                        Ok(back) => tracing::info!(
+                            "released the {} hugepages reserved for nothing ({back} in all again)",
+                            total.saturating_sub(back)
+                        ),
+                        Err(e) => {
+                            tracing::warn!("could not release the hugepages just reserved: {e}")
+                        }
                     }
                     why = " even after reserving (memory is fragmented or short)".into();
                 }
@@ -436,7 +451,7 @@ pub fn prepare_memory(opts: &AppOpts, name: &str) -> EnvOpts {
         human_size(free_pages as usize * page),
     );
     env.no_huge = true;
-    env
+    Ok(env)
 }
 
 #[cfg(test)]

@@ -918,3 +918,45 @@ fn bdev_nvme_tcp_attach_reconnect_fast_io_fail_and_loss() {
     drop(a);
     drop(b);
 }
+
+/// `bdev_nvme_attach_controller` to an address that accepts connections
+/// and never answers does not freeze the target: while the attach waits
+/// (here up to its 3 s fabrics connect timeout), other RPCs answer at
+/// once; then the attach fails with an error naming the address.
+#[test]
+fn attach_to_a_silent_address_does_not_block_the_target() {
+    let t = start();
+    // Connections complete in the kernel's backlog; nothing ever answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let sock = t.sock.clone();
+    let attach = std::thread::spawn(move || {
+        common::rpc(
+            &sock,
+            "bdev_nvme_attach_controller",
+            Some(json!({"name": "Silent", "trtype": "tcp", "adrfam": "ipv4",
+                "traddr": "127.0.0.1", "trsvcid": port.to_string(),
+                "subnqn": "nqn.2016-06.io.spdk:none", "fabrics_connect_timeout_us": 3_000_000})),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        ok(&t.sock, "bdev_get_bdevs", None);
+        assert!(
+            // Blocked, it would wait out the 3 s connect timeout.
+            t0.elapsed() < Duration::from_millis(1500),
+            "an RPC waited {:?} behind the attach",
+            t0.elapsed()
+        );
+        assert!(
+            !attach.is_finished(),
+            "the attach did not wait for the silent address"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = attach.join().unwrap();
+    let e = r.expect_err("attaching to a silent address fails");
+    assert!(e.message.contains(&port.to_string()), "{e:?}");
+    drop(silent);
+}

@@ -530,3 +530,27 @@ fn kill_instance_replies_before_the_signal() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(st.signal(), Some(libc::SIGKILL));
 }
+
+/// `-s 100T` is refused before any hugepage is reserved: the start fails
+/// at once with a message naming the machine's memory, and the hugepage
+/// pool is what it was (it used to grab ~20 GiB and keep it).
+#[test]
+fn impossible_memory_size_reserves_nothing() {
+    let nr = "/proc/sys/vm/nr_hugepages";
+    let before = std::fs::read_to_string(nr).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(TGT)
+        .arg("-r")
+        .arg(dir.path().join("s.sock"))
+        .args(["-s", "100T"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("more than this machine's memory"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(nr).unwrap(),
+        before,
+        "hugepages changed"
+    );
+}

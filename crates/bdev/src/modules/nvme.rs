@@ -48,7 +48,7 @@ use serde_json::{json, Value};
 
 use crate::bdev::{bdev_register, bdev_unregister, BackendChannel, BdevBackend};
 use crate::io::BdevIo;
-use crate::rpc::{answer_parked, method, method_async, respond_later, rpc_error};
+use crate::rpc::{answer_parked, method, method_async, park, respond_later, rpc_error};
 use crate::types::{BdevError, BdevProps, IoStatus, IoType, IoVec};
 
 /// The module name.
@@ -495,9 +495,41 @@ fn no_ctrlr(name: &str) -> BdevError {
     }
 }
 
+/// What [`attach`] checked before connecting: the parameters as saved,
+/// the transport ID, the controller options and the reconnect policy.
+pub struct AttachPlan {
+    params: AttachParams,
+    trid: TransportId,
+    opts: ControllerOpts,
+    policy: ReconnectPolicy,
+}
+
+impl AttachPlan {
+    /// The transport ID to connect to.
+    pub fn trid(&self) -> &TransportId {
+        &self.trid
+    }
+
+    /// Connects (blocking: the TCP connect, the Connect command, Identify,
+    /// controller enable); safe to run on any OS thread.
+    pub fn connect(&self) -> Result<Controller, BdevError> {
+        Controller::connect(&self.trid, &self.opts).map_err(|e| nvme_err(&self.trid.to_string(), e))
+    }
+}
+
 /// Attaches a controller and registers a bdev per active namespace (SPDK:
-/// `bdev_nvme_create`). Returns the bdev names.
-pub fn attach(mut params: AttachParams) -> Result<Vec<String>, BdevError> {
+/// `bdev_nvme_create`), blocking the calling thread while it connects.
+/// Returns the bdev names. The RPC connects on a helper thread instead
+/// ([`attach_plan`], [`AttachPlan::connect`], [`attach_finish`]).
+pub fn attach(params: AttachParams) -> Result<Vec<String>, BdevError> {
+    let plan = attach_plan(params)?;
+    let ctrlr = plan.connect()?;
+    attach_finish(plan, ctrlr)
+}
+
+/// Checks `params` (names free, transport ID, policy, supported options)
+/// without touching the network.
+pub fn attach_plan(mut params: AttachParams) -> Result<AttachPlan, BdevError> {
     let trid = params.trid()?;
     if trid.trtype == rspdk_nvme::TransportType::Tcp && trid.is_discovery() {
         return Err(BdevError::InvalidParam(format!(
@@ -509,24 +541,7 @@ pub fn attach(mut params: AttachParams) -> Result<Vec<String>, BdevError> {
     params.trtype = trid.trtype.as_str().to_string();
     params.traddr = trid.traddr.clone();
     params.adrfam = trid.adrfam.clone();
-    {
-        let list = ctrlrs();
-        if list.iter().any(|c| c.name == params.name) {
-            return Err(BdevError::Module {
-                errno: libc::EEXIST,
-                message: format!("an NVMe controller named '{}' exists", params.name),
-            });
-        }
-        let same = |t: &TransportId| {
-            t.traddr == trid.traddr && t.trsvcid == trid.trsvcid && t.subnqn == trid.subnqn
-        };
-        if let Some(c) = list.iter().find(|c| same(c.ctrlr.trid())) {
-            return Err(BdevError::Module {
-                errno: libc::EEXIST,
-                message: format!("{trid} is already attached as '{}'", c.name),
-            });
-        }
-    }
+    check_free(&params, &trid)?;
     params.check_supported()?;
     let mut opts = ControllerOpts::default();
     if let Some(n) = params.num_io_queues {
@@ -543,7 +558,49 @@ pub fn attach(mut params: AttachParams) -> Result<Vec<String>, BdevError> {
     if let Some(us) = params.fabrics_connect_timeout_us.filter(|&u| u > 0) {
         opts.admin_timeout_ms = us.div_ceil(1000);
     }
-    let ctrlr = Controller::connect(&trid, &opts).map_err(|e| nvme_err(&trid.to_string(), e))?;
+    Ok(AttachPlan {
+        params,
+        trid,
+        opts,
+        policy,
+    })
+}
+
+/// Checks that the name and transport ID are still free (another attach
+/// may have finished while this one connected).
+fn check_free(params: &AttachParams, trid: &TransportId) -> Result<(), BdevError> {
+    let list = ctrlrs();
+    if list.iter().any(|c| c.name == params.name) {
+        return Err(BdevError::Module {
+            errno: libc::EEXIST,
+            message: format!("an NVMe controller named '{}' exists", params.name),
+        });
+    }
+    let same = |t: &TransportId| {
+        t.traddr == trid.traddr && t.trsvcid == trid.trsvcid && t.subnqn == trid.subnqn
+    };
+    if let Some(c) = list.iter().find(|c| same(c.ctrlr.trid())) {
+        return Err(BdevError::Module {
+            errno: libc::EEXIST,
+            message: format!("{trid} is already attached as '{}'", c.name),
+        });
+    }
+    Ok(())
+}
+
+/// Registers the bdevs of a connected controller and starts its admin
+/// poller on the calling (SPDK) thread. Returns the bdev names.
+pub fn attach_finish(plan: AttachPlan, ctrlr: Controller) -> Result<Vec<String>, BdevError> {
+    let AttachPlan {
+        params,
+        trid,
+        policy,
+        ..
+    } = plan;
+    if let Err(e) = check_free(&params, &trid) {
+        let _ = ctrlr.detach();
+        return Err(e);
+    }
     let max_bdevs = params.max_bdevs.unwrap_or(128) as usize;
     let mut namespaces = ctrlr.namespaces();
     namespaces.sort_by_key(|n| n.id);
@@ -1216,9 +1273,48 @@ fn detach_matches(p: &DetachParams) -> Result<(), BdevError> {
 /// Registers the four `bdev_nvme_*` controller methods.
 pub fn register_rpcs(reg: &rspdk_rpc::RpcRegistry) {
     let rt = rspdk_rpc::StateMask::RUNTIME;
-    method(reg, "bdev_nvme_attach_controller", rt, |p: AttachParams| {
-        attach(p).map(|names| json!(names))
-    });
+    // The connect runs on a helper thread so that an address that accepts
+    // and never answers (or answers slowly) does not stop this reactor:
+    // RPCs and I/O go on meanwhile; the answer comes when it is done.
+    method_async(
+        reg,
+        "bdev_nvme_attach_controller",
+        rt,
+        |p: AttachParams, resp| {
+            let plan = match attach_plan(p) {
+                Ok(plan) => plan,
+                Err(e) => return resp.error(rpc_error(e)),
+            };
+            let Some(home) = rspdk_thread::get_thread().map(|t| t.handle()) else {
+                return resp.complete(
+                    attach(plan.params)
+                        .map(|names| json!(names))
+                        .map_err(rpc_error),
+                );
+            };
+            let id = park(resp);
+            let spawned = std::thread::Builder::new()
+                .name("nvme_attach".into())
+                .spawn(move || {
+                    let connected = plan.connect();
+                    let finish = move || {
+                        let r = connected.and_then(|c| attach_finish(plan, c));
+                        answer_parked(id, r.map(|names| json!(names)).map_err(rpc_error));
+                    };
+                    if home.send_msg(finish).is_err() {
+                        tracing::warn!("bdev_nvme_attach_controller: the RPC thread is gone");
+                    }
+                });
+            if let Err(e) = spawned {
+                answer_parked(
+                    id,
+                    Err(rspdk_rpc::RpcError::internal_error(format!(
+                        "cannot start the connect thread: {e}"
+                    ))),
+                );
+            }
+        },
+    );
     method_async(
         reg,
         "bdev_nvme_detach_controller",
