@@ -113,6 +113,14 @@ const INLINE_DATA_MAX: usize = 512;
 const MAX_IOV: usize = 64;
 /// Stop reading when this much output waits (back-pressure).
 const WBUF_HIGH: usize = 4 << 20;
+/// Receive (and send) buffer of a connection before its ICReq: enough for
+/// the ICReq and a TermReq.
+const RBUF_FIRST: usize = 4096;
+/// Receive buffer once the connection is initialised.
+const RBUF_STEADY: usize = 64 * 1024;
+/// A connection that has not completed ICReq and Connect within this long
+/// is closed: idle sockets must not hold the target's memory.
+const HANDSHAKE_TIMEOUT_NS: u64 = 10_000_000_000;
 
 /// Set when any poll group runs a connection (tests and stats).
 pub static CONNECTIONS_EVER: AtomicU64 = AtomicU64::new(0);
@@ -413,6 +421,8 @@ struct ConnInner {
     /// The first (Compare) half of a fused compare-and-write, waiting for
     /// its Write.
     fused_first: Option<usize>,
+    /// When the connection was accepted (for the handshake timeout).
+    accepted_ns: u64,
 }
 
 fn class_of(len: usize) -> usize {
@@ -437,11 +447,12 @@ impl ConnInner {
             opts,
             stats,
             pg_name,
-            rbuf: vec![0; 64 * 1024],
+            rbuf: vec![0; RBUF_FIRST],
             rlen: 0,
             rx: Rx::Hdr,
             maxr2t: 0,
-            wbuf: Vec::with_capacity(64 * 1024),
+            wbuf: Vec::with_capacity(RBUF_FIRST),
+            accepted_ns: rspdk_thread::now_ns(),
             wpos: 0,
             wmark: 0,
             out: VecDeque::with_capacity(2 * MAX_IOV),
@@ -767,6 +778,12 @@ impl Conn {
             return false;
         }
         let mut busy = i.flush();
+        if i.q.is_none()
+            && rspdk_thread::now_ns().saturating_sub(i.accepted_ns) > HANDSHAKE_TIMEOUT_NS
+        {
+            i.close("no ICReq and Connect within 10 s");
+            return true;
+        }
         if let Some(q) = &i.q {
             if q.ctrlr.dead.load(Ordering::Acquire) {
                 i.close("controller gone");
@@ -943,6 +960,13 @@ impl ConnInner {
             self.rlen -= off;
         }
         self.rbuf = rbuf;
+        // A connection gets its full-size buffers once its ICReq is in:
+        // until then (and for connections that never send one) it holds
+        // only a few KiB.
+        if self.ic_done && self.rbuf.len() < RBUF_STEADY {
+            self.rbuf.resize(RBUF_STEADY, 0);
+            self.wbuf.reserve(RBUF_STEADY);
+        }
     }
 
     /// At a PDU boundary: takes the header of a command capsule with
