@@ -72,6 +72,7 @@ pub mod log;
 pub mod opts;
 mod reactor;
 pub mod rpc_methods;
+mod rpc_scheduler;
 mod scheduler;
 mod signals;
 mod stats;

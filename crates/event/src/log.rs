@@ -161,6 +161,30 @@ fn state() -> MutexGuard<'static, LogState> {
 
 static RELOAD: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 
+/// Whether log lines start with a timestamp (`log_enable_timestamps`;
+/// on by default).
+static TIMESTAMPS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the timestamp at the start of each log line on or off (SPDK's
+/// `log_enable_timestamps`).
+pub fn set_timestamps(enabled: bool) {
+    TIMESTAMPS.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The log line timer: the system time while timestamps are enabled,
+/// nothing otherwise.
+struct SwitchableTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SwitchableTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        if TIMESTAMPS.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing_subscriber::fmt::time::SystemTime.format_time(w)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// Adds a log flag that enables the `tracing` targets (module-path
 /// prefixes) `targets`; registering an existing flag adds its targets.
 pub fn register_log_flag(name: &str, targets: &[&str]) {
@@ -290,6 +314,7 @@ pub fn init_logging(flags: &[String]) -> Result<(), LogError> {
     }
     let (layer, handle) = reload::Layer::new(filter);
     let fmt = tracing_subscriber::fmt::layer()
+        .with_timer(SwitchableTime)
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_thread_names(true);

@@ -250,6 +250,7 @@ pub(crate) fn register(reg: &RpcRegistry, app: Weak<AppInner>) -> Result<(), rsp
     })?;
 
     register_log_methods(reg)?;
+    crate::rpc_scheduler::register(reg)?;
 
     let a = app;
     reg.register("spdk_kill_instance", BOTH, move |p, r| {

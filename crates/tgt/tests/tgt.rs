@@ -554,3 +554,57 @@ fn impossible_memory_size_reserves_nothing() {
         "hugepages changed"
     );
 }
+
+/// framework_get/set_scheduler (static only, period kept; dynamic refused
+/// by name), framework_get_governor (none), framework_get_pci_devices,
+/// log_enable_timestamps (log lines lose and regain their timestamp).
+#[test]
+fn scheduler_governor_pci_and_timestamps() {
+    let t = Tgt::start(&[]);
+    let s = &t.sock;
+    let g = ok(s, "framework_get_scheduler", None);
+    assert_eq!(g["scheduler_name"], json!("static"));
+    assert_eq!(g["scheduler_period"], json!(1_000_000));
+    ok(
+        s,
+        "framework_set_scheduler",
+        Some(json!({"name": "static", "period": 500_000})),
+    );
+    assert_eq!(
+        ok(s, "framework_get_scheduler", None)["scheduler_period"],
+        json!(500_000)
+    );
+    let e = rpc(
+        s,
+        "framework_set_scheduler",
+        Some(json!({"name": "dynamic"})),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("'dynamic' is not supported"), "{e:?}");
+    assert_eq!(ok(s, "framework_get_governor", None), json!({}));
+    assert!(ok(s, "framework_get_pci_devices", None).is_array());
+
+    let line_with = |marker: &str| {
+        t.stderr()
+            .lines()
+            .find(|l| l.contains(marker))
+            .map(str::to_string)
+    };
+    ok(s, "log_enable_timestamps", Some(json!({"enabled": false})));
+    ok(s, "log_set_print_level", Some(json!({"level": "INFO"})));
+    ok(
+        s,
+        "bdev_malloc_create",
+        Some(json!({"name": "NoStamp", "num_blocks": 64, "block_size": 512})),
+    );
+    ok(s, "log_enable_timestamps", Some(json!({"enabled": true})));
+    ok(
+        s,
+        "bdev_malloc_create",
+        Some(json!({"name": "Stamped", "num_blocks": 64, "block_size": 512})),
+    );
+    let plain = line_with("NoStamp").expect("a log line about NoStamp");
+    let stamped = line_with("Stamped").expect("a log line about Stamped");
+    assert!(!plain.trim_start().starts_with("20"), "{plain}");
+    assert!(stamped.starts_with("20"), "{stamped}");
+}
