@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, Weak};
 use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
 
-use crate::alloc::{dma_free, dma_malloc};
+use crate::alloc::{dma_free, dma_zmalloc};
 use crate::error::{EnvError, Result};
 
 /// Threads that get a private cache in each pool.
@@ -225,7 +225,9 @@ impl Mempool {
         } else {
             len
         };
-        let chunk = dma_malloc(len, align, self.socket, None)?;
+        // Zeroed: every object's bytes are initialised before first use,
+        // so users may read them through references (iobuf does).
+        let chunk = dma_zmalloc(len, align, self.socket, None)?;
         let base = chunk.as_ptr() as usize;
         let mut made = 0;
         let mut at = base;

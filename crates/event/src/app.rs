@@ -604,7 +604,10 @@ impl AppInner {
             return app.fail(e.into());
         }
         if let Some(e) = unknown_subsystem {
-            return app.fail(e.into());
+            if !app.opts.json_ignore_init_errors {
+                return app.fail(e.into());
+            }
+            tracing::warn!("{e} (ignored: --json-ignore-init-errors)");
         }
         if let Err(e) = app.register_methods(rpc_fns) {
             return app.fail(e);

@@ -67,6 +67,7 @@
 
 pub mod app;
 pub mod config;
+mod iobuf_subsystem;
 mod local;
 pub mod log;
 pub mod opts;
@@ -81,6 +82,7 @@ mod sys;
 
 pub use app::{App, AppContext, AppError, AppStopper};
 pub use config::{ConfigError, JsonConfig};
+pub use iobuf_subsystem::IobufSubsystem;
 pub use opts::AppOpts;
 pub use reactor::{ReactorError, ReactorOpts, ReactorSet, ReactorSetHandle};
 pub use rspdk_thread::{CpuSet, CpuSetParseError};

@@ -78,6 +78,16 @@ impl Drop for Tgt {
     }
 }
 
+/// The save_config section of `subsystem`.
+fn section<'a>(saved: &'a Value, subsystem: &str) -> &'a Value {
+    saved["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["subsystem"] == subsystem)
+        .unwrap_or_else(|| panic!("no {subsystem} section in {saved}"))
+}
+
 fn keys(v: &Value) -> Vec<&str> {
     v.as_object()
         .unwrap_or_else(|| panic!("not an object: {v}"))
@@ -93,7 +103,7 @@ fn demo_flag_applies_the_embedded_config() {
     let t = Tgt::start(&["--demo"]);
     let s = &t.sock;
     let saved = ok(s, "save_config", None);
-    let bdev_cfg = saved["subsystems"][0]["config"].as_array().unwrap();
+    let bdev_cfg = section(&saved, "bdev")["config"].as_array().unwrap();
     assert!(
         bdev_cfg.iter().any(|e| e["method"] == "bdev_malloc_create"
             && e["params"]["name"] == "Malloc0"
@@ -144,6 +154,7 @@ fn every_framework_method_answers_with_spdk_shape() {
     assert_eq!(
         ok(s, "framework_get_subsystems", None),
         json!([
+            {"subsystem": "iobuf", "depends_on": []},
             {"subsystem": "bdev", "depends_on": []},
             {"subsystem": "nvmf", "depends_on": ["bdev"]},
             {"subsystem": "scsi", "depends_on": []},
@@ -158,8 +169,12 @@ fn every_framework_method_answers_with_spdk_shape() {
         1
     );
     let saved = ok(s, "save_config", None);
-    assert_eq!(saved["subsystems"][0]["subsystem"], json!("bdev"));
-    let bdev_cfg = saved["subsystems"][0]["config"].as_array().unwrap();
+    assert_eq!(saved["subsystems"][0]["subsystem"], json!("iobuf"));
+    assert_eq!(
+        section(&saved, "iobuf")["config"][0]["method"],
+        json!("iobuf_set_options")
+    );
+    let bdev_cfg = section(&saved, "bdev")["config"].as_array().unwrap();
     assert!(
         !bdev_cfg.iter().any(|e| e["method"] == "bdev_malloc_create"),
         "{saved}"
@@ -342,7 +357,7 @@ fn json_config_applied_at_start_and_errors_abort() {
     std::fs::write(
         &good,
         r#"// comments are allowed, as in SPDK
-        {"subsystems": [{"subsystem": "log", "config": [
+        {"subsystems": [{"subsystem": "bdev", "config": [
             {"method": "log_set_flag", "params": {"flag": "app_config"}},
             {"method": "log_set_print_level", "params": {"level": "INFO"}}
         ]}]}"#,
@@ -359,7 +374,7 @@ fn json_config_applied_at_start_and_errors_abort() {
     let bad = dir.path().join("bad.json");
     std::fs::write(
         &bad,
-        r#"{"subsystems": [{"subsystem": "log", "config": [
+        r#"{"subsystems": [{"subsystem": "bdev", "config": [
             {"method": "log_set_flag", "params": {"flag": "no_such_flag"}},
             {"method": "log_set_flag", "params": {"flag": "rpc"}}
         ]}]}"#,
@@ -370,7 +385,7 @@ fn json_config_applied_at_start_and_errors_abort() {
     assert_eq!(st.code(), Some(1));
     let err = t.stderr();
     assert!(
-        err.contains("JSON config: subsystem 'log': method 'log_set_flag' failed: invalid params: flag: unknown log flag 'no_such_flag'"),
+        err.contains("JSON config: subsystem 'bdev': method 'log_set_flag' failed: invalid params: flag: unknown log flag 'no_such_flag'"),
         "{err}"
     );
     assert!(!t.sock.exists());

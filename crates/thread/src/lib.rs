@@ -151,6 +151,7 @@ mod clock;
 mod cpuset;
 mod current;
 mod io_channel;
+pub mod iobuf;
 mod msg;
 mod ring;
 mod stats;
