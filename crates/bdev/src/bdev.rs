@@ -168,6 +168,12 @@ pub fn bdev_register(
                 return Err(BdevError::Exists(n.clone()));
             }
         }
+        if let Some(other) = reg.by_name.values().find(|b| b.0.props.uuid == props.uuid) {
+            return Err(BdevError::UuidExists {
+                uuid: props.uuid,
+                bdev: other.name().to_string(),
+            });
+        }
         let supported = IoType::ALL
             .iter()
             .filter(|t| backend.io_type_supported(**t))
@@ -210,6 +216,9 @@ fn validate_props(p: &BdevProps) -> Result<(), BdevError> {
     if p.name.is_empty() {
         return Err(BdevError::InvalidParam("name is empty".into()));
     }
+    for n in std::iter::once(&p.name).chain(p.aliases.iter()) {
+        check_name(n)?;
+    }
     if p.block_size == 0 || !p.block_size.is_power_of_two() || p.block_size < 512 {
         return Err(BdevError::InvalidParam(format!(
             "block_size {} must be a power of two and at least 512",
@@ -218,6 +227,13 @@ fn validate_props(p: &BdevProps) -> Result<(), BdevError> {
     }
     if p.num_blocks == 0 {
         return Err(BdevError::InvalidParam("num_blocks is 0".into()));
+    }
+    check_size(p.num_blocks, p.block_size)?;
+    if p.physical_block_size % 512 != 0 {
+        return Err(BdevError::InvalidParam(format!(
+            "physical_block_size {} must be a multiple of 512 (or omitted)",
+            p.physical_block_size
+        )));
     }
     if p.required_alignment == 0 || !p.required_alignment.is_power_of_two() {
         return Err(BdevError::InvalidParam(format!(
@@ -229,6 +245,28 @@ fn validate_props(p: &BdevProps) -> Result<(), BdevError> {
         return Err(BdevError::InvalidParam("write_unit_size is 0".into()));
     }
     Ok(())
+}
+
+/// Refuses names that could forge log lines or terminal output: control
+/// characters (newlines, ESC sequences, ...). Modules call it for any
+/// user-given name they log before registering.
+pub fn check_name(name: &str) -> Result<(), BdevError> {
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(BdevError::InvalidParam(format!(
+            "name {name:?} contains the control character {c:?}: use printable characters only"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a block count whose byte size does not fit in 64 bits.
+pub(crate) fn check_size(num_blocks: u64, block_size: u32) -> Result<u64, BdevError> {
+    num_blocks.checked_mul(block_size as u64).ok_or_else(|| {
+        BdevError::InvalidParam(format!(
+            "num_blocks {num_blocks} x block_size {block_size} bytes overflows 64 bits: use at most {} blocks",
+            u64::MAX / block_size.max(1) as u64
+        ))
+    })
 }
 
 /// Finds a bdev by name or alias (SPDK: `spdk_bdev_get_by_name`).
@@ -352,6 +390,7 @@ impl Bdev {
         if num_blocks == 0 {
             return Err(BdevError::InvalidParam("new block count is 0".into()));
         }
+        check_size(num_blocks, self.block_size())?;
         self.0.num_blocks.store(num_blocks, Ordering::Relaxed);
         let events: Vec<_> = lock(self.0.state())
             .descs
@@ -402,6 +441,11 @@ impl Bdev {
             "product_name": p.product_name,
             "block_size": p.block_size,
             "num_blocks": self.num_blocks(),
+            "preferred_write_alignment": p.preferred_write_alignment,
+            "preferred_write_granularity": p.preferred_write_granularity,
+            "optimal_write_size": p.optimal_write_size,
+            "preferred_unmap_alignment": p.preferred_unmap_alignment,
+            "preferred_unmap_granularity": p.preferred_unmap_granularity,
             "uuid": p.uuid.to_string(),
             "assigned_rate_limits": self.0.qos.limits_json(),
             "claimed": claim.is_some(),
@@ -409,6 +453,9 @@ impl Bdev {
             "supported_io_types": supported,
             "driver_specific": self.0.backend.dump_info_json(),
         });
+        if let Some(id) = p.numa_id {
+            v["numa_id"] = json!(id);
+        }
         if let Some(m) = claim {
             v["claim_type"] = json!("exclusive_write");
             v["claimed_by"] = json!(m);

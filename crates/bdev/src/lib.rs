@@ -58,8 +58,8 @@ mod subsystem;
 mod types;
 
 pub use bdev::{
-    bdev_get, bdev_open, bdev_register, bdev_unregister, bdevs, module_register, modules,
-    BackendChannel, Bdev, BdevBackend, BdevDesc, BdevModule,
+    bdev_get, bdev_open, bdev_register, bdev_unregister, bdevs, check_name, module_register,
+    modules, BackendChannel, Bdev, BdevBackend, BdevDesc, BdevModule,
 };
 pub use channel::BdevIoChannel;
 pub use io::{io_objects_created, io_pool_options, set_io_pool_options, BdevIo};
