@@ -88,7 +88,7 @@ pub fn modules() -> Vec<Arc<dyn BdevModule>> {
     lock(&MODULES).clone()
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -127,6 +127,28 @@ pub(crate) struct BdevShared {
     /// `io_type_supported` for every type, asked once at registration
     /// (bit `IoType as usize`), so the I/O path makes no virtual call.
     pub supported: u32,
+    /// Histogram settings; channels pick them up when `hist_gen` moves.
+    pub hist: Mutex<crate::histogram::HistConfig>,
+    /// Bumped by every `bdev_enable_histogram`.
+    pub hist_gen: AtomicU64,
+    /// Queue depth sampling (`bdev_set_qd_sampling_period`).
+    pub qd: Mutex<QdState>,
+}
+
+/// Queue depth sampling state (SPDK: `measured_queue_depth`, `io_time`,
+/// `weighted_io_time`, `period`).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct QdState {
+    /// Sampling period in microseconds; 0: off.
+    pub period_us: u64,
+    /// The last sample: I/Os outstanding over every channel.
+    pub queue_depth: u64,
+    /// Sum of the periods (us) whose sample was not idle.
+    pub io_time: u64,
+    /// Sum of period x queue depth over the samples.
+    pub weighted_io_time: u64,
+    /// A sample is being taken.
+    pub in_progress: bool,
 }
 
 /// A registered block device. Cheap to clone.
@@ -194,6 +216,9 @@ pub fn bdev_register(
             retired_stats: Mutex::new(IoStats::default()),
             qos: Qos::default(),
             removing: std::sync::atomic::AtomicBool::new(false),
+            hist: Mutex::new(Default::default()),
+            hist_gen: AtomicU64::new(0),
+            qd: Mutex::new(QdState::default()),
         });
         let key = IoDeviceKey(DEVICE_KEYS.fetch_add(1, Ordering::Relaxed));
         let dev = channel::register_io_device(key, &shared)?;

@@ -49,6 +49,7 @@
 
 mod bdev;
 mod channel;
+mod histogram;
 mod io;
 pub mod modules;
 mod qos;
@@ -62,8 +63,9 @@ pub use bdev::{
     modules, BackendChannel, Bdev, BdevBackend, BdevDesc, BdevModule,
 };
 pub use channel::BdevIoChannel;
+pub use histogram::Histogram;
 pub use io::{io_objects_created, io_pool_options, set_io_pool_options, BdevIo};
 pub use qos::QosLimits;
-pub use stats::{IoStats, TypeStats};
+pub use stats::{IoStats, ResetMode, TypeStats};
 pub use subsystem::BdevSubsystem;
 pub use types::{iovs_len, BdevError, BdevEvent, BdevProps, IoStatus, IoType, IoVec};

@@ -531,3 +531,221 @@ fn malloc_and_null_take_every_param_spdk_sends() {
     }
     call(&ut, &reg, "bdev_null_delete", json!({"name": "NullP"})).unwrap();
 }
+
+/// Writes (or reads) one block at `off` through `ch` and polls until done.
+fn io_one(
+    ut: &UtThreads,
+    desc: &rspdk_bdev::BdevDesc,
+    ch: &rspdk_bdev::BdevIoChannel,
+    write: bool,
+    off: u64,
+) -> rspdk_bdev::IoStatus {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let got: Rc<Cell<Option<rspdk_bdev::IoStatus>>> = Rc::default();
+    let g = got.clone();
+    let buf = rspdk_env::DmaBuf::zeroed(512).unwrap();
+    ut.run_on(0, || {
+        let cb = move |s, _| g.set(Some(s));
+        if write {
+            ch.write(desc, buf, off, cb).map_err(|(e, _)| e).unwrap()
+        } else {
+            ch.read(desc, buf, off, cb).map_err(|(e, _)| e).unwrap()
+        }
+    });
+    for _ in 0..10_000 {
+        if got.get().is_some() {
+            break;
+        }
+        ut.poll_threads();
+    }
+    got.get().expect("I/O never completed")
+}
+
+/// Standard base64 (test-side decoder, independent of the encoder).
+fn unbase64(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a' + 26) as u32,
+            b'0'..=b'9' => (c - b'0' + 52) as u32,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let mut out = Vec::new();
+    for q in s.as_bytes().chunks(4) {
+        let pad = q.iter().filter(|&&c| c == b'=').count();
+        let n = q
+            .iter()
+            .map(|&c| if c == b'=' { 0 } else { val(c) })
+            .fold(0u32, |n, v| n << 6 | v);
+        out.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
+    }
+    out
+}
+
+#[test]
+fn iostat_reset_modes_per_channel_and_histogram() {
+    let (ut, reg) = setup();
+    call(
+        &ut,
+        &reg,
+        "bdev_malloc_create",
+        json!({"name": "StatM", "num_blocks": 64, "block_size": 512}),
+    )
+    .unwrap();
+    let desc = ut.run_on(0, || rspdk_bdev::bdev_open("StatM", true, |_| {}).unwrap());
+    let ch = ut.run_on(0, || desc.get_io_channel().unwrap());
+    for i in 0..3 {
+        assert!(io_one(&ut, &desc, &ch, true, i).is_ok());
+    }
+    assert!(io_one(&ut, &desc, &ch, false, 0).is_ok());
+    let stat = |p: Value| call(&ut, &reg, "bdev_get_iostat", p).unwrap();
+    // What rpc.py sends: per_channel false, names, reset_mode.
+    let s = stat(json!({"per_channel": false, "names": ["StatM"], "reset_mode": "maxmin"}));
+    let b = &s["bdevs"][0];
+    assert_eq!(b["name"], "StatM");
+    assert_eq!(b["num_write_ops"], 3);
+    assert!(b["max_write_latency_ticks"].as_u64().unwrap() > 0);
+    assert!(b["min_write_latency_ticks"].as_u64().unwrap() > 0);
+    assert!(b.get("queue_depth").is_none(), "no sampling yet: {b}");
+    // maxmin reset those, and only those.
+    let b = stat(json!({"names": ["StatM"]}))["bdevs"][0].clone();
+    assert_eq!(b["num_write_ops"], 3);
+    assert_eq!(b["max_write_latency_ticks"], 0);
+    assert_eq!(b["min_write_latency_ticks"], 0);
+    // Per channel: one channel, on thread 0.
+    let s = stat(json!({"per_channel": true, "names": ["StatM"]}));
+    assert_eq!(s["name"], "StatM");
+    let chans = s["channels"].as_array().unwrap();
+    assert_eq!(chans.len(), 1);
+    assert_eq!(chans[0]["thread_id"], ut.thread(0).id());
+    assert_eq!(chans[0]["num_read_ops"], 1);
+    let e = call(
+        &ut,
+        &reg,
+        "bdev_get_iostat",
+        json!({"per_channel": true, "names": ["StatM", "StatM"]}),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("exactly one bdev"), "{}", e.message);
+    let e = call(
+        &ut,
+        &reg,
+        "bdev_get_iostat",
+        json!({"names": ["StatM", "Nope"]}),
+    )
+    .unwrap_err();
+    assert_eq!(e.code, -libc::ENODEV);
+    let e = call(
+        &ut,
+        &reg,
+        "bdev_get_iostat",
+        json!({"reset_mode": "sometimes"}),
+    )
+    .unwrap_err();
+    assert_eq!(e.code, -32602);
+    // reset_mode all while reading: this answer has the counts, the next none.
+    let b = stat(json!({"names": ["StatM"], "reset_mode": "all"}))["bdevs"][0].clone();
+    assert_eq!(b["num_write_ops"], 3);
+    let b = stat(json!({"names": ["StatM"]}))["bdevs"][0].clone();
+    assert_eq!(b["num_write_ops"], 0);
+    assert_eq!(b["num_read_ops"], 0);
+    // bdev_reset_iostat: mode none leaves them, the default (all) clears.
+    assert!(io_one(&ut, &desc, &ch, true, 5).is_ok());
+    assert_eq!(
+        call(
+            &ut,
+            &reg,
+            "bdev_reset_iostat",
+            json!({"name": "StatM", "mode": "none"})
+        )
+        .unwrap(),
+        json!(true)
+    );
+    assert_eq!(
+        stat(json!({"names": ["StatM"]}))["bdevs"][0]["num_write_ops"],
+        1
+    );
+    call(&ut, &reg, "bdev_reset_iostat", json!({"name": "StatM"})).unwrap();
+    assert_eq!(
+        stat(json!({"names": ["StatM"]}))["bdevs"][0]["num_write_ops"],
+        0
+    );
+    let e = call(&ut, &reg, "bdev_reset_iostat", json!({"name": "Nope"})).unwrap_err();
+    assert_eq!(e.code, -libc::ENODEV);
+
+    // Histogram: refused until enabled; counts only the opc asked for.
+    let e = call(&ut, &reg, "bdev_get_histogram", json!({"name": "StatM"})).unwrap_err();
+    assert!(e.message.contains("bdev_enable_histogram"), "{}", e.message);
+    let e = call(
+        &ut,
+        &reg,
+        "bdev_enable_histogram",
+        json!({"name": "StatM", "enable": true, "opc": "nvme_admin"}),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("\"write\""), "{}", e.message);
+    let e = call(
+        &ut,
+        &reg,
+        "bdev_enable_histogram",
+        json!({"name": "StatM", "enable": true, "min_nsec": 10, "max_nsec": 10}),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("min_nsec"), "{}", e.message);
+    call(
+        &ut,
+        &reg,
+        "bdev_enable_histogram",
+        json!({"name": "StatM", "enable": true, "opc": "write"}),
+    )
+    .unwrap();
+    for i in 0..4 {
+        assert!(io_one(&ut, &desc, &ch, true, i).is_ok());
+    }
+    assert!(io_one(&ut, &desc, &ch, false, 0).is_ok());
+    let h = call(&ut, &reg, "bdev_get_histogram", json!({"name": "StatM"})).unwrap();
+    assert_eq!(h["granularity"], 7);
+    assert_eq!(h["min_range"], 3);
+    assert_eq!(h["max_range"], 30);
+    assert_eq!(h["tsc_rate"], 1_000_000_000u64);
+    let bytes = unbase64(h["histogram"].as_str().unwrap());
+    assert_eq!(bytes.len(), 28 * 128 * 8);
+    let counts: Vec<u64> = bytes
+        .chunks(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(counts.iter().sum::<u64>(), 4, "the 4 writes, not the read");
+    // save_config re-enables it with every setting.
+    let saved = saved_params("bdev_enable_histogram", "StatM");
+    assert_eq!(
+        saved,
+        json!({"name": "StatM", "enable": true, "opc": "write", "granularity": 7,
+            "min_nsec": 1000, "max_nsec": 120_000_000_000u64})
+    );
+    // Closing the channel keeps its counts.
+    drop(ch);
+    ut.poll_threads();
+    let h = call(&ut, &reg, "bdev_get_histogram", json!({"name": "StatM"})).unwrap();
+    let total: u64 = unbase64(h["histogram"].as_str().unwrap())
+        .chunks(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .sum();
+    assert_eq!(total, 4);
+    call(
+        &ut,
+        &reg,
+        "bdev_enable_histogram",
+        json!({"name": "StatM", "enable": false}),
+    )
+    .unwrap();
+    assert!(call(&ut, &reg, "bdev_get_histogram", json!({"name": "StatM"})).is_err());
+    assert!(!rspdk_bdev::rpc::config_json()
+        .iter()
+        .any(|e| e["method"] == "bdev_enable_histogram" && e["params"]["name"] == "StatM"));
+    drop(desc);
+    call(&ut, &reg, "bdev_malloc_delete", json!({"name": "StatM"})).unwrap();
+}
