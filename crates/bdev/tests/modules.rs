@@ -580,6 +580,8 @@ fn injected_errors_hit_exactly_num_ios_then_pass() {
         error_type,
         num,
         queue_depth: 0,
+        nvme_sct: 0,
+        nvme_sc: 0,
         corrupt_offset: 0,
         corrupt_value: 0,
     };
@@ -777,6 +779,8 @@ fn hot_remove_of_the_base_tears_down_the_stack_without_losing_completions() {
         error_type: error::ErrorType::Pending,
         num: 1,
         queue_depth: 0,
+        nvme_sct: 0,
+        nvme_sc: 0,
         corrupt_offset: 0,
         corrupt_value: 0,
     })

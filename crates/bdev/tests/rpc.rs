@@ -749,3 +749,170 @@ fn iostat_reset_modes_per_channel_and_histogram() {
     drop(desc);
     call(&ut, &reg, "bdev_malloc_delete", json!({"name": "StatM"})).unwrap();
 }
+
+#[test]
+fn error_nvme_failure_resume_pending_and_queue_depth_sampling() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let (mut ut, reg) = setup();
+    call(
+        &ut,
+        &reg,
+        "bdev_malloc_create",
+        json!({"name": "QdM", "num_blocks": 64, "block_size": 512}),
+    )
+    .unwrap();
+    call(&ut, &reg, "bdev_error_create", json!({"base_name": "QdM"})).unwrap();
+    let desc = ut.run_on(0, || rspdk_bdev::bdev_open("EE_QdM", true, |_| {}).unwrap());
+    let ch = ut.run_on(0, || desc.get_io_channel().unwrap());
+    let inject = |p: Value| call(&ut, &reg, "bdev_error_inject_error", p);
+
+    // nvme_failure: what rpc.py sends for `--nvme-sct 1 --nvme-sc 128 -n 1`.
+    inject(
+        json!({"name": "EE_QdM", "io_type": "write", "error_type": "nvme_failure",
+        "nvme_sct": 1, "nvme_sc": 128, "num": 1}),
+    )
+    .unwrap();
+    assert_eq!(
+        io_one(&ut, &desc, &ch, true, 0),
+        rspdk_bdev::IoStatus::Nvme { sct: 1, sc: 128 }
+    );
+    assert!(io_one(&ut, &desc, &ch, true, 0).is_ok(), "num 1: one hit");
+    for (p, want) in [
+        (
+            json!({"name": "EE_QdM", "io_type": "write", "error_type": "nvme_failure"}),
+            "needs nvme_sct or nvme_sc",
+        ),
+        (
+            json!({"name": "EE_QdM", "io_type": "write", "error_type": "failure", "nvme_sc": 2}),
+            "only to error_type nvme_failure",
+        ),
+        (
+            json!({"name": "EE_QdM", "io_type": "write", "error_type": "nvme_failure", "nvme_sct": 8}),
+            "0..=7",
+        ),
+        (
+            json!({"name": "EE_QdM", "io_type": "write", "error_type": "nomem"}),
+            "not supported",
+        ),
+    ] {
+        let e = inject(p).unwrap_err();
+        assert!(e.message.contains(want), "{want}: {}", e.message);
+    }
+    // io_type clear and num 0 disarm.
+    inject(json!({"name": "EE_QdM", "io_type": "all", "error_type": "failure", "num": 5})).unwrap();
+    inject(json!({"name": "EE_QdM", "io_type": "clear", "error_type": "failure"})).unwrap();
+    assert!(io_one(&ut, &desc, &ch, true, 1).is_ok());
+    inject(json!({"name": "EE_QdM", "io_type": "read", "error_type": "failure", "num": 5}))
+        .unwrap();
+    inject(json!({"name": "EE_QdM", "io_type": "read", "error_type": "failure", "num": 0}))
+        .unwrap();
+    assert!(io_one(&ut, &desc, &ch, false, 1).is_ok());
+
+    // Hold two writes, sample the queue depth, then resume them.
+    inject(json!({"name": "EE_QdM", "io_type": "write", "error_type": "pending", "num": 2}))
+        .unwrap();
+    call(
+        &ut,
+        &reg,
+        "bdev_set_qd_sampling_period",
+        json!({"name": "EE_QdM", "period": 1000}),
+    )
+    .unwrap();
+    let done: Rc<Cell<u32>> = Rc::default();
+    for off in [10u64, 11] {
+        let d = done.clone();
+        let mut buf = rspdk_env::DmaBuf::zeroed(512).unwrap();
+        buf.fill(0xab);
+        ut.run_on(0, || {
+            ch.write(&desc, buf, off, move |s, _| {
+                assert!(s.is_ok(), "{s:?}");
+                d.set(d.get() + 1)
+            })
+            .map_err(|(e, _)| e)
+            .unwrap()
+        });
+    }
+    for _ in 0..3 {
+        ut.advance_time_us(1000);
+        ut.poll_threads();
+    }
+    assert_eq!(done.get(), 0, "held");
+    let stat = |ut: &UtThreads| {
+        call(ut, &reg, "bdev_get_iostat", json!({"names": ["EE_QdM"]})).unwrap()["bdevs"][0].clone()
+    };
+    let s = stat(&ut);
+    assert_eq!(s["queue_depth_polling_period"], 1000);
+    assert_eq!(s["queue_depth"], 2, "{s}");
+    let io_time = s["io_time"].as_u64().unwrap();
+    assert!(io_time >= 1000 && io_time % 1000 == 0, "{s}");
+    assert_eq!(s["weighted_io_time"].as_u64().unwrap(), 2 * io_time);
+    assert_eq!(
+        saved_params("bdev_set_qd_sampling_period", "EE_QdM"),
+        json!({"name": "EE_QdM", "period": 1000})
+    );
+    let e = call(
+        &ut,
+        &reg,
+        "bdev_error_resume_pending",
+        json!({"name": "QdM"}),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("not an error bdev"), "{}", e.message);
+    call(
+        &ut,
+        &reg,
+        "bdev_error_resume_pending",
+        json!({"name": "EE_QdM"}),
+    )
+    .unwrap();
+    for _ in 0..100 {
+        if done.get() == 2 {
+            break;
+        }
+        ut.poll_threads();
+    }
+    assert_eq!(done.get(), 2, "resumed writes complete");
+    // They reached the base.
+    let base = ut.run_on(0, || rspdk_bdev::bdev_open("QdM", false, |_| {}).unwrap());
+    let bch = ut.run_on(0, || base.get_io_channel().unwrap());
+    let got: Rc<std::cell::RefCell<Option<Vec<u8>>>> = Rc::default();
+    let g = got.clone();
+    ut.run_on(0, || {
+        bch.read(
+            &base,
+            rspdk_env::DmaBuf::zeroed(1024).unwrap(),
+            10,
+            move |_, b| *g.borrow_mut() = Some(b.to_vec()),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap()
+    });
+    for _ in 0..100 {
+        ut.poll_threads();
+    }
+    assert!(got.borrow().as_ref().unwrap().iter().all(|&b| b == 0xab));
+    // Idle again: the next sample is 0 and io_time stops growing.
+    ut.advance_time_us(1000);
+    ut.poll_threads();
+    ut.poll_threads();
+    let s = stat(&ut);
+    assert_eq!(s["queue_depth"], 0, "{s}");
+    let idle = s["io_time"].as_u64().unwrap();
+    ut.advance_time_us(1000);
+    ut.poll_threads();
+    ut.poll_threads();
+    assert_eq!(stat(&ut)["io_time"].as_u64().unwrap(), idle);
+    // Off: the fields go away.
+    call(
+        &ut,
+        &reg,
+        "bdev_set_qd_sampling_period",
+        json!({"name": "EE_QdM", "period": 0}),
+    )
+    .unwrap();
+    assert!(stat(&ut).get("queue_depth").is_none());
+    drop((bch, base, ch, desc));
+    call(&ut, &reg, "bdev_error_delete", json!({"name": "EE_QdM"})).unwrap();
+    call(&ut, &reg, "bdev_malloc_delete", json!({"name": "QdM"})).unwrap();
+}
