@@ -916,3 +916,51 @@ fn error_nvme_failure_resume_pending_and_queue_depth_sampling() {
     call(&ut, &reg, "bdev_error_delete", json!({"name": "EE_QdM"})).unwrap();
     call(&ut, &reg, "bdev_malloc_delete", json!({"name": "QdM"})).unwrap();
 }
+
+#[test]
+fn uring_rescan_follows_the_file_size() {
+    let (ut, reg) = setup();
+    let dir = std::env::temp_dir().join(format!("rspdk-uring-rescan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("u.img");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    call(
+        &ut,
+        &reg,
+        "bdev_uring_create",
+        json!({"filename": path, "name": "URescan", "block_size": 512}),
+    )
+    .unwrap();
+    assert_eq!(bdev_info(&ut, &reg, "URescan")["num_blocks"], 2048);
+    // Unchanged: still true, same size.
+    assert_eq!(
+        call(&ut, &reg, "bdev_uring_rescan", json!({"name": "URescan"})).unwrap(),
+        json!(true)
+    );
+    assert_eq!(bdev_info(&ut, &reg, "URescan")["num_blocks"], 2048);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(3 << 20)
+        .unwrap();
+    call(&ut, &reg, "bdev_uring_rescan", json!({"name": "URescan"})).unwrap();
+    assert_eq!(bdev_info(&ut, &reg, "URescan")["num_blocks"], 6144);
+    let e = call(&ut, &reg, "bdev_uring_rescan", json!({"name": "Nope"})).unwrap_err();
+    assert_eq!(e.code, -libc::ENODEV);
+    call(
+        &ut,
+        &reg,
+        "bdev_malloc_create",
+        json!({"name": "NotUring", "num_blocks": 64, "block_size": 512}),
+    )
+    .unwrap();
+    let e = call(&ut, &reg, "bdev_uring_rescan", json!({"name": "NotUring"})).unwrap_err();
+    assert!(e.message.contains("not a uring bdev"), "{}", e.message);
+    call(&ut, &reg, "bdev_malloc_delete", json!({"name": "NotUring"})).unwrap();
+    call(&ut, &reg, "bdev_uring_delete", json!({"name": "URescan"})).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
