@@ -236,6 +236,7 @@ fn aio_writes_land_in_the_file_and_rescan_resizes() {
             readonly: false,
             fallocate: true,
             uuid: None,
+            nowait: false,
         })
         .unwrap()
     });
@@ -311,6 +312,7 @@ fn file_bdevs_reject_bad_params_clearly() {
                 readonly: false,
                 fallocate: false,
                 uuid: None,
+                nowait: false,
             })
         })
         .unwrap_err();
@@ -352,6 +354,7 @@ fn file_bdevs_reject_bad_params_clearly() {
             readonly: true,
             fallocate: false,
             uuid: None,
+            nowait: false,
         })
         .unwrap()
     });

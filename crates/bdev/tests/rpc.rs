@@ -964,3 +964,46 @@ fn uring_rescan_follows_the_file_size() {
     call(&ut, &reg, "bdev_uring_delete", json!({"name": "URescan"})).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn aio_nowait_is_refused_on_files_and_saved() {
+    let (ut, reg) = setup();
+    let dir = std::env::temp_dir().join(format!("rspdk-aio-nowait-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("a.img");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    // rpc.py always sends nowait (false unless --no-wait... is given).
+    let e = call(
+        &ut,
+        &reg,
+        "bdev_aio_create",
+        json!({"filename": path, "name": "AioNw", "block_size": 512, "readonly": false,
+            "fallocate": false, "nowait": true}),
+    )
+    .unwrap_err();
+    assert_eq!(e.code, -libc::ENOTSUP);
+    assert!(
+        e.message.contains("block devices only") && e.message.contains("omit nowait"),
+        "{}",
+        e.message
+    );
+    assert!(bdev_get_absent(&ut, &reg, "AioNw"));
+    call(
+        &ut,
+        &reg,
+        "bdev_aio_create",
+        json!({"filename": path, "name": "AioNw", "block_size": 512, "readonly": false,
+            "fallocate": false, "nowait": false}),
+    )
+    .unwrap();
+    assert_eq!(
+        bdev_info(&ut, &reg, "AioNw")["driver_specific"]["aio"]["nowait"],
+        false
+    );
+    assert_eq!(saved_params("bdev_aio_create", "AioNw")["nowait"], false);
+    call(&ut, &reg, "bdev_aio_delete", json!({"name": "AioNw"})).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
