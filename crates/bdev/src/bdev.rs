@@ -88,7 +88,7 @@ pub fn modules() -> Vec<Arc<dyn BdevModule>> {
     lock(&MODULES).clone()
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -127,6 +127,28 @@ pub(crate) struct BdevShared {
     /// `io_type_supported` for every type, asked once at registration
     /// (bit `IoType as usize`), so the I/O path makes no virtual call.
     pub supported: u32,
+    /// Histogram settings; channels pick them up when `hist_gen` moves.
+    pub hist: Mutex<crate::histogram::HistConfig>,
+    /// Bumped by every `bdev_enable_histogram`.
+    pub hist_gen: AtomicU64,
+    /// Queue depth sampling (`bdev_set_qd_sampling_period`).
+    pub qd: Mutex<QdState>,
+}
+
+/// Queue depth sampling state (SPDK: `measured_queue_depth`, `io_time`,
+/// `weighted_io_time`, `period`).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct QdState {
+    /// Sampling period in microseconds; 0: off.
+    pub period_us: u64,
+    /// The last sample: I/Os outstanding over every channel.
+    pub queue_depth: u64,
+    /// Sum of the periods (us) whose sample was not idle.
+    pub io_time: u64,
+    /// Sum of period x queue depth over the samples.
+    pub weighted_io_time: u64,
+    /// A sample is being taken.
+    pub in_progress: bool,
 }
 
 /// A registered block device. Cheap to clone.
@@ -168,6 +190,12 @@ pub fn bdev_register(
                 return Err(BdevError::Exists(n.clone()));
             }
         }
+        if let Some(other) = reg.by_name.values().find(|b| b.0.props.uuid == props.uuid) {
+            return Err(BdevError::UuidExists {
+                uuid: props.uuid,
+                bdev: other.name().to_string(),
+            });
+        }
         let supported = IoType::ALL
             .iter()
             .filter(|t| backend.io_type_supported(**t))
@@ -188,6 +216,9 @@ pub fn bdev_register(
             retired_stats: Mutex::new(IoStats::default()),
             qos: Qos::default(),
             removing: std::sync::atomic::AtomicBool::new(false),
+            hist: Mutex::new(Default::default()),
+            hist_gen: AtomicU64::new(0),
+            qd: Mutex::new(QdState::default()),
         });
         let key = IoDeviceKey(DEVICE_KEYS.fetch_add(1, Ordering::Relaxed));
         let dev = channel::register_io_device(key, &shared)?;
@@ -210,6 +241,9 @@ fn validate_props(p: &BdevProps) -> Result<(), BdevError> {
     if p.name.is_empty() {
         return Err(BdevError::InvalidParam("name is empty".into()));
     }
+    for n in std::iter::once(&p.name).chain(p.aliases.iter()) {
+        check_name(n)?;
+    }
     if p.block_size == 0 || !p.block_size.is_power_of_two() || p.block_size < 512 {
         return Err(BdevError::InvalidParam(format!(
             "block_size {} must be a power of two and at least 512",
@@ -218,6 +252,13 @@ fn validate_props(p: &BdevProps) -> Result<(), BdevError> {
     }
     if p.num_blocks == 0 {
         return Err(BdevError::InvalidParam("num_blocks is 0".into()));
+    }
+    check_size(p.num_blocks, p.block_size)?;
+    if p.physical_block_size % 512 != 0 {
+        return Err(BdevError::InvalidParam(format!(
+            "physical_block_size {} must be a multiple of 512 (or omitted)",
+            p.physical_block_size
+        )));
     }
     if p.required_alignment == 0 || !p.required_alignment.is_power_of_two() {
         return Err(BdevError::InvalidParam(format!(
@@ -229,6 +270,28 @@ fn validate_props(p: &BdevProps) -> Result<(), BdevError> {
         return Err(BdevError::InvalidParam("write_unit_size is 0".into()));
     }
     Ok(())
+}
+
+/// Refuses names that could forge log lines or terminal output: control
+/// characters (newlines, ESC sequences, ...). Modules call it for any
+/// user-given name they log before registering.
+pub fn check_name(name: &str) -> Result<(), BdevError> {
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(BdevError::InvalidParam(format!(
+            "name {name:?} contains the control character {c:?}: use printable characters only"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a block count whose byte size does not fit in 64 bits.
+pub(crate) fn check_size(num_blocks: u64, block_size: u32) -> Result<u64, BdevError> {
+    num_blocks.checked_mul(block_size as u64).ok_or_else(|| {
+        BdevError::InvalidParam(format!(
+            "num_blocks {num_blocks} x block_size {block_size} bytes overflows 64 bits: use at most {} blocks",
+            u64::MAX / block_size.max(1) as u64
+        ))
+    })
 }
 
 /// Finds a bdev by name or alias (SPDK: `spdk_bdev_get_by_name`).
@@ -352,6 +415,7 @@ impl Bdev {
         if num_blocks == 0 {
             return Err(BdevError::InvalidParam("new block count is 0".into()));
         }
+        check_size(num_blocks, self.block_size())?;
         self.0.num_blocks.store(num_blocks, Ordering::Relaxed);
         let events: Vec<_> = lock(self.0.state())
             .descs
@@ -402,6 +466,11 @@ impl Bdev {
             "product_name": p.product_name,
             "block_size": p.block_size,
             "num_blocks": self.num_blocks(),
+            "preferred_write_alignment": p.preferred_write_alignment,
+            "preferred_write_granularity": p.preferred_write_granularity,
+            "optimal_write_size": p.optimal_write_size,
+            "preferred_unmap_alignment": p.preferred_unmap_alignment,
+            "preferred_unmap_granularity": p.preferred_unmap_granularity,
             "uuid": p.uuid.to_string(),
             "assigned_rate_limits": self.0.qos.limits_json(),
             "claimed": claim.is_some(),
@@ -409,6 +478,9 @@ impl Bdev {
             "supported_io_types": supported,
             "driver_specific": self.0.backend.dump_info_json(),
         });
+        if let Some(id) = p.numa_id {
+            v["numa_id"] = json!(id);
+        }
         if let Some(m) = claim {
             v["claim_type"] = json!("exclusive_write");
             v["claimed_by"] = json!(m);

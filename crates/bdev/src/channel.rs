@@ -50,6 +50,15 @@ pub(crate) struct ChannelInner {
     free: FreeList,
     /// The time of the completion being delivered, while its callback runs.
     completion_now: Cell<Option<u64>>,
+    /// I/Os submitted on this channel and not yet completed to their
+    /// submitter (queue depth sampling).
+    pub outstanding: Cell<u64>,
+    /// This channel's latency histogram, when enabled.
+    pub hist: RefCell<Option<crate::histogram::Histogram>>,
+    /// The bdev's `hist_gen` that `hist` was made for.
+    hist_gen: Cell<u64>,
+    /// The I/O types `hist` counts (bit `IoType as usize`).
+    hist_types: Cell<u32>,
 }
 
 pub(crate) fn register_io_device(
@@ -79,7 +88,12 @@ pub(crate) fn register_io_device(
                 poller_active: Cell::new(false),
                 free: FreeList::default(),
                 completion_now: Cell::new(None),
+                outstanding: Cell::new(0),
+                hist: RefCell::new(None),
+                hist_gen: Cell::new(0),
+                hist_types: Cell::new(0),
             });
+            inner.refresh_histogram();
             let weak_ch = Rc::downgrade(&inner);
             let poller = poller_register("bdev_channel", 0, move |_| match weak_ch.upgrade() {
                 Some(ch) => ch.poll(),
@@ -101,6 +115,7 @@ pub(crate) fn register_io_device(
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .add(&stats);
+            ctx.inner.retire_histogram();
         },
     )
     .map_err(|e| BdevError::Channel {
@@ -137,6 +152,61 @@ pub(crate) fn get_channel(desc: &BdevDesc) -> Result<BdevIoChannel, BdevError> {
 }
 
 impl ChannelInner {
+    /// Takes up the bdev's current histogram settings: a new, empty
+    /// histogram (or none). Runs at channel creation and when settings
+    /// change, never per I/O.
+    pub(crate) fn refresh_histogram(&self) {
+        let cfg = crate::bdev::lock(&self.bdev.hist);
+        // Read under the lock: settings and generation change together.
+        let gen = self
+            .bdev
+            .hist_gen
+            .load(std::sync::atomic::Ordering::Acquire);
+        *self.hist.borrow_mut() = cfg.make();
+        self.hist_types.set(cfg.type_mask());
+        self.hist_gen.set(gen);
+    }
+
+    /// Counts a latency in the histogram, if one is enabled for `t`: one
+    /// atomic load and a branch when none is.
+    #[inline]
+    fn tally(&self, t: IoType, latency_ns: u64) {
+        let gen = self
+            .bdev
+            .hist_gen
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if gen != self.hist_gen.get() {
+            self.refresh_histogram();
+        }
+        if self.hist_types.get() & (1 << t.index()) != 0 {
+            if let Some(h) = self.hist.borrow_mut().as_mut() {
+                h.tally(latency_ns);
+            }
+        }
+    }
+
+    /// Keeps a closing channel's histogram counts in the bdev's.
+    fn retire_histogram(&self) {
+        let Some(h) = self.hist.borrow_mut().take() else {
+            return;
+        };
+        let mut cfg = crate::bdev::lock(&self.bdev.hist);
+        if self.hist_gen.get()
+            != self
+                .bdev
+                .hist_gen
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return; // Settings changed since: these counts are void.
+        }
+        match cfg.retired.as_mut() {
+            Some(r) => {
+                r.merge(&h);
+            }
+            None => cfg.retired = Some(h),
+        }
+    }
+
     /// The channel poller: deferred completions, QoS-queued I/O, io_wait.
     fn poll(self: &Rc<Self>) -> PollerStatus {
         let mut did = 0;
@@ -286,12 +356,11 @@ fn finish(mut io: Box<IoInner>, status: IoStatus) {
     } else {
         0
     };
-    ch.stats.borrow_mut().record(
-        io.io_type,
-        bytes,
-        now.saturating_sub(io.submit_ns),
-        status.is_ok(),
-    );
+    let latency = now.saturating_sub(io.submit_ns);
+    ch.stats
+        .borrow_mut()
+        .record(io.io_type, bytes, latency, status.is_ok());
+    ch.tally(io.io_type, latency);
     if let Some(b) = io.bounce.take() {
         if status.is_ok() && io.io_type == IoType::Read {
             scatter(&b.buf, &b.user_iovs);
@@ -300,6 +369,7 @@ fn finish(mut io: Box<IoInner>, status: IoStatus) {
     match std::mem::replace(&mut io.completion, Completion::None) {
         Completion::User(cb) => {
             ch.free.put(io);
+            ch.outstanding.set(ch.outstanding.get() - 1);
             ch.run_completion(cb, status, now);
         }
         Completion::Child(parent_ptr) => {
@@ -319,6 +389,7 @@ fn finish(mut io: Box<IoInner>, status: IoStatus) {
                 let completion = std::mem::replace(&mut parent.completion, Completion::None);
                 ch.free.put(parent);
                 if let Completion::User(cb) = completion {
+                    ch.outstanding.set(ch.outstanding.get() - 1);
                     ch.run_completion(cb, st, now);
                 }
             }
@@ -436,6 +507,7 @@ impl BdevIoChannel {
             }
         }
         let mut io = ch.free.get().ok_or(BdevError::NoMemory)?;
+        ch.outstanding.set(ch.outstanding.get() + 1);
         io.ch = Some(ch.clone());
         io.io_type = io_type;
         io.offset_blocks = offset_blocks;
@@ -452,6 +524,7 @@ impl BdevIoChannel {
                 Ok(b) => b,
                 Err(e) => {
                     ch.free.put(io);
+                    ch.outstanding.set(ch.outstanding.get() - 1);
                     return Err(e.into());
                 }
             };
@@ -512,6 +585,7 @@ impl BdevIoChannel {
                 None => {
                     children.into_iter().for_each(|c| ch.free.put(c));
                     ch.free.put(parent);
+                    ch.outstanding.set(ch.outstanding.get() - 1);
                     return Err(BdevError::NoMemory);
                 }
             }
@@ -742,14 +816,51 @@ fn needs_split(p: &crate::types::BdevProps, off: u64, n: u64) -> bool {
         || (p.max_transfer_blocks > 0 && n > p.max_transfer_blocks)
 }
 
-/// Sums the statistics of every channel of each bdev (a message hop to
-/// each thread that has one) plus those of closed channels, then calls
-/// `done` on the calling thread with `(name, stats)` in `list`'s order.
+/// Runs `f` on every channel of `bdev` (a message hop to each thread that
+/// has one), then `done` on the calling thread with the results. For the
+/// RPC methods: never on the I/O path.
+pub(crate) fn collect_channels<R: Send + 'static>(
+    bdev: &crate::Bdev,
+    f: impl Fn(&ChannelInner) -> R + Send + Sync + 'static,
+    done: impl FnOnce(Vec<R>) + 'static,
+) {
+    let Some(dev) = bdev.0.io_device.get().cloned() else {
+        return done(Vec::new());
+    };
+    let out: Arc<std::sync::Mutex<Vec<R>>> = Arc::default();
+    let o2 = out.clone();
+    // `done` is not Send: it waits on this thread, parked by id, for the
+    // iteration's end, which comes back here.
+    let id = park_waiter(Box::new(move || {
+        let v = std::mem::take(&mut *crate::bdev::lock(&o2));
+        done(v)
+    }));
+    let r = dev.for_each_channel(
+        move |ch, iter| {
+            let v = f(&ch.inner);
+            crate::bdev::lock(&out).push(v);
+            iter.continue_with(0);
+        },
+        move |_status| run_waiter(id),
+    );
+    if r.is_err() {
+        run_waiter(id);
+    }
+}
+
+/// Sums the statistics of every channel of each bdev plus those of closed
+/// channels, resetting what `reset` says afterwards, then calls `done` on
+/// the calling thread with `(name, stats)` in `list`'s order.
 pub(crate) fn gather_stats(
     list: Vec<crate::Bdev>,
+    reset: crate::ResetMode,
     done: impl FnOnce(Vec<(String, IoStats)>) + 'static,
 ) {
-    let results: Rc<RefCell<Vec<(String, IoStats)>>> = Rc::default();
+    let results: Rc<RefCell<Vec<(String, IoStats)>>> = Rc::new(RefCell::new(
+        list.iter()
+            .map(|b| (b.name().to_string(), IoStats::default()))
+            .collect(),
+    ));
     let left = Rc::new(Cell::new(list.len()));
     let done = Rc::new(RefCell::new(Some(done)));
     if list.is_empty() {
@@ -759,73 +870,142 @@ pub(crate) fn gather_stats(
         return;
     }
     for (i, b) in list.iter().enumerate() {
-        results
-            .borrow_mut()
-            .push((b.name().to_string(), IoStats::default()));
-        let total = Arc::new(std::sync::Mutex::new(
-            b.0.retired_stats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        ));
-        let finish_one = {
-            let results = results.clone();
-            let left = left.clone();
-            let done = done.clone();
-            move |stats: IoStats| {
-                results.borrow_mut()[i].1 = stats;
+        let retired = {
+            let mut r = crate::bdev::lock(&b.0.retired_stats);
+            let c = r.clone();
+            r.reset(reset);
+            c
+        };
+        let (results, left, done) = (results.clone(), left.clone(), done.clone());
+        collect_channels(
+            b,
+            move |ch| {
+                let mut s = ch.stats.borrow_mut();
+                let c = s.clone();
+                s.reset(reset);
+                c
+            },
+            move |per_channel| {
+                let mut total = retired;
+                for s in &per_channel {
+                    total.add(s);
+                }
+                results.borrow_mut()[i].1 = total;
                 left.set(left.get() - 1);
                 if left.get() == 0 {
                     if let Some(d) = done.borrow_mut().take() {
                         d(std::mem::take(&mut *results.borrow_mut()));
                     }
                 }
-            }
-        };
-        let Some(dev) = b.0.io_device.get().cloned() else {
-            let s = total.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            finish_one(s);
-            continue;
-        };
-        // The per-channel step runs on other threads; `done` comes back to
-        // this thread, where the non-Send bookkeeping lives (parked by id).
-        let id = park_stats_waiter(Box::new(finish_one));
-        let t2 = total.clone();
-        let r = dev.for_each_channel(
-            move |ch, iter| {
-                let s = ch.inner.stats.borrow().clone();
-                t2.lock().unwrap_or_else(|e| e.into_inner()).add(&s);
-                iter.continue_with(0);
-            },
-            move |_status| {
-                let s = total.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                run_stats_waiter(id, s);
             },
         );
-        if r.is_err() {
-            let s = IoStats::default();
-            run_stats_waiter(id, s);
-        }
     }
 }
 
-type StatsWaiter = Box<dyn FnOnce(IoStats)>;
+/// Each live channel's statistics with its thread's id (`bdev_get_iostat`
+/// with `per_channel`), resetting what `reset` says afterwards.
+pub(crate) fn channel_stats(
+    bdev: &crate::Bdev,
+    reset: crate::ResetMode,
+    done: impl FnOnce(Vec<(u64, IoStats)>) + 'static,
+) {
+    collect_channels(
+        bdev,
+        move |ch| {
+            let mut s = ch.stats.borrow_mut();
+            let c = s.clone();
+            s.reset(reset);
+            let thread = rspdk_thread::get_thread().map_or(0, |t| t.id());
+            (thread, c)
+        },
+        done,
+    );
+}
+
+/// The bdev's latency histogram: its closed channels' counts plus every
+/// live channel's (SPDK: `spdk_bdev_histogram_get`). Fails if it is not
+/// enabled.
+pub(crate) fn get_histogram(
+    bdev: &crate::Bdev,
+    done: impl FnOnce(Result<crate::Histogram, BdevError>) + 'static,
+) {
+    let (base, gen) = {
+        let cfg = crate::bdev::lock(&bdev.0.hist);
+        let gen = bdev.0.hist_gen.load(std::sync::atomic::Ordering::Acquire);
+        match cfg.retired.clone().or_else(|| cfg.make()) {
+            Some(h) if cfg.enabled => (h, gen),
+            _ => {
+                return done(Err(BdevError::InvalidParam(format!(
+                    "the histogram of bdev '{}' is not enabled: enable it with bdev_enable_histogram first",
+                    bdev.name()
+                ))))
+            }
+        }
+    };
+    collect_channels(
+        bdev,
+        move |ch| {
+            if ch.hist_gen.get() != gen {
+                ch.refresh_histogram();
+            }
+            ch.hist.borrow().clone()
+        },
+        move |per_channel| {
+            let mut total = base;
+            for h in per_channel.iter().flatten() {
+                total.merge(h);
+            }
+            done(Ok(total))
+        },
+    );
+}
+
+/// Takes one queue depth sample (SPDK:
+/// `bdev_calculate_measured_queue_depth`): the I/Os outstanding over every
+/// channel; a non-idle sample adds the period to `io_time` and period x
+/// depth to `weighted_io_time`.
+pub(crate) fn sample_queue_depth(bdev: crate::Bdev) {
+    {
+        let mut q = crate::bdev::lock(&bdev.0.qd);
+        if q.in_progress || q.period_us == 0 {
+            return;
+        }
+        q.in_progress = true;
+    }
+    let b2 = bdev.clone();
+    collect_channels(
+        &bdev,
+        |ch| ch.outstanding.get(),
+        move |per_channel| {
+            let depth: u64 = per_channel.iter().sum();
+            let mut q = crate::bdev::lock(&b2.0.qd);
+            q.queue_depth = depth;
+            if depth > 0 {
+                q.io_time += q.period_us;
+                q.weighted_io_time += q.period_us * depth;
+            }
+            q.in_progress = false;
+        },
+    );
+}
+
+type Waiter = Box<dyn FnOnce()>;
 
 thread_local! {
-    static STATS_WAITERS: RefCell<std::collections::HashMap<u64, StatsWaiter>> =
+    static WAITERS: RefCell<std::collections::HashMap<u64, Waiter>> =
         RefCell::new(std::collections::HashMap::new());
 }
 
 static NEXT_WAITER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-fn park_stats_waiter(w: StatsWaiter) -> u64 {
+fn park_waiter(w: Waiter) -> u64 {
     let id = NEXT_WAITER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    STATS_WAITERS.with(|m| m.borrow_mut().insert(id, w));
+    WAITERS.with(|m| m.borrow_mut().insert(id, w));
     id
 }
 
-fn run_stats_waiter(id: u64, s: IoStats) {
-    if let Some(w) = STATS_WAITERS.with(|m| m.borrow_mut().remove(&id)) {
-        w(s);
+fn run_waiter(id: u64) {
+    if let Some(w) = WAITERS.with(|m| m.borrow_mut().remove(&id)) {
+        w();
     }
 }

@@ -49,6 +49,7 @@
 
 mod bdev;
 mod channel;
+mod histogram;
 mod io;
 pub mod modules;
 mod qos;
@@ -58,12 +59,13 @@ mod subsystem;
 mod types;
 
 pub use bdev::{
-    bdev_get, bdev_open, bdev_register, bdev_unregister, bdevs, module_register, modules,
-    BackendChannel, Bdev, BdevBackend, BdevDesc, BdevModule,
+    bdev_get, bdev_open, bdev_register, bdev_unregister, bdevs, check_name, module_register,
+    modules, BackendChannel, Bdev, BdevBackend, BdevDesc, BdevModule,
 };
 pub use channel::BdevIoChannel;
+pub use histogram::Histogram;
 pub use io::{io_objects_created, io_pool_options, set_io_pool_options, BdevIo};
 pub use qos::QosLimits;
-pub use stats::{IoStats, TypeStats};
+pub use stats::{IoStats, ResetMode, TypeStats};
 pub use subsystem::BdevSubsystem;
 pub use types::{iovs_len, BdevError, BdevEvent, BdevProps, IoStatus, IoType, IoVec};

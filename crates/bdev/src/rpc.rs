@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::modules::{malloc, null};
 use crate::types::BdevError;
-use crate::{bdev_get, bdevs, QosLimits};
+use crate::{bdev_get, bdevs, QosLimits, ResetMode};
 
 /// Converts a layer error into SPDK's response: code `-errno`, and our
 /// message (which names the problem).
@@ -156,11 +156,69 @@ struct QosParams {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct IostatParams {
+    /// One bdev (rspdk's older form; SPDK's client sends `names`).
     #[serde(default)]
     name: Option<String>,
+    /// The bdevs to report (SPDK); all when absent.
     #[serde(default)]
-    #[allow(dead_code)]
-    per_channel: Option<bool>,
+    names: Option<Vec<String>>,
+    /// Each channel separately (one bdev only).
+    #[serde(default)]
+    per_channel: bool,
+    /// What to reset once read.
+    #[serde(default)]
+    reset_mode: ResetMode,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ResetIostatParams {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default = "reset_all")]
+    mode: ResetMode,
+}
+
+fn reset_all() -> ResetMode {
+    ResetMode::All
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnableHistogramParams {
+    name: String,
+    enable: bool,
+    /// Count only this I/O type (SPDK's I/O type name).
+    #[serde(default)]
+    opc: Option<String>,
+    #[serde(default = "default_granularity")]
+    granularity: u32,
+    #[serde(default = "default_min_nsec")]
+    min_nsec: u64,
+    #[serde(default = "default_max_nsec")]
+    max_nsec: u64,
+}
+
+fn default_granularity() -> u32 {
+    crate::histogram::DEFAULT_GRANULARITY
+}
+
+/// SPDK's `SPDK_BDEV_HISTOGRAM_DEFAULT_MIN_VALUE_NS`.
+fn default_min_nsec() -> u64 {
+    1000
+}
+
+/// SPDK's `SPDK_BDEV_HISTOGRAM_DEFAULT_MAX_VALUE_NS`.
+fn default_max_nsec() -> u64 {
+    120_000_000_000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QdPeriodParams {
+    name: String,
+    /// Microseconds; 0 turns sampling off.
+    period: u64,
 }
 
 #[derive(Deserialize, Default)]
@@ -237,6 +295,24 @@ pub fn register_rpcs(reg: &RpcRegistry) {
                 Ok(p) => p,
                 Err(e) => return resp.error(e),
             };
+            match iostat_bdevs(&p) {
+                Ok(list) => get_iostat(list, p.per_channel, p.reset_mode, resp),
+                Err(e) => resp.error(rpc_error(e)),
+            }
+        },
+    );
+    log_reg(r, "bdev_get_iostat");
+    let r = reg.register(
+        "bdev_reset_iostat",
+        rt,
+        |params: Option<Value>, resp: Responder| {
+            let p: ResetIostatParams = match opt_params(params) {
+                Ok(p) => p,
+                Err(e) => return resp.error(e),
+            };
+            if p.mode == ResetMode::None {
+                return resp.success(&true);
+            }
             let list = match p.name {
                 Some(n) => match bdev_get(&n) {
                     Some(b) => vec![b],
@@ -244,17 +320,41 @@ pub fn register_rpcs(reg: &RpcRegistry) {
                 },
                 None => bdevs(),
             };
-            crate::channel::gather_stats(list, move |stats| {
-                let bdevs: Vec<Value> = stats.iter().map(|(n, s)| s.to_json(n)).collect();
-                resp.success(&json!({
-                    "tick_rate": 1_000_000_000u64,
-                    "ticks": now_ns(),
-                    "bdevs": bdevs,
-                }));
-            });
+            crate::channel::gather_stats(list, p.mode, move |_| resp.success(&true));
         },
     );
-    log_reg(r, "bdev_get_iostat");
+    log_reg(r, "bdev_reset_iostat");
+    method(
+        reg,
+        "bdev_enable_histogram",
+        rt,
+        |p: EnableHistogramParams| enable_histogram(&p).map(|()| json!(true)),
+    );
+    method_async(reg, "bdev_get_histogram", rt, |p: NameParam, resp| {
+        let Some(b) = bdev_get(&p.name) else {
+            return resp.error(rpc_error(BdevError::NotFound(p.name)));
+        };
+        crate::channel::get_histogram(&b, move |r| match r {
+            Ok(h) => resp.success(&json!({
+                "histogram": h.to_base64(),
+                "granularity": h.granularity(),
+                "min_range": h.min_range(),
+                "max_range": h.max_range(),
+                "tsc_rate": 1_000_000_000u64,
+            })),
+            Err(e) => resp.error(rpc_error(e)),
+        });
+    });
+    method(
+        reg,
+        "bdev_set_qd_sampling_period",
+        rt,
+        |p: QdPeriodParams| {
+            let b = bdev_get(&p.name).ok_or_else(|| BdevError::NotFound(p.name.clone()))?;
+            set_qd_sampling_period(&b, p.period)?;
+            Ok(json!(true))
+        },
+    );
     method(reg, "bdev_set_qos_limit", rt, |p: QosParams| {
         let b = bdev_get(&p.name).ok_or_else(|| BdevError::NotFound(p.name.clone()))?;
         let mut l = b.0.qos.limits();
@@ -335,6 +435,164 @@ fn log_reg(r: Result<(), rspdk_rpc::Error>, name: &str) {
     }
 }
 
+/// The bdevs a `bdev_get_iostat` asks for, in the order asked.
+fn iostat_bdevs(p: &IostatParams) -> Result<Vec<crate::Bdev>, BdevError> {
+    let names: Option<Vec<&String>> = match (&p.name, &p.names) {
+        (Some(_), Some(_)) => {
+            return Err(BdevError::InvalidParam(
+                "give name or names, not both".into(),
+            ))
+        }
+        (Some(n), None) => Some(vec![n]),
+        (None, Some(v)) => Some(v.iter().collect()),
+        (None, None) => None,
+    };
+    if p.per_channel && names.as_ref().is_none_or(|n| n.len() != 1) {
+        return Err(BdevError::InvalidParam(
+            "per_channel needs exactly one bdev: give names with one name".into(),
+        ));
+    }
+    match names {
+        Some(names) => names
+            .into_iter()
+            .map(|n| bdev_get(n).ok_or_else(|| BdevError::NotFound(n.clone())))
+            .collect(),
+        None => Ok(bdevs()),
+    }
+}
+
+/// Answers `bdev_get_iostat` for `list` in SPDK's shape.
+fn get_iostat(list: Vec<crate::Bdev>, per_channel: bool, reset: ResetMode, resp: Responder) {
+    if per_channel {
+        let b = list[0].clone();
+        let name = b.name().to_string();
+        return crate::channel::channel_stats(&b, reset, move |chans| {
+            let channels: Vec<Value> = chans
+                .iter()
+                .map(|(thread, s)| {
+                    let mut v = s.fields_json();
+                    v["thread_id"] = json!(thread);
+                    v
+                })
+                .collect();
+            resp.success(&json!({
+                "tick_rate": 1_000_000_000u64,
+                "ticks": now_ns(),
+                "name": name,
+                "channels": channels,
+            }));
+        });
+    }
+    let by_name = list.clone();
+    crate::channel::gather_stats(list, reset, move |stats| {
+        let bdevs: Vec<Value> = stats
+            .iter()
+            .zip(by_name.iter())
+            .map(|((n, s), b)| {
+                let mut v = s.to_json(n);
+                let q = *crate::bdev::lock(&b.0.qd);
+                if q.period_us > 0 {
+                    v["queue_depth_polling_period"] = json!(q.period_us);
+                    v["queue_depth"] = json!(q.queue_depth);
+                    v["io_time"] = json!(q.io_time);
+                    v["weighted_io_time"] = json!(q.weighted_io_time);
+                }
+                v
+            })
+            .collect();
+        resp.success(&json!({
+            "tick_rate": 1_000_000_000u64,
+            "ticks": now_ns(),
+            "bdevs": bdevs,
+        }));
+    });
+}
+
+/// `bdev_enable_histogram`: new settings, and every channel starts a new,
+/// empty histogram (or drops its own when disabled).
+fn enable_histogram(p: &EnableHistogramParams) -> Result<(), BdevError> {
+    let b = bdev_get(&p.name).ok_or_else(|| BdevError::NotFound(p.name.clone()))?;
+    let io_type = match p.opc.as_deref() {
+        None => None,
+        Some(o) => Some(
+            crate::IoType::ALL
+                .iter()
+                .copied()
+                .find(|t| t.name() == o)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = crate::IoType::ALL.iter().map(|t| t.name()).collect();
+                    BdevError::InvalidParam(format!(
+                        "opc {o:?} is not an I/O type this bdev layer counts: give one of {names:?} or omit it for all"
+                    ))
+                })?,
+        ),
+    };
+    if p.enable {
+        if p.granularity > crate::histogram::MAX_GRANULARITY {
+            return Err(BdevError::InvalidParam(format!(
+                "granularity {} is too large: give at most {} (default {})",
+                p.granularity,
+                crate::histogram::MAX_GRANULARITY,
+                crate::histogram::DEFAULT_GRANULARITY
+            )));
+        }
+        if p.min_nsec >= p.max_nsec {
+            return Err(BdevError::InvalidParam(format!(
+                "min_nsec {} must be below max_nsec {}",
+                p.min_nsec, p.max_nsec
+            )));
+        }
+    }
+    let mut cfg = crate::bdev::lock(&b.0.hist);
+    *cfg = crate::histogram::HistConfig {
+        enabled: p.enable,
+        io_type,
+        granularity: p.granularity,
+        min_nsec: p.min_nsec,
+        max_nsec: p.max_nsec,
+        retired: None,
+    };
+    b.0.hist_gen
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    Ok(())
+}
+
+thread_local! {
+    /// The queue depth samplers running on this (the app) thread, by bdev.
+    static QD_POLLERS: std::cell::RefCell<std::collections::HashMap<String, rspdk_thread::Poller>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// `bdev_set_qd_sampling_period`: samples the bdev's queue depth every
+/// `period_us` microseconds on this thread (0: stop).
+pub fn set_qd_sampling_period(b: &crate::Bdev, period_us: u64) -> Result<(), BdevError> {
+    crate::bdev::lock(&b.0.qd).period_us = period_us;
+    QD_POLLERS.with(|m| {
+        if let Some(p) = m.borrow_mut().remove(b.name()) {
+            p.unregister();
+        }
+    });
+    if period_us == 0 {
+        return Ok(());
+    }
+    let weak = std::sync::Arc::downgrade(&b.0);
+    let poller = rspdk_thread::poller_register("bdev_qd_sampling", period_us, move |me| match weak
+        .upgrade()
+    {
+        Some(sh) => {
+            crate::channel::sample_queue_depth(crate::Bdev(sh));
+            rspdk_thread::PollerStatus::Busy
+        }
+        None => {
+            me.unregister();
+            rspdk_thread::PollerStatus::Idle
+        }
+    })
+    .map_err(|e| BdevError::InvalidParam(format!("cannot start queue depth sampling: {e}")))?;
+    QD_POLLERS.with(|m| m.borrow_mut().insert(b.name().to_string(), poller));
+    Ok(())
+}
+
 /// Parks `resp` until [`answer_parked`] is called with the returned id on
 /// this thread.
 pub fn park(resp: Responder) -> u64 {
@@ -352,8 +610,8 @@ pub fn answer_parked(id: u64, result: Result<Value, RpcError>) {
 }
 
 /// The `bdev` subsystem's save_config array (SPDK's order: options,
-/// module-wide settings, the bdevs in registration order, QoS limits,
-/// then `bdev_wait_for_examine`).
+/// module-wide settings, the bdevs in registration order, histogram and
+/// queue depth sampling settings, QoS limits, then `bdev_wait_for_examine`).
 pub fn config_json() -> Vec<Value> {
     let (pool, cache) = crate::io_pool_options();
     let mut out = vec![json!({
@@ -367,6 +625,29 @@ pub fn config_json() -> Vec<Value> {
     for b in &all {
         if let Some(c) = b.config_json() {
             out.push(c);
+        }
+    }
+    for b in &all {
+        let cfg = crate::bdev::lock(&b.0.hist);
+        if cfg.enabled {
+            let mut params = json!({
+                "name": b.name(),
+                "enable": true,
+                "granularity": cfg.granularity,
+                "min_nsec": cfg.min_nsec,
+                "max_nsec": cfg.max_nsec,
+            });
+            if let Some(t) = cfg.io_type {
+                params["opc"] = json!(t.name());
+            }
+            out.push(json!({"method": "bdev_enable_histogram", "params": params}));
+        }
+        let period = crate::bdev::lock(&b.0.qd).period_us;
+        if period > 0 {
+            out.push(json!({"method": "bdev_set_qd_sampling_period", "params": {
+                "name": b.name(),
+                "period": period,
+            }}));
         }
     }
     for b in &all {

@@ -164,6 +164,22 @@ pub struct BdevProps {
     pub dif_type: u8,
     /// The device has a volatile write cache (flush matters).
     pub write_cache: bool,
+    /// Physical block size in bytes (SPDK: `phys_blocklen`); 0 = the
+    /// block size.
+    pub physical_block_size: u32,
+    /// Preferred write alignment in blocks (0 = none given; NVMe NPWA).
+    pub preferred_write_alignment: u32,
+    /// Preferred write granularity in blocks (0 = none given; NVMe NPWG).
+    pub preferred_write_granularity: u32,
+    /// Optimal write size in blocks (0 = none given; NVMe NOWS).
+    pub optimal_write_size: u32,
+    /// Preferred unmap alignment in blocks (0 = none given; NVMe NPDA).
+    pub preferred_unmap_alignment: u32,
+    /// Preferred unmap granularity in blocks (0 = none given; NVMe NPDG).
+    pub preferred_unmap_granularity: u32,
+    /// The NUMA node whose memory backs the bdev, if the module knows
+    /// (-1: any node).
+    pub numa_id: Option<i32>,
 }
 
 impl BdevProps {
@@ -185,6 +201,13 @@ impl BdevProps {
             md_interleave: false,
             dif_type: 0,
             write_cache: false,
+            physical_block_size: 0,
+            preferred_write_alignment: 0,
+            preferred_write_granularity: 0,
+            optimal_write_size: 0,
+            preferred_unmap_alignment: 0,
+            preferred_unmap_granularity: 0,
+            numa_id: None,
         }
     }
 }
@@ -210,6 +233,14 @@ pub enum BdevError {
     /// The name or an alias is taken.
     #[error("bdev name '{0}' is already in use")]
     Exists(String),
+    /// Another bdev has this UUID.
+    #[error("uuid {uuid} is already used by bdev '{bdev}': give another uuid or omit it to generate one")]
+    UuidExists {
+        /// The UUID asked for.
+        uuid: uuid::Uuid,
+        /// The bdev that has it.
+        bdev: String,
+    },
     /// A bad parameter; the message names it.
     #[error("invalid parameter: {0}")]
     InvalidParam(String),
@@ -276,7 +307,7 @@ impl BdevError {
     pub fn errno(&self) -> i32 {
         match self {
             BdevError::NotFound(_) => libc::ENODEV,
-            BdevError::Exists(_) => libc::EEXIST,
+            BdevError::Exists(_) | BdevError::UuidExists { .. } => libc::EEXIST,
             BdevError::InvalidParam(_) | BdevError::OutOfRange { .. } => libc::EINVAL,
             BdevError::Claimed { .. } | BdevError::ReadOnly(_) => libc::EPERM,
             BdevError::Removing(_) => libc::ENODEV,

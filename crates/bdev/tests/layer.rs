@@ -517,3 +517,109 @@ fn hot_remove_while_io_runs_loses_no_completion() {
     assert_eq!(refused.get(), 8, "each of the 8 loops stopped once");
     assert!(*gone.lock().unwrap());
 }
+
+#[test]
+fn malloc_compare_over_several_buffers_finds_the_first_difference() {
+    env();
+    let ut = UtThreads::new(1);
+    ut.run_on(0, || malloc_disk("m_cmp", 64, 512));
+    let desc = ut.run_on(0, || bdev_open("m_cmp", true, |_| {}).unwrap());
+    let ch = ut.run_on(0, || desc.get_io_channel().unwrap());
+    let st: Rc<Cell<Option<IoStatus>>> = Rc::default();
+    let data = pattern(8192, 3);
+    let s = st.clone();
+    run_until(
+        &ut,
+        || {
+            ch.write(&desc, data, 4, move |x, _| s.set(Some(x)))
+                .unwrap()
+        },
+        || st.get().is_some(),
+    );
+    assert_eq!(st.take(), Some(IoStatus::Success));
+
+    // Compares 16 blocks at block 4 through three buffers of 1000, 5000
+    // and 2192 bytes (not block- or chunk-aligned), returning the status.
+    let compare = |bufs: &mut [DmaBuf; 3], cmp_and_write: Option<&mut DmaBuf>| {
+        let iovs: Vec<IoVec> = bufs
+            .iter_mut()
+            .map(|b| IoVec::new(b.as_mut_ptr(), b.len()))
+            .collect();
+        let (t, write_iovs, cmp_iovs) = match cmp_and_write {
+            Some(w) => (
+                IoType::CompareAndWrite,
+                vec![IoVec::new(w.as_mut_ptr(), w.len())],
+                iovs,
+            ),
+            None => (IoType::Compare, iovs, Vec::new()),
+        };
+        let s = st.clone();
+        // SAFETY: the buffers outlive the I/O: we poll until it completes
+        // before returning, and nothing else touches them meanwhile.
+        run_until(
+            &ut,
+            || unsafe {
+                ch.submit(&desc, t, &write_iovs, &cmp_iovs, 4, 16, move |x| {
+                    s.set(Some(x))
+                })
+                .unwrap()
+            },
+            || st.get().is_some(),
+        );
+        st.take().unwrap()
+    };
+    let split = |mutate: Option<usize>| -> [DmaBuf; 3] {
+        let mut whole = pattern(8192, 3).to_vec();
+        if let Some(at) = mutate {
+            whole[at] ^= 0x5a;
+        }
+        let mut out = [
+            DmaBuf::zeroed(1000).unwrap(),
+            DmaBuf::zeroed(5000).unwrap(),
+            DmaBuf::zeroed(2192).unwrap(),
+        ];
+        out[0].copy_from_slice(&whole[..1000]);
+        out[1].copy_from_slice(&whole[1000..6000]);
+        out[2].copy_from_slice(&whole[6000..]);
+        out
+    };
+    assert_eq!(compare(&mut split(None), None), IoStatus::Success);
+    // The first byte, one inside the second buffer past its first 512-byte
+    // chunk, and the very last byte.
+    for at in [0usize, 1000 + 513, 8191] {
+        assert_eq!(
+            compare(&mut split(Some(at)), None),
+            IoStatus::Miscompare { offset: at as u64 },
+            "difference at {at}"
+        );
+    }
+    // Compare-and-write: a miscompare writes nothing; a match writes.
+    let mut new = pattern(8192, 99);
+    assert_eq!(
+        compare(&mut split(Some(4000)), Some(&mut new)),
+        IoStatus::Miscompare { offset: 4000 }
+    );
+    assert_eq!(compare(&mut split(None), None), IoStatus::Success);
+    assert_eq!(compare(&mut split(None), Some(&mut new)), IoStatus::Success);
+    let got: Rc<RefCell<Option<DmaBuf>>> = Rc::default();
+    let g = got.clone();
+    run_until(
+        &ut,
+        || {
+            ch.read(&desc, DmaBuf::zeroed(8192).unwrap(), 4, move |_, b| {
+                *g.borrow_mut() = Some(b)
+            })
+            .unwrap()
+        },
+        || got.borrow().is_some(),
+    );
+    assert_eq!(&got.borrow().as_ref().unwrap()[..], &pattern(8192, 99)[..]);
+    drop(ch);
+    drop(desc);
+    let gone = Arc::new(Mutex::new(false));
+    let g2 = gone.clone();
+    ut.run_on(0, || {
+        malloc::delete("m_cmp", move || *g2.lock().unwrap() = true).unwrap()
+    });
+    run_until(&ut, || {}, || *gone.lock().unwrap());
+}

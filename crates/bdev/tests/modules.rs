@@ -236,6 +236,7 @@ fn aio_writes_land_in_the_file_and_rescan_resizes() {
             readonly: false,
             fallocate: true,
             uuid: None,
+            nowait: false,
         })
         .unwrap()
     });
@@ -311,6 +312,7 @@ fn file_bdevs_reject_bad_params_clearly() {
                 readonly: false,
                 fallocate: false,
                 uuid: None,
+                nowait: false,
             })
         })
         .unwrap_err();
@@ -352,6 +354,7 @@ fn file_bdevs_reject_bad_params_clearly() {
             readonly: true,
             fallocate: false,
             uuid: None,
+            nowait: false,
         })
         .unwrap()
     });
@@ -580,6 +583,8 @@ fn injected_errors_hit_exactly_num_ios_then_pass() {
         error_type,
         num,
         queue_depth: 0,
+        nvme_sct: 0,
+        nvme_sc: 0,
         corrupt_offset: 0,
         corrupt_value: 0,
     };
@@ -777,6 +782,8 @@ fn hot_remove_of_the_base_tears_down_the_stack_without_losing_completions() {
         error_type: error::ErrorType::Pending,
         num: 1,
         queue_depth: 0,
+        nvme_sct: 0,
+        nvme_sc: 0,
         corrupt_offset: 0,
         corrupt_value: 0,
     })

@@ -60,6 +60,11 @@ pub struct AioOpts {
     /// UUID; generated when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uuid: Option<uuid::Uuid>,
+    /// Submit reads and writes with RWF_NOWAIT (block devices only, as in
+    /// SPDK): a request the kernel would block on completes with EAGAIN
+    /// and is submitted again.
+    #[serde(default)]
+    pub nowait: bool,
 }
 
 struct AioDisk {
@@ -73,6 +78,15 @@ struct AioDisk {
 pub fn create(opts: AioOpts) -> Result<Bdev, BdevError> {
     super::vbdev::check_free(&opts.name)?;
     let t = file::open(&opts.filename, opts.readonly, opts.block_size)?;
+    if opts.nowait && !t.is_block_device {
+        return Err(BdevError::Module {
+            errno: libc::ENOTSUP,
+            message: format!(
+                "nowait (RWF_NOWAIT) works on block devices only and filename {:?} is not one: omit nowait or give false",
+                opts.filename
+            ),
+        });
+    }
     let mut props = BdevProps::new(&opts.name, t.block_size, t.num_blocks, "AIO disk");
     if t.direct {
         props.required_alignment = t.block_size;
@@ -174,6 +188,7 @@ impl BdevBackend for AioBackend {
             "block_size_override": o.block_size.is_some(),
             "readonly": o.readonly,
             "fallocate": o.fallocate,
+            "nowait": o.nowait,
             "direct": self.0.direct,
         }})
     }
@@ -354,6 +369,9 @@ impl AioState {
             }
             t => {
                 let write = t == IoType::Write;
+                if self.disk.opts.nowait {
+                    cb.aio_rw_flags = libc::RWF_NOWAIT;
+                }
                 let iovs = io.iovs();
                 if iovs.len() == 1 {
                     cb.aio_lio_opcode = if write {
@@ -500,6 +518,14 @@ fn poll(cell: &RefCell<AioState>) -> PollerStatus {
         for k in 0..n {
             let ev = st.events[k];
             let i = ev.data as u32;
+            if ev.res == -(libc::EAGAIN as i64) && st.disk.opts.nowait {
+                // RWF_NOWAIT: the kernel would have blocked. Submit it
+                // again (SPDK completes it NOMEM for the layer to retry).
+                if let Some(io) = st.release(i) {
+                    st.waiting.push_back(io);
+                }
+                continue;
+            }
             let expect = st.slots[i as usize].expect;
             let status = if ev.res >= 0 && ev.res as u64 == expect {
                 IoStatus::Success

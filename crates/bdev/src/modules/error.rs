@@ -5,11 +5,14 @@
 //! `bdev_error_inject_error` arms, per I/O type (or all), one kind for the
 //! next `num` I/Os of that type:
 //! - `failure`: complete them with [`IoStatus::Failed`] without touching the base;
-//! - `pending`: hold them, never completed until a reset reaches the bdev
-//!   (then [`IoStatus::Aborted`]), or it goes away;
+//! - `nvme_failure`: complete them with the NVMe status `nvme_sct`/`nvme_sc`
+//!   ([`IoStatus::Nvme`]);
+//! - `pending`: hold them until `bdev_error_resume_pending` (then they are
+//!   submitted again), a reset reaches the bdev (then [`IoStatus::Aborted`]),
+//!   or it goes away;
 //! - `corrupt_data`: reads succeed but byte `corrupt_offset` of the data
 //!   is XORed with `corrupt_value`;
-//! - `clear`: disarm.
+//! - `clear` (as an error type, or io_type `clear`, or `num` 0): disarm.
 //!
 //! With `queue_depth` set, an I/O is hit only while that many I/Os (itself
 //! included) are outstanding on its channel. The armed state is shared by
@@ -50,6 +53,8 @@ pub struct ErrorCreateOpts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InjectIoType {
+    /// Disarm every type (SPDK: io_type `clear`).
+    Clear,
     /// Reads.
     Read,
     /// Writes.
@@ -68,6 +73,8 @@ pub enum InjectIoType {
 pub enum ErrorType {
     /// Complete with failure.
     Failure,
+    /// Complete with an NVMe status (`nvme_sct`, `nvme_sc`).
+    NvmeFailure,
     /// Hold until a reset.
     Pending,
     /// Corrupt read data.
@@ -88,12 +95,18 @@ pub struct InjectOpts {
     pub io_type: InjectIoType,
     /// Which error.
     pub error_type: ErrorType,
-    /// How many I/Os to hit (default 1).
+    /// NVMe status code type for `nvme_failure` (0..=7).
+    #[serde(default)]
+    pub nvme_sct: u32,
+    /// NVMe status code for `nvme_failure` (0..=255).
+    #[serde(default)]
+    pub nvme_sc: u32,
+    /// How many I/Os to hit (default 1; 0 disarms, as in SPDK).
     #[serde(default = "one")]
     pub num: u32,
     /// Hit only while this many I/Os are outstanding on the channel (0 = always).
     #[serde(default)]
-    pub queue_depth: u32,
+    pub queue_depth: u64,
     /// Byte of the read data to corrupt (`corrupt_data`).
     #[serde(default)]
     pub corrupt_offset: u64,
@@ -110,6 +123,7 @@ const KIND_NONE: u8 = 0;
 const KIND_FAILURE: u8 = 1;
 const KIND_PENDING: u8 = 2;
 const KIND_CORRUPT: u8 = 3;
+const KIND_NVME: u8 = 4;
 
 /// One I/O type's armed error.
 #[derive(Default)]
@@ -119,12 +133,17 @@ struct Armed {
     queue_depth: AtomicU32,
     corrupt_offset: AtomicU64,
     corrupt_value: AtomicU8,
+    nvme_sct: AtomicU8,
+    nvme_sc: AtomicU8,
 }
 
 struct ErrorShared {
     armed: [Armed; 8],
     /// Set when the bdev goes away: channels abort what they hold.
     removing: AtomicBool,
+    /// Bumped by `bdev_error_resume_pending`: channels submit what they
+    /// hold again.
+    resume_gen: AtomicU64,
 }
 
 impl ErrorShared {
@@ -170,6 +189,7 @@ pub fn create(opts: ErrorCreateOpts) -> Result<Bdev, BdevError> {
     let shared = Arc::new(ErrorShared {
         armed: Default::default(),
         removing: AtomicBool::new(false),
+        resume_gen: AtomicU64::new(0),
     });
     let (n2, s2) = (name.clone(), shared.clone());
     let desc = open_base(&opts.base_name, MODULE, move || {
@@ -225,21 +245,43 @@ pub fn delete(name: &str, done: impl FnOnce() + Send + 'static) -> Result<(), Bd
     }
 }
 
+fn find(name: &str) -> Result<Arc<ErrorShared>, BdevError> {
+    errors()
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| s.clone())
+        .ok_or_else(|| match crate::bdev_get(name) {
+            Some(_) => BdevError::InvalidParam(format!(
+                "bdev '{name}' is not an error bdev (create one with bdev_error_create)"
+            )),
+            None => BdevError::NotFound(name.to_string()),
+        })
+}
+
 /// Arms (or with `clear`, disarms) an error (SPDK: `vbdev_error_inject_error`).
 pub fn inject_error(opts: &InjectOpts) -> Result<(), BdevError> {
-    let shared = errors()
-        .iter()
-        .find(|(n, _)| *n == opts.name)
-        .map(|(_, s)| s.clone())
-        .ok_or_else(|| match crate::bdev_get(&opts.name) {
-            Some(_) => BdevError::InvalidParam(format!(
-                "bdev '{}' is not an error bdev (create one with bdev_error_create)",
-                opts.name
-            )),
-            None => BdevError::NotFound(opts.name.clone()),
-        })?;
+    let shared = find(&opts.name)?;
+    let nvme = opts.error_type == ErrorType::NvmeFailure;
+    if nvme && opts.nvme_sct == 0 && opts.nvme_sc == 0 {
+        return Err(BdevError::InvalidParam(
+            "error_type nvme_failure needs nvme_sct or nvme_sc: give the NVMe status to complete with"
+                .into(),
+        ));
+    }
+    if !nvme && (opts.nvme_sct != 0 || opts.nvme_sc != 0) {
+        return Err(BdevError::InvalidParam(
+            "nvme_sct and nvme_sc apply only to error_type nvme_failure: omit them".into(),
+        ));
+    }
+    if opts.nvme_sct > 7 || opts.nvme_sc > 255 {
+        return Err(BdevError::InvalidParam(format!(
+            "nvme_sct {} / nvme_sc {} out of range: the status code type is 0..=7, the code 0..=255",
+            opts.nvme_sct, opts.nvme_sc
+        )));
+    }
     let kind = match opts.error_type {
         ErrorType::Failure => KIND_FAILURE,
+        ErrorType::NvmeFailure => KIND_NVME,
         ErrorType::Pending => KIND_PENDING,
         ErrorType::CorruptData => {
             if opts.corrupt_value == 0 {
@@ -251,22 +293,23 @@ pub fn inject_error(opts: &InjectOpts) -> Result<(), BdevError> {
             KIND_CORRUPT
         }
         ErrorType::Nomem => return Err(BdevError::InvalidParam(
-            "error_type 'nomem' is not supported yet: use failure, pending, corrupt_data or clear"
+            "error_type 'nomem' is not supported: use failure, nvme_failure, pending or corrupt_data"
                 .into(),
         )),
         ErrorType::Clear => KIND_NONE,
     };
-    if kind != KIND_NONE && opts.num == 0 {
-        return Err(BdevError::InvalidParam(
-            "num must be at least 1 (the number of I/Os to hit)".into(),
-        ));
-    }
+    // SPDK: num 0 and io_type clear disarm.
+    let kind = if opts.num == 0 || opts.io_type == InjectIoType::Clear {
+        KIND_NONE
+    } else {
+        kind
+    };
     let types: &[IoType] = match opts.io_type {
         InjectIoType::Read => &[IoType::Read],
         InjectIoType::Write => &[IoType::Write],
         InjectIoType::Unmap => &[IoType::Unmap],
         InjectIoType::Flush => &[IoType::Flush],
-        InjectIoType::All => &IoType::ALL,
+        InjectIoType::All | InjectIoType::Clear => &IoType::ALL,
     };
     for t in types {
         if opts.io_type == InjectIoType::All && *t == IoType::Reset {
@@ -278,12 +321,31 @@ pub fn inject_error(opts: &InjectOpts) -> Result<(), BdevError> {
             if kind == KIND_NONE { 0 } else { opts.num },
             Ordering::Release,
         );
-        a.queue_depth.store(opts.queue_depth, Ordering::Release);
+        a.queue_depth.store(
+            opts.queue_depth.min(u32::MAX as u64) as u32,
+            Ordering::Release,
+        );
         a.corrupt_offset
             .store(opts.corrupt_offset, Ordering::Release);
         a.corrupt_value.store(opts.corrupt_value, Ordering::Release);
+        a.nvme_sct.store(opts.nvme_sct as u8, Ordering::Release);
+        a.nvme_sc.store(opts.nvme_sc as u8, Ordering::Release);
         a.kind.store(kind, Ordering::Release);
     }
+    Ok(())
+}
+
+/// Submits every I/O held by `pending` again, on its channel, and disarms
+/// `pending` (SPDK: `vbdev_error_resume_pending`). Returns at once; each
+/// channel picks it up on its next poll.
+pub fn resume_pending(name: &str) -> Result<(), BdevError> {
+    let shared = find(name)?;
+    for a in &shared.armed {
+        if a.kind.load(Ordering::Acquire) == KIND_PENDING {
+            a.left.store(0, Ordering::Release);
+        }
+    }
+    shared.resume_gen.fetch_add(1, Ordering::AcqRel);
     Ok(())
 }
 
@@ -299,6 +361,8 @@ struct ErrorChannelState {
     shared: Arc<ErrorShared>,
     inflight: Cell<u32>,
     pending: RefCell<VecDeque<BdevIo>>,
+    /// The `resume_gen` this channel last acted on.
+    resumed: Cell<u64>,
 }
 
 struct ErrorChannel {
@@ -313,10 +377,12 @@ impl BdevBackend for ErrorBackend {
             shared: self.shared.clone(),
             inflight: Cell::new(0),
             pending: RefCell::new(VecDeque::new()),
+            resumed: Cell::new(self.shared.resume_gen.load(Ordering::Acquire)),
         });
         let weak = Rc::downgrade(&st);
-        // Held I/O is aborted once the bdev goes away, so none is lost.
-        let poller = poller_register("error_removal", 0, move |_| match weak.upgrade() {
+        // Held I/O is aborted once the bdev goes away, so none is lost, and
+        // submitted again when resumed.
+        let poller = poller_register("error_pending", 0, move |_| match weak.upgrade() {
             Some(st) if st.shared.removing.load(Ordering::Acquire) => {
                 if st.abort_pending() > 0 {
                     PollerStatus::Busy
@@ -324,7 +390,20 @@ impl BdevBackend for ErrorBackend {
                     PollerStatus::Idle
                 }
             }
-            _ => PollerStatus::Idle,
+            Some(st) => {
+                let gen = st.shared.resume_gen.load(Ordering::Acquire);
+                if gen == st.resumed.get() {
+                    return PollerStatus::Idle;
+                }
+                st.resumed.set(gen);
+                let held = std::mem::take(&mut *st.pending.borrow_mut());
+                for io in held {
+                    st.inflight.set(st.inflight.get() - 1);
+                    st.submit(io);
+                }
+                PollerStatus::Busy
+            }
+            None => PollerStatus::Idle,
         })
         .map_err(|e| BdevError::Channel {
             bdev: format!("EE_{}", self.opts.base_name),
@@ -407,14 +486,22 @@ impl ErrorChannelState {
     }
 }
 
-impl BackendChannel for ErrorChannel {
-    fn submit(&mut self, io: BdevIo) {
-        let st = &self.st;
+impl ErrorChannelState {
+    /// Applies the armed error, if any, to `io`, or forwards it.
+    fn submit(self: &Rc<Self>, io: BdevIo) {
+        let st = self;
         st.inflight.set(st.inflight.get() + 1);
         match st.shared.take(io.io_type(), st.inflight.get()) {
             KIND_FAILURE => {
                 st.inflight.set(st.inflight.get() - 1);
                 io.complete(IoStatus::Failed);
+            }
+            KIND_NVME => {
+                st.inflight.set(st.inflight.get() - 1);
+                let a = &st.shared.armed[io.io_type().index()];
+                let sct = a.nvme_sct.load(Ordering::Relaxed);
+                let sc = a.nvme_sc.load(Ordering::Relaxed);
+                io.complete(IoStatus::Nvme { sct, sc });
             }
             KIND_PENDING => st.pending.borrow_mut().push_back(io),
             KIND_CORRUPT => {
@@ -423,6 +510,12 @@ impl BackendChannel for ErrorChannel {
             }
             _ => st.forward(io, false),
         }
+    }
+}
+
+impl BackendChannel for ErrorChannel {
+    fn submit(&mut self, io: BdevIo) {
+        self.st.submit(io);
     }
 }
 
@@ -435,8 +528,8 @@ impl Drop for ErrorChannel {
     }
 }
 
-/// Registers `bdev_error_create`, `bdev_error_delete` and
-/// `bdev_error_inject_error`.
+/// Registers `bdev_error_create`, `bdev_error_delete`,
+/// `bdev_error_inject_error` and `bdev_error_resume_pending`.
 pub fn register_rpcs(reg: &rspdk_rpc::RpcRegistry) {
     let rt = rspdk_rpc::StateMask::RUNTIME;
     method(reg, "bdev_error_create", rt, |o: ErrorCreateOpts| {
@@ -445,5 +538,8 @@ pub fn register_rpcs(reg: &rspdk_rpc::RpcRegistry) {
     delete_method(reg, "bdev_error_delete", |p: &NameParam| &p.name, delete);
     method(reg, "bdev_error_inject_error", rt, |o: InjectOpts| {
         inject_error(&o).map(|()| json!(true))
+    });
+    method(reg, "bdev_error_resume_pending", rt, |p: NameParam| {
+        resume_pending(&p.name).map(|()| json!(true))
     });
 }

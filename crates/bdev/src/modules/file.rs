@@ -56,7 +56,7 @@ pub(crate) fn open(
         Ok(f) => (f, true),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             tracing::warn!(
-                filename,
+                filename = ?filename,
                 "the filesystem refuses O_DIRECT: using buffered I/O"
             );
             (

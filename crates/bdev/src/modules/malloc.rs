@@ -12,7 +12,7 @@ use crate::types::{BdevError, BdevProps, IoStatus, IoType, IoVec};
 use crate::Bdev;
 
 /// Parameters of `bdev_malloc_create`, as SPDK names them.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct MallocOpts {
     /// Bdev name; default `MallocN`.
@@ -43,6 +43,35 @@ pub struct MallocOpts {
     /// DIF at the head of metadata (only false is supported).
     #[serde(default)]
     pub dif_is_head_of_md: bool,
+    /// Protection information format (only 0 is supported: no DIF).
+    #[serde(default)]
+    pub dif_pi_format: u32,
+    /// NUMA node to allocate the disk's memory on; -1 (the default): any.
+    #[serde(default = "any_numa")]
+    pub numa_id: i32,
+}
+
+fn any_numa() -> i32 {
+    -1
+}
+
+impl Default for MallocOpts {
+    fn default() -> MallocOpts {
+        MallocOpts {
+            name: None,
+            num_blocks: 0,
+            block_size: 0,
+            physical_block_size: None,
+            uuid: None,
+            optimal_io_boundary: 0,
+            md_size: 0,
+            md_interleave: false,
+            dif_type: 0,
+            dif_is_head_of_md: false,
+            dif_pi_format: 0,
+            numa_id: any_numa(),
+        }
+    }
 }
 
 struct MallocDisk {
@@ -69,10 +98,32 @@ static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0)
 
 /// Creates a malloc bdev (SPDK: `create_malloc_disk`).
 pub fn create(opts: MallocOpts) -> Result<Bdev, BdevError> {
-    if opts.md_size != 0 || opts.dif_type != 0 || opts.md_interleave || opts.dif_is_head_of_md {
+    if opts.md_size != 0
+        || opts.dif_type != 0
+        || opts.md_interleave
+        || opts.dif_is_head_of_md
+        || opts.dif_pi_format != 0
+    {
         return Err(BdevError::InvalidParam(
-            "metadata and DIF (md_size, md_interleave, dif_type, dif_is_head_of_md) are not supported yet: omit them".into(),
+            "metadata and DIF (md_size, md_interleave, dif_type, dif_is_head_of_md, dif_pi_format) are not supported: omit them or give 0/false".into(),
         ));
+    }
+    if opts.numa_id < -1 {
+        return Err(BdevError::InvalidParam(format!(
+            "numa_id {} is invalid: give a NUMA node id or -1 for any",
+            opts.numa_id
+        )));
+    }
+    if opts.numa_id >= 0 {
+        let nodes = rspdk_env::env()
+            .map(|e| e.sockets().to_vec())
+            .unwrap_or_default();
+        if !nodes.contains(&(opts.numa_id as u32)) {
+            return Err(BdevError::InvalidParam(format!(
+                "NUMA node {} has no DMA memory here (nodes with memory: {nodes:?}): give one of those or -1 for any",
+                opts.numa_id
+            )));
+        }
     }
     if opts.block_size < 512 || !opts.block_size.is_power_of_two() {
         return Err(BdevError::InvalidParam(format!(
@@ -98,7 +149,7 @@ pub fn create(opts: MallocOpts) -> Result<Bdev, BdevError> {
         )
     });
     opts.name = Some(name.clone());
-    let mut buf = DmaBuf::zeroed_aligned(len, 4096, -1)?;
+    let mut buf = DmaBuf::zeroed_aligned(len, 4096, opts.numa_id)?;
     let mem = NonNull::new(buf.as_mut_ptr()).expect("DMA buffers are non-null");
     let mut props = BdevProps::new(&name, opts.block_size, opts.num_blocks, "Malloc disk");
     if let Some(u) = opts.uuid {
@@ -106,6 +157,8 @@ pub fn create(opts: MallocOpts) -> Result<Bdev, BdevError> {
     }
     opts.uuid = Some(props.uuid);
     props.optimal_io_boundary = opts.optimal_io_boundary;
+    props.physical_block_size = opts.physical_block_size.unwrap_or(0);
+    props.numa_id = Some(opts.numa_id);
     let disk = std::sync::Arc::new(MallocDisk {
         mem,
         len,
@@ -220,24 +273,42 @@ fn store_fence() {
     };
 }
 
+/// Bytes of the disk [`compare`] copies out at a time.
+const COMPARE_CHUNK: usize = 512;
+
 /// The first differing byte between the disk at `off` and `iovs`.
+///
+/// Other channels (threads) may write the same blocks while this runs, so
+/// no Rust reference ever covers the disk: each chunk is copied out with a
+/// raw copy (as a read I/O does) into a local buffer and compared there.
 fn compare(disk: &MallocDisk, off: usize, iovs: &[IoVec]) -> Option<u64> {
+    let mut local = [0u8; COMPARE_CHUNK];
     let mut at = off;
     let mut done = 0u64;
     for v in iovs {
-        // SAFETY: as in `copy`; read-only views for the comparison, during
-        // which nothing on this thread writes either side.
-        let (a, b) = unsafe {
-            (
-                std::slice::from_raw_parts(disk.mem.as_ptr().add(at), v.len),
-                std::slice::from_raw_parts(v.base, v.len),
-            )
-        };
-        if let Some(i) = a.iter().zip(b).position(|(x, y)| x != y) {
-            return Some(done + i as u64);
+        let mut pos = 0;
+        while pos < v.len {
+            let n = (v.len - pos).min(COMPARE_CHUNK);
+            debug_assert!(at + n <= disk.len);
+            // SAFETY: the layer checked the range against the disk size and
+            // the buffer lengths against the block count, so `at..at + n`
+            // is inside the disk and `pos..pos + n` inside `v`. The disk is
+            // only read by a raw copy into our local buffer (never through
+            // a reference), so concurrent writers elsewhere cannot alias a
+            // Rust reference. `v` belongs to this I/O, which the submitter
+            // keeps valid and unshared until completion, so a shared slice
+            // over it is sound.
+            let theirs = unsafe {
+                std::ptr::copy_nonoverlapping(disk.mem.as_ptr().add(at), local.as_mut_ptr(), n);
+                std::slice::from_raw_parts(v.base.add(pos), n)
+            };
+            if let Some(i) = local[..n].iter().zip(theirs).position(|(x, y)| x != y) {
+                return Some(done + i as u64);
+            }
+            pos += n;
+            at += n;
+            done += n as u64;
         }
-        at += v.len;
-        done += v.len as u64;
     }
     None
 }

@@ -31,9 +31,28 @@ pub struct NullOpts {
     /// DIF type (only 0 is supported).
     #[serde(default)]
     pub dif_type: u8,
-    /// DIF at the head of metadata.
+    /// DIF at the head of metadata (only false is supported).
     #[serde(default)]
     pub dif_is_head_of_md: bool,
+    /// Protection information format (only 0 is supported: no DIF).
+    #[serde(default)]
+    pub dif_pi_format: u32,
+    /// Preferred write alignment in blocks (reported to consumers, e.g.
+    /// NVMe-oF's NPWA).
+    #[serde(default)]
+    pub preferred_write_alignment: u32,
+    /// Preferred write granularity in blocks (NVMe NPWG).
+    #[serde(default)]
+    pub preferred_write_granularity: u32,
+    /// Optimal write size in blocks (NVMe NOWS).
+    #[serde(default)]
+    pub optimal_write_size: u32,
+    /// Preferred unmap alignment in blocks (NVMe NPDA).
+    #[serde(default)]
+    pub preferred_unmap_alignment: u32,
+    /// Preferred unmap granularity in blocks (NVMe NPDG).
+    #[serde(default)]
+    pub preferred_unmap_granularity: u32,
 }
 
 struct NullBackend {
@@ -44,15 +63,22 @@ struct NullChannel;
 
 /// Creates a null bdev.
 pub fn create(opts: NullOpts) -> Result<Bdev, BdevError> {
-    if opts.md_size != 0 || opts.dif_type != 0 {
+    if opts.md_size != 0 || opts.dif_type != 0 || opts.dif_is_head_of_md || opts.dif_pi_format != 0
+    {
         return Err(BdevError::InvalidParam(
-            "metadata and DIF are not supported yet: omit md_size and dif_type".into(),
+            "metadata and DIF (md_size, dif_type, dif_is_head_of_md, dif_pi_format) are not supported: omit them or give 0/false".into(),
         ));
     }
     let mut props = BdevProps::new(&opts.name, opts.block_size, opts.num_blocks, "Null disk");
     if let Some(u) = opts.uuid {
         props.uuid = u;
     }
+    props.physical_block_size = opts.physical_block_size.unwrap_or(0);
+    props.preferred_write_alignment = opts.preferred_write_alignment;
+    props.preferred_write_granularity = opts.preferred_write_granularity;
+    props.optimal_write_size = opts.optimal_write_size;
+    props.preferred_unmap_alignment = opts.preferred_unmap_alignment;
+    props.preferred_unmap_granularity = opts.preferred_unmap_granularity;
     let mut opts = opts;
     opts.uuid = Some(props.uuid);
     bdev_register(
@@ -85,7 +111,15 @@ pub fn resize(name: &str, new_size_mib: u64) -> Result<(), BdevError> {
         )));
     }
     let bs = bdev.block_size() as u64;
-    let new_blocks = (new_size_mib << 20) / bs;
+    let new_blocks = new_size_mib
+        .checked_mul(1 << 20)
+        .map(|b| b / bs)
+        .ok_or_else(|| {
+            BdevError::InvalidParam(format!(
+                "new_size {new_size_mib} MiB overflows 64 bits of bytes: give at most {} MiB",
+                u64::MAX >> 20
+            ))
+        })?;
     if new_blocks < bdev.num_blocks() {
         return Err(BdevError::InvalidParam(format!(
             "new size {new_size_mib} MiB is smaller than the current {} MiB: null bdevs only grow",

@@ -86,6 +86,8 @@ pub fn create(opts: PassthruOpts) -> Result<String, BdevError> {
     if opts.base_bdev_name.is_empty() {
         return Err(BdevError::InvalidParam("base_bdev_name is empty".into()));
     }
+    // Logged below while creation waits for the base: refuse log forgery.
+    crate::bdev::check_name(&opts.base_bdev_name)?;
     {
         let mut c = configs();
         if c.iter().any(|x| x.name == opts.name) {

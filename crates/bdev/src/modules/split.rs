@@ -44,16 +44,24 @@ fn splits() -> std::sync::MutexGuard<'static, BTreeMap<String, Vec<String>>> {
 pub fn create(opts: SplitOpts) -> Result<Vec<String>, BdevError> {
     if opts.split_count == 0 {
         return Err(BdevError::InvalidParam(
-            "split_count must be at least 1".into(),
+            "split_count 0: give the number of parts, at least 1".into(),
         ));
     }
-    let base = crate::bdev_get(&opts.base_bdev)
-        .ok_or_else(|| BdevError::NotFound(opts.base_bdev.clone()))?;
+    let base = crate::bdev_get(&opts.base_bdev).ok_or_else(|| BdevError::Module {
+        errno: libc::ENODEV,
+        message: format!(
+            "base_bdev '{}' does not exist: create it first (bdev_get_bdevs lists the bdevs)",
+            opts.base_bdev
+        ),
+    })?;
     if splits().contains_key(base.name()) {
-        return Err(BdevError::Exists(format!(
-            "{} is already split (bdev_split_delete it first)",
-            base.name()
-        )));
+        return Err(BdevError::Module {
+            errno: libc::EEXIST,
+            message: format!(
+                "base_bdev '{}' is already split: bdev_split_delete it first",
+                base.name()
+            ),
+        });
     }
     let bs = base.block_size() as u64;
     let total = base.num_blocks();
@@ -65,20 +73,28 @@ pub fn create(opts: SplitOpts) -> Result<Vec<String>, BdevError> {
             .split_size_mb
             .checked_mul(1 << 20)
             .map(|b| b / bs)
-            .ok_or_else(|| BdevError::InvalidParam("split_size_mb is too large".into()))?;
+            .ok_or_else(|| {
+                BdevError::InvalidParam(format!(
+                    "split_size_mb {} is too large: give at most {} MiB per part for base bdev '{}'",
+                    opts.split_size_mb,
+                    ((total * bs) >> 20) / count,
+                    base.name()
+                ))
+            })?;
         if want.checked_mul(count).is_none_or(|n| n > total) {
             return Err(BdevError::InvalidParam(format!(
-                "split_count {count} x split_size_mb {} MiB exceeds base bdev '{}' ({} MiB)",
+                "split_count {count} x split_size_mb {} MiB exceeds base bdev '{}' ({} MiB): give at most {} MiB per part, or fewer parts",
                 opts.split_size_mb,
                 base.name(),
-                (total * bs) >> 20
+                (total * bs) >> 20,
+                ((total * bs) >> 20) / count
             )));
         }
         want
     };
     if part_blocks == 0 {
         return Err(BdevError::InvalidParam(format!(
-            "base bdev '{}' ({total} blocks) is too small for {count} parts",
+            "base bdev '{}' ({total} blocks) is too small for {count} parts: give split_count at most {total}",
             base.name()
         )));
     }
@@ -131,7 +147,12 @@ pub fn create(opts: SplitOpts) -> Result<Vec<String>, BdevError> {
 pub fn delete(base_bdev: &str, done: impl FnOnce() + Send + 'static) -> Result<(), BdevError> {
     let parts = splits()
         .remove(base_bdev)
-        .ok_or_else(|| BdevError::NotFound(format!("split of {base_bdev}")))?;
+        .ok_or_else(|| BdevError::Module {
+            errno: libc::ENODEV,
+            message: format!(
+            "base_bdev '{base_bdev}' is not split: give the base bdev that bdev_split_create split"
+        ),
+        })?;
     let left = Arc::new(AtomicUsize::new(parts.len()));
     let done = Arc::new(Mutex::new(Some(done)));
     let finish = {

@@ -51,8 +51,12 @@ pub struct UringOpts {
 struct UringDisk {
     file: File,
     direct: bool,
+    is_block_device: bool,
     opts: UringOpts,
 }
+
+/// Live uring disks, for `rescan` (the registry gives the `Bdev`, not the backend).
+static DISKS: std::sync::Mutex<Vec<Arc<UringDisk>>> = std::sync::Mutex::new(Vec::new());
 
 /// Creates a uring bdev (SPDK: `create_uring_bdev`).
 pub fn create(opts: UringOpts) -> Result<Bdev, BdevError> {
@@ -69,15 +73,56 @@ pub fn create(opts: UringOpts) -> Result<Bdev, BdevError> {
     let mut opts = opts;
     opts.uuid = Some(props.uuid);
     opts.block_size = Some(t.block_size);
-    bdev_register(
-        props,
-        MODULE,
-        Box::new(UringBackend(Arc::new(UringDisk {
-            file: t.file,
-            direct: t.direct,
-            opts,
-        }))),
-    )
+    let disk = Arc::new(UringDisk {
+        file: t.file,
+        direct: t.direct,
+        is_block_device: t.is_block_device,
+        opts,
+    });
+    let b = bdev_register(props, MODULE, Box::new(UringBackend(disk.clone())))?;
+    DISKS.lock().unwrap_or_else(|e| e.into_inner()).push(disk);
+    Ok(b)
+}
+
+/// Re-reads the size of a uring bdev's file or device and resizes the
+/// bdev to it (SPDK: `bdev_uring_rescan`). Returns the block count.
+pub fn rescan(name: &str) -> Result<u64, BdevError> {
+    let b = crate::bdev_get(name).ok_or_else(|| BdevError::NotFound(name.to_string()))?;
+    if b.module_name() != MODULE {
+        return Err(BdevError::InvalidParam(format!(
+            "bdev '{name}' is not a uring bdev"
+        )));
+    }
+    let (filename, size) = {
+        let disks = DISKS.lock().unwrap_or_else(|e| e.into_inner());
+        let d = disks
+            .iter()
+            .find(|d| d.opts.name == b.name())
+            .ok_or_else(|| BdevError::NotFound(name.to_string()))?;
+        (
+            d.opts.filename.clone(),
+            file::size_bytes(&d.file, d.is_block_device),
+        )
+    };
+    let size = size.map_err(|e| {
+        BdevError::InvalidParam(format!("filename {filename:?}: cannot read its size: {e}"))
+    })?;
+    let blocks = size / b.block_size() as u64;
+    if blocks == 0 {
+        return Err(BdevError::InvalidParam(format!(
+            "filename {filename:?} is now smaller than one block"
+        )));
+    }
+    if blocks != b.num_blocks() {
+        tracing::info!(
+            bdev = name,
+            old = b.num_blocks(),
+            new = blocks,
+            "uring bdev resized"
+        );
+        b.resize(blocks)?;
+    }
+    Ok(blocks)
 }
 
 /// Deletes a uring bdev; `done` runs when it is gone.
@@ -113,6 +158,13 @@ impl BdevBackend for UringBackend {
         let mut o = self.0.opts.clone();
         o.uuid = Some(props.uuid);
         Some(json!({"method": "bdev_uring_create", "params": o}))
+    }
+
+    fn destruct(&self) {
+        DISKS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|x| !Arc::ptr_eq(x, &self.0));
     }
 }
 
@@ -329,11 +381,14 @@ impl Drop for UringChannel {
     }
 }
 
-/// Registers `bdev_uring_create` and `bdev_uring_delete`.
+/// Registers `bdev_uring_create`, `bdev_uring_delete` and `bdev_uring_rescan`.
 pub fn register_rpcs(reg: &rspdk_rpc::RpcRegistry) {
     let rt = rspdk_rpc::StateMask::RUNTIME;
     method(reg, "bdev_uring_create", rt, |o: UringOpts| {
         create(o).map(|b| json!(b.name()))
     });
     delete_method(reg, "bdev_uring_delete", |p: &NameParam| &p.name, delete);
+    method(reg, "bdev_uring_rescan", rt, |p: NameParam| {
+        rescan(&p.name).map(|_| json!(true))
+    });
 }

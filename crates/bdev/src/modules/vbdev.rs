@@ -26,11 +26,13 @@ pub(crate) fn open_base(
     Ok(desc)
 }
 
-/// Fails with a clear error if `name` is taken by a bdev.
+/// Fails with a clear error if `name` is taken by a bdev or holds
+/// control characters.
 pub(crate) fn check_free(name: &str) -> Result<(), BdevError> {
     if name.is_empty() {
         return Err(BdevError::InvalidParam("name is empty".into()));
     }
+    crate::bdev::check_name(name)?;
     if crate::bdev_get(name).is_some() {
         return Err(BdevError::Exists(name.to_string()));
     }
