@@ -667,6 +667,37 @@ pub fn attach_finish(plan: AttachPlan, ctrlr: Controller) -> Result<Vec<String>,
     Ok(names)
 }
 
+/// Runs `work` on a helper OS thread (blocking network work: connect,
+/// reset), then `finish` with its result back on this SPDK thread, whose
+/// answer completes `resp`. Off an SPDK thread both run here, in turn.
+fn off_thread<T: Send + 'static>(
+    resp: rspdk_rpc::Responder,
+    work: impl FnOnce() -> T + Send + 'static,
+    finish: impl FnOnce(T) -> Result<Value, BdevError> + Send + 'static,
+) {
+    let Some(home) = rspdk_thread::get_thread().map(|t| t.handle()) else {
+        return resp.complete(finish(work()).map_err(rpc_error));
+    };
+    let id = park(resp);
+    let spawned = std::thread::Builder::new()
+        .name("bdev_nvme_rpc".into())
+        .spawn(move || {
+            let out = work();
+            let answer = move || answer_parked(id, finish(out).map_err(rpc_error));
+            if home.send_msg(answer).is_err() {
+                tracing::warn!("bdev_nvme: the RPC thread is gone; the answer is lost");
+            }
+        });
+    if let Err(e) = spawned {
+        answer_parked(
+            id,
+            Err(rspdk_rpc::RpcError::internal_error(format!(
+                "cannot start a helper thread: {e}"
+            ))),
+        );
+    }
+}
+
 /// Unregisters a controller's bdevs, then detaches it (SPDK:
 /// `bdev_nvme_delete`); `done` runs when it is detached.
 pub fn detach(name: &str, done: impl FnOnce() + Send + 'static) -> Result<(), BdevError> {
@@ -1285,34 +1316,18 @@ pub fn register_rpcs(reg: &rspdk_rpc::RpcRegistry) {
                 Ok(plan) => plan,
                 Err(e) => return resp.error(rpc_error(e)),
             };
-            let Some(home) = rspdk_thread::get_thread().map(|t| t.handle()) else {
-                return resp.complete(
-                    attach(plan.params)
-                        .map(|names| json!(names))
-                        .map_err(rpc_error),
-                );
-            };
-            let id = park(resp);
-            let spawned = std::thread::Builder::new()
-                .name("nvme_attach".into())
-                .spawn(move || {
+            off_thread(
+                resp,
+                move || {
                     let connected = plan.connect();
-                    let finish = move || {
-                        let r = connected.and_then(|c| attach_finish(plan, c));
-                        answer_parked(id, r.map(|names| json!(names)).map_err(rpc_error));
-                    };
-                    if home.send_msg(finish).is_err() {
-                        tracing::warn!("bdev_nvme_attach_controller: the RPC thread is gone");
-                    }
-                });
-            if let Err(e) = spawned {
-                answer_parked(
-                    id,
-                    Err(rspdk_rpc::RpcError::internal_error(format!(
-                        "cannot start the connect thread: {e}"
-                    ))),
-                );
-            }
+                    (plan, connected)
+                },
+                |(plan, connected)| {
+                    connected
+                        .and_then(|c| attach_finish(plan, c))
+                        .map(|names| json!(names))
+                },
+            );
         },
     );
     method_async(
@@ -1333,9 +1348,27 @@ pub fn register_rpcs(reg: &rspdk_rpc::RpcRegistry) {
     method(reg, "bdev_nvme_get_controllers", rt, |p: GetParams| {
         get_controllers(p.name.as_deref())
     });
-    method(reg, "bdev_nvme_reset_controller", rt, |p: ResetParams| {
-        reset(&p.name).map(|_| json!(true))
-    });
+    // A reset reconnects (over TCP: connect, ICReq, Connect): off this
+    // reactor, for the same reason as the attach.
+    method_async(
+        reg,
+        "bdev_nvme_reset_controller",
+        rt,
+        |p: ResetParams, resp| {
+            let c = ctrlrs()
+                .iter()
+                .find(|c| c.name == p.name)
+                .map(|c| c.ctrlr.clone());
+            let Some(c) = c else {
+                return resp.error(rpc_error(no_ctrlr(&p.name)));
+            };
+            off_thread(
+                resp,
+                move || c.reset().map_err(|e| nvme_err("reset", e)),
+                |r| r.map(|()| json!(true)),
+            );
+        },
+    );
 }
 
 #[cfg(test)]
