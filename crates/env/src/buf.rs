@@ -1,12 +1,13 @@
 //! [`DmaBuf`]: an owned DMA buffer with safe access while the program owns
-//! it, and [`DeviceBuf`]: the same buffer while a device may access it.
+//! it.
 //!
 //! Rust references must never point at memory a device may write behind
-//! the compiler's back. So a `DmaBuf` gives out `&[u8]`/`&mut [u8]` only
-//! while no device has it; to start an I/O, the buffer is moved into a
-//! `DeviceBuf`, which offers only its address, IOVA and length, and raw
-//! volatile access. When the device is done, the driver turns it back into
-//! a `DmaBuf` (an `unsafe` step: only the driver knows the device finished).
+//! the compiler's back. A `DmaBuf` (like an iobuf `IoBuf`) gives out
+//! `&[u8]`/`&mut [u8]` only through `&self`/`&mut self`; to start an I/O
+//! the owner moves the buffer into the request (the bdev I/O, the NVMe/TCP
+//! command, the SCSI task), which hands the device only its address and
+//! keeps the buffer until the completion: while the device may touch it no
+//! code holds the buffer, so no reference to it can exist.
 
 use std::ptr::NonNull;
 
@@ -104,12 +105,6 @@ impl DmaBuf {
     pub fn socket(&self) -> u32 {
         dma_socket_of(self.ptr).unwrap_or(0)
     }
-
-    /// Hands the buffer to a device.
-    pub fn into_device(self) -> DeviceBuf {
-        let (ptr, len) = self.into_raw();
-        DeviceBuf { ptr, len }
-    }
 }
 
 impl std::ops::Deref for DmaBuf {
@@ -134,67 +129,5 @@ impl Drop for DmaBuf {
         if let Err(e) = unsafe { dma_free(self.ptr) } {
             tracing::error!(error = %e, "DmaBuf could not be freed");
         }
-    }
-}
-
-/// A DMA buffer that a device may be reading or writing. It offers no
-/// references to its memory; dropping it without [`DeviceBuf::into_host`]
-/// leaks the memory rather than free it under a device.
-#[derive(Debug)]
-pub struct DeviceBuf {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: it is only an address and a length; ownership moves with it.
-unsafe impl Send for DeviceBuf {}
-
-impl DeviceBuf {
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Always false.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The buffer's address (for raw or volatile access only).
-    pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-
-    /// The IOVA of the first byte.
-    pub fn iova(&self) -> u64 {
-        vtophys(self.ptr.as_ptr() as usize, None)
-    }
-
-    /// Reads byte `offset` with a volatile load (the device may change it).
-    pub fn read_volatile(&self, offset: usize) -> Option<u8> {
-        // SAFETY: bounds checked; volatile reads of device-shared memory
-        // create no reference.
-        (offset < self.len).then(|| unsafe { self.ptr.as_ptr().add(offset).read_volatile() })
-    }
-
-    /// Takes the buffer back from the device.
-    ///
-    /// # Safety
-    /// The device must have finished with the buffer: no DMA to or from it
-    /// is outstanding or will be started.
-    pub unsafe fn into_host(self) -> DmaBuf {
-        let (ptr, len) = (self.ptr, self.len);
-        std::mem::forget(self);
-        DmaBuf { ptr, len }
-    }
-}
-
-impl Drop for DeviceBuf {
-    fn drop(&mut self) {
-        tracing::warn!(
-            addr = format_args!("{:#x}", self.ptr.as_ptr() as usize),
-            len = self.len,
-            "DeviceBuf dropped while a device may own it: leaking it"
-        );
     }
 }

@@ -43,7 +43,7 @@ pub use alloc::{
     dma_free, dma_malloc, dma_realloc, dma_socket_of, dma_usable_size, dma_zmalloc, heap_segments,
     mem_stats, HeapStats, MemStats, SOCKET_ID_ANY,
 };
-pub use buf::{DeviceBuf, DmaBuf};
+pub use buf::DmaBuf;
 pub use env::{env, init, Env, EnvOpts, DEFAULT_BASE_VIRTADDR, MAX_SOCKETS};
 pub use error::{EnvError, Result};
 pub use memmap::{
