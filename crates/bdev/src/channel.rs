@@ -519,8 +519,16 @@ impl BdevIoChannel {
         io.children_left = 0;
         io.child_status = IoStatus::Success;
         let align = bdev.props.required_alignment as usize;
-        if align > 1 && io_type.has_data() && iovs.iter().any(|v| v.base as usize % align != 0) {
-            let mut buf = match DmaBuf::uninit_aligned(iovs_len(iovs), align, -1) {
+        // Bounce buffers the backend cannot take: unaligned ones, and, for
+        // a backend that hands them to a device, any that is not DMA
+        // memory (SPDK's rule: every buffer a device touches is DMA
+        // memory).
+        let misaligned = |v: &IoVec| align > 1 && v.base as usize % align != 0;
+        let not_dma = |v: &IoVec| {
+            bdev.props.requires_dma && !rspdk_env::is_dma_memory(v.base as usize, v.len)
+        };
+        if io_type.has_data() && iovs.iter().any(|v| misaligned(v) || not_dma(v)) {
+            let mut buf = match DmaBuf::uninit_aligned(iovs_len(iovs), align.max(4096), -1) {
                 Ok(b) => b,
                 Err(e) => {
                     ch.free.put(io);

@@ -180,6 +180,11 @@ pub struct BdevProps {
     /// The NUMA node whose memory backs the bdev, if the module knows
     /// (-1: any node).
     pub numa_id: Option<i32>,
+    /// The backend hands buffers to a device (a PCIe NVMe controller), so
+    /// every data buffer must be DMA memory the env can translate; the
+    /// layer bounces any other buffer (heap memory from a target, say)
+    /// through DMA memory.
+    pub requires_dma: bool,
 }
 
 impl BdevProps {
@@ -208,6 +213,7 @@ impl BdevProps {
             preferred_unmap_alignment: 0,
             preferred_unmap_granularity: 0,
             numa_id: None,
+            requires_dma: false,
         }
     }
 }

@@ -52,4 +52,4 @@ pub use memmap::{
 pub use mempool::Mempool;
 pub use memzone::{memzone_free, memzone_lookup, memzone_reserve, memzones, Memzone};
 pub use ring::{Ring, RingType};
-pub use vtophys::{vtophys, vtophys_map, IovaMode, VTOPHYS_ERROR};
+pub use vtophys::{is_dma_memory, vtophys, vtophys_map, IovaMode, VTOPHYS_ERROR};

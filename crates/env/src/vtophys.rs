@@ -137,6 +137,25 @@ pub fn vtophys(vaddr: usize, len: Option<&mut u64>) -> u64 {
     }
 }
 
+/// True if every byte of `[vaddr, vaddr + len)` is registered DMA memory
+/// (each page translates): what a device may be handed.
+#[inline]
+pub fn is_dma_memory(vaddr: usize, len: usize) -> bool {
+    let Some(map) = VTOPHYS.get() else {
+        return false;
+    };
+    let end = vaddr.saturating_add(len);
+    let mut at = vaddr;
+    while at < end {
+        let mut run = (end - at) as u64;
+        if map.translate(at, &mut run) == VTOPHYS_ERROR || run == 0 {
+            return false;
+        }
+        at = at.saturating_add(run as usize);
+    }
+    true
+}
+
 /// The vtophys map itself, for callers that translate many addresses.
 pub fn vtophys_map() -> Option<&'static MemMap> {
     VTOPHYS.get()

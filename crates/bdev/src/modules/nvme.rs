@@ -619,6 +619,8 @@ pub fn attach_finish(plan: AttachPlan, ctrlr: Controller) -> Result<Vec<String>,
         let name = bdev_name(&params.name, ns.id);
         let mut props = BdevProps::new(&name, ns.block_size, ns.num_blocks, "NVMe disk");
         props.write_cache = vwc;
+        // Over PCIe the controller reads and writes the buffers itself.
+        props.requires_dma = trid.trtype == rspdk_nvme::TransportType::Pcie;
         props.max_transfer_blocks = (max_xfer / ns.block_size as usize) as u64;
         let backend = NvmeBackend(Arc::new(NvmeNs {
             ctrlr: ctrlr.clone(),
