@@ -92,6 +92,56 @@ nvme_rpcs() {
   return $r
 }
 check "bdev_nvme RPCs: attach, get_controllers, reset, save_config, detach, load_config" nvme_rpcs
+# One DMA buffer contract: an iSCSI LUN and an NVMe-oF namespace on the
+# PCIe NVMe bdev, in rspdk_tgt in this guest. QEMU's iSCSI client (the
+# host's qemu-io, chrooted) writes patterns through the LUN and reads them
+# back; rspdk_nvme_perf -w verify does the same over NVMe/TCP. (The iSCSI
+# target's buffers are heap memory; the bdev layer bounces them through DMA
+# memory for the controller.)
+targets_on_pcie_nvme() {
+  R=/mnt/root
+  [ -x $R/usr/bin/qemu-io ] || { echo "no host root with qemu-io (vfio48 shares it)"; return 1; }
+  cat > /tmp/tgt.json <<JSON
+{"subsystems": [
+ {"subsystem": "bdev", "config": [
+  {"method": "bdev_nvme_attach_controller", "params": {"name": "Nvme0", "trtype": "PCIe", "traddr": "$BDF"}}]},
+ {"subsystem": "nvmf", "config": [
+  {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
+  {"method": "nvmf_create_subsystem", "params": {"nqn": "nqn.2016-06.io.spdk:pcie", "allow_any_host": true}},
+  {"method": "nvmf_subsystem_add_ns", "params": {"nqn": "nqn.2016-06.io.spdk:pcie", "namespace": {"bdev_name": "Nvme0n2"}}},
+  {"method": "nvmf_subsystem_add_listener", "params": {"nqn": "nqn.2016-06.io.spdk:pcie",
+     "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": "4420"}}}]},
+ {"subsystem": "iscsi", "config": [
+  {"method": "iscsi_create_portal_group", "params": {"tag": 1, "portals": [{"host": "127.0.0.1", "port": "3260"}]}},
+  {"method": "iscsi_create_initiator_group", "params": {"tag": 2, "initiators": ["ANY"], "netmasks": ["ANY"]}},
+  {"method": "iscsi_create_target_node", "params": {"name": "pcie", "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}],
+     "luns": [{"bdev_name": "Nvme0n1", "lun_id": 0}], "queue_depth": 32}}]}]}
+JSON
+  rm -f /tmp/tgt.sock
+  $B/rspdk_tgt -r /tmp/tgt.sock -c /tmp/tgt.json > /tmp/tgt.log 2>&1 &
+  pid=$!
+  for i in $(seq 200); do [ -S /tmp/tgt.sock ] && break; sleep 0.1; done
+  $B/rspdk_rpc -s /tmp/tgt.sock -r 50 framework_wait_init > /dev/null || { tail /tmp/tgt.log; kill $pid; return 1; }
+  U=iscsi://127.0.0.1:3260/iqn.2016-06.io.spdk:pcie/0
+  r=0
+  echo "\$ qemu-io -f raw -c 'write -P 0xa5 1M 1M' -c 'read -P 0xa5 1M 1M' -c 'aio_write -P 0x3c 8M 256k' ... $U"
+  out=$(chroot $R qemu-io -f raw -c 'write -P 0xa5 1M 1M' -c 'read -P 0xa5 1M 1M' \
+        -c 'aio_write -P 0x3c 8M 256k' -c 'aio_write -P 0x3d 9M 256k' -c aio_flush \
+        -c 'read -P 0x3c 8M 256k' -c 'read -P 0x3d 9M 256k' $U 2>&1)
+  echo "$out"
+  echo "$out" | grep -qi "fail\|error" && r=1
+  [ "$(echo "$out" | grep -c '^read ')" = 3 ] || r=1
+  echo "\$ rspdk_nvme_perf over NVMe/TCP to Nvme0n2 (-w verify)"
+  $B/rspdk_nvme_perf -r "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:nqn.2016-06.io.spdk:pcie" \
+    -q 8 -o 4096 -w verify -t 2 || r=1
+  $B/rspdk_rpc -s /tmp/tgt.sock spdk_kill_instance SIGTERM > /dev/null
+  wait $pid
+  [ $r = 0 ] || tail -20 /tmp/tgt.log
+  return $r
+}
+if [ "$RSPDK_VM_BOOT" = vfio48 ]; then
+  check "an iSCSI LUN and an NVMe-oF namespace on the PCIe NVMe bdev: data written and read back through each" targets_on_pcie_nvme
+fi
 modprobe nvme
 check "rspdk_setup reset gives the controller back to nvme" $B/rspdk_setup reset
 [ "$(basename "$(readlink /sys/bus/pci/devices/$BDF/driver)")" = nvme ] || { echo "CHECK FAILED $BDF back on nvme"; rc=1; }

@@ -121,12 +121,17 @@ fn stop_forces_out_a_thread_that_keeps_a_poller() {
     let mut opts = ReactorOpts::new(parse_core_mask("0x1").unwrap());
     opts.thread_exit_timeout = Duration::from_millis(100);
     let set = ReactorSet::start(opts).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
     let h = set
-        .spawn_thread("sticky", None, || {
+        .spawn_thread("sticky", None, move || {
             poller_register("never_unregistered", 1000, |_| PollerStatus::Idle).unwrap();
+            tx.send(()).unwrap();
         })
         .unwrap();
-    std::thread::sleep(Duration::from_millis(20));
+    // Wait for the poller itself, not for a guess of how long it takes (a
+    // busy machine may run the thread late).
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the thread registered its poller");
     let t0 = Instant::now();
     set.stop();
     assert!(h.is_exited());
