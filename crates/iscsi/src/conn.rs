@@ -236,6 +236,8 @@ struct Task {
     unsolicited_left: u32,
     executing: bool,
     aborted: bool,
+    /// When the command arrived (ns), while the target's histogram is on.
+    start_ns: u64,
 }
 
 /// A task management function waiting for the tasks it aborted, on this
@@ -1696,6 +1698,10 @@ impl Conn {
             unsolicited_left: 0,
             executing: false,
             aborted: false,
+            start_ns: match &self.target {
+                Some(t) if t.histogram.enabled() => rspdk_thread::now_ns(),
+                _ => 0,
+            },
         };
         if write && edtl > 0 {
             if edtl > 64 << 20 {
@@ -1880,6 +1886,12 @@ impl Conn {
             let Some(t) = self.tasks.remove(&itt) else {
                 continue;
             };
+            if t.start_ns != 0 {
+                if let Some(tg) = self.target.as_ref().filter(|tg| tg.histogram.enabled()) {
+                    tg.histogram
+                        .tally(rspdk_thread::now_ns().saturating_sub(t.start_ns));
+                }
+            }
             if t.aborted {
                 self.aborted_task_done(itt);
                 continue;

@@ -263,6 +263,13 @@ struct InitiatorsParams {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct HistogramParams {
+    name: String,
+    enable: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LogoutParams {
     name: String,
     #[serde(default = "any_pg")]
@@ -605,6 +612,7 @@ pub fn register_rpcs(reg: &RpcRegistry) {
                     queue_depth: p.queue_depth,
                     auth: Mutex::new(auth),
                     dev_id: r.free_dev_id(),
+                    histogram: Default::default(),
                     header_digest: p.header_digest,
                     data_digest: p.data_digest,
                 });
@@ -715,6 +723,28 @@ pub fn register_rpcs(reg: &RpcRegistry) {
             Ok(json!(true))
         },
     );
+    method(reg, "iscsi_enable_histogram", rt, |p: HistogramParams| {
+        let t = with_registry(|r| find_target(r, &p.name))?;
+        t.histogram.enable(p.enable);
+        Ok(json!(true))
+    });
+    method(reg, "iscsi_get_histogram", rt, |p: NameParam| {
+        let t = with_registry(|r| find_target(r, &p.name))?;
+        if !t.histogram.enabled() {
+            return Err(inval(format!(
+                "the histogram of {} is not enabled: iscsi_enable_histogram --histogram {0}",
+                t.name
+            )));
+        }
+        // Ticks are nanoseconds.
+        Ok(json!({
+            "histogram": crate::target::base64(&t.histogram.bytes()),
+            "granularity": crate::target::Histogram::GRANULARITY,
+            "min_range": crate::target::Histogram::MIN_RANGE,
+            "max_range": crate::target::Histogram::MAX_RANGE,
+            "tsc_rate": 1_000_000_000u64,
+        }))
+    });
     method(reg, "iscsi_delete_target_node", rt, |p: NameParam| {
         let t = with_registry(|r| {
             let n = r.full_name(&p.name);
@@ -873,6 +903,8 @@ pub fn register_rpcs(reg: &RpcRegistry) {
 /// set gets its `iscsi_portal_group_set_auth`. A target node without LUNs
 /// (its bdevs were deleted) is left out: `iscsi_create_target_node` needs
 /// one, so saving it would give a config that does not load.
+/// A target node whose histogram is on gets `iscsi_enable_histogram`
+/// after it, as SPDK saves it.
 pub fn config_json() -> Vec<Value> {
     with_registry(|r| {
         let mut out = vec![json!({"method": "iscsi_set_options",
@@ -902,6 +934,10 @@ pub fn config_json() -> Vec<Value> {
                 continue;
             }
             out.push(json!({"method": "iscsi_create_target_node", "params": target_json(t)}));
+            if t.histogram.enabled() {
+                out.push(json!({"method": "iscsi_enable_histogram",
+                    "params": {"name": t.name, "enable": true}}));
+            }
         }
         out
     })

@@ -367,10 +367,106 @@ pub struct TargetNode {
     pub auth: Mutex<Auth>,
     /// SCSI device id (`scsi_get_devices`): the lowest free one.
     pub dev_id: u32,
+    /// Command latency histogram (`iscsi_enable_histogram`).
+    pub histogram: Histogram,
     /// HeaderDigest required.
     pub header_digest: bool,
     /// DataDigest required.
     pub data_digest: bool,
+}
+
+/// Buckets per power of two of a [`Histogram`] (SPDK's default granularity).
+const HISTOGRAM_GRANULARITY: u32 = 7;
+/// Ranges (powers of two) of a [`Histogram`]: values 0 to `u64::MAX`, as
+/// SPDK's `spdk_histogram_data_alloc()`.
+const HISTOGRAM_RANGES: usize = (64 - HISTOGRAM_GRANULARITY as usize) + 1;
+
+/// A target node's command latency histogram in SPDK's layout
+/// (`spdk_histogram_data`: granularity 7, ranges 0 to 57, a count per
+/// bucket), in nanoseconds. Off until enabled; when on, each command's
+/// completion adds one to a bucket (a relaxed atomic add, no lock).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    enabled: std::sync::atomic::AtomicBool,
+    buckets: std::sync::OnceLock<Box<[std::sync::atomic::AtomicU64]>>,
+}
+
+impl Histogram {
+    /// Granularity (log2 of the buckets per range).
+    pub const GRANULARITY: u32 = HISTOGRAM_GRANULARITY;
+    /// Lowest range.
+    pub const MIN_RANGE: u32 = 0;
+    /// Highest range.
+    pub const MAX_RANGE: u32 = HISTOGRAM_RANGES as u32 - 1;
+
+    /// True while it counts.
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Turns counting on (from zero) or off.
+    pub fn enable(&self, on: bool) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        if on {
+            let b = self.buckets.get_or_init(|| {
+                (0..HISTOGRAM_RANGES << HISTOGRAM_GRANULARITY)
+                    .map(|_| AtomicU64::new(0))
+                    .collect()
+            });
+            if !self.enabled() {
+                for c in b.iter() {
+                    c.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+        self.enabled.store(on, Ordering::Relaxed);
+    }
+
+    /// Counts one value (as `spdk_histogram_data_tally`).
+    pub fn tally(&self, v: u64) {
+        let Some(b) = self.buckets.get() else {
+            return;
+        };
+        let lsb = 64 - HISTOGRAM_GRANULARITY;
+        let clz = v.leading_zeros();
+        let range = lsb.saturating_sub(clz);
+        let index = (v >> range.saturating_sub(1)) & ((1 << HISTOGRAM_GRANULARITY) - 1);
+        let i = ((range as usize) << HISTOGRAM_GRANULARITY) + index as usize;
+        if let Some(c) = b.get(i) {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The counts as little-endian u64s, as SPDK's histogram bytes.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.buckets
+            .get()
+            .map(|b| {
+                b.iter()
+                    .flat_map(|c| c.load(std::sync::atomic::Ordering::Relaxed).to_le_bytes())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Standard base64 with padding (what SPDK's `spdk_base64_encode` writes).
+pub fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for k in 0..4 {
+            if k <= c.len() {
+                out.push(A[(n >> (18 - 6 * k) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// One CHAP secret of an auth group.
@@ -542,6 +638,37 @@ pub fn bind_portal(p: &Portal) -> Result<TcpListener, IscsiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_buckets_and_base64() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        let h = Histogram::default();
+        h.tally(5); // before enabling: not counted
+        h.enable(true);
+        for v in [0, 5, 5, 127, 128, 1000, u64::MAX] {
+            h.tally(v);
+        }
+        let b = h.bytes();
+        assert_eq!(b.len(), 58 * 128 * 8);
+        let count = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+        // Range 0 holds 0..=127 one per bucket; 128 starts range 1.
+        assert_eq!((count(0), count(5), count(127)), (1, 2, 1));
+        assert_eq!(count(128), 1, "128 -> range 1, index 0");
+        // 1000 = 0b1111101000: range 3, index 1000 >> 2 & 127 = 122.
+        assert_eq!(count(3 * 128 + 122), 1);
+        assert_eq!(count(57 * 128 + 127), 1, "u64::MAX in the last bucket");
+        assert_eq!((0..58 * 128).map(count).sum::<u64>(), 7);
+        h.enable(false);
+        h.enable(true);
+        assert_eq!(
+            h.bytes().iter().map(|&x| u64::from(x)).sum::<u64>(),
+            0,
+            "reset on enable"
+        );
+    }
 
     #[test]
     fn netmasks() {

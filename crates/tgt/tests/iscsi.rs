@@ -1589,6 +1589,66 @@ fn spdk_client_portal_start_logout_stats_devices() {
     assert_eq!(h[0] & 0x3f, 0x26);
     let (ok_no, out) = spdk_rpc(s, &["iscsi_target_node_request_logout", "iqn.nope:x"]);
     assert!(!ok_no && out.contains("no target node"), "{out}");
+
+    // The latency histogram: off, then on and counting READs, saved.
+    let (ok_off, out) = spdk_rpc(s, &["iscsi_get_histogram", IQN]);
+    assert!(!ok_off && out.contains("not enabled"), "{out}");
+    spdk_ok(s, &["iscsi_enable_histogram", "--histogram", IQN]);
+    for i in 0..10u32 {
+        d.write_all(&scsi_rw(0x100 + i, 1 + i, i, None)).unwrap();
+        let (h, _) = read_pdu(&mut d).expect("no READ answer");
+        assert_eq!((h[0] & 0x3f, h[3]), (0x25, 0));
+    }
+    let hist = spdk_ok(s, &["iscsi_get_histogram", IQN]);
+    assert_eq!(
+        (
+            &hist["granularity"],
+            &hist["min_range"],
+            &hist["max_range"],
+            &hist["tsc_rate"]
+        ),
+        (&json!(7), &json!(0), &json!(57), &json!(1_000_000_000u64))
+    );
+    let bytes = base64_decode(hist["histogram"].as_str().unwrap());
+    assert_eq!(bytes.len(), 58 * 128 * 8);
+    let total: u64 = bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .sum();
+    assert_eq!(total, 10, "10 READs counted");
+    let (_, iscsi) = saved_iscsi(s);
+    assert!(
+        iscsi.iter().any(|e| e["method"] == "iscsi_enable_histogram"
+            && e["params"] == json!({"name": IQN, "enable": true})),
+        "{iscsi:?}"
+    );
+    spdk_ok(s, &["iscsi_enable_histogram", "--no-histogram", IQN]);
+    let (ok_off, _) = spdk_rpc(s, &["iscsi_get_histogram", IQN]);
+    assert!(!ok_off, "histogram still on");
+}
+
+/// Decodes standard base64 (with padding).
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let mut out = Vec::new();
+    for q in s.as_bytes().chunks(4) {
+        let n = q.iter().filter(|&&c| c != b'=').count();
+        let mut v = 0u32;
+        for (i, &c) in q.iter().enumerate() {
+            if c != b'=' {
+                v |= u32::from(val(c)) << (18 - 6 * i);
+            }
+        }
+        out.extend_from_slice(&v.to_be_bytes()[1..n]);
+    }
+    out
 }
 
 /// Target names, initiator names and netmasks are checked: empty names,
