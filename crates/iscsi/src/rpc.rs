@@ -352,6 +352,14 @@ pub fn register_rpcs(reg: &RpcRegistry) {
             if o.first_burst_length < 512 {
                 return Err(inval("first_burst_length must be at least 512"));
             }
+            Auth {
+                disable_chap: o.disable_chap,
+                require_chap: o.require_chap,
+                mutual_chap: o.mutual_chap,
+                chap_group: o.chap_group,
+            }
+            .check()
+            .map_err(|e| inval(format!("discovery CHAP: {e}")))?;
             if !(1..=65535).contains(&o.max_connections_per_session) {
                 return Err(inval(
                     "max_connections_per_session must be 1 to 65535 (MaxConnections)",
