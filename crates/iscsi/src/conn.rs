@@ -32,8 +32,10 @@ pub const LOGOUT_REQUEST_TIMEOUT_SECS: u16 = 30;
 pub const OUT_QUEUE_MAX: usize = 4 << 20;
 /// Bytes of received, unprocessed input above which the socket is not read.
 const IN_QUEUE_MAX: usize = 512 << 10;
-/// Tasks a connection runs at once, per unit of queue depth: above this
-/// it takes no new SCSI commands until some complete.
+/// Tasks a connection has executing (bdev I/O issued, response not yet
+/// queued) at once, per unit of queue depth: above this it takes no new
+/// SCSI commands until some complete. Tasks waiting for Data-Out do not
+/// count: their data may sit behind the next command in the stream.
 const TASKS_PER_QUEUE_DEPTH: usize = 2;
 const NO_TAG: u32 = 0xffff_ffff;
 
@@ -58,10 +60,18 @@ fn state_index(s: State) -> usize {
     }
 }
 
-/// Connections still logging in, for `iscsi_get_connections`.
-static LOGGING_IN: Mutex<Vec<ConnInfo>> = Mutex::new(Vec::new());
+/// A connection still logging in.
+struct LoginEntry {
+    info: ConnInfo,
+    pg_tag: u32,
+    kill: Arc<AtomicBool>,
+}
 
-fn logging_in() -> std::sync::MutexGuard<'static, Vec<ConnInfo>> {
+/// Connections still logging in, for `iscsi_get_connections` and
+/// `iscsi_target_node_request_logout`.
+static LOGGING_IN: Mutex<Vec<LoginEntry>> = Mutex::new(Vec::new());
+
+fn logging_in() -> std::sync::MutexGuard<'static, Vec<LoginEntry>> {
     LOGGING_IN.lock().unwrap_or_else(|e| e.into_inner())
 }
 static NEXT_TSIH: AtomicU16 = AtomicU16::new(1);
@@ -182,7 +192,7 @@ fn sessions() -> std::sync::MutexGuard<'static, Vec<(u64, SessionEntry)>> {
 /// Connections, for `iscsi_get_connections`: those logging in, then those
 /// in full feature phase.
 pub fn connections() -> Vec<ConnInfo> {
-    let mut v = logging_in().clone();
+    let mut v: Vec<ConnInfo> = logging_in().iter().map(|e| e.info.clone()).collect();
     v.extend(sessions().iter().filter_map(|(_, s)| s.info.clone()));
     v
 }
@@ -190,8 +200,14 @@ pub fn connections() -> Vec<ConnInfo> {
 /// Asks the initiators of `target`'s connections (through portal group
 /// `pg`, or all) to log out: an Async Message (AsyncEvent 1), and the
 /// connection closes if no logout comes within
-/// [`LOGOUT_REQUEST_TIMEOUT_SECS`].
+/// [`LOGOUT_REQUEST_TIMEOUT_SECS`]. Connections still logging in to it
+/// are closed (as SPDK does).
 pub fn request_logout(target: &str, pg: Option<u32>) {
+    for e in logging_in().iter() {
+        if e.info.target_node_name == target && pg.is_none_or(|p| p == e.pg_tag) {
+            e.kill.store(true, Ordering::Release);
+        }
+    }
     for (_, s) in sessions().iter() {
         if s.target == target && pg.is_none_or(|p| p == s.pg_tag) {
             s.logout.store(true, Ordering::Release);
@@ -405,6 +421,8 @@ pub struct Conn {
     created_ns: u64,
     /// Set by [`request_logout`].
     logout_req: Arc<AtomicBool>,
+    /// Tasks executing (see [`TASKS_PER_QUEUE_DEPTH`]).
+    running: usize,
     /// When the Async Message asking for a logout went out (ns).
     logout_sent_ns: Option<u64>,
 }
@@ -442,7 +460,8 @@ impl Conn {
         let thread_name = rspdk_thread::get_thread()
             .map(|t| t.name().to_string())
             .unwrap_or_default();
-        logging_in().push(ConnInfo {
+        let kill = Arc::new(AtomicBool::new(false));
+        let info = ConnInfo {
             id,
             cid: 0,
             tsih: 0,
@@ -455,6 +474,11 @@ impl Conn {
             isid: String::new(),
             state: "invalid",
             login_phase: "security_negotiation",
+        };
+        logging_in().push(LoginEntry {
+            info,
+            pg_tag,
+            kill: kill.clone(),
         });
         STATE_COUNTS[state_index(State::Login)].fetch_add(1, Ordering::Relaxed);
         Ok(Conn {
@@ -494,7 +518,7 @@ impl Conn {
             joining: None,
             completions: Rc::new(RefCell::new(VecDeque::new())),
             cdb_pool: Vec::with_capacity(CDB_POOL_MAX),
-            kill: Arc::new(AtomicBool::new(false)),
+            kill,
             registered: false,
             scratch: vec![0u8; 65536].into_boxed_slice(),
             chap: Chap::Off,
@@ -508,6 +532,7 @@ impl Conn {
             created_ns: rspdk_thread::now_ns(),
             logout_req: Arc::new(AtomicBool::new(false)),
             logout_sent_ns: None,
+            running: 0,
         })
     }
 
@@ -517,7 +542,7 @@ impl Conn {
             return;
         }
         if self.state == State::Login {
-            logging_in().retain(|c| c.id != self.id);
+            logging_in().retain(|c| c.info.id != self.id);
         }
         STATE_COUNTS[state_index(self.state)].fetch_sub(1, Ordering::Relaxed);
         STATE_COUNTS[state_index(s)].fetch_add(1, Ordering::Relaxed);
@@ -712,6 +737,7 @@ impl Conn {
             }
         }
         self.tasks.clear();
+        self.running = 0;
         // Task management functions waiting here (ours or another
         // connection's) need not wait for tasks that are gone.
         self.mailbox.close();
@@ -775,7 +801,7 @@ impl Conn {
             if self.out_queued() > OUT_QUEUE_MAX {
                 break;
             }
-            if self.tasks.len() >= max_tasks
+            if self.running >= max_tasks
                 && self
                     .inbuf
                     .get(pos)
@@ -972,7 +998,13 @@ impl Conn {
                 "TargetName" => {
                     let t = with_registry(|r| r.targets.get(v).cloned());
                     match t {
-                        Some(t) => self.target = Some(t),
+                        Some(t) => {
+                            if let Some(e) = logging_in().iter_mut().find(|e| e.info.id == self.id)
+                            {
+                                e.info.target_node_name = t.name.clone();
+                            }
+                            self.target = Some(t);
+                        }
                         None => return self.login_response(&b, 0, 0x02, 0x03, Vec::new()),
                     }
                 }
@@ -1846,6 +1878,7 @@ impl Conn {
             return;
         };
         t.executing = true;
+        self.running += 1;
         let cmd = ScsiCommand {
             // Moved, and the nexus shared: no allocation here.
             cdb: std::mem::take(&mut t.cdb),
@@ -1886,6 +1919,7 @@ impl Conn {
             let Some(t) = self.tasks.remove(&itt) else {
                 continue;
             };
+            self.running = self.running.saturating_sub(1);
             if t.start_ns != 0 {
                 if let Some(tg) = self.target.as_ref().filter(|tg| tg.histogram.enabled()) {
                     tg.histogram
@@ -2005,7 +2039,7 @@ impl Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         if self.state == State::Login {
-            logging_in().retain(|c| c.id != self.id);
+            logging_in().retain(|c| c.info.id != self.id);
         }
         STATE_COUNTS[state_index(self.state)].fetch_sub(1, Ordering::Relaxed);
     }

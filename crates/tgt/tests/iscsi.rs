@@ -1589,6 +1589,30 @@ fn spdk_client_portal_start_logout_stats_devices() {
     assert_eq!(h[0] & 0x3f, 0x26);
     let (ok_no, out) = spdk_rpc(s, &["iscsi_target_node_request_logout", "iqn.nope:x"]);
     assert!(!ok_no && out.contains("no target node"), "{out}");
+    // A connection still logging in to the node (security stage, no
+    // transit) is closed by a logout request for all portal groups.
+    let mut l = TcpStream::connect(("127.0.0.1", t.port)).unwrap();
+    l.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut p = login_pdu(&format!(
+        "InitiatorName=iqn.2026-01.io.rspdk:slow;SessionType=Normal;TargetName={IQN};AuthMethod=None"
+    ));
+    p[1] = 0x01; // CSG 0, no transit
+    l.write_all(&p).unwrap();
+    let (h, _) = read_pdu(&mut l).expect("no login response");
+    assert_eq!((h[0] & 0x3f, h[36], h[1] & 0x80), (0x23, 0, 0), "{h:02x?}");
+    let listed = ok(s, "iscsi_get_connections", None);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["state"] == "invalid" && c["target_node_name"] == IQN),
+        "{listed}"
+    );
+    spdk_ok(s, &["iscsi_target_node_request_logout", IQN]);
+    assert!(read_pdu(&mut l).is_none(), "connection in login not closed");
+    let (h, _) = read_pdu(&mut d).expect("no Async Message on portal group 1");
+    assert_eq!((h[0] & 0x3f, h[36]), (0x32, 1));
 
     // The latency histogram: off, then on and counting READs, saved.
     let (ok_off, out) = spdk_rpc(s, &["iscsi_get_histogram", IQN]);
@@ -1919,4 +1943,55 @@ fn login_timeout_closes_idle_connection() {
         ok(s, "iscsi_get_stats", None),
         json!({"invalid": 0, "running": 0, "exiting": 0, "exited": 0})
     );
+}
+
+/// 200 WRITEs without immediate data sent back to back, their Data-Out only
+/// after all of them (as an initiator does once the R2Ts come): more tasks
+/// than the per-connection limit of running ones, but tasks waiting for
+/// data do not count against it, so every WRITE gets its R2T and completes
+/// (no deadlock with the data behind a held-back command).
+#[test]
+fn many_writes_waiting_for_data() {
+    const N: u32 = 200;
+    let t = start(512);
+    let mut c = login_plain(t.port, "iqn.2026-01.io.rspdk:writes");
+    let mut cmds = Vec::new();
+    for i in 0..N {
+        let mut b = scsi_rw(i + 1, i + 1, i * 8, None);
+        b[1] = 0xa1; // WRITE, final, simple: data to follow on R2T
+        b[32] = 0x2a;
+        cmds.extend_from_slice(&b);
+    }
+    c.write_all(&cmds).unwrap();
+    let mut r2ts = Vec::new();
+    while r2ts.len() < N as usize {
+        let (h, _) = read_pdu(&mut c).expect("R2Ts stopped");
+        assert_eq!(h[0] & 0x3f, 0x31, "expected R2T, got {h:02x?}");
+        let itt = u32::from_be_bytes([h[16], h[17], h[18], h[19]]);
+        let ttt = [h[20], h[21], h[22], h[23]];
+        r2ts.push((itt, ttt));
+    }
+    let mut data = Vec::new();
+    for (itt, ttt) in &r2ts {
+        let mut b = vec![0u8; 48];
+        b[0] = 0x05;
+        b[1] = 0x80;
+        b[5..8].copy_from_slice(&4096u32.to_be_bytes()[1..]);
+        b[16..20].copy_from_slice(&itt.to_be_bytes());
+        b[20..24].copy_from_slice(ttt);
+        b.extend(std::iter::repeat_n(*itt as u8, 4096));
+        data.extend_from_slice(&b);
+    }
+    c.write_all(&data).unwrap();
+    let mut done = 0;
+    while done < N {
+        let (h, _) = read_pdu(&mut c).expect("WRITE responses stopped");
+        assert_eq!((h[0] & 0x3f, h[3]), (0x21, 0), "WRITE failed: {h:02x?}");
+        done += 1;
+    }
+    // The data landed: READ back one of them.
+    c.write_all(&scsi_rw(0x1000, N + 1, 7 * 8, None)).unwrap();
+    let (h, d) = read_pdu(&mut c).expect("no READ answer");
+    assert_eq!((h[0] & 0x3f, h[3]), (0x25, 0));
+    assert!(d.iter().all(|&x| x == 8), "WRITE 8's data not read back");
 }
