@@ -85,23 +85,47 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// `n` random bytes from the kernel.
-pub fn random_bytes(n: usize) -> Vec<u8> {
-    let mut v = vec![0u8; n];
-    // SAFETY: `v` is a valid, writable buffer of `n` bytes.
-    let r = unsafe { libc::getrandom(v.as_mut_ptr().cast(), n, 0) };
-    if r != n as isize {
-        // Fall back to something unpredictable enough for a challenge.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let h = md5(&t.to_le_bytes());
-        for (i, b) in v.iter_mut().enumerate() {
-            *b = h[i % 16];
+/// Fills `buf` from the kernel's random source (`getrandom`).
+pub fn getrandom_fill(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: `rest` is a valid, writable buffer of `rest.len()` bytes.
+        let r = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
         }
+        if r == 0 {
+            return Err(std::io::Error::other("getrandom returned no bytes"));
+        }
+        done += r as usize;
     }
-    v
+    Ok(())
+}
+
+/// Length of the challenges sent (bytes).
+pub const CHALLENGE_LEN: usize = 16;
+
+/// A CHAP identifier and challenge with bytes from `fill`; an error when
+/// `fill` fails (there is no fallback: a predictable challenge would let a
+/// recorded response be replayed, so the login must fail instead).
+pub fn challenge_with(
+    fill: impl FnOnce(&mut [u8]) -> std::io::Result<()>,
+) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut b = vec![0u8; 1 + CHALLENGE_LEN];
+    fill(&mut b)?;
+    let id = b[0];
+    b.remove(0);
+    Ok((id, b))
+}
+
+/// A CHAP identifier and challenge from the kernel's random source.
+pub fn challenge() -> std::io::Result<(u8, Vec<u8>)> {
+    challenge_with(getrandom_fill)
 }
 
 #[cfg(test)]
@@ -117,6 +141,21 @@ mod tests {
         );
         let long = vec![b'a'; 1000];
         assert_eq!(to_hex(&md5(&long)), "0xcabe45dcc9ae5b66ba86600cca6b8ba8");
+    }
+
+    #[test]
+    fn challenge_fails_without_randomness() {
+        let r = challenge_with(|_| Err(std::io::Error::other("no entropy")));
+        assert!(r.is_err(), "a challenge without randomness: {r:?}");
+        let (id, c) = challenge_with(|b| {
+            b.fill(7);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((id, c.len()), (7, CHALLENGE_LEN));
+        let (_, a) = challenge().unwrap();
+        let (_, b) = challenge().unwrap();
+        assert_ne!(a, b, "two kernel challenges are equal");
     }
 
     #[test]

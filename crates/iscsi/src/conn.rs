@@ -21,9 +21,59 @@ use crate::IscsiError;
 
 /// Largest data segment accepted during login (RFC 7143 6.1).
 const LOGIN_MAX_DATA: usize = 8192;
+/// Seconds a connection has to complete its login before it is closed
+/// (SPDK's `ISCSI_LOGIN_TIMEOUT`).
+pub const LOGIN_TIMEOUT_SECS: u64 = 30;
+/// Seconds an initiator asked to log out (`iscsi_target_node_request_logout`)
+/// has before the connection is closed (SPDK's `ISCSI_LOGOUT_REQUEST_TIMEOUT`).
+pub const LOGOUT_REQUEST_TIMEOUT_SECS: u16 = 30;
+/// Bytes of responses a connection queues for an initiator that does not
+/// read them; above this it takes no new PDUs until the queue drains.
+pub const OUT_QUEUE_MAX: usize = 4 << 20;
+/// Bytes of received, unprocessed input above which the socket is not read.
+const IN_QUEUE_MAX: usize = 512 << 10;
+/// Tasks a connection has executing (bdev I/O issued, response not yet
+/// queued) at once, per unit of queue depth: above this it takes no new
+/// SCSI commands until some complete. Tasks waiting for Data-Out do not
+/// count: their data may sit behind the next command in the stream.
+const TASKS_PER_QUEUE_DEPTH: usize = 2;
 const NO_TAG: u32 = 0xffff_ffff;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Connections by state, for `iscsi_get_stats`: in login (SPDK's
+/// "invalid"), in full feature phase ("running"), closing ("exiting"),
+/// closed but not yet dropped ("exited").
+static STATE_COUNTS: [AtomicU32; 4] = [const { AtomicU32::new(0) }; 4];
+
+/// Connections by state: `[invalid, running, exiting, exited]`.
+pub fn stats() -> [u32; 4] {
+    std::array::from_fn(|i| STATE_COUNTS[i].load(Ordering::Relaxed))
+}
+
+fn state_index(s: State) -> usize {
+    match s {
+        State::Login => 0,
+        State::FullFeature => 1,
+        State::Closing => 2,
+        State::Closed => 3,
+    }
+}
+
+/// A connection still logging in.
+struct LoginEntry {
+    info: ConnInfo,
+    pg_tag: u32,
+    kill: Arc<AtomicBool>,
+}
+
+/// Connections still logging in, for `iscsi_get_connections` and
+/// `iscsi_target_node_request_logout`.
+static LOGGING_IN: Mutex<Vec<LoginEntry>> = Mutex::new(Vec::new());
+
+fn logging_in() -> std::sync::MutexGuard<'static, Vec<LoginEntry>> {
+    LOGGING_IN.lock().unwrap_or_else(|e| e.into_inner())
+}
 static NEXT_TSIH: AtomicU16 = AtomicU16::new(1);
 
 /// `iscsi_get_connections` entry (SPDK's field names).
@@ -49,9 +99,16 @@ pub struct ConnInfo {
     pub initiator_name: String,
     /// ISID, hex.
     pub isid: String,
+    /// SPDK's connection state: `invalid` (logging in) or `running`.
+    pub state: &'static str,
+    /// SPDK's login phase: `security_negotiation` or `full_feature_phase`.
+    pub login_phase: &'static str,
 }
 
 struct SessionEntry {
+    /// Asks the connection to request a logout (Async Message).
+    logout: Arc<AtomicBool>,
+    pg_tag: u32,
     initiator: String,
     isid: [u8; 6],
     target: String,
@@ -132,12 +189,30 @@ fn sessions() -> std::sync::MutexGuard<'static, Vec<(u64, SessionEntry)>> {
     SESSIONS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Connections, for `iscsi_get_connections`.
+/// Connections, for `iscsi_get_connections`: those logging in, then those
+/// in full feature phase.
 pub fn connections() -> Vec<ConnInfo> {
-    sessions()
-        .iter()
-        .filter_map(|(_, s)| s.info.clone())
-        .collect()
+    let mut v: Vec<ConnInfo> = logging_in().iter().map(|e| e.info.clone()).collect();
+    v.extend(sessions().iter().filter_map(|(_, s)| s.info.clone()));
+    v
+}
+
+/// Asks the initiators of `target`'s connections (through portal group
+/// `pg`, or all) to log out: an Async Message (AsyncEvent 1), and the
+/// connection closes if no logout comes within
+/// [`LOGOUT_REQUEST_TIMEOUT_SECS`]. Connections still logging in to it
+/// are closed (as SPDK does).
+pub fn request_logout(target: &str, pg: Option<u32>) {
+    for e in logging_in().iter() {
+        if e.info.target_node_name == target && pg.is_none_or(|p| p == e.pg_tag) {
+            e.kill.store(true, Ordering::Release);
+        }
+    }
+    for (_, s) in sessions().iter() {
+        if s.target == target && pg.is_none_or(|p| p == s.pg_tag) {
+            s.logout.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// Asks every connection of `target` to close (target deletion).
@@ -177,6 +252,8 @@ struct Task {
     unsolicited_left: u32,
     executing: bool,
     aborted: bool,
+    /// When the command arrived (ns), while the target's histogram is on.
+    start_ns: u64,
 }
 
 /// A task management function waiting for the tasks it aborted, on this
@@ -339,6 +416,15 @@ pub struct Conn {
     /// NOP-In interval and timeout (ns), from the options.
     nop_interval_ns: u64,
     nop_timeout_ns: u64,
+    /// When the connection was accepted (ns): login must end within
+    /// [`LOGIN_TIMEOUT_SECS`].
+    created_ns: u64,
+    /// Set by [`request_logout`].
+    logout_req: Arc<AtomicBool>,
+    /// Tasks executing (see [`TASKS_PER_QUEUE_DEPTH`]).
+    running: usize,
+    /// When the Async Message asking for a logout went out (ns).
+    logout_sent_ns: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -370,8 +456,33 @@ impl Conn {
                 (r.options.nop_in_interval, r.options.nop_timeout),
             )
         });
+        let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+        let thread_name = rspdk_thread::get_thread()
+            .map(|t| t.name().to_string())
+            .unwrap_or_default();
+        let kill = Arc::new(AtomicBool::new(false));
+        let info = ConnInfo {
+            id,
+            cid: 0,
+            tsih: 0,
+            lcore_id: rspdk_event::current_cpu().unwrap_or(0),
+            initiator_addr: peer.ip().to_string(),
+            target_addr: local.ip().to_string(),
+            target_node_name: String::new(),
+            thread_name: thread_name.clone(),
+            initiator_name: String::new(),
+            isid: String::new(),
+            state: "invalid",
+            login_phase: "security_negotiation",
+        };
+        logging_in().push(LoginEntry {
+            info,
+            pg_tag,
+            kill: kill.clone(),
+        });
+        STATE_COUNTS[state_index(State::Login)].fetch_add(1, Ordering::Relaxed);
         Ok(Conn {
-            id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+            id,
             sock,
             peer,
             local,
@@ -407,7 +518,7 @@ impl Conn {
             joining: None,
             completions: Rc::new(RefCell::new(VecDeque::new())),
             cdb_pool: Vec::with_capacity(CDB_POOL_MAX),
-            kill: Arc::new(AtomicBool::new(false)),
+            kill,
             registered: false,
             scratch: vec![0u8; 65536].into_boxed_slice(),
             chap: Chap::Off,
@@ -417,10 +528,66 @@ impl Conn {
             ping: None,
             nop_interval_ns: u64::from(nop.0) * 1_000_000_000,
             nop_timeout_ns: u64::from(nop.1) * 1_000_000_000,
-            thread_name: rspdk_thread::get_thread()
-                .map(|t| t.name().to_string())
-                .unwrap_or_default(),
+            thread_name,
+            created_ns: rspdk_thread::now_ns(),
+            logout_req: Arc::new(AtomicBool::new(false)),
+            logout_sent_ns: None,
+            running: 0,
         })
+    }
+
+    /// Moves to state `s`, keeping the [`stats`] counts.
+    fn set_state(&mut self, s: State) {
+        if s == self.state {
+            return;
+        }
+        if self.state == State::Login {
+            logging_in().retain(|c| c.info.id != self.id);
+        }
+        STATE_COUNTS[state_index(self.state)].fetch_sub(1, Ordering::Relaxed);
+        STATE_COUNTS[state_index(s)].fetch_add(1, Ordering::Relaxed);
+        self.state = s;
+    }
+
+    /// Login timeout and logout requests: closes a connection that has
+    /// not logged in within [`LOGIN_TIMEOUT_SECS`], sends the Async
+    /// Message of a requested logout and closes the connection if the
+    /// initiator has not logged out [`LOGOUT_REQUEST_TIMEOUT_SECS`] later.
+    fn timers(&mut self) {
+        match self.state {
+            State::Login => {
+                let now = rspdk_thread::now_ns();
+                if now.saturating_sub(self.created_ns) > LOGIN_TIMEOUT_SECS * 1_000_000_000 {
+                    tracing::warn!(peer = %self.peer, secs = LOGIN_TIMEOUT_SECS,
+                        "no login within the login timeout: closing the connection");
+                    self.close();
+                }
+            }
+            State::FullFeature => {
+                if let Some(sent) = self.logout_sent_ns {
+                    let limit = u64::from(LOGOUT_REQUEST_TIMEOUT_SECS) * 1_000_000_000;
+                    if rspdk_thread::now_ns().saturating_sub(sent) > limit {
+                        tracing::warn!(peer = %self.peer, "no logout after the logout request: closing");
+                        self.close();
+                    }
+                } else if self.logout_req.load(Ordering::Acquire) {
+                    let mut b = Bhs::new(op::ASYNC, 0x80);
+                    b.set_lun(0);
+                    b.set_itt(NO_TAG);
+                    b.0[36] = 1; // AsyncEvent: the target requests a logout
+                    b.set_u16(42, LOGOUT_REQUEST_TIMEOUT_SECS); // Parameter3
+                    self.next_stat_sn(&mut b);
+                    self.send(&Pdu::new(b, Vec::new()));
+                    self.logout_sent_ns = Some(rspdk_thread::now_ns());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Bytes queued for the initiator and not yet written.
+    fn out_queued(&self) -> usize {
+        self.outbuf.len() - self.out_pos
     }
 
     /// True once the connection is finished and can be dropped.
@@ -439,10 +606,17 @@ impl Conn {
         }
         let mut busy = false;
         if self.state != State::Closing {
-            let got = self.read_socket();
+            // Backpressure: an initiator that does not read its responses
+            // gets no new PDUs processed (and its socket is not read)
+            // until they drain; the kernel's socket buffers then fill and
+            // stop it sending.
+            let got = self.out_queued() <= OUT_QUEUE_MAX
+                && self.inbuf.len() < IN_QUEUE_MAX
+                && self.read_socket();
             busy |= got;
             busy |= self.process_input();
             self.keepalive(got);
+            self.timers();
         }
         busy |= self.drain_completions();
         for (scope, w) in self.mailbox.take() {
@@ -540,6 +714,10 @@ impl Conn {
         if self.out_pos >= self.outbuf.len() {
             self.outbuf.clear();
             self.out_pos = 0;
+            // Give back what a burst of large responses grew the queue to.
+            if self.outbuf.capacity() > 2 * OUT_QUEUE_MAX {
+                self.outbuf.shrink_to(OUT_QUEUE_MAX);
+            }
         }
         busy
     }
@@ -548,7 +726,7 @@ impl Conn {
         if self.state == State::Closed {
             return;
         }
-        self.state = State::Closed;
+        self.set_state(State::Closed);
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
         // The session ends with its last connection.
         if let Some(sh) = self.shared.take() {
@@ -559,6 +737,7 @@ impl Conn {
             }
         }
         self.tasks.clear();
+        self.running = 0;
         // Task management functions waiting here (ours or another
         // connection's) need not wait for tasks that are gone.
         self.mailbox.close();
@@ -614,7 +793,22 @@ impl Conn {
     fn process_input(&mut self) -> bool {
         let mut busy = false;
         let mut pos = 0;
+        let max_tasks = (self.queue_depth.max(1) as usize) * TASKS_PER_QUEUE_DEPTH;
         while self.state == State::Login || self.state == State::FullFeature {
+            // Backpressure: a full output queue stops all processing, the
+            // task limit new SCSI commands (Data-Out for running tasks
+            // still goes on, so writes can finish).
+            if self.out_queued() > OUT_QUEUE_MAX {
+                break;
+            }
+            if self.running >= max_tasks
+                && self
+                    .inbuf
+                    .get(pos)
+                    .is_some_and(|b| b & 0x3f == op::SCSI_CMD)
+            {
+                break;
+            }
             let max = if self.state == State::Login {
                 LOGIN_MAX_DATA
             } else {
@@ -651,7 +845,7 @@ impl Conn {
                             self.send_reject(reject::PROTOCOL_ERROR, &bhs);
                         }
                     }
-                    self.state = State::Closing;
+                    self.set_state(State::Closing);
                     pos = self.inbuf.len();
                     break;
                 }
@@ -666,7 +860,7 @@ impl Conn {
         if self.state == State::Login {
             if opc != op::LOGIN_REQ {
                 tracing::warn!(peer = %self.peer, opcode = opc, "non-login PDU during login");
-                self.state = State::Closing;
+                self.set_state(State::Closing);
                 return;
             }
             return self.handle_login(p);
@@ -741,7 +935,7 @@ impl Conn {
         b.0[37] = detail;
         self.send(&Pdu::new(b, data));
         if class != 0 {
-            self.state = State::Closing;
+            self.set_state(State::Closing);
         }
     }
 
@@ -804,7 +998,13 @@ impl Conn {
                 "TargetName" => {
                     let t = with_registry(|r| r.targets.get(v).cloned());
                     match t {
-                        Some(t) => self.target = Some(t),
+                        Some(t) => {
+                            if let Some(e) = logging_in().iter_mut().find(|e| e.info.id == self.id)
+                            {
+                                e.info.target_node_name = t.name.clone();
+                            }
+                            self.target = Some(t);
+                        }
                         None => return self.login_response(&b, 0, 0x02, 0x03, Vec::new()),
                     }
                 }
@@ -878,8 +1078,17 @@ impl Conn {
                     if self.chap != Chap::WaitA || !v.split(',').any(|a| a == "5") {
                         return self.login_response(&b, 0, 0x02, 0x01, Vec::new());
                     }
-                    let id = crate::chap::random_bytes(1)[0];
-                    let challenge = crate::chap::random_bytes(16);
+                    // No randomness, no login: a guessable challenge
+                    // would let a recorded response be replayed.
+                    let (id, challenge) = match crate::chap::challenge() {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::error!(peer = %self.peer, error = %e,
+                                "no random bytes for the CHAP challenge: failing the login");
+                            // Target error, out of resources.
+                            return self.login_response(&b, 0, 0x03, 0x02, Vec::new());
+                        }
+                    };
                     resp.push(("CHAP_A".into(), "5".into()));
                     resp.push(("CHAP_I".into(), id.to_string()));
                     resp.push(("CHAP_C".into(), crate::chap::to_hex(&challenge)));
@@ -975,6 +1184,8 @@ impl Conn {
             all.push((
                 self.id,
                 SessionEntry {
+                    logout: self.logout_req.clone(),
+                    pg_tag: self.pg_tag,
                     initiator: self.initiator_name.clone(),
                     isid: self.isid,
                     target: target_name.clone(),
@@ -993,6 +1204,8 @@ impl Conn {
                         thread_name: self.thread_name.clone(),
                         initiator_name: self.initiator_name.clone(),
                         isid: self.isid.iter().map(|x| format!("{x:02x}")).collect(),
+                        state: "running",
+                        login_phase: "full_feature_phase",
                     }),
                 },
             ));
@@ -1003,7 +1216,7 @@ impl Conn {
         let text = emit_text(&resp);
         self.login_response(&b, out_flags, 0, 0, text);
         if out_flags & 0x83 == 0x83 {
-            self.state = State::FullFeature;
+            self.set_state(State::FullFeature);
             self.hd = self.params.header_digest;
             self.dd = self.params.data_digest;
             tracing::info!(peer = %self.peer, initiator = %self.initiator_name,
@@ -1068,26 +1281,39 @@ impl Conn {
         true
     }
 
-    /// (CHAP required, mutual CHAP required, auth group) for this login.
+    /// (CHAP required, mutual CHAP required, auth group) for this login:
+    /// discovery sessions follow their portal group's settings
+    /// (`iscsi_portal_group_set_auth`, else the global discovery auth),
+    /// normal sessions their target node's (group 0: the global group).
     fn auth_policy(&self) -> (bool, bool, i32) {
         if self.session_type_discovery {
             with_registry(|r| {
-                let o = &r.options;
+                let a = r
+                    .portal_groups
+                    .get(&self.pg_tag)
+                    .and_then(|g| g.auth)
+                    .unwrap_or(crate::target::Auth {
+                        disable_chap: r.options.disable_chap,
+                        require_chap: r.options.require_chap,
+                        mutual_chap: r.options.mutual_chap,
+                        chap_group: r.options.chap_group,
+                    });
                 (
-                    o.require_chap && !o.disable_chap,
-                    o.mutual_chap,
-                    o.chap_group,
+                    a.require_chap && !a.disable_chap,
+                    a.mutual_chap,
+                    a.chap_group,
                 )
             })
         } else {
             match &self.target {
                 Some(t) => {
-                    let g = if t.chap_group != 0 {
-                        t.chap_group
+                    let a = *t.auth.lock().unwrap_or_else(|e| e.into_inner());
+                    let g = if a.chap_group != 0 {
+                        a.chap_group
                     } else {
                         with_registry(|r| r.options.chap_group)
                     };
-                    (t.require_chap && !t.disable_chap, t.mutual_chap, g)
+                    (a.require_chap && !a.disable_chap, a.mutual_chap, g)
                 }
                 None => (false, false, 0),
             }
@@ -1236,7 +1462,7 @@ impl Conn {
         self.next_stat_sn(&mut b);
         self.send(&Pdu::new(b, Vec::new()));
         if close_self {
-            self.state = State::Closing;
+            self.set_state(State::Closing);
         }
     }
 
@@ -1411,7 +1637,7 @@ impl Conn {
             self.send(&Pdu::new(b, Vec::new()));
             sent = true;
             if tmf.close_after {
-                self.state = State::Closing;
+                self.set_state(State::Closing);
             }
         }
         sent
@@ -1504,6 +1730,10 @@ impl Conn {
             unsolicited_left: 0,
             executing: false,
             aborted: false,
+            start_ns: match &self.target {
+                Some(t) if t.histogram.enabled() => rspdk_thread::now_ns(),
+                _ => 0,
+            },
         };
         if write && edtl > 0 {
             if edtl > 64 << 20 {
@@ -1648,6 +1878,7 @@ impl Conn {
             return;
         };
         t.executing = true;
+        self.running += 1;
         let cmd = ScsiCommand {
             // Moved, and the nexus shared: no allocation here.
             cdb: std::mem::take(&mut t.cdb),
@@ -1688,6 +1919,13 @@ impl Conn {
             let Some(t) = self.tasks.remove(&itt) else {
                 continue;
             };
+            self.running = self.running.saturating_sub(1);
+            if t.start_ns != 0 {
+                if let Some(tg) = self.target.as_ref().filter(|tg| tg.histogram.enabled()) {
+                    tg.histogram
+                        .tally(rspdk_thread::now_ns().saturating_sub(t.start_ns));
+                }
+            }
             if t.aborted {
                 self.aborted_task_done(itt);
                 continue;
@@ -1795,6 +2033,15 @@ impl Conn {
         };
         let _ = be24;
         self.send(&Pdu::new(b, data));
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.state == State::Login {
+            logging_in().retain(|c| c.info.id != self.id);
+        }
+        STATE_COUNTS[state_index(self.state)].fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -200,6 +200,7 @@ fn accept_all() -> PollerStatus {
         listeners.extend(
             r.portal_groups
                 .values()
+                .filter(|g| g.started)
                 .flat_map(|g| g.listeners.iter().map(move |l| (g.tag, l.clone()))),
         )
     });

@@ -127,8 +127,158 @@ pub struct PortalGroup {
     pub portals: Vec<Portal>,
     /// Not announced by SendTargets.
     pub private: bool,
-    /// Bound listeners (one per portal), polled by the acceptor.
+    /// Bound listeners (one per portal), polled by the acceptor once the
+    /// group is started.
     pub listeners: Vec<Arc<TcpListener>>,
+    /// Accepting connections (false after `iscsi_create_portal_group`
+    /// with `wait` until `iscsi_start_portal_group`).
+    pub started: bool,
+    /// CHAP settings of discovery sessions through this group, once set
+    /// by `iscsi_portal_group_set_auth` (None: the global discovery auth).
+    pub auth: Option<Auth>,
+}
+
+/// CHAP settings: of a target node, a portal group's discovery sessions, or
+/// discovery sessions in general (SPDK's disable/require/mutual/group).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Auth {
+    /// No CHAP.
+    pub disable_chap: bool,
+    /// CHAP required.
+    pub require_chap: bool,
+    /// Mutual CHAP required.
+    pub mutual_chap: bool,
+    /// Auth group with the secrets (0: none).
+    pub chap_group: i32,
+}
+
+impl Auth {
+    /// Checks the combination as SPDK does: auto (all false), none
+    /// (disable), CHAP (require), mutual CHAP (require and mutual), and a
+    /// group tag of 0 or more.
+    pub fn check(&self) -> Result<(), String> {
+        if self.chap_group < 0 {
+            return Err(format!(
+                "chap_group {} is negative: give an auth group tag (>= 1) or 0 for none",
+                self.chap_group
+            ));
+        }
+        match (self.disable_chap, self.require_chap, self.mutual_chap) {
+            (false, false, false) | (true, false, false) | (false, true, _) => Ok(()),
+            (true, true, _) => {
+                Err("disable_chap and require_chap are exclusive: set one of them".into())
+            }
+            (_, false, true) => Err("mutual_chap needs require_chap: set require_chap too".into()),
+        }
+    }
+}
+
+/// Largest iSCSI name (RFC 7143 6.1: 223 bytes).
+pub const MAX_NAME: usize = 223;
+
+/// Checks a target name as SPDK does (RFC 3722's characters): at most 223
+/// bytes, none of the punctuation iSCSI names exclude, no spaces or
+/// control characters, and `iqn.YYYY-MM.` dates.
+pub fn check_target_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("target name is empty: give a name (iqn.YYYY-MM.domain:id)".into());
+    }
+    if name.len() > MAX_NAME {
+        return Err(format!(
+            "target name of {} bytes is longer than {MAX_NAME}: shorten it",
+            name.len()
+        ));
+    }
+    if let Some(c) = name.chars().find(|&c| {
+        matches!(c, '\u{0}'..='\u{2c}' | '/' | '\u{3b}'..='\u{40}' | '\u{5b}'..='\u{60}' | '\u{7b}'..='\u{7f}')
+            || c.is_whitespace()
+    }) {
+        return Err(format!(
+            "target name {name:?} has {c:?}, not allowed in iSCSI names: use letters, digits, '-', '.' and ':'"
+        ));
+    }
+    let b = name.as_bytes();
+    if name
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case("iqn."))
+    {
+        let d = |i: usize| b.get(i).is_some_and(u8::is_ascii_digit);
+        if !(d(4)
+            && d(5)
+            && d(6)
+            && d(7)
+            && b.get(8) == Some(&b'-')
+            && d(9)
+            && d(10)
+            && b.get(11) == Some(&b'.'))
+        {
+            return Err(format!(
+                "target name {name:?} is not iqn.YYYY-MM.reversed.domain.name: fix the date part"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks an initiator group entry: `ANY`, or an initiator name, either
+/// maybe after `!` (deny): not empty, at most 223 bytes, no spaces or
+/// control characters.
+pub fn check_initiator(entry: &str) -> Result<(), String> {
+    let name = entry.strip_prefix('!').unwrap_or(entry);
+    if name.is_empty() {
+        return Err(format!(
+            "initiator {entry:?} is empty: give ANY or an initiator name (iqn.YYYY-MM.domain:id)"
+        ));
+    }
+    if name.len() > MAX_NAME {
+        return Err(format!(
+            "initiator name of {} bytes is longer than {MAX_NAME}: shorten it",
+            name.len()
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "initiator {entry:?} has {c:?}: names have no spaces or control characters \
+             (several initiators go in separate list entries)"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a netmask: `ANY`, an IPv4 address with an optional `/1`..`/32`,
+/// or an IPv6 one (in brackets or not) with an optional `/1`..`/128`.
+pub fn check_netmask(mask: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "netmask {mask:?} {why}: give ANY, an IPv4 address or CIDR (10.0.0.0/8), \
+             or an IPv6 one ([fd00::]/64)"
+        ))
+    };
+    if mask.eq_ignore_ascii_case("ANY") {
+        return Ok(());
+    }
+    let (addr, bits) = match mask.split_once('/') {
+        Some((a, b)) => (a, Some(b)),
+        None => (mask, None),
+    };
+    let addr = match addr.strip_prefix('[') {
+        Some(a) => match a.strip_suffix(']') {
+            Some(a) => a,
+            None => return bad("has an unclosed '['"),
+        },
+        None => addr,
+    };
+    let Ok(ip) = addr.parse::<IpAddr>() else {
+        return bad("is not an IP address");
+    };
+    if let Some(b) = bits {
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        match b.parse::<u32>() {
+            Ok(n) if (1..=max).contains(&n) => {}
+            _ => return bad(&format!("has prefix length {b:?}, not 1 to {max}")),
+        }
+    }
+    Ok(())
 }
 
 /// An initiator group.
@@ -160,7 +310,7 @@ impl InitiatorGroup {
 }
 
 fn netmask_match(mask: &str, ip: IpAddr) -> bool {
-    if mask == "ANY" {
+    if mask.eq_ignore_ascii_case("ANY") {
         return true;
     }
     let m = mask.trim_start_matches('[').replace(']', "");
@@ -213,18 +363,110 @@ pub struct TargetNode {
     pub dev: Arc<ScsiDev>,
     /// CmdSN window per session.
     pub queue_depth: u32,
-    /// CHAP settings (stored; CHAP itself is not implemented yet).
-    pub disable_chap: bool,
-    /// Requires CHAP.
-    pub require_chap: bool,
-    /// Requires mutual CHAP.
-    pub mutual_chap: bool,
-    /// Auth group.
-    pub chap_group: i32,
+    /// CHAP settings (`iscsi_target_node_set_auth` changes them).
+    pub auth: Mutex<Auth>,
+    /// SCSI device id (`scsi_get_devices`): the lowest free one.
+    pub dev_id: u32,
+    /// Command latency histogram (`iscsi_enable_histogram`).
+    pub histogram: Histogram,
     /// HeaderDigest required.
     pub header_digest: bool,
     /// DataDigest required.
     pub data_digest: bool,
+}
+
+/// Buckets per power of two of a [`Histogram`] (SPDK's default granularity).
+const HISTOGRAM_GRANULARITY: u32 = 7;
+/// Ranges (powers of two) of a [`Histogram`]: values 0 to `u64::MAX`, as
+/// SPDK's `spdk_histogram_data_alloc()`.
+const HISTOGRAM_RANGES: usize = (64 - HISTOGRAM_GRANULARITY as usize) + 1;
+
+/// A target node's command latency histogram in SPDK's layout
+/// (`spdk_histogram_data`: granularity 7, ranges 0 to 57, a count per
+/// bucket), in nanoseconds. Off until enabled; when on, each command's
+/// completion adds one to a bucket (a relaxed atomic add, no lock).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    enabled: std::sync::atomic::AtomicBool,
+    buckets: std::sync::OnceLock<Box<[std::sync::atomic::AtomicU64]>>,
+}
+
+impl Histogram {
+    /// Granularity (log2 of the buckets per range).
+    pub const GRANULARITY: u32 = HISTOGRAM_GRANULARITY;
+    /// Lowest range.
+    pub const MIN_RANGE: u32 = 0;
+    /// Highest range.
+    pub const MAX_RANGE: u32 = HISTOGRAM_RANGES as u32 - 1;
+
+    /// True while it counts.
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Turns counting on (from zero) or off.
+    pub fn enable(&self, on: bool) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        if on {
+            let b = self.buckets.get_or_init(|| {
+                (0..HISTOGRAM_RANGES << HISTOGRAM_GRANULARITY)
+                    .map(|_| AtomicU64::new(0))
+                    .collect()
+            });
+            if !self.enabled() {
+                for c in b.iter() {
+                    c.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+        self.enabled.store(on, Ordering::Relaxed);
+    }
+
+    /// Counts one value (as `spdk_histogram_data_tally`).
+    pub fn tally(&self, v: u64) {
+        let Some(b) = self.buckets.get() else {
+            return;
+        };
+        let lsb = 64 - HISTOGRAM_GRANULARITY;
+        let clz = v.leading_zeros();
+        let range = lsb.saturating_sub(clz);
+        let index = (v >> range.saturating_sub(1)) & ((1 << HISTOGRAM_GRANULARITY) - 1);
+        let i = ((range as usize) << HISTOGRAM_GRANULARITY) + index as usize;
+        if let Some(c) = b.get(i) {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The counts as little-endian u64s, as SPDK's histogram bytes.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.buckets
+            .get()
+            .map(|b| {
+                b.iter()
+                    .flat_map(|c| c.load(std::sync::atomic::Ordering::Relaxed).to_le_bytes())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Standard base64 with padding (what SPDK's `spdk_base64_encode` writes).
+pub fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for k in 0..4 {
+            if k <= c.len() {
+                out.push(A[(n >> (18 - 6 * k) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// One CHAP secret of an auth group.
@@ -281,13 +523,24 @@ pub fn with_registry<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
 }
 
 impl Registry {
-    /// Full target name: names without ':' get the node base prefixed.
+    /// Full target name: names not starting with `iqn.`, `eui.` or `naa.`
+    /// get the node base prefixed (as SPDK does).
     pub fn full_name(&self, name: &str) -> String {
-        if name.contains(':') {
+        let full = ["iqn.", "eui.", "naa."]
+            .iter()
+            .any(|p| name.get(..4).is_some_and(|n| n.eq_ignore_ascii_case(p)));
+        if full {
             name.to_string()
         } else {
             format!("{}:{}", self.options.node_base, name)
         }
+    }
+
+    /// The lowest SCSI device id no target node has.
+    pub fn free_dev_id(&self) -> u32 {
+        (0..)
+            .find(|i| !self.targets.values().any(|t| t.dev_id == *i))
+            .unwrap_or(0)
     }
 
     /// True if `initiator` at `ip`, connected through portal group `pg`,
@@ -385,6 +638,37 @@ pub fn bind_portal(p: &Portal) -> Result<TcpListener, IscsiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_buckets_and_base64() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        let h = Histogram::default();
+        h.tally(5); // before enabling: not counted
+        h.enable(true);
+        for v in [0, 5, 5, 127, 128, 1000, u64::MAX] {
+            h.tally(v);
+        }
+        let b = h.bytes();
+        assert_eq!(b.len(), 58 * 128 * 8);
+        let count = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+        // Range 0 holds 0..=127 one per bucket; 128 starts range 1.
+        assert_eq!((count(0), count(5), count(127)), (1, 2, 1));
+        assert_eq!(count(128), 1, "128 -> range 1, index 0");
+        // 1000 = 0b1111101000: range 3, index 1000 >> 2 & 127 = 122.
+        assert_eq!(count(3 * 128 + 122), 1);
+        assert_eq!(count(57 * 128 + 127), 1, "u64::MAX in the last bucket");
+        assert_eq!((0..58 * 128).map(count).sum::<u64>(), 7);
+        h.enable(false);
+        h.enable(true);
+        assert_eq!(
+            h.bytes().iter().map(|&x| u64::from(x)).sum::<u64>(),
+            0,
+            "reset on enable"
+        );
+    }
 
     #[test]
     fn netmasks() {
