@@ -30,6 +30,8 @@ pub const LOGOUT_REQUEST_TIMEOUT_SECS: u16 = 30;
 /// Bytes of responses a connection queues for an initiator that does not
 /// read them; above this it takes no new PDUs until the queue drains.
 pub const OUT_QUEUE_MAX: usize = 4 << 20;
+/// Output queue capacity a connection keeps once drained.
+const OUT_KEEP_MAX: usize = 64 << 20;
 /// Bytes of received, unprocessed input above which the socket is not read.
 const IN_QUEUE_MAX: usize = 512 << 10;
 /// Tasks a connection has executing (bdev I/O issued, response not yet
@@ -714,9 +716,10 @@ impl Conn {
         if self.out_pos >= self.outbuf.len() {
             self.outbuf.clear();
             self.out_pos = 0;
-            // Give back what a burst of large responses grew the queue to.
-            if self.outbuf.capacity() > 2 * OUT_QUEUE_MAX {
-                self.outbuf.shrink_to(OUT_QUEUE_MAX);
+            // Give back what a burst of very large responses grew the
+            // queue to (not every large READ's: regrowing costs page faults).
+            if self.outbuf.capacity() > OUT_KEEP_MAX {
+                self.outbuf.shrink_to(OUT_KEEP_MAX);
             }
         }
         busy
