@@ -386,6 +386,13 @@ fn finish(mut io: Box<IoInner>, status: IoStatus) {
                 // SAFETY: the last child: reclaim the Box leaked in `submit_split`.
                 let mut parent = unsafe { Box::from_raw(parent_ptr.as_ptr()) };
                 let st = parent.child_status;
+                // A split I/O's bounce buffer belongs to the parent: copy
+                // read data back once every child is done.
+                if let Some(b) = parent.bounce.take() {
+                    if st.is_ok() && parent.io_type == IoType::Read {
+                        scatter(&b.buf, &b.user_iovs);
+                    }
+                }
                 let completion = std::mem::replace(&mut parent.completion, Completion::None);
                 ch.free.put(parent);
                 if let Completion::User(cb) = completion {
