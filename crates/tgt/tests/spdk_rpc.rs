@@ -154,6 +154,7 @@ fn spdk_rpc_drives_every_method() {
     let (aio, uring) = (aio.to_str().unwrap(), uring.to_str().unwrap());
     let nvmf_port = free_port().to_string();
     let iscsi_portal = format!("127.0.0.1:{}", free_port());
+    let iscsi_portal2 = format!("127.0.0.1:{}", free_port());
     let nqn = "nqn.2016-06.io.spdk:cnode1";
     let host = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555";
 
@@ -554,6 +555,88 @@ fn spdk_rpc_drives_every_method() {
     );
     d.ok(&["iscsi_get_initiator_groups"]);
     d.ok(&["iscsi_get_connections"]);
+    d.ok(&[
+        "iscsi_auth_group_add_secret",
+        "-u",
+        "u2",
+        "-s",
+        "s2secret1234",
+        "1",
+    ]);
+    d.step(&["iscsi_get_auth_groups"], Expect::Ok(&["\"u2\""]));
+    d.ok(&["iscsi_auth_group_remove_secret", "-u", "u2", "1"]);
+    d.ok(&[
+        "iscsi_target_node_set_auth",
+        "-g",
+        "1",
+        "-r",
+        "iqn.2016-06.io.spdk:disk1",
+    ]);
+    d.ok(&[
+        "iscsi_target_node_set_auth",
+        "-d",
+        "iqn.2016-06.io.spdk:disk1",
+    ]);
+    d.ok(&["iscsi_create_initiator_group", "3", "ANY", "127.0.0.1/32"]);
+    d.ok(&[
+        "iscsi_target_node_add_pg_ig_maps",
+        "iqn.2016-06.io.spdk:disk1",
+        "1:3",
+    ]);
+    d.ok(&[
+        "iscsi_target_node_remove_pg_ig_maps",
+        "iqn.2016-06.io.spdk:disk1",
+        "1:3",
+    ]);
+    d.ok(&[
+        "iscsi_initiator_group_add_initiators",
+        "-n",
+        "iqn.2016-06.io.spdk:host1",
+        "-m",
+        "10.0.0.0/8",
+        "3",
+    ]);
+    d.ok(&[
+        "iscsi_initiator_group_remove_initiators",
+        "-n",
+        "iqn.2016-06.io.spdk:host1",
+        "-m",
+        "10.0.0.0/8",
+        "3",
+    ]);
+    d.ok(&["iscsi_delete_initiator_group", "3"]);
+    let long_name = format!("iqn.2016-06.io.spdk:{}", "x".repeat(220));
+    d.step(
+        &[
+            "iscsi_create_initiator_group",
+            "4",
+            &long_name,
+            "127.0.0.1/32",
+        ],
+        Expect::Err("223"),
+    );
+    d.ok(&["iscsi_create_portal_group", "5", &iscsi_portal2, "-w"]);
+    d.ok(&["iscsi_start_portal_group", "5"]);
+    d.ok(&["iscsi_portal_group_set_auth", "-d", "5"]);
+    d.ok(&["iscsi_delete_portal_group", "5"]);
+    d.ok(&[
+        "iscsi_target_node_request_logout",
+        "iqn.2016-06.io.spdk:disk1",
+    ]);
+    d.ok(&["iscsi_get_stats"]);
+    d.ok(&[
+        "iscsi_enable_histogram",
+        "--histogram",
+        "iqn.2016-06.io.spdk:disk1",
+    ]);
+    d.step(
+        &["iscsi_get_histogram", "iqn.2016-06.io.spdk:disk1"],
+        Expect::Ok(&["\"histogram\""]),
+    );
+    d.step(
+        &["scsi_get_devices"],
+        Expect::Ok(&["iqn.2016-06.io.spdk:disk1"]),
+    );
 
     // save_config (rpc.py builds it from framework_get_subsystems and
     // framework_get_config) loads into a second target.
@@ -569,6 +652,7 @@ fn spdk_rpc_drives_every_method() {
     // Tear down in reverse.
     d.ok(&["nvmf_subsystem_remove_ns", nqn, "5"]);
     d.ok(&["iscsi_delete_target_node", "iqn.2016-06.io.spdk:disk1"]);
+    d.ok(&["iscsi_delete_auth_group", "1"]);
     d.ok(&["iscsi_delete_portal_group", "1"]);
     d.ok(&["iscsi_delete_initiator_group", "2"]);
     d.ok(&["nvmf_delete_subsystem", nqn]);
@@ -616,5 +700,62 @@ fn spdk_rpc_drives_every_method() {
         names.contains(&"Pass0") && names.contains(&"Malloc0"),
         "{names:?}\n{}",
         std::fs::read_to_string(&t2.log).unwrap_or_default()
+    );
+}
+
+/// spdk-cli (SPDK's configshell UI) lists and creates bdevs, an NVMe-oF
+/// subsystem and an iSCSI target node.
+#[test]
+fn spdk_cli_lists_and_creates() {
+    let t = Target::start(&[]);
+    common::wait_started(&t.sock);
+    let cli = |cmd: &str| {
+        let out = Command::new("timeout")
+            .arg("60")
+            .arg(spdk_tool("spdk-cli"))
+            .arg("-s")
+            .arg(&t.sock)
+            .arg(cmd)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "spdk-cli {cmd} failed:\n{text}");
+        assert!(
+            !text.contains("Traceback"),
+            "spdk-cli {cmd} raised:\n{text}"
+        );
+        text
+    };
+    cli("/bdevs/malloc create 32 512 Malloc7");
+    cli("/bdevs/null create Null7 16 512");
+    let port = free_port();
+    cli("/nvmf/transport create TCP max_io_qpairs_per_ctrlr=4 io_unit_size=8192");
+    cli("/nvmf/subsystem create nqn.2016-06.io.spdk:cli1 N37SXV509SRW max_namespaces=4 allow_any_host=True");
+    cli("/nvmf/subsystem/nqn.2016-06.io.spdk:cli1/namespaces create Malloc7 1");
+    cli(&format!(
+        "/nvmf/subsystem/nqn.2016-06.io.spdk:cli1/listen_addresses create tcp 127.0.0.1 {port} IPv4"
+    ));
+    cli(&format!(
+        "/iscsi/portal_groups create 1 127.0.0.1:{}",
+        free_port()
+    ));
+    cli("/iscsi/initiator_groups create 2 ANY 127.0.0.1/32");
+    cli("/iscsi/target_nodes create Target7 Target7_alias Null7:0 1:2 64 d=true");
+    let ls = cli("ls");
+    for want in [
+        "Malloc7",
+        "Null7",
+        "nqn.2016-06.io.spdk:cli1",
+        "127.0.0.1",
+        "iqn.2016-06.io.spdk:Target7",
+    ] {
+        assert!(ls.contains(want), "spdk-cli ls lacks {want}:\n{ls}");
+    }
+    let subs = ok(&t.sock, "nvmf_get_subsystems", None);
+    assert!(subs.to_string().contains("Malloc7"), "{subs}");
+    assert_eq!(
+        ok(&t.sock, "iscsi_get_target_nodes", None)[0]["luns"][0]["bdev_name"],
+        "Null7"
     );
 }
