@@ -140,25 +140,7 @@ pub fn rescan(name: &str) -> Result<u64, BdevError> {
             file::size_bytes(&d.file, d.is_block_device),
         )
     };
-    let size = size.map_err(|e| {
-        BdevError::InvalidParam(format!("filename '{filename}': cannot read its size: {e}"))
-    })?;
-    let blocks = size / b.block_size() as u64;
-    if blocks == 0 {
-        return Err(BdevError::InvalidParam(format!(
-            "filename '{filename}' is now smaller than one block"
-        )));
-    }
-    if blocks != b.num_blocks() {
-        tracing::info!(
-            bdev = name,
-            old = b.num_blocks(),
-            new = blocks,
-            "aio bdev resized"
-        );
-        b.resize(blocks)?;
-    }
-    Ok(blocks)
+    file::rescan_to(&b, MODULE, &filename, size)
 }
 
 /// Live AIO disks, for `rescan` (the registry gives the `Bdev`, not the backend).

@@ -150,3 +150,33 @@ pub(crate) fn fallocate(file: &File, punch: bool, offset: u64, len: u64) -> bool
     // SAFETY: a plain syscall on an open fd; no memory is passed.
     unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, len as i64) == 0 }
 }
+
+/// Resizes `b` to its file's current size (`bdev_aio_rescan`,
+/// `bdev_uring_rescan`); `size` is the file's size as just read. Returns
+/// the block count.
+pub(crate) fn rescan_to(
+    b: &crate::Bdev,
+    module: &str,
+    filename: &str,
+    size: std::io::Result<u64>,
+) -> Result<u64, BdevError> {
+    let size = size.map_err(|e| {
+        BdevError::InvalidParam(format!("filename {filename:?}: cannot read its size: {e}"))
+    })?;
+    let blocks = size / b.block_size() as u64;
+    if blocks == 0 {
+        return Err(BdevError::InvalidParam(format!(
+            "filename {filename:?} is now smaller than one block"
+        )));
+    }
+    if blocks != b.num_blocks() {
+        tracing::info!(
+            bdev = b.name(),
+            old = b.num_blocks(),
+            new = blocks,
+            "{module} bdev resized"
+        );
+        b.resize(blocks)?;
+    }
+    Ok(blocks)
+}

@@ -14,35 +14,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use rspdk_nvme::{Controller, ControllerOpts, TransportId, TransportType};
 
-/// `println!` that cannot panic: a reader that went away (a closed pipe,
-/// as with `| head`) ends the program quietly with 141 (as SIGPIPE
-/// would), and any other write error (a full disk) ends it with a message
-/// on stderr and status 1.
-macro_rules! outln {
-    () => {
-        write_stdout_line(format_args!(""))
-    };
-    ($($arg:tt)*) => {
-        write_stdout_line(format_args!($($arg)*))
-    };
-}
-
-/// The body of [`outln!`].
-fn write_stdout_line(args: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let written = out
-        .write_fmt(args)
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.flush());
-    if let Err(e) = written {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(141);
-        }
-        eprintln!("error: cannot write the output: {e}");
-        std::process::exit(1);
-    }
-}
+use rspdk_util::outln;
 
 #[derive(Parser)]
 #[command(

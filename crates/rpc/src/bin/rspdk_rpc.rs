@@ -20,35 +20,7 @@ use serde_json::{json, Map, Value};
 
 use rspdk_rpc::{Error, ListenAddr, RpcClient, DEFAULT_SOCKET_PATH};
 
-/// `println!` that cannot panic: a reader that went away (a closed pipe,
-/// as with `| head`) ends the program quietly with 141 (as SIGPIPE
-/// would), and any other write error (a full disk) ends it with a message
-/// on stderr and status 1.
-macro_rules! outln {
-    () => {
-        write_stdout_line(format_args!(""))
-    };
-    ($($arg:tt)*) => {
-        write_stdout_line(format_args!($($arg)*))
-    };
-}
-
-/// The body of [`outln!`].
-fn write_stdout_line(args: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let written = out
-        .write_fmt(args)
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.flush());
-    if let Err(e) = written {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(141);
-        }
-        eprintln!("error: cannot write the output: {e}");
-        std::process::exit(1);
-    }
-}
+use rspdk_util::outln;
 
 /// How a result is printed; rpc.py's `print_dict`, `print_json`, or nothing.
 #[derive(Clone, Copy, PartialEq, Eq)]
