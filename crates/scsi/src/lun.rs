@@ -58,6 +58,10 @@ pub struct ScsiLun {
     ua: Mutex<UnitAttentions>,
     /// The device's LUN inventory generation (bumped on hot remove).
     dev_generation: Arc<AtomicU64>,
+    /// The threads that cached a bdev channel of this LUN (added on a
+    /// cache miss, not per I/O): hot remove tells each to drop it, so the
+    /// bdev's unregister can finish.
+    channel_threads: Mutex<Vec<rspdk_thread::ThreadHandle>>,
 }
 
 /// Unit attention conditions per I_T nexus.
@@ -193,6 +197,7 @@ impl ScsiLun {
             bdev_name: bdev_name.to_string(),
             desc: Mutex::new(None),
             removed: AtomicBool::new(false),
+            channel_threads: Mutex::new(Vec::new()),
             resv: Mutex::new(Reservations::default()),
             ua: Mutex::new(UnitAttentions::default()),
             dev_generation,
@@ -236,6 +241,19 @@ impl ScsiLun {
             self.dev_generation.fetch_add(1, Ordering::AcqRel);
         }
         lock(&self.desc).take();
+        // Every thread drops its cached channel now, not at its next
+        // command (an idle poll group may never see one): the bdev waits
+        // for its channels before it goes.
+        let uid = self.uid;
+        for t in lock(&self.channel_threads).drain(..) {
+            let sent = t.send_msg(move || {
+                let ch = CHANNELS.with(|c| c.borrow_mut().remove(&uid));
+                drop(ch);
+            });
+            if sent.is_err() {
+                tracing::debug!(uid, "a thread that cached a LUN channel has exited");
+            }
+        }
     }
 
     /// Drops SCSI-2 reservations held by `nexus` (nexus loss, logout).
@@ -285,6 +303,9 @@ impl ScsiLun {
         }
         let ch = Rc::new(desc.get_io_channel()?);
         CHANNELS.with(|c| c.borrow_mut().insert(self.uid, ch.clone()));
+        if let Some(t) = rspdk_thread::get_thread() {
+            lock(&self.channel_threads).push(t.handle());
+        }
         Ok(ch)
     }
 

@@ -1995,3 +1995,46 @@ fn many_writes_waiting_for_data() {
     assert_eq!((h[0] & 0x3f, h[3]), (0x25, 0));
     assert!(d.iter().all(|&x| x == 8), "WRITE 8's data not read back");
 }
+
+/// Deleting the bdev of a LUN that has served I/O answers (it used to hang
+/// forever: the poll groups kept their bdev channels, so the unregister
+/// never finished), on one reactor and on two.
+#[test]
+fn deleting_a_bdev_that_served_io_answers() {
+    require("qemu-io", "qemu-utils");
+    for args in [&[][..], &["-m", "0x3"][..]] {
+        let t = start_cfg(512, Vec::new(), Vec::new(), "Malloc0", args);
+        let url = format!("iscsi://127.0.0.1:{}/{IQN}/0", t.port);
+        let (ok_, out) = run_status(
+            "qemu-io",
+            &[
+                "-f",
+                "raw",
+                "-c",
+                "write -P 0xa5 0 1M",
+                "-c",
+                "read -P 0xa5 0 1M",
+                &url,
+            ],
+        );
+        assert!(ok_ && !out.contains("failed"), "{out}");
+        let sock = t.sock.clone();
+        let del = std::thread::spawn(move || {
+            common::rpc(
+                &sock,
+                "bdev_malloc_delete",
+                Some(json!({"name": "Malloc0"})),
+            )
+        });
+        let t0 = std::time::Instant::now();
+        while !del.is_finished() {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(20),
+                "bdev_malloc_delete of a LUN's bdev did not answer"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(del.join().unwrap().unwrap(), json!(true));
+        assert_eq!(ok(&t.sock, "bdev_get_bdevs", None), json!([]));
+    }
+}
