@@ -246,6 +246,21 @@ pub fn discovery_log(t: &TargetState, hostnqn: &str, genctr: u64) -> Vec<u8> {
             entries.push(e);
         }
     }
+    // Referrals (`nvmf_discovery_add_referral`): SUBTYPE 1 for another
+    // discovery service, 2 for an NVM subsystem.
+    for r in &t.referrals {
+        let mut e = [0u8; 1024];
+        e[0] = 3; // TRTYPE: TCP
+        e[1] = if r.address.adrfam == "IPv6" { 2 } else { 1 };
+        e[2] = if r.subnqn == crate::DISCOVERY { 1 } else { 2 };
+        e[3] = 0x02; // TREQ: secure channel not required
+        put(&mut e, 6..8, 0xffff);
+        put(&mut e, 8..10, aq as u64);
+        put_str0(&mut e, 32..64, &r.address.trsvcid);
+        put_str0(&mut e, 256..512, &r.subnqn);
+        put_str0(&mut e, 512..768, &r.address.traddr);
+        entries.push(e);
+    }
     let mut b = vec![0u8; 1024 + entries.len() * 1024];
     put(&mut b, 0..8, genctr);
     put(&mut b, 8..16, entries.len() as u64);

@@ -423,6 +423,41 @@ impl SetConfig {
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReferralParams {
+    address: ListenAddress,
+    #[serde(default)]
+    subnqn: Option<String>,
+    #[serde(default)]
+    secure_channel: bool,
+    #[serde(default)]
+    tgt_name: Option<String>,
+}
+
+impl ReferralParams {
+    /// The referral these params name, checked.
+    fn referral(&self) -> Result<crate::target::Referral, NvmfError> {
+        one_target(&self.tgt_name)?;
+        refuse_set(&[(
+            "secure_channel",
+            self.secure_channel,
+            "TLS (a secure channel)",
+        )])?;
+        self.address.socket_addr()?;
+        let subnqn = self
+            .subnqn
+            .clone()
+            .unwrap_or_else(|| crate::DISCOVERY.to_string());
+        crate::target::validate_nqn(&subnqn)?;
+        Ok(crate::target::Referral {
+            address: self.address.normalized(),
+            subnqn,
+            secure_channel: false,
+        })
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct MaxSubsystems {
@@ -674,6 +709,54 @@ pub fn register_rpcs(reg: &RpcRegistry) {
             .collect();
         Ok(Value::Array(list))
     });
+    method(
+        reg,
+        "nvmf_discovery_add_referral",
+        rt,
+        |p: ReferralParams| {
+            let r = p.referral()?;
+            let mut t = target();
+            if t.referrals.contains(&r) {
+                return Err(NvmfError::Exists {
+                    kind: "referral",
+                    name: format!("{}:{} ({})", r.address.traddr, r.address.trsvcid, r.subnqn),
+                });
+            }
+            t.referrals.push(r);
+            drop(t);
+            bump();
+            Ok(json!(true))
+        },
+    );
+    method(
+        reg,
+        "nvmf_discovery_remove_referral",
+        rt,
+        |p: ReferralParams| {
+            let r = p.referral()?;
+            let mut t = target();
+            let n = t.referrals.len();
+            t.referrals.retain(|x| *x != r);
+            if t.referrals.len() == n {
+                return Err(NvmfError::NotFound {
+                    kind: "referral",
+                    name: format!("{}:{} ({})", r.address.traddr, r.address.trsvcid, r.subnqn),
+                });
+            }
+            drop(t);
+            bump();
+            Ok(json!(true))
+        },
+    );
+    method(reg, "nvmf_discovery_get_referrals", rt, |p: TgtOnly| {
+        one_target(&p.tgt_name)?;
+        if p.trtype.is_some() {
+            return Err(NvmfError::param(
+                "trtype: not a parameter of nvmf_discovery_get_referrals; omit it",
+            ));
+        }
+        Ok(json!(target().referrals))
+    });
     method(reg, "nvmf_subsystem_get_qpairs", rt, |p: NqnParam| {
         one_target(&p.tgt_name)?;
         let t = target();
@@ -752,6 +835,9 @@ pub fn config_json() -> Vec<Value> {
         "crdt1": t.crdt[0], "crdt2": t.crdt[1], "crdt3": t.crdt[2]}}));
     if let Some(o) = &t.transport {
         out.push(json!({"method": "nvmf_create_transport", "params": transport_json(o)}));
+    }
+    for r in &t.referrals {
+        out.push(json!({"method": "nvmf_discovery_add_referral", "params": r}));
     }
     for s in &t.subsystems {
         if !s.discovery {

@@ -740,7 +740,21 @@ pub struct TargetState {
     pub max_subsystems: u32,
     /// `nvmf_set_crdt`: command retry delay times (100 ms units).
     pub crdt: [u16; 3],
+    /// `nvmf_discovery_add_referral`: other discovery services (or
+    /// subsystems) the discovery log page points hosts to.
+    pub referrals: Vec<Referral>,
     next_pg: usize,
+}
+
+/// A discovery referral (SPDK: `struct spdk_nvmf_referral`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Referral {
+    /// Where the referred-to service listens.
+    pub address: ListenAddress,
+    /// Its NQN (the discovery NQN: another discovery service).
+    pub subnqn: String,
+    /// Whether a secure channel is required (always false: no TLS yet).
+    pub secure_channel: bool,
 }
 
 static TARGET: OnceLock<Mutex<TargetState>> = OnceLock::new();

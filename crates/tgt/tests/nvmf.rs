@@ -95,6 +95,31 @@ fn discovery_lists_the_listener() {
     assert_eq!(s(32..64), t.port.to_string());
     assert_eq!(s(256..512), NQN);
     assert_eq!(s(512..768), "127.0.0.1");
+    // A referral to another discovery service joins the log page.
+    ok(
+        &t.sock,
+        "nvmf_discovery_add_referral",
+        Some(
+            json!({"address": {"trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.2", "trsvcid": "4430"}}),
+        ),
+    );
+    let (c, log) = h.get_log(0x70, 3072, 0);
+    assert_eq!(status(&c), (0, 0));
+    assert_eq!(u64::from_le_bytes(log[8..16].try_into().unwrap()), 2);
+    let r = &log[2048..3072];
+    assert_eq!(
+        (r[0], r[1], r[2]),
+        (3, 1, 1),
+        "TCP, IPv4, a discovery service"
+    );
+    let rs = |x: std::ops::Range<usize>| {
+        String::from_utf8_lossy(&r[x])
+            .trim_end_matches('\0')
+            .to_string()
+    };
+    assert_eq!(rs(32..64), "4430");
+    assert_eq!(rs(256..512), rspdk_nvmf::DISCOVERY);
+    assert_eq!(rs(512..768), "127.0.0.2");
     h.disconnect();
 }
 

@@ -460,6 +460,32 @@ fn spdk_rpc_drives_every_method() {
         ],
         Expect::Err("secure_channel"),
     );
+    d.ok(&[
+        "nvmf_discovery_add_referral",
+        "-t",
+        "tcp",
+        "-a",
+        "127.0.0.2",
+        "-s",
+        "4430",
+    ]);
+    d.step(
+        &["nvmf_discovery_get_referrals"],
+        Expect::Ok(&["127.0.0.2"]),
+    );
+    d.step(
+        &[
+            "nvmf_discovery_add_referral",
+            "-t",
+            "tcp",
+            "-a",
+            "127.0.0.2",
+            "-s",
+            "4431",
+            "-k",
+        ],
+        Expect::Err("secure_channel"),
+    );
     d.ok(&["nvmf_subsystem_add_host", nqn, host]);
     d.step(
         &[
@@ -650,6 +676,15 @@ fn spdk_rpc_drives_every_method() {
     std::fs::write(&cfg_path, &saved).unwrap();
 
     // Tear down in reverse.
+    d.ok(&[
+        "nvmf_discovery_remove_referral",
+        "-t",
+        "tcp",
+        "-a",
+        "127.0.0.2",
+        "-s",
+        "4430",
+    ]);
     d.ok(&["nvmf_subsystem_remove_ns", nqn, "5"]);
     d.ok(&["iscsi_delete_target_node", "iqn.2016-06.io.spdk:disk1"]);
     d.ok(&["iscsi_delete_auth_group", "1"]);
