@@ -423,6 +423,9 @@ struct ConnInner {
     fused_first: Option<usize>,
     /// When the connection was accepted (for the handshake timeout).
     accepted_ns: u64,
+    /// The ONCS bits `masked_oncs` hides, worked out once from the
+    /// transport options (not per command).
+    oncs_masked: u16,
 }
 
 fn class_of(len: usize) -> usize {
@@ -439,7 +442,9 @@ impl ConnInner {
         stats: Arc<PollGroupStats>,
         pg_name: String,
     ) -> ConnInner {
+        let oncs_masked = opts.oncs_mask();
         ConnInner {
+            oncs_masked,
             id,
             stream,
             local,
@@ -1817,7 +1822,7 @@ impl ConnInner {
         let sqe = self.reqs[slot].sqe;
         // `masked_oncs`: an optional command hidden from Identify is not
         // served either.
-        let masked = self.opts.oncs_mask();
+        let masked = self.oncs_masked;
         let oncs_bit = match sqe.opcode() {
             0x05 => 1 << 0,
             0x04 => 1 << 1,
