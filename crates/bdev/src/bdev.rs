@@ -9,7 +9,7 @@
 //! with a claim ([`BdevDesc::claim`]) so no one else can write it.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use rspdk_thread::{IoDevice, IoDeviceKey, Thread, ThreadHandle};
@@ -231,10 +231,63 @@ pub fn bdev_register(
         bdev
     };
     tracing::info!(bdev = %bdev.name(), module, "bdev registered");
-    for m in modules() {
-        m.examine(&bdev);
+    if auto_examine() || lock(&EXAMINE_ALLOW).iter().any(|n| n == bdev.name()) {
+        for m in modules() {
+            m.examine(&bdev);
+        }
     }
     Ok(bdev)
+}
+
+/// Whether every new bdev is examined (SPDK: `bdev_auto_examine`, on by
+/// default); when off, only bdevs named by [`examine_by_name`] are.
+static AUTO_EXAMINE: AtomicBool = AtomicBool::new(true);
+/// Bdev names to examine when auto examine is off (SPDK's examine
+/// allowlist), in the order given.
+static EXAMINE_ALLOW: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Turns examining of every new bdev on or off (`bdev_set_options`
+/// `bdev_auto_examine`).
+pub fn set_auto_examine(on: bool) {
+    AUTO_EXAMINE.store(on, Ordering::Relaxed);
+}
+
+/// Whether every new bdev is examined.
+pub fn auto_examine() -> bool {
+    AUTO_EXAMINE.load(Ordering::Relaxed)
+}
+
+/// Examines the bdev `name` now if it exists, and whenever a bdev of that
+/// name is registered later (SPDK: `spdk_bdev_examine`, RPC
+/// `bdev_examine`). Only with auto examine off, as SPDK.
+pub fn examine_by_name(name: &str) -> Result<(), BdevError> {
+    if auto_examine() {
+        return Err(BdevError::InvalidParam(
+            "bdev_examine: auto examine is on, so every bdev is examined when it is registered; \
+             turn it off first (bdev_set_options --no-auto-examine, before framework_start_init)"
+                .into(),
+        ));
+    }
+    {
+        let mut allow = lock(&EXAMINE_ALLOW);
+        if allow.iter().any(|n| n == name) {
+            return Err(BdevError::Exists(format!(
+                "{name} (already named for manual examine)"
+            )));
+        }
+        allow.push(name.to_string());
+    }
+    if let Some(b) = bdev_get(name) {
+        for m in modules() {
+            m.examine(&b);
+        }
+    }
+    Ok(())
+}
+
+/// The names given to [`examine_by_name`], in order (for `save_config`).
+pub fn examine_allowlist() -> Vec<String> {
+    lock(&EXAMINE_ALLOW).clone()
 }
 
 fn validate_props(p: &BdevProps) -> Result<(), BdevError> {

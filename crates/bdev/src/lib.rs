@@ -59,6 +59,7 @@ mod subsystem;
 mod types;
 
 pub use bdev::{
+    auto_examine, examine_allowlist, examine_by_name, set_auto_examine,
     bdev_get, bdev_open, bdev_register, bdev_unregister, bdevs, check_name, module_register,
     modules, BackendChannel, Bdev, BdevBackend, BdevDesc, BdevModule,
 };

@@ -400,11 +400,7 @@ pub fn register_rpcs(reg: &RpcRegistry) {
     );
     log_reg(r, "bdev_wait_for_examine");
     method(reg, "bdev_examine", rt, |p: NameParam| {
-        let b = bdev_get(&p.name).ok_or_else(|| BdevError::NotFound(p.name.clone()))?;
-        for m in crate::modules() {
-            m.examine(&b);
-        }
-        Ok(json!(true))
+        crate::examine_by_name(&p.name).map(|()| json!(true))
     });
     method(
         reg,
@@ -412,10 +408,12 @@ pub fn register_rpcs(reg: &RpcRegistry) {
         StateMask::STARTUP,
         |p: BdevOptions| {
             let (pool, cache) = crate::io_pool_options();
-            let _ = (
-                p.bdev_auto_examine,
-                p.iobuf_small_cache_size,
-                p.iobuf_large_cache_size,
+            if let Some(on) = p.bdev_auto_examine {
+                crate::set_auto_examine(on);
+            }
+            rspdk_thread::iobuf::set_cache_sizes(
+                p.iobuf_small_cache_size.map(|n| n as usize),
+                p.iobuf_large_cache_size.map(|n| n as usize),
             );
             crate::set_io_pool_options(
                 p.bdev_io_pool_size.unwrap_or(pool),
@@ -614,10 +612,22 @@ pub fn answer_parked(id: u64, result: Result<Value, RpcError>) {
 /// queue depth sampling settings, QoS limits, then `bdev_wait_for_examine`).
 pub fn config_json() -> Vec<Value> {
     let (pool, cache) = crate::io_pool_options();
+    let (small, large) = rspdk_thread::iobuf::cache_sizes();
     let mut out = vec![json!({
         "method": "bdev_set_options",
-        "params": {"bdev_io_pool_size": pool, "bdev_io_cache_size": cache, "bdev_auto_examine": true}
+        "params": {
+            "bdev_io_pool_size": pool,
+            "bdev_io_cache_size": cache,
+            "bdev_auto_examine": crate::auto_examine(),
+            "iobuf_small_cache_size": small,
+            "iobuf_large_cache_size": large
+        }
     })];
+    out.extend(
+        crate::examine_allowlist()
+            .into_iter()
+            .map(|n| json!({"method": "bdev_examine", "params": {"name": n}})),
+    );
     for m in crate::modules() {
         out.extend(m.config_json());
     }

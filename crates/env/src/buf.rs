@@ -70,7 +70,13 @@ impl DmaBuf {
         self.len
     }
 
-    /// Always false: DMA buffers hold at least one byte.
+    /// Exposes only the first `len` bytes (no effect when `len` is not
+    /// shorter); the memory is freed whole when the buffer is dropped.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// True when no byte is exposed (after [`DmaBuf::truncate`] to 0).
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

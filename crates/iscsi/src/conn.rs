@@ -1938,8 +1938,7 @@ impl Conn {
             }
             self.complete(itt, &t, &r);
             // Data-In written (copied into the output buffer): the read
-            // buffer goes back to the pool.
-            rspdk_scsi::bufpool::put(r.data);
+            // buffer goes back to iobuf as `r` drops.
         }
         busy
     }

@@ -22,6 +22,7 @@
 
 pub mod bufpool;
 mod cdb;
+mod databuf;
 mod lun;
 mod resv;
 mod sense;
@@ -32,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 pub use cdb::{cdb_len, Cdb};
+pub use databuf::{DataBuf, NoDmaMemory};
 pub use lun::{release_thread_channels, standard_inquiry, Done, ScsiLun, VENDOR_ID};
 pub use sense::{key, status, Sense};
 
@@ -89,8 +91,10 @@ pub struct ScsiResult {
     pub status: u8,
     /// Sense, with CHECK CONDITION.
     pub sense: Option<Sense>,
-    /// Data for the initiator (before truncation to its expected length).
-    pub data: Vec<u8>,
+    /// Data for the initiator (before truncation to its expected length):
+    /// DMA memory from iobuf for a READ, heap bytes for replies the SCSI
+    /// layer builds.
+    pub data: DataBuf,
     /// For commands that take data: the length the CDB asked for, when it
     /// may differ from what was sent (the transport reports the residual).
     pub data_out_len: Option<u64>,
@@ -103,7 +107,7 @@ impl ScsiResult {
             data_out_len: None,
             status: status::CHECK_CONDITION,
             sense: Some(sense),
-            data: Vec::new(),
+            data: DataBuf::empty(),
         }
     }
 }
@@ -255,7 +259,7 @@ impl ScsiDev {
                                 data_out_len: None,
                                 status: status::GOOD,
                                 sense: None,
-                                data: d,
+                                data: d.into(),
                             }
                         }
                         _ => ScsiResult::check(Sense::LUN_NOT_SUPPORTED),
@@ -267,7 +271,7 @@ impl ScsiDev {
                             data_out_len: None,
                             status: status::GOOD,
                             sense: None,
-                            data: d,
+                            data: d.into(),
                         }
                     }
                     _ => ScsiResult::check(Sense::LUN_NOT_SUPPORTED),
@@ -311,7 +315,7 @@ impl ScsiDev {
             data_out_len: None,
             status: status::GOOD,
             sense: None,
-            data: d,
+            data: d.into(),
         }
     }
 }

@@ -14,6 +14,7 @@ use rspdk_util::Callback;
 
 use crate::bufpool;
 use crate::cdb::Cdb;
+use crate::databuf::{DataBuf, NoDmaMemory};
 use crate::resv::{Access, Reservations};
 use crate::sense::{status, Sense};
 use crate::{ScsiCommand, ScsiError, ScsiResult};
@@ -80,12 +81,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn good(data: Vec<u8>) -> ScsiResult {
+fn good(data: impl Into<DataBuf>) -> ScsiResult {
     ScsiResult {
         data_out_len: None,
         status: status::GOOD,
         sense: None,
-        data,
+        data: data.into(),
+    }
+}
+
+/// No DMA memory for a data transfer: BUSY, so that the initiator retries
+/// (as for a bdev out of I/O descriptors).
+fn no_dma(e: &NoDmaMemory) -> ScsiResult {
+    tracing::warn!(reason = %e.0, "no DMA memory for a SCSI data transfer");
+    ScsiResult {
+        data_out_len: None,
+        status: status::BUSY,
+        sense: None,
+        data: DataBuf::empty(),
     }
 }
 
@@ -98,7 +111,7 @@ fn conflict() -> ScsiResult {
         data_out_len: None,
         status: status::RESERVATION_CONFLICT,
         sense: None,
-        data: Vec::new(),
+        data: DataBuf::empty(),
     }
 }
 
@@ -110,7 +123,7 @@ fn bdev_err(e: &BdevError) -> ScsiResult {
             data_out_len: None,
             status: status::BUSY,
             sense: None,
-            data: Vec::new(),
+            data: DataBuf::empty(),
         },
         BdevError::ReadOnly(_) => check(Sense::new(crate::sense::key::DATA_PROTECT, 0x27, 0)),
         BdevError::Unsupported { .. } => check(Sense::INVALID_OPCODE),
@@ -118,7 +131,7 @@ fn bdev_err(e: &BdevError) -> ScsiResult {
     }
 }
 
-fn io_result(st: IoStatus, io_type: IoType, data: Vec<u8>) -> ScsiResult {
+fn io_result(st: IoStatus, io_type: IoType, data: DataBuf) -> ScsiResult {
     match st {
         IoStatus::Success => good(data),
         IoStatus::MediumError | IoStatus::Failed | IoStatus::Nvme { .. } => {
@@ -140,7 +153,7 @@ fn io_result(st: IoStatus, io_type: IoType, data: Vec<u8>) -> ScsiResult {
 type Slot<T> = Rc<RefCell<Option<T>>>;
 
 /// What a data I/O keeps while it runs: its completion and its buffers.
-type IoSlotInner = Slot<(Done, Vec<u8>, Vec<u8>)>;
+type IoSlotInner = Slot<(Done, DataBuf, DataBuf)>;
 
 thread_local! {
     /// Free data-I/O slots of this thread, reused across I/Os.
@@ -636,17 +649,21 @@ impl ScsiLun {
         if u64::from(n) * bs > MAX_TRANSFER_BYTES {
             return done.call(check(Sense::INVALID_FIELD_IN_CDB));
         }
-        let buf = bufpool::get((u64::from(n) * bs) as usize);
-        self.data_io(
-            desc,
-            IoType::Read,
-            buf,
-            Vec::new(),
-            lba,
-            u64::from(n),
-            done,
-            None,
-        );
+        let me = self.clone();
+        let desc = desc.clone();
+        DataBuf::dma_then((u64::from(n) * bs) as usize, move |buf| match buf {
+            Ok(buf) => me.data_io(
+                &desc,
+                IoType::Read,
+                buf,
+                DataBuf::empty(),
+                lba,
+                u64::from(n),
+                done,
+                None,
+            ),
+            Err(e) => done.call(no_dma(&e)),
+        });
     }
 
     fn write(self: &Arc<Self>, cdb: &Cdb, desc: &Arc<BdevDesc>, data: &[u8], done: Done) {
@@ -675,17 +692,45 @@ impl ScsiLun {
             r.data_out_len = Some(len);
             return done.call(r);
         }
-        let buf = bufpool::copy_of(&data[..(blocks * bs) as usize]);
-        self.data_io(
-            desc,
-            IoType::Write,
-            buf,
-            Vec::new(),
-            lba,
-            blocks,
-            done,
-            Some(len),
-        );
+        let src = &data[..(blocks * bs) as usize];
+        let me = self.clone();
+        let desc = desc.clone();
+        let write = move |buf: DataBuf, done: Done| {
+            me.data_io(
+                &desc,
+                IoType::Write,
+                buf,
+                DataBuf::empty(),
+                lba,
+                blocks,
+                done,
+                Some(len),
+            )
+        };
+        // The initiator's data is borrowed for this call only: copy it into
+        // DMA memory now, or (iobuf exhausted) keep a heap copy until a
+        // buffer is free.
+        match DataBuf::dma_now(src.len()) {
+            Some(Ok(mut buf)) => {
+                buf.copy_from_slice(src);
+                write(buf, done)
+            }
+            Some(Err(e)) => done.call(no_dma(&e)),
+            None => {
+                let held = bufpool::copy_of(src);
+                DataBuf::dma_then(held.len(), move |buf| match buf {
+                    Ok(mut buf) => {
+                        buf.copy_from_slice(&held);
+                        bufpool::put(held);
+                        write(buf, done)
+                    }
+                    Err(e) => {
+                        bufpool::put(held);
+                        done.call(no_dma(&e))
+                    }
+                });
+            }
+        }
     }
 
     fn verify(self: &Arc<Self>, cdb: &Cdb, desc: &Arc<BdevDesc>, data: &[u8], done: Done) {
@@ -715,8 +760,8 @@ impl ScsiLun {
                 self.data_io(
                     desc,
                     IoType::Read,
-                    buf,
-                    Vec::new(),
+                    buf.into(),
+                    DataBuf::empty(),
                     lba,
                     n,
                     Callback::new(|mut r: ScsiResult| {
@@ -729,7 +774,7 @@ impl ScsiLun {
             1 => {
                 let mut buf = data.to_vec();
                 buf.resize((n * bs) as usize, 0);
-                self.data_io(desc, IoType::Compare, buf, Vec::new(), lba, n, done, None)
+                self.data_io(desc, IoType::Compare, buf.into(), DataBuf::empty(), lba, n, done, None)
             }
             _ => done.call(check(Sense::INVALID_FIELD_IN_CDB)),
         }
@@ -893,22 +938,22 @@ impl ScsiLun {
         wr.truncate(len);
         wr.resize(len, 0);
         if desc.bdev().io_type_supported(IoType::CompareAndWrite) {
-            self.data_io(desc, IoType::CompareAndWrite, wr, cmp, lba, n, done, None);
+            self.data_io(desc, IoType::CompareAndWrite, wr.into(), cmp.into(), lba, n, done, None);
         } else {
             let me = self.clone();
             let d2 = desc.clone();
             self.data_io(
                 desc,
                 IoType::Compare,
-                cmp,
-                Vec::new(),
+                cmp.into(),
+                DataBuf::empty(),
                 lba,
                 n,
                 Callback::new(move |r: ScsiResult| {
                     if r.status != status::GOOD {
                         return done.call(r);
                     }
-                    me.data_io(&d2, IoType::Write, wr, Vec::new(), lba, n, done, None);
+                    me.data_io(&d2, IoType::Write, wr.into(), DataBuf::empty(), lba, n, done, None);
                 }),
                 None,
             );
@@ -938,7 +983,7 @@ impl ScsiLun {
             return done.call(check(Sense::INVALID_FIELD_IN_CDB));
         }
         let buf = data[..len as usize].to_vec();
-        self.data_io(desc, IoType::Write, buf, Vec::new(), lba, n, done, None);
+        self.data_io(desc, IoType::Write, buf.into(), DataBuf::empty(), lba, n, done, None);
     }
 
     fn or_write(self: &Arc<Self>, cdb: &Cdb, desc: &Arc<BdevDesc>, data: &[u8], done: Done) {
@@ -965,8 +1010,8 @@ impl ScsiLun {
         self.data_io(
             desc,
             IoType::Read,
-            vec![0u8; len as usize],
-            Vec::new(),
+            vec![0u8; len as usize].into(),
+            DataBuf::empty(),
             lba,
             n,
             Callback::new(move |r: ScsiResult| {
@@ -977,7 +1022,7 @@ impl ScsiLun {
                 for (c, m) in cur.iter_mut().zip(mask.iter()) {
                     *c |= *m;
                 }
-                me.data_io(&d2, IoType::Write, cur, Vec::new(), lba, n, done, None);
+                me.data_io(&d2, IoType::Write, cur, DataBuf::empty(), lba, n, done, None);
             }),
             None,
         );
@@ -993,8 +1038,8 @@ impl ScsiLun {
         self: &Arc<Self>,
         desc: &Arc<BdevDesc>,
         io_type: IoType,
-        mut buf: Vec<u8>,
-        mut cmp: Vec<u8>,
+        mut buf: DataBuf,
+        mut cmp: DataBuf,
         lba: u64,
         n: u64,
         done: Done,
@@ -1026,12 +1071,11 @@ impl ScsiLun {
                 let taken = s2.borrow_mut().take();
                 IoSlot::give(s2);
                 if let Some((done, buf, cmp)) = taken {
-                    bufpool::put(cmp);
+                    drop(cmp);
                     let data = if io_type == IoType::Read {
                         buf
                     } else {
-                        bufpool::put(buf);
-                        Vec::new()
+                        DataBuf::empty()
                     };
                     finish(done, io_result(st, io_type, data));
                 }
@@ -1040,8 +1084,7 @@ impl ScsiLun {
         if let Err(e) = r {
             let taken = slot.borrow_mut().take();
             if let Some((done, buf, cmp)) = taken {
-                bufpool::put(buf);
-                bufpool::put(cmp);
+                drop((buf, cmp));
                 finish(done, bdev_err(&e));
             }
         }
@@ -1075,7 +1118,7 @@ impl ScsiLun {
                 if st.is_ok() {
                     me.chain_next(d2, ops, done);
                 } else {
-                    done.call(io_result(st, io_type, Vec::new()));
+                    done.call(io_result(st, io_type, DataBuf::empty()));
                 }
             }
         };

@@ -51,7 +51,7 @@ fn ok() -> ScsiResult {
         data_out_len: None,
         status: status::GOOD,
         sense: None,
-        data: Vec::new(),
+        data: crate::DataBuf::empty(),
     }
 }
 
@@ -60,7 +60,7 @@ fn conflict() -> ScsiResult {
         data_out_len: None,
         status: status::RESERVATION_CONFLICT,
         sense: None,
-        data: Vec::new(),
+        data: crate::DataBuf::empty(),
     }
 }
 
@@ -219,7 +219,7 @@ impl Reservations {
             data_out_len: None,
             status: status::GOOD,
             sense: None,
-            data: d,
+            data: d.into(),
         }
     }
 

@@ -164,7 +164,17 @@ fn spdk_rpc_drives_every_method() {
         called: BTreeSet::new(),
     };
     // Before framework_start_init: the STARTUP-only options.
-    d.ok(&["bdev_set_options", "-p", "65535", "-c", "256"]);
+    d.ok(&[
+        "bdev_set_options",
+        "-p",
+        "65535",
+        "-c",
+        "256",
+        "--iobuf-small-cache-size",
+        "64",
+        "--iobuf-large-cache-size",
+        "8",
+    ]);
     d.ok(&[
         "iobuf_set_options",
         "--small-pool-count",
@@ -328,7 +338,12 @@ fn spdk_rpc_drives_every_method() {
         "1",
     ]);
     d.ok(&["bdev_error_resume_pending", "EE_Malloc1"]);
-    d.ok(&["bdev_examine", "-b", "Malloc0"]);
+    // With auto examine on (the default) every bdev is examined when
+    // registered; SPDK refuses a manual examine then.
+    d.step(
+        &["bdev_examine", "-b", "Malloc0"],
+        Expect::Err("auto examine is on"),
+    );
     d.ok(&["bdev_wait_for_examine"]);
 
     // NVMe-oF, as the NVMe-oF Target guide sets it up.
@@ -670,7 +685,12 @@ fn spdk_rpc_drives_every_method() {
     assert!(subs.contains("\"nvmf\""), "{subs}");
     let saved = d.step(
         &["save_config"],
-        Expect::Ok(&["nvmf_create_transport", "0011223344556677"]),
+        Expect::Ok(&[
+            "nvmf_create_transport",
+            "0011223344556677",
+            "\"iobuf_small_cache_size\": 64",
+            "\"iobuf_large_cache_size\": 8",
+        ]),
     );
     let cfg_path = tmp.path().join("saved.json");
     std::fs::write(&cfg_path, &saved).unwrap();
@@ -736,6 +756,58 @@ fn spdk_rpc_drives_every_method() {
         "{names:?}\n{}",
         std::fs::read_to_string(&t2.log).unwrap_or_default()
     );
+}
+
+/// With auto examine off (`bdev_set_options --no-auto-examine`), a new
+/// bdev is examined only once `bdev_examine` names it: a passthru waiting
+/// for its base appears only then; save_config keeps both settings.
+#[test]
+fn manual_examine_without_auto_examine() {
+    let t = Target::start(&["--wait-for-rpc"]);
+    let mut d = Driver {
+        sock: &t.sock,
+        called: BTreeSet::new(),
+    };
+    d.ok(&["bdev_set_options", "--no-auto-examine"]);
+    d.ok(&["framework_start_init"]);
+    d.ok(&["bdev_passthru_create", "-b", "Malloc9", "-p", "PT9"]);
+    d.ok(&["bdev_malloc_create", "8", "512", "-b", "Malloc9"]);
+    let names = || {
+        ok(&t.sock, "bdev_get_bdevs", None)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(), ["Malloc9"], "not examined without bdev_examine");
+    d.ok(&["bdev_examine", "-b", "Malloc9"]);
+    assert!(names().contains(&"PT9".to_string()), "{:?}", names());
+    d.step(
+        &["bdev_examine", "-b", "Malloc9"],
+        Expect::Err("already named"),
+    );
+    let saved = d.ok(&["save_config"]);
+    let cfg: Value = serde_json::from_str(&saved).unwrap();
+    let bdev = cfg["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["subsystem"] == "bdev")
+        .unwrap()["config"]
+        .clone();
+    assert_eq!(bdev[0]["method"], "bdev_set_options");
+    assert_eq!(bdev[0]["params"]["bdev_auto_examine"], false);
+    assert_eq!(bdev[1]["method"], "bdev_examine");
+    assert_eq!(bdev[1]["params"]["name"], "Malloc9");
+    // The saved config rebuilds the passthru in a fresh target.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    std::fs::write(&path, &saved).unwrap();
+    let t2 = Target::start(&["-c", path.to_str().unwrap()]);
+    common::wait_started(&t2.sock);
+    let b2 = ok(&t2.sock, "bdev_get_bdevs", None).to_string();
+    assert!(b2.contains("PT9"), "{b2}");
 }
 
 /// spdk-cli (SPDK's configshell UI) lists and creates bdevs, an NVMe-oF

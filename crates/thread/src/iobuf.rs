@@ -18,7 +18,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rspdk_env::mempool::Mempool;
@@ -294,9 +294,31 @@ pub fn stats() -> Vec<IobufStats> {
         .collect()
 }
 
-/// Buffers each thread keeps of each class (SPDK's defaults for
-/// `iobuf_small_cache_size` and `iobuf_large_cache_size`).
-const CACHE: [usize; 2] = [128, 16];
+/// Buffers each thread keeps of each class: SPDK's defaults for
+/// `iobuf_small_cache_size` and `iobuf_large_cache_size`, changed by
+/// `bdev_set_options` ([`set_cache_sizes`]).
+static CACHE: [AtomicUsize; 2] = [AtomicUsize::new(128), AtomicUsize::new(16)];
+
+/// Sets how many small and large buffers each thread keeps in its cache
+/// (SPDK: `bdev_set_options` `iobuf_small_cache_size`,
+/// `iobuf_large_cache_size`). A thread's cache above the new size drains
+/// into the shared pool as its buffers are freed.
+pub fn set_cache_sizes(small: Option<usize>, large: Option<usize>) {
+    if let Some(n) = small {
+        CACHE[0].store(n, Ordering::Relaxed);
+    }
+    if let Some(n) = large {
+        CACHE[1].store(n, Ordering::Relaxed);
+    }
+}
+
+/// The per-thread cache sizes in effect: (small, large).
+pub fn cache_sizes() -> (usize, usize) {
+    (
+        CACHE[0].load(Ordering::Relaxed),
+        CACHE[1].load(Ordering::Relaxed),
+    )
+}
 
 type Waiter = Box<dyn FnOnce(IoBuf)>;
 
@@ -416,7 +438,7 @@ impl Drop for IoBuf {
         let cached = LOCAL
             .try_with(|l| {
                 let mut l = l.borrow_mut();
-                if l.cache[c].len() < CACHE[c] {
+                if l.cache[c].len() < CACHE[c].load(Ordering::Relaxed) {
                     l.cache[c].push(ptr);
                     true
                 } else {
@@ -485,17 +507,45 @@ pub fn get_or_wait(
         return Ok(Some(b));
     }
     let (class, _) = class_for(len)?;
+    wait(module, class, len, Box::new(then));
+    Ok(None)
+}
+
+/// Queues `then` for the next buffer of `class` freed on this thread (or
+/// found by the retry poller).
+fn wait(module: &IobufModule, class: Class, len: usize, then: Waiter) {
     let c = class as usize;
     module.0.classes[c].retry.fetch_add(1, Ordering::Relaxed);
     LOCAL.with(|l| {
         let mut l = l.borrow_mut();
-        l.waiting[c].push_back((len, Box::new(then)));
+        l.waiting[c].push_back((len, then));
         if l.retry_poller.is_none() {
             l.retry_poller = crate::get_thread()
                 .map(|t| t.poller_register("iobuf_retry", 100, |_| retry_waiters()));
         }
     });
-    Ok(None)
+}
+
+/// Runs `then` exactly once with a buffer of at least `len` bytes for
+/// `module`: now when one is free, else later on this thread as
+/// [`get_or_wait`] does; or now with the error when none can ever be had (a
+/// size over the large buffer size, pools that cannot be made). Unlike
+/// `get_or_wait` the caller's continuation is one code path, and nothing is
+/// allocated unless it has to wait.
+pub fn get_then<F: FnOnce(Result<IoBuf, IobufError>) + 'static>(
+    module: &IobufModule,
+    len: usize,
+    then: F,
+) {
+    let class = match class_for(len) {
+        Ok((class, _)) => class,
+        Err(e) => return then(Err(e)),
+    };
+    match get(module, len) {
+        Ok(Some(b)) => then(Ok(b)),
+        Ok(None) => wait(module, class, len, Box::new(move |b| then(Ok(b)))),
+        Err(e) => then(Err(e)),
+    }
 }
 
 /// The retry poller: hands buffers the shared pools have again to this
