@@ -59,9 +59,9 @@ mod subsystem;
 mod types;
 
 pub use bdev::{
-    auto_examine, examine_allowlist, examine_by_name, set_auto_examine,
-    bdev_get, bdev_open, bdev_register, bdev_unregister, bdevs, check_name, module_register,
-    modules, BackendChannel, Bdev, BdevBackend, BdevDesc, BdevModule,
+    auto_examine, bdev_get, bdev_open, bdev_register, bdev_unregister, bdevs, check_name,
+    examine_allowlist, examine_by_name, module_register, modules, set_auto_examine, BackendChannel,
+    Bdev, BdevBackend, BdevDesc, BdevModule,
 };
 pub use channel::BdevIoChannel;
 pub use histogram::Histogram;

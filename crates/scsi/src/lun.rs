@@ -774,7 +774,16 @@ impl ScsiLun {
             1 => {
                 let mut buf = data.to_vec();
                 buf.resize((n * bs) as usize, 0);
-                self.data_io(desc, IoType::Compare, buf.into(), DataBuf::empty(), lba, n, done, None)
+                self.data_io(
+                    desc,
+                    IoType::Compare,
+                    buf.into(),
+                    DataBuf::empty(),
+                    lba,
+                    n,
+                    done,
+                    None,
+                )
             }
             _ => done.call(check(Sense::INVALID_FIELD_IN_CDB)),
         }
@@ -938,7 +947,16 @@ impl ScsiLun {
         wr.truncate(len);
         wr.resize(len, 0);
         if desc.bdev().io_type_supported(IoType::CompareAndWrite) {
-            self.data_io(desc, IoType::CompareAndWrite, wr.into(), cmp.into(), lba, n, done, None);
+            self.data_io(
+                desc,
+                IoType::CompareAndWrite,
+                wr.into(),
+                cmp.into(),
+                lba,
+                n,
+                done,
+                None,
+            );
         } else {
             let me = self.clone();
             let d2 = desc.clone();
@@ -953,7 +971,16 @@ impl ScsiLun {
                     if r.status != status::GOOD {
                         return done.call(r);
                     }
-                    me.data_io(&d2, IoType::Write, wr.into(), DataBuf::empty(), lba, n, done, None);
+                    me.data_io(
+                        &d2,
+                        IoType::Write,
+                        wr.into(),
+                        DataBuf::empty(),
+                        lba,
+                        n,
+                        done,
+                        None,
+                    );
                 }),
                 None,
             );
@@ -983,7 +1010,16 @@ impl ScsiLun {
             return done.call(check(Sense::INVALID_FIELD_IN_CDB));
         }
         let buf = data[..len as usize].to_vec();
-        self.data_io(desc, IoType::Write, buf.into(), DataBuf::empty(), lba, n, done, None);
+        self.data_io(
+            desc,
+            IoType::Write,
+            buf.into(),
+            DataBuf::empty(),
+            lba,
+            n,
+            done,
+            None,
+        );
     }
 
     fn or_write(self: &Arc<Self>, cdb: &Cdb, desc: &Arc<BdevDesc>, data: &[u8], done: Done) {
@@ -1022,7 +1058,16 @@ impl ScsiLun {
                 for (c, m) in cur.iter_mut().zip(mask.iter()) {
                     *c |= *m;
                 }
-                me.data_io(&d2, IoType::Write, cur, DataBuf::empty(), lba, n, done, None);
+                me.data_io(
+                    &d2,
+                    IoType::Write,
+                    cur,
+                    DataBuf::empty(),
+                    lba,
+                    n,
+                    done,
+                    None,
+                );
             }),
             None,
         );

@@ -210,12 +210,18 @@ fn reads_wait_for_iobuf_buffers() {
                     done += 1;
                 }
             }
-            op => panic!("unexpected PDU opcode {op:#x} (itt {itt}, status {})", hdr[3]),
+            op => panic!(
+                "unexpected PDU opcode {op:#x} (itt {itt}, status {})",
+                hdr[3]
+            ),
         }
     }
     for (itt, buf) in &got {
         assert_eq!(&buf[..4096], &pattern[..], "READ {itt}: wrong data");
-        assert!(buf[4096..].iter().all(|&b| b == 0), "READ {itt}: wrong data");
+        assert!(
+            buf[4096..].iter().all(|&b| b == 0),
+            "READ {itt}: wrong data"
+        );
     }
     let stats = ok(&t.sock, "iobuf_get_stats", None);
     let scsi = stats

@@ -178,7 +178,70 @@ struct JobResult {
     p90_us: f64,
     p99_us: f64,
     p999_us: f64,
+    /// Per I/O on the job's core: wall-clock ns (the core polls all the
+    /// time, so this is its whole cost), and, where the CPU's counters can
+    /// be read, instructions and core cycles.
+    cpu: CpuPerIo,
     error: Option<String>,
+}
+
+/// What one I/O costs the core that runs it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+struct CpuPerIo {
+    ns: f64,
+    instructions: Option<f64>,
+    cycles: Option<f64>,
+    /// Why instructions and cycles are missing.
+    unavailable: Option<String>,
+}
+
+/// The job thread's instruction and cycle counters (perf_event_open; a
+/// VM without a virtual PMU has none).
+struct CpuCounters {
+    counters: Result<(perf_event::Counter, perf_event::Counter), String>,
+}
+
+impl CpuCounters {
+    /// Counters of the calling thread, started now.
+    fn start() -> CpuCounters {
+        use perf_event::events::Hardware;
+        let open = |e| -> std::io::Result<perf_event::Counter> {
+            let mut c = perf_event::Builder::new(e)
+                .observe_self()
+                .any_cpu()
+                .build()?;
+            c.enable()?;
+            Ok(c)
+        };
+        let counters = open(Hardware::INSTRUCTIONS)
+            .and_then(|i| Ok((i, open(Hardware::CPU_CYCLES)?)))
+            .map_err(|e| {
+                format!("no CPU counters (perf_event_open: {e}; a VM needs a virtual PMU, and kernel.perf_event_paranoid <= 2)")
+            });
+        CpuCounters { counters }
+    }
+
+    /// The cost per I/O of `ios` I/Os over `runtime_ns`.
+    fn per_io(&mut self, ios: u64, runtime_ns: u64) -> CpuPerIo {
+        let n = ios.max(1) as f64;
+        let mut out = CpuPerIo {
+            ns: runtime_ns as f64 / n,
+            ..Default::default()
+        };
+        match &mut self.counters {
+            Ok((i, c)) => match (i.read(), c.read()) {
+                (Ok(i), Ok(c)) => {
+                    out.instructions = Some(i as f64 / n);
+                    out.cycles = Some(c as f64 / n);
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    out.unavailable = Some(format!("reading counters: {e}"))
+                }
+            },
+            Err(e) => out.unavailable = Some(e.clone()),
+        }
+        out
+    }
 }
 
 /// One in-flight slot's state.
@@ -211,6 +274,7 @@ struct Job {
     ios: Cell<u64>,
     failed: Cell<u64>,
     error: RefCell<Option<String>>,
+    counters: RefCell<CpuCounters>,
     shared: Arc<JobShared>,
 }
 
@@ -384,9 +448,11 @@ impl Job {
         if left > 0 {
             return;
         }
-        let runtime = (now_ns() - self.start_ns.get()) as f64 / 1e9;
+        let runtime_ns = now_ns() - self.start_ns.get();
+        let runtime = runtime_ns as f64 / 1e9;
         let h = self.hist.borrow();
         let ios = self.ios.get();
+        let cpu = self.counters.borrow_mut().per_io(ios, runtime_ns);
         let us = |ns: u64| ns as f64 / 1000.0;
         let r = JobResult {
             runtime_s: runtime,
@@ -403,6 +469,7 @@ impl Job {
             p90_us: us(h.value_at_quantile(0.9)),
             p99_us: us(h.value_at_quantile(0.99)),
             p999_us: us(h.value_at_quantile(0.999)),
+            cpu,
             error: self.error.borrow().clone(),
         };
         *self.shared.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
@@ -459,6 +526,7 @@ fn start_job(p: TestParams, shared: Arc<JobShared>) -> Result<(), String> {
         ios: Cell::new(0),
         failed: Cell::new(0),
         error: RefCell::new(None),
+        counters: RefCell::new(CpuCounters::start()),
         shared,
         desc,
         ch,
@@ -503,6 +571,23 @@ fn plan(p: &TestParams, cores: &[u32]) -> Result<Vec<(String, u32)>, String> {
         }
     }
     Ok(jobs)
+}
+
+/// `61.2 ns, 402.1 instructions, 181.0 cycles (IPC 2.22)`, or the ns and
+/// why the counters are missing.
+fn cpu_line(c: &CpuPerIo) -> String {
+    match (c.instructions, c.cycles) {
+        (Some(i), Some(cy)) => format!(
+            "{:.1} ns, {i:.1} instructions, {cy:.1} cycles (IPC {:.2})",
+            c.ns,
+            i / cy.max(1e-9)
+        ),
+        _ => format!(
+            "{:.1} ns; instructions and cycles: {}",
+            c.ns,
+            c.unavailable.as_deref().unwrap_or("not measured")
+        ),
+    }
 }
 
 fn core_mask(core: u32) -> String {
@@ -556,6 +641,7 @@ fn report(p: &TestParams, jobs: &[Arc<JobShared>], allocs_per_io: f64) -> Value 
             "\t {:<20}  latency percentiles (us): p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}",
             "", r.p50_us, r.p90_us, r.p99_us, r.p999_us
         );
+        println!("\t {:<20}  per I/O on its core: {}", "", cpu_line(&r.cpu));
         t_lat += r.avg_us * iops;
         t_iops += iops;
         t_fail += fail;
@@ -568,6 +654,8 @@ fn report(p: &TestParams, jobs: &[Arc<JobShared>], allocs_per_io: f64) -> Value 
             "iops": iops, "mibps": iops * mib, "io_failed": r.failed, "io_timeout": 0,
             "avg_latency_us": r.avg_us, "min_latency_us": r.min_us, "max_latency_us": r.max_us,
             "p50_latency_us": r.p50_us, "p99_latency_us": r.p99_us, "p999_latency_us": r.p999_us,
+            "cpu_ns_per_io": r.cpu.ns, "instructions_per_io": r.cpu.instructions,
+            "cycles_per_io": r.cpu.cycles,
             "error": r.error,
         }));
     }
@@ -639,6 +727,7 @@ fn run_tests(
                             p90_us: 0.0,
                             p99_us: 0.0,
                             p999_us: 0.0,
+                            cpu: CpuPerIo::default(),
                             error: Some(e),
                         });
                         j2.done.store(true, Ordering::Release);
