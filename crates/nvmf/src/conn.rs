@@ -23,9 +23,9 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rspdk_bdev::{BdevDesc, BdevError, BdevIoChannel, IoStatus, IoType, IoVec};
-use rspdk_env::DmaBuf;
 use rspdk_nvme::spec::{Cqe, Sqe};
 use rspdk_nvme::tcp::PduError;
+use rspdk_thread::iobuf::{self, DmaData, IobufModule};
 use rspdk_thread::{Interrupt, Poller, PollerStatus, Thread};
 
 use crate::admin;
@@ -283,7 +283,7 @@ struct Req {
     state: ReqState,
     cid: u16,
     sqe: Sqe,
-    buf: Option<DmaBuf>,
+    buf: Option<DmaData>,
     /// Transfer length (bytes) from the SGL.
     len: usize,
     /// H2C bytes received so far.
@@ -332,7 +332,11 @@ enum OutSeg {
     Inline(usize),
     /// C2H data sent straight from a command's buffer, which the queue owns
     /// until the socket took the bytes (then it goes back to the pool).
-    Data { buf: DmaBuf, off: usize, len: usize },
+    Data {
+        buf: DmaData,
+        off: usize,
+        len: usize,
+    },
 }
 
 /// Where the payload of a data-carrying PDU goes.
@@ -412,8 +416,6 @@ struct ConnInner {
     q: Option<Qpair>,
     reqs: Vec<Req>,
     free: Vec<u16>,
-    /// Free data buffers by size class (4 KiB << i).
-    pool: Vec<Vec<DmaBuf>>,
     ns: Vec<NsChan>,
     ns_gen: u64,
     /// A namespace had no bdev channel at the last refresh: retry.
@@ -428,8 +430,10 @@ struct ConnInner {
     oncs_masked: u16,
 }
 
-fn class_of(len: usize) -> usize {
-    (len.max(4096).next_power_of_two().trailing_zeros() - 12) as usize
+/// The NVMe/TCP target's iobuf user (SPDK names its module `nvmf_TCP`).
+fn iobuf_module() -> &'static IobufModule {
+    static M: std::sync::OnceLock<IobufModule> = std::sync::OnceLock::new();
+    M.get_or_init(|| iobuf::register_module("nvmf_TCP"))
 }
 
 impl ConnInner {
@@ -471,7 +475,6 @@ impl ConnInner {
             q: None,
             reqs: Vec::new(),
             free: Vec::new(),
-            pool: Vec::new(),
             ns: Vec::new(),
             ns_gen: u64::MAX,
             ns_missing: false,
@@ -483,20 +486,23 @@ impl ConnInner {
         self.opts.max_io_size.min(131072)
     }
 
-    fn get_buf(&mut self, len: usize) -> Option<DmaBuf> {
-        let c = class_of(len);
-        if let Some(b) = self.pool.get_mut(c).and_then(|v| v.pop()) {
-            return Some(b);
+    /// A data buffer of `len` bytes: from iobuf (module `nvmf_TCP`), or,
+    /// when iobuf's pool is exhausted, DMA memory from the env's heap (the
+    /// connection's queue depth bounds how many it holds at once).
+    fn get_buf(&mut self, len: usize) -> Option<DmaData> {
+        match DmaData::get_now(iobuf_module(), len) {
+            Some(Ok(b)) => Some(b),
+            None => DmaData::from_env(len).ok(),
+            Some(Err(e)) => {
+                tracing::warn!(conn = self.id, error = %e, "NVMe/TCP data buffer");
+                None
+            }
         }
-        DmaBuf::zeroed(4096usize << c).ok()
     }
 
-    fn put_buf(&mut self, b: DmaBuf) {
-        let c = class_of(b.len());
-        if self.pool.len() <= c {
-            self.pool.resize_with(c + 1, Vec::new);
-        }
-        self.pool[c].push(b);
+    /// Gives a data buffer back (to iobuf, or the env's heap).
+    fn put_buf(&mut self, b: DmaData) {
+        drop(b);
     }
 
     fn close(&mut self, why: &str) {
@@ -565,7 +571,7 @@ impl ConnInner {
     }
 
     /// Queues `len` bytes of `buf` to be sent from the buffer itself.
-    fn push_data(&mut self, buf: DmaBuf, len: usize) {
+    fn push_data(&mut self, buf: DmaData, len: usize) {
         self.seal();
         self.out_data += len;
         self.out.push_back(OutSeg::Data { buf, off: 0, len });

@@ -189,6 +189,21 @@ fn identify_and_every_size_in_capsule_and_r2t_with_each_digest_combination() {
         drop(qp);
         c.detach().unwrap();
     }
+    // The target's data buffers came from iobuf (DMA memory), counted
+    // under SPDK's module name for the TCP transport; 128 KiB transfers
+    // (MAX_IO) came from the large pool.
+    let stats = ok(&t.sock, "iobuf_get_stats", None);
+    let tcp = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["module"] == "nvmf_TCP")
+        .unwrap_or_else(|| panic!("no nvmf_TCP module in iobuf_get_stats: {stats}"));
+    for pool in ["small_pool", "large_pool"] {
+        let p = &tcp[pool];
+        let gets = p["cache"].as_u64().unwrap() + p["main"].as_u64().unwrap();
+        assert!(gets > 0, "no {pool} buffer used: {stats}");
+    }
 }
 
 /// Three pieces of one 3-block payload (a small SGL for readv/writev).

@@ -548,6 +548,101 @@ pub fn get_then<F: FnOnce(Result<IoBuf, IobufError>) + 'static>(
     }
 }
 
+/// DMA memory for one data transfer: an iobuf buffer when the size fits
+/// iobuf's large buffer, else DMA memory from the env's heap (iobuf's
+/// largest buffer is smaller than some transfers: SCSI allows 32 MiB, NVMe
+/// a controller's MDTS).
+pub enum DmaData {
+    /// From iobuf.
+    Pooled(IoBuf),
+    /// From the env's DMA heap.
+    Env(rspdk_env::DmaBuf),
+}
+
+impl DmaData {
+    /// `len` bytes if they can be had without waiting: `None` when iobuf's
+    /// pool for the size is exhausted. Contents: whatever the memory last
+    /// held (the caller fills all of it).
+    pub fn get_now(module: &IobufModule, len: usize) -> Option<Result<DmaData, String>> {
+        if len <= options().large_bufsize as usize {
+            match get(module, len) {
+                Ok(Some(b)) => return Some(Ok(DmaData::Pooled(b))),
+                Ok(None) => return None,
+                // The pools cannot be made: the env's heap below.
+                Err(_) => {}
+            }
+        }
+        Some(Self::from_env(len))
+    }
+
+    /// Runs `then` exactly once with `len` bytes: now, or (iobuf exhausted)
+    /// when a buffer is freed on this thread, as [`get_then`].
+    pub fn get_then(
+        module: &IobufModule,
+        len: usize,
+        then: impl FnOnce(Result<DmaData, String>) + 'static,
+    ) {
+        if len <= options().large_bufsize as usize {
+            return get_then(module, len, move |b| match b {
+                Ok(b) => then(Ok(DmaData::Pooled(b))),
+                Err(_) => then(Self::from_env(len)),
+            });
+        }
+        then(Self::from_env(len))
+    }
+
+    /// `len` bytes of DMA memory from the env's heap (4 KiB aligned).
+    pub fn from_env(len: usize) -> Result<DmaData, String> {
+        rspdk_env::DmaBuf::uninit_aligned(len.max(1), 4096, rspdk_env::SOCKET_ID_ANY)
+            .map(|mut b| {
+                b.truncate(len);
+                DmaData::Env(b)
+            })
+            .map_err(|e| format!("no DMA memory for a {len}-byte transfer: {e}"))
+    }
+
+    /// Exposes only the first `len` bytes (no effect when not shorter).
+    pub fn truncate(&mut self, len: usize) {
+        match self {
+            DmaData::Pooled(b) => {
+                if len < b.len() {
+                    b.set_len(len)
+                }
+            }
+            DmaData::Env(b) => b.truncate(len),
+        }
+    }
+}
+
+impl std::ops::Deref for DmaData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            DmaData::Pooled(b) => b,
+            DmaData::Env(b) => b,
+        }
+    }
+}
+
+impl std::ops::DerefMut for DmaData {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            DmaData::Pooled(b) => b,
+            DmaData::Env(b) => b,
+        }
+    }
+}
+
+impl std::fmt::Debug for DmaData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let from = match self {
+            DmaData::Pooled(_) => "iobuf",
+            DmaData::Env(_) => "env",
+        };
+        write!(f, "DmaData({from}, {} bytes)", self.len())
+    }
+}
+
 /// The retry poller: hands buffers the shared pools have again to this
 /// thread's waiters, oldest first; unregisters itself when none is left.
 fn retry_waiters() -> crate::PollerStatus {
