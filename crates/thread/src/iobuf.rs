@@ -67,7 +67,7 @@ impl Default for IobufOpts {
 }
 
 /// What went wrong with iobuf.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum IobufError {
     /// Options that cannot work, naming the bad one.
     #[error("iobuf: {0}")]
@@ -197,23 +197,6 @@ fn pools() -> Result<&'static Pools, IobufError> {
         })
         .as_ref()
         .map_err(Clone::clone)
-}
-
-impl Clone for IobufError {
-    fn clone(&self) -> Self {
-        match self {
-            IobufError::InvalidOptions(s) => IobufError::InvalidOptions(s.clone()),
-            IobufError::InUse => IobufError::InUse,
-            IobufError::TooLarge { len, max } => IobufError::TooLarge {
-                len: *len,
-                max: *max,
-            },
-            IobufError::Pool { which, reason } => IobufError::Pool {
-                which,
-                reason: reason.clone(),
-            },
-        }
-    }
 }
 
 /// Counters of one class for one module.
