@@ -211,40 +211,16 @@ pub struct Pdu {
     pub data: Vec<u8>,
 }
 
-/// CRC32C (Castagnoli), as iSCSI digests use it.
+/// CRC32C (Castagnoli), as iSCSI digests use it (the `crc32c` crate:
+/// SSE4.2 / ARMv8 CRC instructions where the CPU has them, as the NVMe/TCP
+/// digests).
 pub fn crc32c(data: &[u8]) -> u32 {
-    crc32c_append(0, data)
+    ::crc32c::crc32c(data)
 }
-
-const fn make_table() -> [u32; 256] {
-    let mut t = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0x82f6_3b78
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        t[i] = c;
-        i += 1;
-    }
-    t
-}
-
-static CRC_TABLE: [u32; 256] = make_table();
 
 /// Continues a CRC32C over more data.
 pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
-    let mut c = !crc;
-    for &b in data {
-        c = CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
-    }
-    !c
+    ::crc32c::crc32c_append(crc, data)
 }
 
 /// Pads `n` to a multiple of 4.
