@@ -190,12 +190,12 @@ fn interrupt_mode_reactors_sleep_and_wake() {
         trx.recv_timeout(Duration::from_secs(2))
             .expect("timer did not wake the reactor");
     }
-    std::thread::sleep(Duration::from_millis(100));
-    let info = set.reactors_info();
-    assert!(
-        info.reactors.iter().all(|r| r.in_interrupt),
-        "reactors not sleeping"
-    );
+    // The pollers are gone: both reactors go to sleep.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !set.reactors_info().reactors.iter().all(|r| r.in_interrupt) {
+        assert!(Instant::now() < deadline, "reactors not sleeping");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // Idle CPU over 1 s, of the reactor OS threads only (other tests in this
     // binary may be spinning polling-mode reactors at the same time).
     let ticks = |i: &rspdk_event::FrameworkGetReactors| -> u64 {

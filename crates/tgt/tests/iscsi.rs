@@ -145,7 +145,13 @@ fn no_allocation_per_read() {
         .expect("iscsi-perf runs");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("iops average"), "iscsi-perf: {text}");
-    std::thread::sleep(Duration::from_millis(1500));
+    // One more report after the run, so that its last second is counted.
+    let at_end = reports(&t).len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while reports(&t).len() <= at_end {
+        assert!(std::time::Instant::now() < deadline, "no allocation report");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let all = reports(&t);
     let during = &all[before..];
     assert!(during.len() >= 4, "too few reports: {all:?}");
@@ -959,8 +965,9 @@ fn abort_and_lun_reset_during_io() {
 
     // ABORT TASK on a running READ (ITT 1, CmdSN 1).
     let t0 = std::time::Instant::now();
+    // The target handles a connection's PDUs in order: the READ's I/O is
+    // under way (for 1.5 s) when the TMF is handled; no wait needed.
     s.write_all(&scsi_rw(1, 1, 0, None)).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
     s.write_all(&tmf(1, 0x100, 1, 2, 1)).unwrap();
     let (h, _) = read_pdu(&mut s).expect("no TMF response");
     assert_eq!(
@@ -986,7 +993,6 @@ fn abort_and_lun_reset_during_io() {
     let pattern = vec![0x5au8; 4096];
     s.write_all(&scsi_rw(2, 3, 64, Some(&pattern))).unwrap();
     s.write_all(&scsi_rw(3, 4, 128, None)).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
     let t0 = std::time::Instant::now();
     s.write_all(&tmf(5, 0x101, 0xffff_ffff, 5, 0)).unwrap();
     let (h, _) = read_pdu(&mut s).expect("no TMF response to LUN RESET");
