@@ -40,6 +40,12 @@ const IN_QUEUE_MAX: usize = 512 << 10;
 /// count: their data may sit behind the next command in the stream.
 const TASKS_PER_QUEUE_DEPTH: usize = 2;
 const NO_TAG: u32 = 0xffff_ffff;
+/// WRITE data bytes a connection solicits with R2Ts and holds before the
+/// commands execute. RFC 7143 lets a target pace its R2Ts: an initiator
+/// that leaves bursts unfinished on many commands cannot make the target
+/// hold more than this (or one command's data, when larger), where without
+/// a cap 64 commands of 64 MiB would pin 4 GiB.
+const SOLICIT_BUDGET: usize = 32 << 20;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -256,6 +262,9 @@ struct Task {
     aborted: bool,
     /// When the command arrived (ns), while the target's histogram is on.
     start_ns: u64,
+    /// WRITE data bytes reserved in the connection's [`SOLICIT_BUDGET`] by
+    /// the command's first R2T (all it still needs), until it executes.
+    solicited: u32,
 }
 
 /// A task management function waiting for the tasks it aborted, on this
@@ -387,6 +396,10 @@ pub struct Conn {
     tasks: HashMap<u32, Task>,
     ttt_to_itt: HashMap<u32, u32>,
     next_ttt: u32,
+    /// WRITE bytes solicited by R2Ts of commands not yet executing.
+    solicited: usize,
+    /// A task is waiting for [`SOLICIT_BUDGET`] to send its R2Ts.
+    r2t_starved: bool,
     pending_tmfs: Vec<PendingTmf>,
     /// Aborted tasks still running, and the task management function
     /// (maybe another connection's) waiting for them.
@@ -511,6 +524,8 @@ impl Conn {
             tasks: HashMap::new(),
             ttt_to_itt: HashMap::new(),
             next_ttt: 1,
+            solicited: 0,
+            r2t_starved: false,
             pending_tmfs: Vec::new(),
             abort_waits: Vec::new(),
             pre_aborted: Vec::new(),
@@ -740,6 +755,8 @@ impl Conn {
             }
         }
         self.tasks.clear();
+        self.solicited = 0;
+        self.r2t_starved = false;
         self.running = 0;
         // Task management functions waiting here (ours or another
         // connection's) need not wait for tasks that are gone.
@@ -1565,8 +1582,7 @@ impl Conn {
                         t.aborted = true;
                         vec![itt]
                     } else {
-                        self.tasks.remove(&itt);
-                        self.ttt_to_itt.retain(|_, i| *i != itt);
+                        self.drop_task(itt);
                         Vec::new()
                     }
                 }
@@ -1676,8 +1692,7 @@ impl Conn {
             }
         }
         for itt in gone {
-            self.tasks.remove(&itt);
-            self.ttt_to_itt.retain(|_, i| *i != itt);
+            self.drop_task(itt);
         }
         running
     }
@@ -1737,6 +1752,7 @@ impl Conn {
                 Some(t) if t.histogram.enabled() => rspdk_thread::now_ns(),
                 _ => 0,
             },
+            solicited: 0,
         };
         if write && edtl > 0 {
             if edtl > 64 << 20 {
@@ -1794,6 +1810,20 @@ impl Conn {
         while t.r2ts.len() < max_out && t.next_r2t_offset < t.edtl {
             let off = t.next_r2t_offset;
             let len = burst.min(t.edtl - off);
+            if t.solicited == 0 {
+                // A command's first R2T reserves all the data still to be
+                // solicited, so that a command admitted can always finish
+                // (reserving burst by burst, unfinished commands could take
+                // the whole budget and none complete).
+                let need = (t.edtl - off) as usize;
+                if self.solicited > 0 && self.solicited + need > SOLICIT_BUDGET {
+                    // Solicit when an executing command frees its share.
+                    self.r2t_starved = true;
+                    break;
+                }
+                self.solicited += need;
+                t.solicited = need as u32;
+            }
             let ttt = self.next_ttt;
             self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
             if self.next_ttt == NO_TAG {
@@ -1882,6 +1912,8 @@ impl Conn {
         };
         t.executing = true;
         self.running += 1;
+        self.solicited -= t.solicited as usize;
+        t.solicited = 0;
         let cmd = ScsiCommand {
             // Moved, and the nexus shared: no allocation here.
             cdb: std::mem::take(&mut t.cdb),
@@ -1908,6 +1940,37 @@ impl Conn {
         rspdk_scsi::bufpool::put(data_out);
         if self.cdb_pool.len() < CDB_POOL_MAX {
             self.cdb_pool.push(cdb);
+        }
+        self.resume_r2ts();
+    }
+
+    /// Sends the R2Ts that waited for [`SOLICIT_BUDGET`], now that some of
+    /// it is free.
+    fn resume_r2ts(&mut self) {
+        if !self.r2t_starved || self.solicited >= SOLICIT_BUDGET {
+            return;
+        }
+        self.r2t_starved = false;
+        let waiting: Vec<u32> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| {
+                t.write && !t.executing && t.unsolicited_left == 0 && t.next_r2t_offset < t.edtl
+            })
+            .map(|(itt, _)| *itt)
+            .collect();
+        for itt in waiting {
+            self.send_r2ts(itt);
+        }
+    }
+
+    /// Forgets a task that never executed (aborted), with its R2Ts and its
+    /// share of the solicited bytes.
+    fn drop_task(&mut self, itt: u32) {
+        if let Some(t) = self.tasks.remove(&itt) {
+            self.solicited -= t.solicited as usize;
+            self.ttt_to_itt.retain(|_, i| *i != itt);
+            self.resume_r2ts();
         }
     }
 

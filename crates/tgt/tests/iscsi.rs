@@ -930,6 +930,147 @@ fn scsi_rw(itt: u32, cmd_sn: u32, lba: u32, write: Option<&[u8]>) -> Vec<u8> {
     b
 }
 
+/// A Data-Out PDU (LUN 0) answering R2T `ttt` of task `itt`.
+fn data_out(itt: u32, ttt: u32, data_sn: u32, off: u32, data: &[u8], last: bool) -> Vec<u8> {
+    let mut b = vec![0u8; 48];
+    b[0] = 0x05;
+    b[1] = if last { 0x80 } else { 0 };
+    b[5..8].copy_from_slice(&(data.len() as u32).to_be_bytes()[1..]);
+    b[16..20].copy_from_slice(&itt.to_be_bytes());
+    b[20..24].copy_from_slice(&ttt.to_be_bytes());
+    b[36..40].copy_from_slice(&data_sn.to_be_bytes());
+    b[40..44].copy_from_slice(&off.to_be_bytes());
+    b.extend_from_slice(data);
+    b.resize(48 + data.len().div_ceil(4) * 4, 0);
+    b
+}
+
+/// Answers R2T (`itt`, `ttt`, `off`, `len`) with Data-Out PDUs of 8 KiB
+/// (the target's MaxRecvDataSegmentLength) filled with `fill`, sent by a
+/// writer thread (`w`) so that reading the target's PDUs never waits on
+/// our own sends.
+fn answer_r2t(
+    w: &std::sync::mpsc::Sender<Vec<u8>>,
+    itt: u32,
+    ttt: u32,
+    off: u32,
+    len: u32,
+    fill: u8,
+) {
+    let chunk = vec![fill; 8192];
+    let mut out = Vec::new();
+    let mut done = 0u32;
+    let mut sn = 0;
+    while done < len {
+        let n = 8192.min(len - done);
+        out.extend(data_out(
+            itt,
+            ttt,
+            sn,
+            off + done,
+            &chunk[..n as usize],
+            done + n == len,
+        ));
+        done += n;
+        sn += 1;
+    }
+    w.send(out).unwrap();
+}
+
+/// The target paces its R2Ts: an initiator that leaves the last burst of
+/// each of 32 WRITEs of 2 MiB unanswered (64 MiB in all) is solicited at
+/// most the connection's 32 MiB budget, where without a cap
+/// the target would solicit and hold all of it; once the initiator
+/// finishes the bursts it holds, the rest is solicited and all 32 WRITEs
+/// complete with their data on the LUN.
+#[test]
+fn r2ts_are_paced_by_a_per_connection_budget() {
+    const CMDS: u32 = 32;
+    const EDTL: u32 = 2 << 20;
+    const BURST: u32 = 256 << 10;
+    let t = start(512);
+    let mut s = login_plain(t.port, "iqn.2026-01.io.rspdk:r2t");
+    let mut cmds = Vec::new();
+    for i in 0..CMDS {
+        let mut b = vec![0u8; 48];
+        b[0] = 0x01;
+        b[1] = 0xa1; // F, W, simple
+        b[16..20].copy_from_slice(&(1000 + i).to_be_bytes());
+        b[20..24].copy_from_slice(&EDTL.to_be_bytes());
+        b[24..28].copy_from_slice(&(1 + i).to_be_bytes());
+        b[32] = 0x2a;
+        b[34..38].copy_from_slice(&(i * (EDTL / 512)).to_be_bytes());
+        b[39..41].copy_from_slice(&((EDTL / 512) as u16).to_be_bytes());
+        cmds.extend_from_slice(&b);
+    }
+    s.write_all(&cmds).unwrap();
+    let (w, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let mut ws = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        for b in rx {
+            ws.write_all(&b).unwrap();
+        }
+    });
+    let r2t = |h: &[u8; 48]| {
+        let f = |o: usize| u32::from_be_bytes(h[o..o + 4].try_into().unwrap());
+        (f(16), f(20), f(40), f(44))
+    };
+    // Phase 1: answer every burst but each WRITE's last, until the target
+    // stops soliciting (nothing for 2 s).
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let (mut solicited, mut held) = (0u64, Vec::new());
+    while let Some((h, _)) = read_pdu(&mut s) {
+        assert_eq!(h[0] & 0x3f, 0x31, "expected an R2T, got {h:02x?}");
+        let (itt, ttt, off, len) = r2t(&h);
+        assert!(len <= BURST);
+        solicited += u64::from(len);
+        if off + len < EDTL {
+            answer_r2t(&w, itt, ttt, off, len, itt as u8);
+        } else {
+            held.push((itt, ttt, off, len));
+        }
+    }
+    assert!(
+        solicited <= 32 << 20,
+        "the target solicited {solicited} bytes with R2Ts"
+    );
+    assert!(
+        (held.len() as u32) < CMDS,
+        "every WRITE was solicited to its end: no budget"
+    );
+    // Phase 2: finish the held bursts; the target solicits the rest.
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let held_n = held.len();
+    for (itt, ttt, off, len) in held.drain(..) {
+        answer_r2t(&w, itt, ttt, off, len, itt as u8);
+    }
+    let mut good = 0;
+    while good < CMDS {
+        let Some((h, _)) = read_pdu(&mut s) else {
+            panic!("the WRITEs did not all complete: {good} of {CMDS} (solicited {solicited} in phase 1, {} held)", held_n);
+        };
+        match h[0] & 0x3f {
+            0x31 => {
+                let (itt, ttt, off, len) = r2t(&h);
+                answer_r2t(&w, itt, ttt, off, len, itt as u8);
+            }
+            0x21 => {
+                assert_eq!(h[3], 0, "WRITE status {h:02x?}");
+                good += 1;
+            }
+            op => panic!("unexpected PDU {op:#x}"),
+        }
+    }
+    drop(w);
+    writer.join().unwrap();
+    // The last WRITE's data is on the LUN.
+    s.write_all(&scsi_rw(1, 1 + CMDS, (CMDS - 1) * (EDTL / 512), None))
+        .unwrap();
+    let (h, d) = read_pdu(&mut s).expect("READ after the WRITEs");
+    assert_eq!((h[0] & 0x3f, h[3]), (0x25, 0), "{h:02x?}");
+    assert!(d.iter().all(|&b| b == (1000 + CMDS - 1) as u8));
+}
+
 /// An immediate Task Management Function Request (LUN 0).
 fn tmf(func: u8, itt: u32, rtt: u32, cmd_sn: u32, ref_cmd_sn: u32) -> Vec<u8> {
     let mut b = vec![0u8; 48];
