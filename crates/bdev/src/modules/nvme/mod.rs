@@ -17,7 +17,10 @@
 //!
 //! RPCs: `bdev_nvme_attach_controller`, `bdev_nvme_detach_controller`,
 //! `bdev_nvme_get_controllers`, `bdev_nvme_reset_controller`, with SPDK's
-//! names and parameters. Transports: PCIe and TCP (`-t tcp -a ADDR -s PORT
+//! names and parameters; `bdev_nvme_set_options` ([`opts`]); the health
+//! log, passthrough, error injection, enable/disable, I/O paths and
+//! statistics (`admin`); discovery services (`discovery`); PCIe hotplug
+//! (`hotplug`). Transports: PCIe and TCP (`-t tcp -a ADDR -s PORT
 //! -f ipv4 -n SUBNQN [-q HOSTNQN] [--hdgst] [--ddgst]`).
 //!
 //! Each controller has an admin poller on the thread that attached it: it
