@@ -80,6 +80,15 @@ nvme_rpcs() {
   grep -q '"product_name": "NVMe disk"' /tmp/bdevs.json && grep -q '"serial_number": "RSPDKVM0001"' /tmp/bdevs.json &&
   grep -q '"block_size": 4096' /tmp/bdevs.json && grep -q '"num_blocks": 8192' /tmp/bdevs.json &&
   echo "\$ rspdk_rpc bdev_nvme_reset_controller Nvme0" && $R bdev_nvme_reset_controller Nvme0 &&
+  echo "\$ rspdk_rpc bdev_nvme_get_controller_health_info -c Nvme0" &&
+  $R bdev_nvme_get_controller_health_info -c Nvme0 > /tmp/health.json && cat /tmp/health.json &&
+  grep -q '"serial_number": "RSPDKVM0001"' /tmp/health.json && grep -q '"temperature_celsius": ' /tmp/health.json &&
+  grep -q '"power_on_hours": ' /tmp/health.json &&
+  echo "\$ rspdk_rpc bdev_nvme_send_cmd (Identify Controller into a DMA buffer)" &&
+  $R bdev_nvme_send_cmd -n Nvme0 -t admin -r c2h -c BgAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA== -D 4096 > /tmp/ident.json &&
+  # Bytes 6..24 of the data (serial "RSPDKVM0001" from byte 4, space
+  # padded) start at base64 character 8: "PDKVM0001" and 9 spaces.
+  grep -q '"data": "........UERLVk0wMDAxICAgICAgICAg' /tmp/ident.json && grep -q '"cpl": ' /tmp/ident.json &&
   echo "\$ rspdk_rpc save_config -s bdev" && $R save_config -s bdev > /tmp/saved.json && cat /tmp/saved.json &&
   [ "$(grep -c '"bdev_nvme_attach_controller"' /tmp/saved.json)" = 1 ] &&
   echo "\$ rspdk_rpc bdev_nvme_detach_controller Nvme0" && $R bdev_nvme_detach_controller Nvme0 &&
@@ -91,7 +100,7 @@ nvme_rpcs() {
   kill $pid; wait $pid
   return $r
 }
-check "bdev_nvme RPCs: attach, get_controllers, reset, save_config, detach, load_config" nvme_rpcs
+check "bdev_nvme RPCs: attach, get_controllers, reset, health info, send_cmd, save_config, detach, load_config" nvme_rpcs
 # One DMA buffer contract: an iSCSI LUN and an NVMe-oF namespace on the
 # PCIe NVMe bdev, in rspdk_tgt in this guest. QEMU's iSCSI client (the
 # host's qemu-io, chrooted) writes patterns through the LUN and reads them

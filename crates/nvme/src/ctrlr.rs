@@ -1548,6 +1548,36 @@ impl Controller {
         Ok(())
     }
 
+    /// Disconnects the controller and marks it failed with `reason`
+    /// (SPDK: `spdk_nvme_ctrlr_disconnect`): over TCP the admin connection
+    /// is closed, over PCIe CC.EN is cleared (the controller deletes its
+    /// queues). Queue pairs complete what they hold with "Command Aborted
+    /// due to SQ Deletion" and refuse new commands; [`Controller::reset`]
+    /// connects it again.
+    pub fn disable(&self, reason: &str) {
+        match &self.kind {
+            Kind::Pcie(p) => {
+                let i = &p.inner;
+                let _one = lock(&i.reset_lock);
+                if i.state.load(Ordering::Acquire) == state::DETACHED {
+                    return;
+                }
+                i.fail(reason);
+                let v = i.bar.read32(reg::CC);
+                i.bar.write32(reg::CC, v & !cc::EN);
+            }
+            Kind::Tcp(t) => {
+                let _one = lock(&t.reset_lock);
+                if t.state.load(Ordering::Acquire) == state::DETACHED {
+                    return;
+                }
+                t.fail(reason);
+                t.generation.fetch_add(1, Ordering::AcqRel);
+                t.disconnect_admin();
+            }
+        }
+    }
+
     /// Detaches the controller (SPDK: `spdk_nvme_detach`): a normal shutdown
     /// notification (waiting for CSTS.SHST as CAP.TO allows), then the
     /// device is closed (TCP: the connections) once every queue pair is

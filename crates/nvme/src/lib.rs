@@ -33,7 +33,7 @@ pub use ctrlr::{
     DEFAULT_HOSTNQN,
 };
 pub use error::{NvmeError, Result};
-pub use qpair::{IoQpair, QpairOpts, TimeoutAction, TimeoutEvent};
+pub use qpair::{CmdErrorInjection, IoQpair, QpairOpts, TimeoutAction, TimeoutEvent};
 pub use queue::{Completion, SgeFns};
 pub use status::Status;
 pub use trid::{TransportId, TransportType, DISCOVERY_NQN};

@@ -10,6 +10,7 @@
 //! submission functions taking them are `unsafe`: the memory must stay
 //! valid, and untouched by the caller, until the command completes.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,6 +88,42 @@ pub(crate) fn collect_timeout_actions(
 /// `struct spdk_nvme_qpair`). Owned by one thread.
 pub struct IoQpair {
     t: Qp,
+    /// Error injection (None unless one is set: one branch per command).
+    inject: Option<Box<Injector>>,
+}
+
+/// An error to inject into commands of one opcode (SPDK:
+/// `spdk_nvme_qpair_add_cmd_error_injection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CmdErrorInjection {
+    /// The opcode whose commands get the error.
+    pub opc: u8,
+    /// True: the command never reaches the controller; it completes with
+    /// `status` after `timeout_us`. False: it is submitted and its
+    /// completion's status is replaced by `status`.
+    pub do_not_submit: bool,
+    /// Microseconds a held command waits (with `do_not_submit`).
+    pub timeout_us: u64,
+    /// How many more matching commands get the error.
+    pub err_count: u32,
+    /// The status they complete with.
+    pub status: Status,
+}
+
+/// The injections of one queue pair and the commands they hold or mark.
+#[derive(Debug, Default)]
+struct Injector {
+    rules: Vec<CmdErrorInjection>,
+    /// Commands not submitted: (due, ctx, status).
+    held: VecDeque<(Instant, u64, Status)>,
+    /// Submitted commands whose status is replaced: (ctx, status).
+    marked: Vec<(u64, Status)>,
+}
+
+impl Injector {
+    fn idle(&self) -> bool {
+        self.rules.is_empty() && self.held.is_empty() && self.marked.is_empty()
+    }
 }
 
 enum Qp {
@@ -435,12 +472,14 @@ impl IoQpair {
     pub(crate) fn pcie(q: PcieQpair) -> IoQpair {
         IoQpair {
             t: Qp::Pcie(Box::new(q)),
+            inject: None,
         }
     }
 
     pub(crate) fn tcp(q: TcpIoQpair) -> IoQpair {
         IoQpair {
             t: Qp::Tcp(Box::new(q)),
+            inject: None,
         }
     }
 
@@ -459,6 +498,22 @@ impl IoQpair {
     }
 
     fn submit(&mut self, req: Request) -> Result<()> {
+        if let Some(inj) = self.inject.as_deref_mut() {
+            let opc = req.cmd.opcode();
+            if let Some(r) = inj
+                .rules
+                .iter_mut()
+                .find(|r| r.opc == opc && r.err_count > 0)
+            {
+                r.err_count -= 1;
+                if r.do_not_submit {
+                    let due = Instant::now() + Duration::from_micros(r.timeout_us);
+                    inj.held.push_back((due, req.ctx, r.status));
+                    return Ok(());
+                }
+                inj.marked.push((req.ctx, r.status));
+            }
+        }
         match &mut self.t {
             Qp::Pcie(q) => q.submit(req),
             Qp::Tcp(q) => q.submit(req),
@@ -516,10 +571,66 @@ impl IoQpair {
         max: u32,
         mut done: impl FnMut(&Completion),
     ) -> Result<u32> {
-        match &mut self.t {
-            Qp::Pcie(q) => q.process_completions(max, done),
-            Qp::Tcp(q) => q.process_completions(max, &mut done),
+        let Some(inj) = self.inject.as_deref_mut() else {
+            return match &mut self.t {
+                Qp::Pcie(q) => q.process_completions(max, done),
+                Qp::Tcp(q) => q.process_completions(max, &mut done),
+            };
+        };
+        let mut mark = |c: &Completion| {
+            match inj.marked.iter().position(|m| m.0 == c.ctx) {
+                Some(i) => {
+                    let (_, status) = inj.marked.swap_remove(i);
+                    done(&Completion { status, ..*c })
+                }
+                None => done(c),
+            };
+        };
+        let r = match &mut self.t {
+            Qp::Pcie(q) => q.process_completions(max, &mut mark),
+            Qp::Tcp(q) => q.process_completions(max, &mut mark),
+        };
+        let now = Instant::now();
+        let mut n = 0;
+        while inj.held.front().is_some_and(|h| h.0 <= now) {
+            let (_, ctx, status) = inj.held.pop_front().expect("front checked");
+            done(&Completion {
+                ctx,
+                status,
+                cdw0: 0,
+            });
+            n += 1;
         }
+        if inj.idle() {
+            self.inject = None;
+        }
+        r.map(|k| k + n)
+    }
+
+    /// Injects `e` into this queue pair's commands of opcode `e.opc`
+    /// (replacing an injection for the same opcode).
+    pub fn add_cmd_error_injection(&mut self, e: CmdErrorInjection) {
+        let inj = self.inject.get_or_insert_with(Default::default);
+        match inj.rules.iter_mut().find(|r| r.opc == e.opc) {
+            Some(r) => *r = e,
+            None => inj.rules.push(e),
+        }
+    }
+
+    /// Removes the injection for opcode `opc` (commands it already holds
+    /// still complete with its status when due).
+    pub fn remove_cmd_error_injection(&mut self, opc: u8) {
+        if let Some(inj) = self.inject.as_deref_mut() {
+            inj.rules.retain(|r| r.opc != opc);
+            if inj.idle() {
+                self.inject = None;
+            }
+        }
+    }
+
+    /// Commands held by a `do_not_submit` injection.
+    pub fn injected_held(&self) -> usize {
+        self.inject.as_ref().map_or(0, |i| i.held.len())
     }
 
     /// The command id in flight for `ctx` (to abort it).

@@ -967,6 +967,12 @@ pub mod health_field {
     pub const MEDIA_ERRORS: Range<usize> = 160..176;
     /// Number of Error Information Log Entries.
     pub const NUM_ERROR_LOG_ENTRIES: Range<usize> = 176..192;
+    /// Warning Composite Temperature Time (minutes).
+    pub const WARNING_TEMP_TIME: Range<usize> = 192..196;
+    /// Critical Composite Temperature Time (minutes).
+    pub const CRITICAL_TEMP_TIME: Range<usize> = 196..200;
+    /// Temperature Sensors 1..8 (kelvin, 0: not implemented), 2 bytes each.
+    pub const TEMP_SENSORS: Range<usize> = 200..216;
 }
 
 impl HealthLog {
@@ -1029,6 +1035,19 @@ impl HealthLog {
     /// Error log entries.
     pub fn num_error_log_entries(&self) -> u128 {
         self.le128(health_field::NUM_ERROR_LOG_ENTRIES)
+    }
+    /// Minutes above the warning composite temperature threshold.
+    pub fn warning_temp_time(&self) -> u32 {
+        self.le(health_field::WARNING_TEMP_TIME) as u32
+    }
+    /// Minutes above the critical composite temperature threshold.
+    pub fn critical_temp_time(&self) -> u32 {
+        self.le(health_field::CRITICAL_TEMP_TIME) as u32
+    }
+    /// Temperature sensor `i` (0..8) in kelvin; 0 when not implemented.
+    pub fn temp_sensor(&self, i: usize) -> u16 {
+        let at = health_field::TEMP_SENSORS.start + 2 * i.min(7);
+        self.le(at..at + 2) as u16
     }
     /// Sets the composite temperature.
     pub fn set_temperature(&mut self, k: u16) {

@@ -518,6 +518,38 @@ fn spdk_rpc_drives_every_method() {
     d.ok(&["nvmf_get_stats"]);
     d.ok(&["nvmf_subsystem_get_controllers", nqn]);
     d.ok(&["nvmf_subsystem_get_qpairs", nqn]);
+    // The NVMe bdev module's options: only before a controller exists.
+    d.ok(&[
+        "bdev_nvme_set_options",
+        "-k",
+        "5000",
+        "-a",
+        "abort",
+        "-t",
+        "30000000",
+        "--timeout-admin-us",
+        "20000000",
+        "-s",
+        "1024",
+    ]);
+    d.step(
+        &["bdev_nvme_set_options", "--generate-uuids"],
+        Expect::Err("generate_uuids"),
+    );
+    d.step(
+        &["bdev_nvme_set_options", "-r", "5"],
+        Expect::Err("bdev_retry_count"),
+    );
+    d.ok(&["bdev_nvme_set_hotplug", "--hotplug", "-r", "2000000"]);
+    d.step(
+        &["framework_get_config", "bdev"],
+        Expect::Ok(&["\"keep_alive_timeout_ms\": 5000", "\"period_us\": 2000000"]),
+    );
+    d.ok(&["bdev_nvme_set_hotplug", "--no-hotplug"]);
+    d.step(
+        &["bdev_nvme_set_hotplug", "--hotplug", "-r", "20000000"],
+        Expect::Err("period_us"),
+    );
     // The NVMe bdev module, attached to this very target over TCP.
     d.step(
         &[
@@ -556,8 +588,172 @@ fn spdk_rpc_drives_every_method() {
         Expect::Err("dhchap_key"),
     );
     d.step(&["bdev_nvme_get_controllers"], Expect::Ok(&["Nvme0"]));
+    d.step(
+        &["bdev_nvme_set_options", "-k", "6000"],
+        Expect::Err("not permitted"),
+    );
     d.ok(&["bdev_nvme_reset_controller", "Nvme0"]);
+    // SMART / Health log of our own NVMe-oF controller.
+    let h: Value = serde_json::from_str(&d.step(
+        &["bdev_nvme_get_controller_health_info", "-c", "Nvme0"],
+        Expect::Ok(&["\"model_number\": \"SPDK_Controller1\""]),
+    ))
+    .unwrap();
+    assert_eq!(h["temperature_celsius"], 38, "{h}");
+    assert_eq!(h["available_spare_percentage"], 100, "{h}");
+    assert_eq!(h["traddr"], "127.0.0.1", "{h}");
+    assert!(
+        h["power_on_hours"].is_u64() && h["media_errors"] == 0,
+        "{h}"
+    );
+    // Identify Controller (opcode 06h, CNS 1) passed through.
+    let ident =
+        "BgAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAEAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==";
+    let r: Value = serde_json::from_str(&d.ok(&[
+        "bdev_nvme_send_cmd",
+        "-n",
+        "Nvme0",
+        "-t",
+        "admin",
+        "-r",
+        "c2h",
+        "-c",
+        ident,
+        "-D",
+        "4096",
+    ]))
+    .unwrap();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE;
+    let id = b64.decode(r["data"].as_str().unwrap()).unwrap();
+    assert_eq!(id.len(), 4096);
+    assert!(
+        String::from_utf8_lossy(&id[24..64]).starts_with("SPDK_Controller1"),
+        "model number: {:?}",
+        String::from_utf8_lossy(&id[24..64])
+    );
+    let cpl = b64.decode(r["cpl"].as_str().unwrap()).unwrap();
+    assert_eq!(cpl.len(), 16);
+    assert_eq!(
+        u32::from_le_bytes(cpl[12..16].try_into().unwrap()) >> 17,
+        0,
+        "status"
+    );
+    d.step(
+        &[
+            "bdev_nvme_send_cmd",
+            "-n",
+            "Nvme0",
+            "-t",
+            "admin",
+            "-r",
+            "c2h",
+            "-c",
+            ident,
+            "-D",
+            "4096",
+            "-M",
+            "8",
+        ],
+        Expect::Err("metadata"),
+    );
+    d.step(
+        &["bdev_nvme_get_io_paths"],
+        Expect::Ok(&["\"poll_groups\""]),
+    );
+    d.step(
+        &["bdev_nvme_get_io_paths", "-n", "Nvme0n1"],
+        Expect::Ok(&["\"poll_groups\""]),
+    );
+    d.step(
+        &["bdev_nvme_get_transport_statistics"],
+        Expect::Ok(&["\"poll_groups\""]),
+    );
+    d.ok(&[
+        "bdev_nvme_add_error_injection",
+        "-n",
+        "Nvme0",
+        "-t",
+        "io",
+        "-o",
+        "2",
+        "-e",
+        "3",
+        "-u",
+        "0",
+        "-c",
+        "6",
+    ]);
+    d.ok(&[
+        "bdev_nvme_remove_error_injection",
+        "-n",
+        "Nvme0",
+        "-t",
+        "io",
+        "-o",
+        "2",
+    ]);
+    d.step(
+        &[
+            "bdev_nvme_add_error_injection",
+            "-n",
+            "Nvme0",
+            "-t",
+            "admin",
+            "-o",
+            "6",
+        ],
+        Expect::Err("cmd_type admin"),
+    );
+    d.ok(&["bdev_nvme_disable_controller", "Nvme0"]);
+    d.step(
+        &["bdev_nvme_get_controllers", "-n", "Nvme0"],
+        Expect::Ok(&["\"state\": \"disabled\""]),
+    );
+    d.ok(&["bdev_nvme_enable_controller", "Nvme0"]);
+    d.step(
+        &["bdev_nvme_get_controllers", "-n", "Nvme0"],
+        Expect::Ok(&["\"state\": \"enabled\""]),
+    );
+    d.step(
+        &["bdev_nvme_enable_controller", "-c", "77", "Nvme0"],
+        Expect::Err("cntlid 77"),
+    );
     d.ok(&["bdev_nvme_detach_controller", "Nvme0"]);
+    // A discovery service on this target's discovery subsystem attaches
+    // cnode1 as nvme0 (and lists the referral).
+    d.ok(&[
+        "bdev_nvme_start_discovery",
+        "-b",
+        "nvme",
+        "-t",
+        "tcp",
+        "-a",
+        "127.0.0.1",
+        "-f",
+        "ipv4",
+        "-s",
+        &nvmf_port,
+        "-w",
+    ]);
+    d.step(
+        &["bdev_get_bdevs", "-b", "nvme0n1"],
+        Expect::Ok(&["nvme0n1"]),
+    );
+    d.step(
+        &["bdev_nvme_get_discovery_info"],
+        Expect::Ok(&[
+            "\"name\": \"nvme\"",
+            "nqn.2014-08.org.nvmexpress.discovery",
+            "127.0.0.2",
+        ]),
+    );
+    d.step(
+        &["framework_get_config", "bdev"],
+        Expect::Ok(&["bdev_nvme_start_discovery"]),
+    );
+    d.ok(&["bdev_nvme_stop_discovery", "-b", "nvme"]);
+    d.step(&["bdev_nvme_get_controllers"], Expect::Ok(&["[]"]));
 
     // iSCSI, as the iSCSI Target guide sets it up.
     d.ok(&["iscsi_get_options"]);

@@ -416,6 +416,30 @@ fn method_table() -> Vec<MethodSpec> {
             .pos("name", Str, "NVMe controller name")
             .opt(Some('c'), "cntlid", Int, "NVMe controller ID")
             .output(Nothing),
+        method("bdev_nvme_get_controller_health_info", "Display health log of the required NVMe bdev controller.")
+            .req(Some('c'), "name", Str, "Name of the NVMe bdev controller. Example: Nvme0"),
+        method("bdev_nvme_send_cmd", "NVMe passthrough cmd.")
+            .req(Some('n'), "nvme-name", Str, "Name of the operating NVMe controller")
+            .key("name")
+            .req(Some('t'), "cmd-type", Str, "Type of nvme cmd. Valid values are: admin, io")
+            .req(Some('r'), "data-direction", Str, "Direction of data transfer. Valid values are: c2h, h2c")
+            .req(Some('c'), "cmdbuf", Str, "NVMe command encoded by base64 urlsafe")
+            .opt(Some('d'), "data", Str, "Data transferring to controller from host, encoded by base64 urlsafe")
+            .opt(Some('m'), "metadata", Str, "Metadata transferring to controller from host, encoded by base64 urlsafe")
+            .opt(Some('D'), "data-length", Int, "Data length required to transfer from controller to host")
+            .key("data_len")
+            .opt(Some('M'), "metadata-length", Int, "Metadata length required to transfer from controller to host")
+            .key("metadata_len")
+            .opt(Some('T'), "timeout-ms", Int, "Command execution timeout value, in milliseconds, if 0, don't track timeout"),
+        method("bdev_nvme_set_hotplug", "Set hotplug options for bdev nvme type.")
+            .opt(None, "hotplug", BoolOptional, "Enable or disable hotplug")
+            .key("enable")
+            .opt(Some('r'), "period-us", Int, "How often the hotplug is processed for insert and remove events")
+            .output(Nothing),
+        method("bdev_nvme_get_io_paths", "Display active I/O paths")
+            .opt(Some('n'), "name", Str, "Name of the NVMe bdev"),
+        method("bdev_nvme_get_transport_statistics", "Get bdev_nvme poll group transport statistics"),
+        method("bdev_nvme_get_discovery_info", "Display current discovery subsystem info"),
         method("bdev_aio_create", "Add a bdev with aio backend")
             .pos("filename", Str, "Path to device or file (ex: /dev/sda)")
             .pos("name", Str, "Block device name")

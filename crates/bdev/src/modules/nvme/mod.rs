@@ -17,7 +17,10 @@
 //!
 //! RPCs: `bdev_nvme_attach_controller`, `bdev_nvme_detach_controller`,
 //! `bdev_nvme_get_controllers`, `bdev_nvme_reset_controller`, with SPDK's
-//! names and parameters. Transports: PCIe and TCP (`-t tcp -a ADDR -s PORT
+//! names and parameters; `bdev_nvme_set_options` ([`opts`]); the health
+//! log, passthrough, error injection, enable/disable, I/O paths and
+//! statistics (`admin`); discovery services (`discovery`); PCIe hotplug
+//! (`hotplug`). Transports: PCIe and TCP (`-t tcp -a ADDR -s PORT
 //! -f ipv4 -n SUBNQN [-q HOSTNQN] [--hdgst] [--ddgst]`).
 //!
 //! Each controller has an admin poller on the thread that attached it: it
@@ -37,11 +40,14 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rspdk_nvme::{Controller, ControllerOpts, IoQpair, NvmeError, SgeFns, TransportId};
+use rspdk_nvme::{
+    CmdErrorInjection, Controller, ControllerOpts, IoQpair, NvmeError, QpairOpts, SgeFns,
+    TimeoutAction, TransportId,
+};
 use rspdk_thread::{poller_register, Poller, PollerStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -50,6 +56,11 @@ use crate::bdev::{bdev_register, bdev_unregister, BackendChannel, BdevBackend};
 use crate::io::BdevIo;
 use crate::rpc::{answer_parked, method, method_async, park, respond_later, rpc_error};
 use crate::types::{BdevError, BdevProps, IoStatus, IoType, IoVec};
+
+mod admin;
+mod discovery;
+mod hotplug;
+pub mod opts;
 
 /// The module name.
 pub const MODULE: &str = "nvme";
@@ -322,6 +333,13 @@ struct Health {
     enabled: bool,
     /// Without a policy: the one reset of this failure was tried.
     reset_tried: AtomicBool,
+    /// Disabled by `bdev_nvme_disable_controller`: I/O fails, no reconnect.
+    disabled: AtomicBool,
+    /// Bumped when `inject` changes; channels compare it once per poll.
+    inject_gen: AtomicU64,
+    /// The I/O error injections every channel's queue pair should carry,
+    /// each with a serial number.
+    inject: Mutex<Vec<(u64, CmdErrorInjection)>>,
 }
 
 impl Health {
@@ -398,6 +416,9 @@ fn admin_tick(name: &str) -> PollerStatus {
     else {
         return PollerStatus::Idle;
     };
+    if health.disabled.load(Ordering::Acquire) {
+        return PollerStatus::Idle;
+    }
     if !ctrlr.is_failed() {
         if let Err(e) = ctrlr.process_admin_completions() {
             tracing::warn!(name, error = %e, "NVMe admin queue");
@@ -477,6 +498,36 @@ fn admin_tick(name: &str) -> PollerStatus {
 
 static CTRLRS: Mutex<Vec<NvmeCtrlr>> = Mutex::new(Vec::new());
 
+/// How many controllers are attached.
+pub fn controller_count() -> usize {
+    ctrlrs().len()
+}
+
+/// Counters of one channel (relaxed atomics: written by its thread, read
+/// by the statistics RPC).
+#[derive(Debug, Default)]
+struct ChanStats {
+    polls: AtomicU64,
+    idle_polls: AtomicU64,
+    completions: AtomicU64,
+    submitted: AtomicU64,
+    queued: AtomicU64,
+}
+
+/// A live channel, for `bdev_nvme_get_io_paths` and the statistics.
+struct ChanInfo {
+    id: u64,
+    thread: String,
+    bdev: String,
+    ctrlr: String,
+    trtype: String,
+    stats: Arc<ChanStats>,
+}
+
+/// Every live NVMe channel (changed at channel create/destroy only).
+static CHANNELS: Mutex<Vec<ChanInfo>> = Mutex::new(Vec::new());
+static CHAN_ID: AtomicU64 = AtomicU64::new(1);
+
 fn ctrlrs() -> std::sync::MutexGuard<'static, Vec<NvmeCtrlr>> {
     CTRLRS.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -510,10 +561,29 @@ impl AttachPlan {
         &self.trid
     }
 
+    /// The controller name.
+    pub fn name(&self) -> &str {
+        &self.params.name
+    }
+
     /// Connects (blocking: the TCP connect, the Connect command, Identify,
     /// controller enable); safe to run on any OS thread.
     pub fn connect(&self) -> Result<Controller, BdevError> {
-        Controller::connect(&self.trid, &self.opts).map_err(|e| nvme_err(&self.trid.to_string(), e))
+        let c = Controller::connect(&self.trid, &self.opts)
+            .map_err(|e| nvme_err(&self.trid.to_string(), e))?;
+        let o = opts::get();
+        let arb = o.arbitration_burst
+            | (o.low_priority_weight << 8)
+            | (o.medium_priority_weight << 16)
+            | (o.high_priority_weight << 24);
+        if arb != 0 {
+            // Set Features, Arbitration (01h), as SPDK does at attach.
+            if let Err(e) = c.set_feature(0x01, arb) {
+                let _ = c.detach();
+                return Err(nvme_err("Set Features (Arbitration)", e));
+            }
+        }
+        Ok(c)
     }
 }
 
@@ -536,7 +606,18 @@ pub fn attach_plan(mut params: AttachParams) -> Result<AttachPlan, BdevError> {
             "{trid}: give the subsystem NQN (-n/subnqn); a discovery controller has no namespaces"
         )));
     }
-    let policy = ReconnectPolicy::from_params(&params)?;
+    let o = opts::get();
+    let policy = {
+        let mut p = params.clone();
+        if p.ctrlr_loss_timeout_sec.is_none() && p.reconnect_delay_sec.is_none() {
+            p.ctrlr_loss_timeout_sec = Some(o.ctrlr_loss_timeout_sec);
+            p.reconnect_delay_sec = Some(o.reconnect_delay_sec);
+            p.fast_io_fail_timeout_sec = p
+                .fast_io_fail_timeout_sec
+                .or(Some(o.fast_io_fail_timeout_sec));
+        }
+        ReconnectPolicy::from_params(&p)?
+    };
     // Saved as SPDK writes them: `PCIe`/`TCP`, a full BDF, `IPv4`.
     params.trtype = trid.trtype.as_str().to_string();
     params.traddr = trid.traddr.clone();
@@ -554,6 +635,21 @@ pub fn attach_plan(mut params: AttachParams) -> Result<AttachPlan, BdevError> {
     opts.data_digest = params.ddgst.unwrap_or(false);
     if let Some(h) = &params.hostnqn {
         opts.hostnqn = h.clone();
+    }
+    opts.keep_alive_timeout_ms = o.keep_alive_timeout_ms;
+    if o.io_queue_requests > 0 {
+        opts.io_queue_requests = o.io_queue_requests.max(opts.io_queue_requests);
+    }
+    let admin_us = if o.timeout_admin_us != 0 {
+        o.timeout_admin_us
+    } else {
+        o.timeout_us
+    };
+    if admin_us > 0 {
+        opts.admin_timeout_ms = admin_us.div_ceil(1000);
+    }
+    if o.tcp_connect_timeout_ms > 0 && trid.trtype == rspdk_nvme::TransportType::Tcp {
+        opts.admin_timeout_ms = o.tcp_connect_timeout_ms as u64;
     }
     if let Some(us) = params.fabrics_connect_timeout_us.filter(|&u| u > 0) {
         opts.admin_timeout_ms = us.div_ceil(1000);
@@ -595,8 +691,9 @@ pub fn attach_finish(plan: AttachPlan, ctrlr: Controller) -> Result<Vec<String>,
         params,
         trid,
         policy,
-        ..
+        opts: copts,
     } = plan;
+    let plan_requests = copts.io_queue_requests;
     if let Err(e) = check_free(&params, &trid) {
         let _ = ctrlr.detach();
         return Err(e);
@@ -613,6 +710,7 @@ pub fn attach_finish(plan: AttachPlan, ctrlr: Controller) -> Result<Vec<String>,
         enabled: policy.ctrlr_loss_timeout_sec != 0,
         ..Default::default()
     });
+    let o = opts::get();
     let mut names = Vec::new();
     let mut fail = None;
     for ns in &namespaces {
@@ -629,6 +727,14 @@ pub fn attach_finish(plan: AttachPlan, ctrlr: Controller) -> Result<Vec<String>,
             oncs,
             vwc,
             health: health.clone(),
+            qp_opts: QpairOpts {
+                io_queue_size: ControllerOpts::default().io_queue_size,
+                io_queue_requests: plan_requests,
+                delay_doorbell: o.delay_cmd_submit,
+            },
+            ioq_poll_us: o.nvme_ioq_poll_period_us,
+            timeout: (o.timeout_us, o.action_on_timeout.clone()),
+            enable_flush: o.enable_flush,
         }));
         match bdev_register(props, MODULE, Box::new(backend)) {
             Ok(_) => names.push(name),
@@ -658,7 +764,9 @@ pub fn attach_finish(plan: AttachPlan, ctrlr: Controller) -> Result<Vec<String>,
         next_try: None,
     });
     let n2 = name.clone();
-    match poller_register("bdev_nvme_admin", 10_000, move |_| admin_tick(&n2)) {
+    match poller_register("bdev_nvme_admin", o.nvme_adminq_poll_period_us, move |_| {
+        admin_tick(&n2)
+    }) {
         Ok(p) => {
             let _ = ADMIN_POLLERS.try_with(|m| m.borrow_mut().insert(name, p));
         }
@@ -720,11 +828,33 @@ pub fn detach(name: &str, done: impl FnOnce() + Send + 'static) -> Result<(), Bd
         .cloned()
         .collect();
     let ctrlr = c.ctrlr;
+    // The shutdown notification waits for the controller (over TCP, for
+    // a target that may be served by this very reactor): off the reactor.
     let finish = move || {
-        if let Err(e) = ctrlr.detach() {
-            tracing::warn!(error = %e, "NVMe detach");
+        let run = move || {
+            if let Err(e) = ctrlr.detach() {
+                tracing::warn!(error = %e, "NVMe detach");
+            }
+            done();
+        };
+        if rspdk_thread::get_thread().is_none() {
+            return run();
         }
-        done();
+        let slot = Arc::new(Mutex::new(Some(run)));
+        let s2 = slot.clone();
+        if std::thread::Builder::new()
+            .name("bdev_nvme_detach".into())
+            .spawn(move || {
+                if let Some(r) = s2.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    r()
+                }
+            })
+            .is_err()
+        {
+            if let Some(r) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                r()
+            }
+        }
     };
     if bdevs.is_empty() {
         finish();
@@ -784,7 +914,9 @@ pub fn get_controllers(name: Option<&str>) -> Result<Value, BdevError> {
         out.push(json!({
             "name": c.name,
             "ctrlrs": [{
-                "state": if !c.ctrlr.is_failed() {
+                "state": if c.health.disabled.load(Ordering::Acquire) {
+                    "disabled"
+                } else if !c.ctrlr.is_failed() {
                     "enabled"
                 } else if c.health.enabled {
                     "resetting"
@@ -816,6 +948,11 @@ struct NvmeNs {
     oncs: u16,
     vwc: bool,
     health: Arc<Health>,
+    qp_opts: QpairOpts,
+    ioq_poll_us: u64,
+    /// (`timeout_us`, `action_on_timeout`) of bdev_nvme_set_options.
+    timeout: (u64, String),
+    enable_flush: bool,
 }
 
 struct NvmeBackend(Arc<NvmeNs>);
@@ -880,13 +1017,20 @@ impl crate::bdev::BdevModule for NvmeModule {
     }
 
     fn config_json(&self) -> Vec<Value> {
-        ctrlrs()
-            .iter()
-            .map(|c| json!({"method": "bdev_nvme_attach_controller", "params": c.params}))
-            .collect()
+        let mut out = vec![opts::config_json(), hotplug::config_json()];
+        out.extend(discovery::config_json());
+        out.extend(
+            ctrlrs()
+                .iter()
+                .filter(|c| !discovery::is_discovered(&c.name))
+                .map(|c| json!({"method": "bdev_nvme_attach_controller", "params": c.params})),
+        );
+        out
     }
 
     fn fini(&self) {
+        hotplug::stop();
+        discovery::stop_all();
         let all: Vec<NvmeCtrlr> = std::mem::take(&mut *ctrlrs());
         for c in all {
             drop_admin_poller(&c.name);
@@ -946,6 +1090,7 @@ struct Slot {
 }
 
 struct NsState {
+    stats: Arc<ChanStats>,
     health: Arc<Health>,
     qp: IoQpair,
     nsid: u32,
@@ -955,11 +1100,43 @@ struct NsState {
     free: Vec<u32>,
     waiting: VecDeque<BdevIo>,
     done: Vec<(BdevIo, IoStatus)>,
+    enable_flush: bool,
+    /// The controller's `inject_gen` this queue pair's injections match.
+    inject_seen: u64,
+    /// Serial numbers and opcodes of the injections applied here.
+    injected: Vec<(u64, u8)>,
+}
+
+impl NsState {
+    /// Brings the queue pair's error injections in line with the
+    /// controller's list (runs only when the list changed).
+    fn sync_injections(&mut self) {
+        let gen = self.health.inject_gen.load(Ordering::Acquire);
+        let want = self
+            .health
+            .inject
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for &(serial, opc) in &self.injected {
+            if !want.iter().any(|w| w.0 == serial) && !want.iter().any(|w| w.1.opc == opc) {
+                self.qp.remove_cmd_error_injection(opc);
+            }
+        }
+        for (serial, e) in &want {
+            if !self.injected.iter().any(|i| i.0 == *serial) {
+                self.qp.add_cmd_error_injection(*e);
+            }
+        }
+        self.injected = want.iter().map(|(s, e)| (*s, e.opc)).collect();
+        self.inject_seen = gen;
+    }
 }
 
 struct NvmeChannel {
     st: Rc<RefCell<NsState>>,
     poller: Option<Poller>,
+    id: u64,
 }
 
 /// Maps a completion status to the bdev layer's.
@@ -974,15 +1151,43 @@ pub fn io_status(sct: u8, sc: u8) -> IoStatus {
 impl NvmeChannel {
     fn open(ns: Arc<NvmeNs>) -> Result<Box<dyn BackendChannel>, BdevError> {
         let bdev = bdev_name(&ns.ctrlr_name, ns.nsid);
-        let qp = ns
+        let mut qp = ns
             .ctrlr
-            .alloc_io_qpair(None)
+            .alloc_io_qpair(Some(ns.qp_opts))
             .map_err(|e| BdevError::Channel {
                 bdev: bdev.clone(),
                 detail: format!("I/O queue pair: {e}"),
             })?;
-        let n = ControllerOpts::default().io_queue_requests as usize;
+        if ns.timeout.0 > 0 {
+            let action = match ns.timeout.1.as_str() {
+                "abort" => TimeoutAction::Abort,
+                "reset" => TimeoutAction::Reset,
+                _ => TimeoutAction::None,
+            };
+            let b = bdev.clone();
+            qp.set_timeout(Duration::from_micros(ns.timeout.0), move |ev| {
+                tracing::warn!(bdev = %b, cid = ev.cid, opcode = ev.opcode, ?action, "NVMe command timed out");
+                action
+            });
+        }
+        let n = ns.qp_opts.io_queue_requests as usize;
+        let stats = Arc::new(ChanStats::default());
+        let id = CHAN_ID.fetch_add(1, Ordering::Relaxed);
+        CHANNELS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(ChanInfo {
+                id,
+                thread: rspdk_thread::get_thread()
+                    .map(|t| t.name().to_string())
+                    .unwrap_or_default(),
+                bdev: bdev.clone(),
+                ctrlr: ns.ctrlr_name.clone(),
+                trtype: ns.ctrlr.trid().trtype.as_str().to_string(),
+                stats: stats.clone(),
+            });
         let st = Rc::new(RefCell::new(NsState {
+            stats,
             health: ns.health.clone(),
             qp,
             nsid: ns.nsid,
@@ -1002,9 +1207,12 @@ impl NvmeChannel {
             free: (0..n as u32).rev().collect(),
             waiting: VecDeque::new(),
             done: Vec::with_capacity(n),
+            enable_flush: ns.enable_flush,
+            inject_seen: 0,
+            injected: Vec::new(),
         }));
         let weak: Weak<RefCell<NsState>> = Rc::downgrade(&st);
-        let poller = poller_register("bdev_nvme", 0, move |_| match weak.upgrade() {
+        let poller = poller_register("bdev_nvme", ns.ioq_poll_us, move |_| match weak.upgrade() {
             Some(st) => poll(&st),
             None => PollerStatus::Idle,
         })
@@ -1015,6 +1223,7 @@ impl NvmeChannel {
         Ok(Box::new(NvmeChannel {
             st,
             poller: Some(poller),
+            id,
         }))
     }
 }
@@ -1073,6 +1282,12 @@ impl NsState {
                     }
                 }
             }
+            IoType::Flush if !self.enable_flush => {
+                // As SPDK with enable_flush false: done without the device.
+                let io = self.release(i).expect("slot just filled");
+                self.done.push((io, IoStatus::Success));
+                return Ok(());
+            }
             IoType::Flush => self.qp.flush(nsid, ctx),
             IoType::WriteZeroes if nlb <= MAX_WRITE_ZEROES_BLOCKS => {
                 self.qp.write_zeroes(nsid, lba, nlb as u32, false, ctx)
@@ -1083,7 +1298,10 @@ impl NsState {
             _ => Err(NvmeError::NotSupported(format!("{t:?} of {nlb} blocks"))),
         };
         match r {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.stats.submitted.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
             Err(e) => {
                 tracing::debug!(bdev = %self.bdev, error = %e, "NVMe submission refused");
                 let io = self.release(i).expect("slot just filled");
@@ -1107,6 +1325,11 @@ impl NsState {
 
     /// Starts `io`, or queues it when every slot is busy.
     fn start(&mut self, io: BdevIo) -> Result<(), (BdevIo, IoStatus)> {
+        // One relaxed load: an injection added by RPC applies from the
+        // next I/O on (the RPC answers before this channel polls).
+        if self.health.inject_gen.load(Ordering::Relaxed) != self.inject_seen {
+            self.sync_injections();
+        }
         if self.health.reconnecting.load(Ordering::Acquire) {
             if self.health.waits() {
                 self.waiting.push_back(io);
@@ -1130,6 +1353,9 @@ fn poll(cell: &RefCell<NsState>) -> PollerStatus {
     let done = {
         let mut guard = cell.borrow_mut();
         let st = &mut *guard;
+        if st.health.inject_gen.load(Ordering::Relaxed) != st.inject_seen {
+            st.sync_injections();
+        }
         let NsState {
             qp,
             slots,
@@ -1152,6 +1378,15 @@ fn poll(cell: &RefCell<NsState>) -> PollerStatus {
             }
         });
         let n = r.unwrap_or(0);
+        st.stats.polls.fetch_add(1, Ordering::Relaxed);
+        if n == 0 {
+            st.stats.idle_polls.fetch_add(1, Ordering::Relaxed);
+        } else {
+            st.stats.completions.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        st.stats
+            .queued
+            .store(st.waiting.len() as u64, Ordering::Relaxed);
         if st.health.reconnecting.load(Ordering::Acquire) {
             if !st.health.waits() {
                 while let Some(io) = st.waiting.pop_front() {
@@ -1212,6 +1447,10 @@ impl BackendChannel for NvmeChannel {
 
 impl Drop for NvmeChannel {
     fn drop(&mut self) {
+        CHANNELS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|c| c.id != self.id);
         if let Some(p) = self.poller.take() {
             p.unregister();
         }
@@ -1303,9 +1542,18 @@ fn detach_matches(p: &DetachParams) -> Result<(), BdevError> {
     }
 }
 
-/// Registers the four `bdev_nvme_*` controller methods.
+/// Registers the `bdev_nvme_*` methods.
 pub fn register_rpcs(reg: &rspdk_rpc::RpcRegistry) {
     let rt = rspdk_rpc::StateMask::RUNTIME;
+    admin::register_rpcs(reg);
+    discovery::register_rpcs(reg);
+    hotplug::register_rpcs(reg);
+    method(
+        reg,
+        "bdev_nvme_set_options",
+        rspdk_rpc::StateMask::ALL,
+        |p: opts::SetOptionsParams| opts::set_options(&p).map(|()| json!(true)),
+    );
     // The connect runs on a helper thread so that an address that accepts
     // and never answers (or answers slowly) does not stop this reactor:
     // RPCs and I/O go on meanwhile; the answer comes when it is done.
