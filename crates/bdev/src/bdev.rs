@@ -53,8 +53,10 @@ pub trait BackendChannel {
     fn submit(&mut self, io: BdevIo);
 }
 
-/// A bdev module (SPDK: `struct spdk_bdev_module`): lifecycle hooks and
-/// examine. Registered explicitly with [`module_register`].
+/// A bdev module (SPDK: `struct spdk_bdev_module`): its RPC methods, log
+/// flags, save_config entries, examine and shutdown. Each module crate
+/// (`modules/bdev/*`) has one; the app registers the modules it ships with
+/// [`module_register`], in one list, before the framework starts.
 pub trait BdevModule: Send + Sync + 'static {
     /// The module's name (`bdev_get_bdevs` shows it as the claimer).
     fn name(&self) -> &'static str;
@@ -67,6 +69,17 @@ pub trait BdevModule: Send + Sync + 'static {
     /// Module-wide RPC calls for save_config (before the bdevs' own).
     fn config_json(&self) -> Vec<Value> {
         Vec::new()
+    }
+
+    /// Registers the module's RPC methods (SPDK's `bdev_<module>_*`): the
+    /// one place a module adds methods, called once when the `bdev`
+    /// subsystem registers its own.
+    fn register_rpcs(&self, _reg: &rspdk_rpc::RpcRegistry) {}
+
+    /// SPDK's log flags of the module (`-L FLAG`, `log_set_flag`), each
+    /// with the tracing target whose debug logs it enables.
+    fn log_flags(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
     }
 
     /// Called at subsystem shutdown.

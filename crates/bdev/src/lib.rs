@@ -49,14 +49,16 @@
 
 mod bdev;
 mod channel;
+pub mod file;
 mod histogram;
 mod io;
-pub mod modules;
+mod module_api;
 mod qos;
 pub mod rpc;
 mod stats;
 mod subsystem;
 mod types;
+pub mod vbdev;
 
 pub use bdev::{
     auto_examine, bdev_get, bdev_open, bdev_register, bdev_unregister, bdevs, check_name,
@@ -66,6 +68,7 @@ pub use bdev::{
 pub use channel::BdevIoChannel;
 pub use histogram::Histogram;
 pub use io::{io_objects_created, io_pool_options, set_io_pool_options, BdevIo};
+pub use module_api::complete_batch;
 pub use qos::QosLimits;
 pub use stats::{IoStats, ResetMode, TypeStats};
 pub use subsystem::BdevSubsystem;

@@ -11,7 +11,6 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::modules::{malloc, null};
 use crate::types::BdevError;
 use crate::{bdev_get, bdevs, QosLimits, ResetMode};
 
@@ -134,13 +133,6 @@ struct GetBdevsParams {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NullResizeParams {
-    name: String,
-    new_size: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct QosParams {
     name: String,
     #[serde(default)]
@@ -243,30 +235,10 @@ fn opt_params<P: DeserializeOwned + Default>(v: Option<Value>) -> Result<P, RpcE
     }
 }
 
-/// Registers the bdev layer's and every module's methods.
+/// Registers the bdev layer's methods (each module registers its own:
+/// [`crate::BdevModule::register_rpcs`]).
 pub fn register_rpcs(reg: &RpcRegistry) {
     let rt = StateMask::RUNTIME;
-    method(reg, "bdev_malloc_create", rt, |o: malloc::MallocOpts| {
-        malloc::create(o).map(|b| json!(b.name()))
-    });
-    delete_method(
-        reg,
-        "bdev_malloc_delete",
-        |p: &NameParam| &p.name,
-        malloc::delete,
-    );
-    method(reg, "bdev_null_create", rt, |o: null::NullOpts| {
-        null::create(o).map(|b| json!(b.name()))
-    });
-    delete_method(
-        reg,
-        "bdev_null_delete",
-        |p: &NameParam| &p.name,
-        null::delete,
-    );
-    method(reg, "bdev_null_resize", rt, |p: NullResizeParams| {
-        null::resize(&p.name, p.new_size).map(|()| json!(true))
-    });
     let r = reg.register(
         "bdev_get_bdevs",
         rt,
@@ -422,9 +394,6 @@ pub fn register_rpcs(reg: &RpcRegistry) {
             Ok(json!(true))
         },
     );
-    for m in crate::modules::rpc_registrars() {
-        m(reg);
-    }
 }
 
 fn log_reg(r: Result<(), rspdk_rpc::Error>, name: &str) {

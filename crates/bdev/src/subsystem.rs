@@ -18,24 +18,15 @@ impl Subsystem for BdevSubsystem {
     }
 
     fn register_rpcs(&self, registry: &RpcRegistry) -> Result<(), rspdk_rpc::Error> {
-        // SPDK's log flags of the bdev layer and its modules (`-L FLAG`,
-        // `log_set_flag`), each enabling debug logs of its code.
-        for (flag, target) in [
-            ("bdev", "rspdk_bdev"),
-            ("bdev_malloc", "rspdk_bdev::modules::malloc"),
-            ("bdev_null", "rspdk_bdev::modules::null"),
-            ("aio", "rspdk_bdev::modules::aio"),
-            ("uring", "rspdk_bdev::modules::uring"),
-            ("bdev_nvme", "rspdk_bdev::modules::nvme"),
-            ("nvme", "rspdk_nvme"),
-            ("vbdev_delay", "rspdk_bdev::modules::delay"),
-            ("vbdev_passthru", "rspdk_bdev::modules::passthru"),
-            ("vbdev_split", "rspdk_bdev::modules::split"),
-            ("vbdev_error", "rspdk_bdev::modules::error"),
-        ] {
-            rspdk_event::log::register_log_flag(flag, &[target]);
+        // SPDK's log flags (`-L FLAG`, `log_set_flag`) of the layer and of
+        // each registered module, each enabling debug logs of its code.
+        rspdk_event::log::register_log_flag("bdev", &["rspdk_bdev"]);
+        for m in crate::modules() {
+            for (flag, target) in m.log_flags() {
+                rspdk_event::log::register_log_flag(flag, &[target]);
+            }
+            m.register_rpcs(registry);
         }
-        crate::modules::register_modules();
         crate::rpc::register_rpcs(registry);
         Ok(())
     }

@@ -69,7 +69,8 @@ impl IoType {
         )
     }
 
-    pub(crate) fn index(self) -> usize {
+    /// A dense index (0..COUNT) for per-type tables.
+    pub fn index(self) -> usize {
         self as usize
     }
 }
