@@ -1144,6 +1144,10 @@ pub(crate) fn dispatch_connection(stream: TcpStream, local: SocketAddr, peer: So
         let priority = t.transport.as_ref().map_or(0, |o| o.sock_priority);
         (t.next_poll_group(), priority)
     };
+    // sock_impl_set_options (posix): buffer sizes, quick ack.
+    if let Err(e) = rspdk_sock::apply_server(stream.as_raw_fd()) {
+        tracing::warn!(%peer, error = %e, "nvmf: cannot apply the sock options to a connection");
+    }
     if let Err(e) = crate::tcp::set_priority(&stream, priority) {
         tracing::warn!(%peer, priority, error = %e, "nvmf: cannot set SO_PRIORITY (sock_priority) on a connection");
     }

@@ -65,6 +65,9 @@ pub(crate) fn listen(addr: SocketAddr, period_us: u64) -> Result<SocketAddr> {
         what: format!("listen on {addr}"),
         source: e,
     })?;
+    if let Err(e) = rspdk_sock::apply_listener(sock.as_raw_fd()) {
+        tracing::warn!(%addr, error = %e, "nvmf: cannot apply the sock options to a listener");
+    }
     let addr = sock.local_addr().map_err(|e| NvmfError::Io {
         what: format!("read the address of the listener on {addr}"),
         source: e,
