@@ -664,6 +664,9 @@ fn spdk_rpc_drives_every_method() {
         Expect::Ok(&["iqn.2016-06.io.spdk:disk1"]),
     );
 
+    // sock_*, nvmf targets and per-namespace hosts, thread_set_cpumask.
+    drive_sock_targets_ns_hosts_cpumask(&mut d, nqn);
+
     // save_config (rpc.py builds it from framework_get_subsystems and
     // framework_get_config) loads into a second target.
     let subs = d.ok(&["framework_get_subsystems"]);
@@ -735,6 +738,68 @@ fn spdk_rpc_drives_every_method() {
         names.contains(&"Pass0") && names.contains(&"Malloc0"),
         "{names:?}\n{}",
         std::fs::read_to_string(&t2.log).unwrap_or_default()
+    );
+}
+
+// ---- sock_*, nvmf_*_target(s), nvmf_ns_{add,remove}_host,
+// ---- thread_set_cpumask (kept apart from the other blocks for merging).
+
+/// The sock layer's, NVMe-oF targets', per-namespace hosts' and
+/// thread_set_cpumask's methods, as SPDK's docs call them.
+fn drive_sock_targets_ns_hosts_cpumask(d: &mut Driver<'_>, nqn: &str) {
+    let _ = nqn;
+    d.step(
+        &["sock_get_default_impl"],
+        Expect::Ok(&["\"impl_name\": \"posix\""]),
+    );
+    d.ok(&["sock_set_default_impl", "-i", "posix"]);
+    d.step(
+        &["sock_set_default_impl", "-i", "uring"],
+        Expect::Err("io_uring"),
+    );
+    d.ok(&[
+        "sock_impl_set_options",
+        "-i",
+        "posix",
+        "-r",
+        "1048576",
+        "-s",
+        "1048576",
+        "--quickack",
+        "--recv-pipe",
+    ]);
+    d.step(
+        &["sock_impl_get_options", "-i", "posix"],
+        Expect::Ok(&["\"recv_buf_size\": 1048576", "\"enable_quickack\": true"]),
+    );
+    d.step(
+        &["sock_impl_set_options", "-i", "posix", "-p", "2"],
+        Expect::Err("enable_placement_id"),
+    );
+    d.step(
+        &["sock_impl_set_options", "-i", "posix", "--no-recv-pipe"],
+        Expect::Err("enable_recv_pipe"),
+    );
+    d.step(
+        &[
+            "sock_impl_set_options",
+            "-i",
+            "posix",
+            "--zerocopy-send-client",
+        ],
+        Expect::Err("enable_zerocopy_send_client"),
+    );
+    d.step(
+        &["sock_impl_set_options", "-i", "ssl", "--ktls"],
+        Expect::Err("TLS"),
+    );
+    d.step(
+        &["sock_impl_get_options", "-i", "uring"],
+        Expect::Err("uring"),
+    );
+    d.step(
+        &["framework_get_config", "sock"],
+        Expect::Ok(&["sock_set_default_impl", "\"recv_buf_size\": 1048576"]),
     );
 }
 
