@@ -1595,6 +1595,7 @@ impl ConnInner {
                 dead: AtomicBool::new(false),
                 changed_ns: Mutex::new(Vec::new()),
                 aen_pending: AtomicBool::new(false),
+                aec: AtomicU32::new(1 << 8),
                 admin: (t.handle(), self.id),
                 last_keep_alive: AtomicU64::new(rspdk_thread::now_ns()),
             });
@@ -1683,15 +1684,15 @@ impl ConnInner {
                         if nsid == 0 || (nsid > nn && nsid != 0xffff_ffff) {
                             return self.complete(slot, sc::INVALID_NS, 0);
                         }
-                        admin::identify_namespace(&s, nsid)
+                        admin::identify_namespace(&s, nsid, &c.hostnqn)
                     }
                     2 if !s.discovery => {
                         if nsid >= 0xffff_fffe {
                             return self.complete(slot, sc::INVALID_NS, 0);
                         }
-                        admin::active_ns_list(&s, nsid)
+                        admin::active_ns_list(&s, nsid, &c.hostnqn)
                     }
-                    3 if !s.discovery => match admin::ns_id_descriptors(&s, nsid) {
+                    3 if !s.discovery => match admin::ns_id_descriptors(&s, nsid, &c.hostnqn) {
                         Some(d) => d,
                         None => return self.complete(slot, sc::INVALID_NS, 0),
                     },
@@ -1728,7 +1729,7 @@ impl ConnInner {
                         n | (n << 16)
                     }
                     0x0f => c.kato_ms.load(Ordering::Relaxed),
-                    0x0b => 0x100,
+                    0x0b => c.aec.load(Ordering::Relaxed),
                     0x06 => 1,
                     0x04 => 0x0157,
                     0x01 | 0x02 | 0x05 | 0x08 | 0x0a => 0,
@@ -1750,9 +1751,12 @@ impl ConnInner {
                         c.kato_ms.store(dw11, Ordering::Relaxed);
                         self.complete(slot, sc::SUCCESS, 0)
                     }
-                    0x0b | 0x06 | 0x04 | 0x01 | 0x02 | 0x05 | 0x08 => {
+                    0x0b => {
+                        // Only the bits of notices this target sends.
+                        c.aec.store(dw11 & (1 << 8), Ordering::Relaxed);
                         self.complete(slot, sc::SUCCESS, 0)
                     }
+                    0x06 | 0x04 | 0x01 | 0x02 | 0x05 | 0x08 => self.complete(slot, sc::SUCCESS, 0),
                     _ => self.complete(slot, sc::INVALID_FIELD, 0),
                 }
             }
@@ -1787,7 +1791,11 @@ impl ConnInner {
         if g != self.ns_gen || self.ns_missing {
             self.ns.clear();
             self.ns_missing = false;
-            for (id, ns) in lock(&q.ctrlr.subsys.namespaces).iter() {
+            let host = q.ctrlr.hostnqn.as_str();
+            for (id, ns) in lock(&q.ctrlr.subsys.namespaces)
+                .iter()
+                .filter(|(_, ns)| ns.visible_to(host))
+            {
                 match ns.desc.get_io_channel() {
                     Ok(ch) => self.ns.push(NsChan {
                         nsid: *id,
@@ -1809,8 +1817,8 @@ impl ConnInner {
             Some(i) => Ok(Some(i)),
             None if self.ns_missing
                 && lock(&q.ctrlr.subsys.namespaces)
-                    .iter()
-                    .any(|(id, _)| *id == nsid) =>
+                    .get(&nsid)
+                    .is_some_and(|ns| ns.visible_to(&q.ctrlr.hostnqn)) =>
             {
                 Err(())
             }

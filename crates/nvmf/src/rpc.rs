@@ -244,11 +244,6 @@ impl NsSpec {
             ),
             ("anagrpid", self.anagrpid.is_some(), "ANA groups"),
             (
-                "no_auto_visible",
-                self.no_auto_visible,
-                "per-host namespace visibility (nvmf_ns_add_host)",
-            ),
-            (
                 "hide_metadata",
                 self.hide_metadata,
                 "hiding a bdev's metadata from hosts",
@@ -271,6 +266,16 @@ struct AddNs {
 struct RemoveNs {
     nqn: String,
     nsid: u32,
+    #[serde(default)]
+    tgt_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NsHostParams {
+    nqn: String,
+    nsid: u32,
+    host: String,
     #[serde(default)]
     tgt_name: Option<String>,
 }
@@ -609,12 +614,30 @@ pub fn register_rpcs(reg: &RpcRegistry) {
             .as_deref()
             .map(|s| parse_hex::<8>(s, "eui64", s))
             .transpose()?;
-        let nsid = target().add_ns(&p.nqn, &n.bdev_name, n.nsid, uuid, nguid, eui64)?;
+        let nsid = target().add_ns(
+            &p.nqn,
+            &n.bdev_name,
+            n.nsid,
+            uuid,
+            nguid,
+            eui64,
+            n.no_auto_visible,
+        )?;
         Ok(json!(nsid))
     });
     method(reg, "nvmf_subsystem_remove_ns", rt, |p: RemoveNs| {
         one_target(&p.tgt_name)?;
         target().remove_ns(&p.nqn, p.nsid)?;
+        Ok(json!(true))
+    });
+    method(reg, "nvmf_ns_add_host", rt, |p: NsHostParams| {
+        one_target(&p.tgt_name)?;
+        target().ns_set_visible(&p.nqn, p.nsid, &p.host, true)?;
+        Ok(json!(true))
+    });
+    method(reg, "nvmf_ns_remove_host", rt, |p: NsHostParams| {
+        one_target(&p.tgt_name)?;
+        target().ns_set_visible(&p.nqn, p.nsid, &p.host, false)?;
         Ok(json!(true))
     });
     method(reg, "nvmf_subsystem_add_host", rt, |p: HostParams| {
@@ -876,10 +899,21 @@ pub fn config_json() -> Vec<Value> {
                     .map(|x| format!("{x:02X}"))
                     .collect::<String>());
             }
+            spec["no_auto_visible"] = json!(!ns.auto_visible);
             out.push(json!({"method": "nvmf_subsystem_add_ns", "params": {
                 "nqn": s.nqn,
                 "namespace": spec,
             }}));
+        }
+    }
+    // As SPDK: the namespaces' hosts once every namespace is there.
+    for s in &t.subsystems {
+        for ns in lock(&s.namespaces).values() {
+            for h in lock(&ns.hosts).iter() {
+                out.push(json!({"method": "nvmf_ns_add_host", "params": {
+                    "nqn": s.nqn, "nsid": ns.nsid, "host": h,
+                }}));
+            }
         }
     }
     out

@@ -467,6 +467,20 @@ pub struct Namespace {
     pub eui64: [u8; 8],
     /// The open bdev, shared with the connections.
     pub desc: Arc<BdevDesc>,
+    /// Visible to every host allowed on the subsystem (SPDK: the
+    /// namespace was added without `no_auto_visible`).
+    pub auto_visible: bool,
+    /// With `auto_visible` off, the hosts that see the namespace
+    /// (`nvmf_ns_add_host`), in the order added.
+    pub hosts: Mutex<Vec<String>>,
+}
+
+impl Namespace {
+    /// True if a controller of `hostnqn` sees this namespace (active in
+    /// its Identify lists, open to its I/O).
+    pub fn visible_to(&self, hostnqn: &str) -> bool {
+        self.auto_visible || lock(&self.hosts).iter().any(|h| h == hostnqn)
+    }
 }
 
 /// A controller (SPDK: `struct spdk_nvmf_ctrlr`): made by an admin queue
@@ -500,6 +514,9 @@ pub struct Controller {
     pub admin: (ThreadHandle, u64),
     /// Last keep alive (or any admin command), ns.
     pub last_keep_alive: AtomicU64,
+    /// Asynchronous Event Configuration (Set Features 0Bh); bit 8:
+    /// namespace attribute notices (on at creation, as SPDK).
+    pub aec: AtomicU32,
 }
 
 impl Controller {
@@ -583,13 +600,27 @@ impl Subsystem {
 
     /// Tells every controller that namespace `nsid` changed (AER).
     pub fn notify_ns_change(&self, nsid: u32) {
+        self.notify_ns_change_for(nsid, |_| true);
+    }
+
+    /// Tells the controllers for whose host NQN `affected` holds that
+    /// namespace `nsid` changed: it goes into their changed namespace
+    /// list (log page 04h) and, if they enabled namespace attribute
+    /// notices (Set Features 0Bh bit 8), an AER completes.
+    pub fn notify_ns_change_for(&self, nsid: u32, affected: impl Fn(&str) -> bool) {
         self.ns_generation.fetch_add(1, Ordering::AcqRel);
-        for c in lock(&self.controllers).iter() {
+        for c in lock(&self.controllers)
+            .iter()
+            .filter(|c| affected(&c.hostnqn))
+        {
             {
                 let mut l = lock(&c.changed_ns);
                 if !l.contains(&nsid) && l.len() < 1024 {
                     l.push(nsid);
                 }
+            }
+            if c.aec.load(Ordering::Acquire) & (1 << 8) == 0 {
+                continue;
             }
             c.aen_pending.store(true, Ordering::Release);
             let id = c.admin.1;
@@ -936,6 +967,7 @@ impl TargetState {
         uuid: Option<[u8; 16]>,
         nguid: Option<[u8; 16]>,
         eui64: Option<[u8; 8]>,
+        no_auto_visible: bool,
     ) -> Result<u32> {
         let s = self.get(nqn)?;
         if s.discovery {
@@ -992,22 +1024,67 @@ impl TargetState {
             nguid: nguid.unwrap_or(uuid),
             eui64: eui64.unwrap_or([0; 8]),
             desc: Arc::new(desc),
+            auto_visible: !no_auto_visible,
+            hosts: Mutex::new(Vec::new()),
         };
         lock(&s.namespaces).insert(nsid, Arc::new(ns));
-        s.notify_ns_change(nsid);
+        // A namespace no host sees yet changes nothing for the hosts.
+        s.notify_ns_change_for(nsid, |_| !no_auto_visible);
         Ok(nsid)
+    }
+
+    /// `nvmf_ns_add_host` (`visible`) and `nvmf_ns_remove_host`: makes
+    /// namespace `nsid` of `nqn` visible, or no longer, to `host`'s
+    /// controllers, now and future ones. Connected controllers of that host
+    /// get the change in their changed namespace list and an AER.
+    pub fn ns_set_visible(
+        &mut self,
+        nqn: &str,
+        nsid: u32,
+        host: &str,
+        visible: bool,
+    ) -> Result<()> {
+        let s = self.get(nqn)?;
+        validate_nqn(host)?;
+        let ns = lock(&s.namespaces)
+            .get(&nsid)
+            .cloned()
+            .ok_or_else(|| NvmfError::NotFound {
+                kind: "namespace",
+                name: format!("{nqn} nsid {nsid}"),
+            })?;
+        if ns.auto_visible {
+            return Err(NvmfError::param(format!(
+                "namespace {nsid} of {nqn} is visible to every host: per-host visibility needs a namespace added with no_auto_visible (nvmf_subsystem_add_ns --no-auto-visible)"
+            )));
+        }
+        let changed = {
+            let mut h = lock(&ns.hosts);
+            let had = h.iter().any(|x| x == host);
+            if visible && !had {
+                h.push(host.to_string());
+            } else if !visible && had {
+                h.retain(|x| x != host);
+            }
+            had != visible
+        };
+        if changed {
+            s.notify_ns_change_for(nsid, |h| h == host);
+        }
+        Ok(())
     }
 
     /// `nvmf_subsystem_remove_ns`.
     pub fn remove_ns(&mut self, nqn: &str, nsid: u32) -> Result<()> {
         let s = self.get(nqn)?;
-        if lock(&s.namespaces).remove(&nsid).is_none() {
+        let Some(ns) = lock(&s.namespaces).remove(&nsid) else {
             return Err(NvmfError::NotFound {
                 kind: "namespace",
                 name: format!("{nqn} nsid {nsid}"),
             });
-        }
-        s.notify_ns_change(nsid);
+        };
+        // Only the hosts that saw it notice it going.
+        s.notify_ns_change_for(nsid, |h| ns.visible_to(h));
         Ok(())
     }
 

@@ -1309,3 +1309,140 @@ fn idle_sockets_are_cheap_and_time_out() {
     let (c, _) = a.identify(1, 0);
     assert_eq!(status(&c), (0, 0));
 }
+
+/// Per-namespace host visibility (`no_auto_visible`, `nvmf_ns_add_host`,
+/// `nvmf_ns_remove_host`): a host not added neither sees the namespace
+/// (active list, Identify Namespace zeroed) nor reaches it with I/O; added,
+/// it gets a namespace attribute notice, the changed namespace log lists
+/// it, and it sees and reads it; another host never does; removed, it is
+/// gone again. save_config writes it as SPDK does.
+#[test]
+fn ns_visibility_follows_the_host_nqn() {
+    const OTHER: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000002";
+    let t = start(&[]);
+    ok(
+        &t.sock,
+        "bdev_malloc_create",
+        Some(json!({"name": "Hidden", "num_blocks": 2048, "block_size": BS})),
+    );
+    let nsid = ok(
+        &t.sock,
+        "nvmf_subsystem_add_ns",
+        Some(
+            json!({"nqn": NQN, "namespace": {"bdev_name": "Hidden", "nsid": 3, "no_auto_visible": true}}),
+        ),
+    );
+    assert_eq!(nsid, json!(3));
+    // Adding a host to an auto-visible namespace is refused, naming why.
+    let e = rpc(
+        &t.sock,
+        "nvmf_ns_add_host",
+        Some(json!({"nqn": NQN, "nsid": 1, "host": HOSTNQN})),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("no_auto_visible"), "{}", e.message);
+
+    let mut a = admin_queue(addr(&t), NQN, false, false);
+    let mut q = io_queue(addr(&t), NQN, a.cntlid, 1, false, false, false);
+    let mut o = Host::connect(addr(&t), false, false);
+    assert_eq!(
+        status(&o.fabric_connect(0, 32, NQN, OTHER, 0xffff, 0)),
+        (0, 0)
+    );
+    o.enable();
+    let active = |h: &mut Host| -> Vec<u32> {
+        let (c, d) = h.identify(2, 0);
+        assert_eq!(status(&c), (0, 0));
+        d.chunks(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+            .take_while(|&n| n != 0)
+            .collect()
+    };
+    assert_eq!(active(&mut a), vec![1]);
+    let (c, id) = a.identify(0, 3);
+    assert_eq!(status(&c), (0, 0));
+    assert!(
+        id.iter().all(|&b| b == 0),
+        "hidden: Identify Namespace zeroed"
+    );
+    let (c, _) = q.read(3, 0, 1, BS);
+    assert_eq!(status(&c), (0, 0x0b), "hidden: I/O gets Invalid Namespace");
+
+    // Added: AER, changed namespace log, visible, readable.
+    let mut aer = rspdk_nvme::spec::Sqe::new(0x0c, 0);
+    aer.set_cid(901);
+    a.send(&rspdk_nvmf::pdu::Pdu::CapsuleCmd {
+        sqe: aer,
+        data: &[],
+    });
+    ok(
+        &t.sock,
+        "nvmf_ns_add_host",
+        Some(json!({"nqn": NQN, "nsid": 3, "host": HOSTNQN})),
+    );
+    match a.recv() {
+        Rx::Resp(c) => {
+            assert_eq!(c.cid(), 901);
+            assert_eq!(c.dw[0], 0x02 | (0x04 << 16), "namespace attribute notice");
+        }
+        other => panic!("expected the AER completion, got {other:?}"),
+    }
+    let (c, log) = a.get_log(0x04, 4096, 0);
+    assert_eq!(status(&c), (0, 0));
+    assert_eq!(&log[0..8], &[3, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(active(&mut a), vec![1, 3]);
+    let (c, id) = a.identify(0, 3);
+    assert_eq!(status(&c), (0, 0));
+    assert_eq!(
+        u64::from_le_bytes(id[0..8].try_into().unwrap()),
+        2048,
+        "NSZE"
+    );
+    let d = pattern(9, 2 * BS);
+    assert_eq!(status(&q.write(3, 4, &d, BS, true)), (0, 0));
+    let (c, r) = q.read(3, 4, 2, BS);
+    assert_eq!(status(&c), (0, 0));
+    assert!(r == d);
+
+    // The other host still sees nothing of it, and got no change logged.
+    assert_eq!(active(&mut o), vec![1]);
+    let (c, log) = o.get_log(0x04, 4096, 0);
+    assert_eq!(status(&c), (0, 0));
+    assert!(log[0..4] == [0; 4], "no change for the other host");
+
+    // save_config: no_auto_visible on the namespace, then its host.
+    let cfg = ok(
+        &t.sock,
+        "framework_get_config",
+        Some(json!({"name": "nvmf"})),
+    );
+    let ns3 = cfg
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["method"] == "nvmf_subsystem_add_ns" && e["params"]["namespace"]["nsid"] == 3)
+        .unwrap_or_else(|| panic!("{cfg}"));
+    assert_eq!(ns3["params"]["namespace"]["no_auto_visible"], true);
+    assert!(
+        cfg.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["method"] == "nvmf_ns_add_host"
+                && e["params"] == json!({"nqn": NQN, "nsid": 3, "host": HOSTNQN})),
+        "{cfg}"
+    );
+
+    // Removed: hidden again, I/O refused.
+    ok(
+        &t.sock,
+        "nvmf_ns_remove_host",
+        Some(json!({"nqn": NQN, "nsid": 3, "host": HOSTNQN})),
+    );
+    assert_eq!(active(&mut a), vec![1]);
+    let (c, _) = q.read(3, 4, 1, BS);
+    assert_eq!(status(&c), (0, 0x0b), "removed: Invalid Namespace");
+    let (c, log) = a.get_log(0x04, 4096, 0);
+    assert_eq!(status(&c), (0, 0));
+    assert_eq!(&log[0..8], &[3, 0, 0, 0, 0, 0, 0, 0]);
+    assert!(!t.stderr().contains("panicked"), "{}", t.stderr());
+}

@@ -381,10 +381,6 @@ fn spdk_rpc_drives_every_method() {
         ],
         Expect::Ok(&[]),
     );
-    d.step(
-        &["nvmf_subsystem_add_ns", "-i", nqn, "Malloc1"],
-        Expect::Err("no_auto_visible"),
-    );
     d.ok(&[
         "nvmf_subsystem_add_listener",
         nqn,
@@ -694,6 +690,7 @@ fn spdk_rpc_drives_every_method() {
     d.ok(&["iscsi_delete_portal_group", "1"]);
     d.ok(&["iscsi_delete_initiator_group", "2"]);
     d.ok(&["nvmf_delete_subsystem", nqn]);
+    d.ok(&["bdev_malloc_delete", "MallocVis"]); // drive_sock_targets_ns_hosts_cpumask's
     d.ok(&["bdev_split_delete", "Uring0"]);
     d.ok(&["bdev_passthru_delete", "Pass0"]);
     d.ok(&["bdev_error_delete", "EE_Malloc1"]);
@@ -747,7 +744,26 @@ fn spdk_rpc_drives_every_method() {
 /// The sock layer's, NVMe-oF targets', per-namespace hosts' and
 /// thread_set_cpumask's methods, as SPDK's docs call them.
 fn drive_sock_targets_ns_hosts_cpumask(d: &mut Driver<'_>, nqn: &str) {
-    let _ = nqn;
+    let host0 = "nqn.2024-01.io.spdk:host0";
+    // A namespace only the hosts added with nvmf_ns_add_host see.
+    d.ok(&["bdev_malloc_create", "-b", "MallocVis", "8", "512"]);
+    d.ok(&["nvmf_subsystem_add_ns", "-n", "7", "-i", nqn, "MallocVis"]);
+    d.ok(&["nvmf_ns_add_host", nqn, "7", host0]);
+    d.ok(&["nvmf_ns_add_host", nqn, "7", "nqn.2024-01.io.spdk:host1"]);
+    d.ok(&["nvmf_ns_remove_host", nqn, "7", "nqn.2024-01.io.spdk:host1"]);
+    d.step(
+        &["nvmf_ns_add_host", nqn, "1", host0],
+        Expect::Err("no_auto_visible"),
+    );
+    d.step(
+        &["nvmf_ns_add_host", nqn, "9", host0],
+        Expect::Err("nsid 9"),
+    );
+    d.step(
+        &["framework_get_config", "nvmf"],
+        Expect::Ok(&["\"no_auto_visible\": true", "nvmf_ns_add_host", host0]),
+    );
+
     d.step(
         &["sock_get_default_impl"],
         Expect::Ok(&["\"impl_name\": \"posix\""]),
