@@ -744,6 +744,13 @@ fn spdk_rpc_drives_every_method() {
 /// The sock layer's, NVMe-oF targets', per-namespace hosts' and
 /// thread_set_cpumask's methods, as SPDK's docs call them.
 fn drive_sock_targets_ns_hosts_cpumask(d: &mut Driver<'_>, nqn: &str) {
+    // The app thread (id 1) on the main reactor (core 0).
+    d.ok(&["thread_set_cpumask", "-i", "1", "-m", "0x1"]);
+    d.step(
+        &["thread_set_cpumask", "-i", "1", "-m", "0x80"],
+        Expect::Err("names no core with a reactor"),
+    );
+    d.step(&["thread_get_stats"], Expect::Ok(&["\"cpumask\": \"1\""]));
     let host0 = "nqn.2024-01.io.spdk:host0";
     // A namespace only the hosts added with nvmf_ns_add_host see.
     d.ok(&["bdev_malloc_create", "-b", "MallocVis", "8", "512"]);
