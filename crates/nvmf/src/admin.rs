@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use rspdk_nvme::spec::ctrlr_field as cf;
 
-use crate::target::{lock, Controller, Subsystem, TargetState, TransportOpts};
+use crate::target::{lock, Controller, Subsystem, Tgt, TransportOpts};
 
 /// Fields of Identify Controller that `rspdk_nvme::spec` has no name for
 /// (base spec 2.0, figure 275; fabrics 1.1, figure 28).
@@ -233,7 +233,7 @@ pub fn changed_ns_log(c: &Controller) -> Vec<u8> {
 
 /// The discovery log page (0x70): one entry per listener of each
 /// subsystem `hostnqn` may connect to (NVMe-oF 1.1, figures 38, 39).
-pub fn discovery_log(t: &TargetState, hostnqn: &str, genctr: u64) -> Vec<u8> {
+pub fn discovery_log(t: &Tgt, hostnqn: &str, genctr: u64) -> Vec<u8> {
     let aq = t.transport.as_ref().map_or(128, |o| o.max_aq_depth);
     let mut entries: Vec<[u8; 1024]> = Vec::new();
     for s in t

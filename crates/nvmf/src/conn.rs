@@ -166,6 +166,7 @@ pub(crate) fn accept(
     peer: SocketAddr,
     stats: Arc<PollGroupStats>,
     pg_name: String,
+    tgt: String,
 ) {
     let Some(pg) = PG.with(|p| p.borrow().clone()) else {
         return;
@@ -175,7 +176,10 @@ pub(crate) fn accept(
         return;
     }
     let _ = stream.set_nodelay(true);
-    let opts = target().transport.clone();
+    let opts = target()
+        .tgt(Some(&tgt))
+        .ok()
+        .and_then(|t| t.transport.clone());
     let Some(opts) = opts else { return };
     let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
     CONNECTIONS_EVER.fetch_add(1, Ordering::Relaxed);
@@ -183,7 +187,7 @@ pub(crate) fn accept(
     let conn = Rc::new(Conn {
         id,
         inner: RefCell::new(ConnInner::new(
-            id, stream, local, peer, opts, stats, pg_name,
+            id, stream, local, peer, opts, stats, pg_name, tgt,
         )),
     });
     tracing::info!(%peer, %local, conn = id, "nvmf: TCP connection accepted");
@@ -378,6 +382,8 @@ enum HdrStep {
 }
 
 struct ConnInner {
+    /// The NVMe-oF target whose listener accepted the connection.
+    tgt: String,
     id: u64,
     stream: TcpStream,
     local: SocketAddr,
@@ -441,9 +447,11 @@ impl ConnInner {
         opts: TransportOpts,
         stats: Arc<PollGroupStats>,
         pg_name: String,
+        tgt: String,
     ) -> ConnInner {
         let oncs_masked = opts.oncs_mask();
         ConnInner {
+            tgt,
             oncs_masked,
             id,
             stream,
@@ -1558,7 +1566,11 @@ impl ConnInner {
         if sqsize == 0 || sqsize as u32 >= max_sq {
             return self.connect_fail(slot, sc::CONNECT_INVALID, false, 44);
         }
-        let Some(subsys) = target().find(&subnqn) else {
+        let Some(subsys) = target()
+            .tgt(Some(&self.tgt))
+            .ok()
+            .and_then(|t| t.find(&subnqn))
+        else {
             tracing::warn!(%subnqn, "nvmf: Connect to an unknown subsystem");
             return self.connect_fail(slot, sc::CONNECT_INVALID, true, 256);
         };
@@ -1641,6 +1653,7 @@ impl ConnInner {
         target().qpairs.insert(
             self.id,
             QpairInfo {
+                tgt: self.tgt.clone(),
                 nqn: subnqn.clone(),
                 cntlid: cid,
                 qid,
@@ -1672,7 +1685,7 @@ impl ConnInner {
                 let nsid = sqe.nsid();
                 let data = match cns {
                     1 => {
-                        let crdt = target().crdt;
+                        let crdt = target().tgt(Some(&s.tgt)).map_or([0; 3], |t| t.crdt);
                         admin::identify_controller(&c, &self.opts, crdt)
                     }
                     0 if !s.discovery => {
@@ -1711,7 +1724,10 @@ impl ConnInner {
                     0x04 if !s.discovery => admin::changed_ns_log(&c),
                     0x70 if s.discovery => {
                         let g = DISCOVERY_GENCTR.load(Ordering::Acquire);
-                        admin::discovery_log(&target(), &c.hostnqn, g)
+                        match target().tgt(Some(&s.tgt)) {
+                            Ok(t) => admin::discovery_log(t, &c.hostnqn, g),
+                            Err(_) => return self.complete(slot, sc::INVALID_LOG_PAGE, 0),
+                        }
                     }
                     _ => return self.complete(slot, sc::INVALID_LOG_PAGE, 0),
                 };

@@ -67,13 +67,11 @@ impl Subsystem for NvmfSubsystem {
     fn fini(&self, done: SubsystemDone) {
         tcp::close_all();
         let mut t = target::target();
-        for s in &t.subsystems {
-            for c in target::lock(&s.controllers).drain(..) {
-                c.dead.store(true, std::sync::atomic::Ordering::Release);
-            }
-            target::lock(&s.namespaces).clear();
+        for g in &mut t.tgts {
+            g.shut_down();
         }
-        t.subsystems.retain(|s| s.discovery);
+        t.tgts.clear();
+        t.default_tgt();
         done.ok();
     }
 

@@ -1446,3 +1446,165 @@ fn ns_visibility_follows_the_host_nqn() {
     assert_eq!(&log[0..8], &[3, 0, 0, 0, 0, 0, 0, 0]);
     assert!(!t.stderr().contains("panicked"), "{}", t.stderr());
 }
+
+/// A second NVMe-oF target (`nvmf_create_target`): its own transport,
+/// subsystems and listeners. Its subsystem is listed with its `tgt_name`
+/// and not without; hosts reach it through its listener only (not through
+/// the default target's); the same NQN may exist in both; a listen
+/// address belongs to one target; deleting the target ends its
+/// connections.
+#[test]
+fn a_second_target_has_its_own_subsystems_and_listeners() {
+    const T2: &str = "tgt2";
+    const NQN2: &str = "nqn.2016-06.io.spdk:second";
+    let t = start(&[]);
+    assert_eq!(ok(&t.sock, "nvmf_get_targets", None), json!(["nvmf_tgt"]));
+    assert_eq!(
+        ok(
+            &t.sock,
+            "nvmf_create_target",
+            Some(json!({"name": T2, "max_subsystems": 8}))
+        ),
+        json!(T2)
+    );
+    assert_eq!(
+        ok(&t.sock, "nvmf_get_targets", None),
+        json!(["nvmf_tgt", T2])
+    );
+    let e = rpc(&t.sock, "nvmf_create_target", Some(json!({"name": T2}))).unwrap_err();
+    assert!(e.message.contains("exists"), "{}", e.message);
+    // No transport on the new target yet.
+    let port2 = free_port();
+    let listen2 = json!({"trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": port2.to_string()});
+    ok(
+        &t.sock,
+        "nvmf_create_subsystem",
+        Some(json!({"nqn": NQN2, "allow_any_host": true, "tgt_name": T2})),
+    );
+    let e = rpc(
+        &t.sock,
+        "nvmf_subsystem_add_listener",
+        Some(json!({"nqn": NQN2, "listen_address": listen2, "tgt_name": T2})),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("transport"), "{}", e.message);
+    ok(
+        &t.sock,
+        "nvmf_create_transport",
+        Some(json!({"trtype": "TCP", "tgt_name": T2})),
+    );
+    ok(
+        &t.sock,
+        "bdev_malloc_create",
+        Some(json!({"name": "M2", "num_blocks": 1024, "block_size": BS})),
+    );
+    ok(
+        &t.sock,
+        "nvmf_subsystem_add_ns",
+        Some(json!({"nqn": NQN2, "namespace": {"bdev_name": "M2"}, "tgt_name": T2})),
+    );
+    ok(
+        &t.sock,
+        "nvmf_subsystem_add_listener",
+        Some(json!({"nqn": NQN2, "listen_address": listen2, "tgt_name": T2})),
+    );
+    // The same NQN as the default target's subsystem, in the second one.
+    ok(
+        &t.sock,
+        "nvmf_create_subsystem",
+        Some(json!({"nqn": NQN, "tgt_name": T2})),
+    );
+
+    // Listed with tgt_name only.
+    let nqns = |v: Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["nqn"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let default = nqns(ok(&t.sock, "nvmf_get_subsystems", None));
+    assert!(!default.contains(&NQN2.to_string()), "{default:?}");
+    let second = nqns(ok(
+        &t.sock,
+        "nvmf_get_subsystems",
+        Some(json!({"tgt_name": T2})),
+    ));
+    assert!(
+        second.contains(&NQN2.to_string()) && second.contains(&NQN.to_string()),
+        "{second:?}"
+    );
+    let e = rpc(
+        &t.sock,
+        "nvmf_get_subsystems",
+        Some(json!({"tgt_name": "nope"})),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("nope"), "{}", e.message);
+    assert_eq!(
+        ok(
+            &t.sock,
+            "nvmf_get_transports",
+            Some(json!({"tgt_name": T2}))
+        )
+        .as_array()
+        .unwrap()
+        .len(),
+        1
+    );
+
+    // A listen address belongs to one target.
+    let e = rpc(
+        &t.sock,
+        "nvmf_subsystem_add_listener",
+        Some(json!({"nqn": NQN, "listen_address": listen2})),
+    )
+    .unwrap_err();
+    assert!(e.message.contains(T2), "{}", e.message);
+
+    // Hosts reach the second target's subsystem on its listener only.
+    let a2: SocketAddr = format!("127.0.0.1:{port2}").parse().unwrap();
+    let mut h = Host::connect(addr(&t), false, false);
+    let c = h.fabric_connect(0, 32, NQN2, HOSTNQN, 0xffff, 0);
+    assert_ne!(status(&c), (0, 0), "the default target has no {NQN2}");
+    let mut a = admin_queue(a2, NQN2, false, false);
+    let mut q = io_queue(a2, NQN2, a.cntlid, 1, false, false, false);
+    let d = pattern(3, 4 * BS);
+    assert_eq!(status(&q.write(1, 0, &d, BS, true)), (0, 0));
+    let (c, r) = q.read(1, 0, 4, BS);
+    assert_eq!(status(&c), (0, 0));
+    assert!(r == d);
+    let qp = ok(
+        &t.sock,
+        "nvmf_subsystem_get_qpairs",
+        Some(json!({"nqn": NQN2, "tgt_name": T2})),
+    );
+    assert_eq!(qp.as_array().unwrap().len(), 2, "{qp}");
+    // Its discovery service lists its own subsystems.
+    let mut disc = admin_queue(a2, rspdk_nvmf::DISCOVERY, false, false);
+    let (c, log) = disc.get_log(0x70, 4096, 0);
+    assert_eq!(status(&c), (0, 0));
+    let text = String::from_utf8_lossy(&log).into_owned();
+    assert!(text.contains(NQN2), "second target's discovery log");
+    drop(disc);
+    let _ = a.identify(1, 0);
+
+    // Deleting the target ends its connections.
+    ok(&t.sock, "nvmf_delete_target", Some(json!({"name": T2})));
+    assert_eq!(ok(&t.sock, "nvmf_get_targets", None), json!(["nvmf_tgt"]));
+    assert!(q.try_recv().is_none(), "the I/O queue closes");
+    let e = rpc(
+        &t.sock,
+        "nvmf_delete_target",
+        Some(json!({"name": "nvmf_tgt"})),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("cannot be deleted"), "{}", e.message);
+    // The port is free again: the default target may listen there.
+    ok(
+        &t.sock,
+        "nvmf_subsystem_add_listener",
+        Some(json!({"nqn": NQN, "listen_address": listen2})),
+    );
+    assert!(!t.stderr().contains("panicked"), "{}", t.stderr());
+}

@@ -741,9 +741,106 @@ fn spdk_rpc_drives_every_method() {
 // ---- sock_*, nvmf_*_target(s), nvmf_ns_{add,remove}_host,
 // ---- thread_set_cpumask (kept apart from the other blocks for merging).
 
+/// Calls one of SPDK's private methods (`nvmf_create_target`,
+/// `nvmf_delete_target`, `nvmf_get_targets`: rpc.py has no command for
+/// them) through SPDK's own Python client, `spdk.rpc.client.JSONRPCClient`,
+/// as SPDK's `test/nvmf/target/multitarget_rpc.py` does; checks the
+/// outcome like [`Driver::step`].
+fn private_call(
+    d: &mut Driver<'_>,
+    method: &str,
+    params: Option<Value>,
+    expect: Expect<'_>,
+) -> String {
+    let script = "import sys, json\n\
+from spdk.rpc.client import JSONRPCClient\n\
+c = JSONRPCClient(sys.argv[1])\n\
+p = json.loads(sys.argv[3]) if sys.argv[3] else None\n\
+print(json.dumps(c.call(sys.argv[2], p), indent=2))\n";
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(spdk_tool("python"))
+        .arg("-c")
+        .arg(script)
+        .arg(d.sock)
+        .arg(method)
+        .arg(params.as_ref().map(Value::to_string).unwrap_or_default())
+        .output()
+        .unwrap();
+    d.called.insert(method.to_string());
+    let (ok, so, se) = (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    match expect {
+        Expect::Ok(needles) => {
+            assert!(ok, "{method} {params:?} failed:\n{se}{so}");
+            for n in needles {
+                assert!(so.contains(n), "{method}: output lacks {n:?}:\n{so}");
+            }
+        }
+        Expect::Err(needle) => {
+            assert!(!ok, "{method} {params:?} should have failed:\n{so}");
+            assert!(
+                se.contains(needle) || so.contains(needle),
+                "{method}: error lacks {needle:?}:\n{se}{so}"
+            );
+        }
+    }
+    so
+}
+
 /// The sock layer's, NVMe-oF targets', per-namespace hosts' and
 /// thread_set_cpumask's methods, as SPDK's docs call them.
 fn drive_sock_targets_ns_hosts_cpumask(d: &mut Driver<'_>, nqn: &str) {
+    // NVMe-oF targets: a second one with its own transport and
+    // subsystem, driven through rpc.py's -t/--tgt-name.
+    private_call(d, "nvmf_get_targets", None, Expect::Ok(&["\"nvmf_tgt\""]));
+    private_call(
+        d,
+        "nvmf_create_target",
+        Some(serde_json::json!({"name": "tgt2", "max_subsystems": 16})),
+        Expect::Ok(&["tgt2"]),
+    );
+    private_call(
+        d,
+        "nvmf_create_target",
+        Some(serde_json::json!({"name": "tgt3", "dup_host_policy": "restrict_per_listener"})),
+        Expect::Err("dup_host_policy"),
+    );
+    d.ok(&["nvmf_create_transport", "-t", "TCP", "-g", "tgt2"]);
+    d.step(
+        &["nvmf_get_transports", "--tgt-name", "tgt2"],
+        Expect::Ok(&["\"trtype\": \"TCP\""]),
+    );
+    d.ok(&[
+        "nvmf_create_subsystem",
+        "nqn.2016-06.io.spdk:tgt2sub",
+        "-a",
+        "-t",
+        "tgt2",
+    ]);
+    d.step(
+        &["nvmf_get_subsystems", "--tgt-name", "tgt2"],
+        Expect::Ok(&["nqn.2016-06.io.spdk:tgt2sub"]),
+    );
+    let default = d.ok(&["nvmf_get_subsystems"]);
+    assert!(!default.contains("tgt2sub"), "{default}");
+    d.step(&["nvmf_get_subsystems", "-t", "nope"], Expect::Err("nope"));
+    private_call(d, "nvmf_get_targets", None, Expect::Ok(&["\"tgt2\""]));
+    private_call(
+        d,
+        "nvmf_delete_target",
+        Some(serde_json::json!({"name": "tgt2"})),
+        Expect::Ok(&["true"]),
+    );
+    private_call(
+        d,
+        "nvmf_delete_target",
+        Some(serde_json::json!({"name": "tgt2"})),
+        Expect::Err("tgt2"),
+    );
     // The app thread (id 1) on the main reactor (core 0).
     d.ok(&["thread_set_cpumask", "-i", "1", "-m", "0x1"]);
     d.step(

@@ -154,6 +154,7 @@ fn every_framework_method_answers_with_spdk_shape() {
     assert_eq!(
         ok(s, "framework_get_subsystems", None),
         json!([
+            {"subsystem": "sock", "depends_on": []},
             {"subsystem": "iobuf", "depends_on": []},
             {"subsystem": "bdev", "depends_on": []},
             {"subsystem": "nvmf", "depends_on": ["bdev"]},
@@ -169,7 +170,9 @@ fn every_framework_method_answers_with_spdk_shape() {
         1
     );
     let saved = ok(s, "save_config", None);
-    assert_eq!(saved["subsystems"][0]["subsystem"], json!("iobuf"));
+    // SPDK's order: the sock layer first, then iobuf.
+    assert_eq!(saved["subsystems"][0]["subsystem"], json!("sock"));
+    assert_eq!(saved["subsystems"][1]["subsystem"], json!("iobuf"));
     assert_eq!(
         section(&saved, "iobuf")["config"][0]["method"],
         json!("iobuf_set_options")
