@@ -439,6 +439,7 @@ fn class_of(len: usize) -> usize {
 }
 
 impl ConnInner {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         id: u64,
         stream: TcpStream,

@@ -1070,6 +1070,7 @@ impl Tgt {
     }
 
     /// `nvmf_subsystem_add_ns`: returns the NSID.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_ns(
         &mut self,
         nqn: &str,

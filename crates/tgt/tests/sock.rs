@@ -42,7 +42,7 @@ fn skmem(sport: u16, dport: u16) -> Option<(u64, u64)> {
         if (sport == 0 || lp == Some(sport)) && (dport == 0 || pp == Some(dport)) {
             let rest = format!("{l} {}", lines.get(i + 1).copied().unwrap_or(""));
             let field = |k: &str| {
-                rest.split(|c| c == ',' || c == '(' || c == ')' || c == ' ')
+                rest.split([',', '(', ')', ' '])
                     .find_map(|t| t.strip_prefix(k).and_then(|v| v.parse::<u64>().ok()))
             };
             return Some((field("rb")?, field("tb")?));
