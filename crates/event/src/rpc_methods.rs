@@ -12,6 +12,7 @@
 //! | `framework_get_config {name}` | runtime | the subsystem's `config` array (or `null`) |
 //! | `save_config` | runtime | `{"subsystems": [{"subsystem", "config"}]}` (rspdk extension: rpc.py builds this client-side from the two methods above) |
 //! | `thread_get_stats`, `thread_get_pollers`, `thread_get_io_channels` | runtime | `{"tick_rate", "threads": [...]}` |
+//! | `thread_set_cpumask {id, cpumask}` | runtime | `true`; the mask must keep the thread's reactor (no migration), see `set_cpumask` |
 //! | `env_dpdk_get_mem_stats` | runtime | `{"filename", "iova_mode", "heaps"}`, see below |
 //! | `log_set_flag`, `log_clear_flag {flag}`, `log_set_level`, `log_set_print_level {level}` | both | `true` |
 //! | `log_get_flags` | both | `{"flag": bool, ...}` |

@@ -2,8 +2,10 @@
 //!
 //! - [`pdu`]: NVMe/TCP PDUs as typed views with parse/emit round trips and
 //!   CRC32C digests; the parser never panics and names the field at fault.
-//! - [`target`]: subsystems (NQN, serial, model, hosts, max namespaces),
-//!   namespaces on bdevs (NSID, UUID, NGUID, EUI64), listeners, controllers
+//! - [`target`]: named targets (`nvmf_tgt` and those of
+//!   `nvmf_create_target`), each with its transport, subsystems (NQN,
+//!   serial, model, hosts, max namespaces), namespaces on bdevs (NSID,
+//!   UUID, NGUID, EUI64, per-host visibility), listeners, controllers
 //!   made per host Connect, the discovery subsystem, poll groups (one
 //!   lightweight thread per reactor core; connections are spread round
 //!   robin).
