@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use rspdk_bdev::BdevSubsystem;
-use rspdk_event::{App, AppOpts, IobufSubsystem};
+use rspdk_event::{App, AppOpts, IobufSubsystem, SockSubsystem};
 use rspdk_iscsi::{IscsiSubsystem, ScsiSubsystem};
 use rspdk_nvmf::NvmfSubsystem;
 
@@ -121,6 +121,7 @@ fn main() -> ExitCode {
     }
     let code = app
         .name("rspdk_tgt")
+        .subsystem(SockSubsystem)
         .subsystem(IobufSubsystem)
         .subsystem(BdevSubsystem)
         .subsystem(NvmfSubsystem)

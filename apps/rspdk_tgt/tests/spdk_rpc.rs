@@ -396,10 +396,6 @@ fn spdk_rpc_drives_every_method() {
         ],
         Expect::Ok(&[]),
     );
-    d.step(
-        &["nvmf_subsystem_add_ns", "-i", nqn, "Malloc1"],
-        Expect::Err("no_auto_visible"),
-    );
     d.ok(&[
         "nvmf_subsystem_add_listener",
         nqn,
@@ -875,6 +871,9 @@ fn spdk_rpc_drives_every_method() {
         Expect::Ok(&["iqn.2016-06.io.spdk:disk1"]),
     );
 
+    // sock_*, nvmf targets and per-namespace hosts, thread_set_cpumask.
+    drive_sock_targets_ns_hosts_cpumask(&mut d, nqn);
+
     // save_config (rpc.py builds it from framework_get_subsystems and
     // framework_get_config) loads into a second target.
     let subs = d.ok(&["framework_get_subsystems"]);
@@ -907,6 +906,7 @@ fn spdk_rpc_drives_every_method() {
     d.ok(&["iscsi_delete_portal_group", "1"]);
     d.ok(&["iscsi_delete_initiator_group", "2"]);
     d.ok(&["nvmf_delete_subsystem", nqn]);
+    d.ok(&["bdev_malloc_delete", "MallocVis"]); // drive_sock_targets_ns_hosts_cpumask's
     d.ok(&["bdev_split_delete", "Uring0"]);
     d.ok(&["bdev_passthru_delete", "Pass0"]);
     d.ok(&["bdev_error_delete", "EE_Malloc1"]);
@@ -951,6 +951,191 @@ fn spdk_rpc_drives_every_method() {
         names.contains(&"Pass0") && names.contains(&"Malloc0"),
         "{names:?}\n{}",
         std::fs::read_to_string(&t2.log).unwrap_or_default()
+    );
+}
+
+// ---- sock_*, nvmf_*_target(s), nvmf_ns_{add,remove}_host,
+// ---- thread_set_cpumask (kept apart from the other blocks for merging).
+
+/// Calls one of SPDK's private methods (`nvmf_create_target`,
+/// `nvmf_delete_target`, `nvmf_get_targets`: rpc.py has no command for
+/// them) through SPDK's own Python client, `spdk.rpc.client.JSONRPCClient`,
+/// as SPDK's `test/nvmf/target/multitarget_rpc.py` does; checks the
+/// outcome like [`Driver::step`].
+fn private_call(
+    d: &mut Driver<'_>,
+    method: &str,
+    params: Option<Value>,
+    expect: Expect<'_>,
+) -> String {
+    let script = "import sys, json\n\
+from spdk.rpc.client import JSONRPCClient\n\
+c = JSONRPCClient(sys.argv[1])\n\
+p = json.loads(sys.argv[3]) if sys.argv[3] else None\n\
+print(json.dumps(c.call(sys.argv[2], p), indent=2))\n";
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(spdk_tool("python"))
+        .arg("-c")
+        .arg(script)
+        .arg(d.sock)
+        .arg(method)
+        .arg(params.as_ref().map(Value::to_string).unwrap_or_default())
+        .output()
+        .unwrap();
+    d.called.insert(method.to_string());
+    let (ok, so, se) = (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    match expect {
+        Expect::Ok(needles) => {
+            assert!(ok, "{method} {params:?} failed:\n{se}{so}");
+            for n in needles {
+                assert!(so.contains(n), "{method}: output lacks {n:?}:\n{so}");
+            }
+        }
+        Expect::Err(needle) => {
+            assert!(!ok, "{method} {params:?} should have failed:\n{so}");
+            assert!(
+                se.contains(needle) || so.contains(needle),
+                "{method}: error lacks {needle:?}:\n{se}{so}"
+            );
+        }
+    }
+    so
+}
+
+/// The sock layer's, NVMe-oF targets', per-namespace hosts' and
+/// thread_set_cpumask's methods, as SPDK's docs call them.
+fn drive_sock_targets_ns_hosts_cpumask(d: &mut Driver<'_>, nqn: &str) {
+    // NVMe-oF targets: a second one with its own transport and
+    // subsystem, driven through rpc.py's -t/--tgt-name.
+    private_call(d, "nvmf_get_targets", None, Expect::Ok(&["\"nvmf_tgt\""]));
+    private_call(
+        d,
+        "nvmf_create_target",
+        Some(serde_json::json!({"name": "tgt2", "max_subsystems": 16})),
+        Expect::Ok(&["tgt2"]),
+    );
+    private_call(
+        d,
+        "nvmf_create_target",
+        Some(serde_json::json!({"name": "tgt3", "dup_host_policy": "restrict_per_listener"})),
+        Expect::Err("dup_host_policy"),
+    );
+    d.ok(&["nvmf_create_transport", "-t", "TCP", "-g", "tgt2"]);
+    d.step(
+        &["nvmf_get_transports", "--tgt-name", "tgt2"],
+        Expect::Ok(&["\"trtype\": \"TCP\""]),
+    );
+    d.ok(&[
+        "nvmf_create_subsystem",
+        "nqn.2016-06.io.spdk:tgt2sub",
+        "-a",
+        "-t",
+        "tgt2",
+    ]);
+    d.step(
+        &["nvmf_get_subsystems", "--tgt-name", "tgt2"],
+        Expect::Ok(&["nqn.2016-06.io.spdk:tgt2sub"]),
+    );
+    let default = d.ok(&["nvmf_get_subsystems"]);
+    assert!(!default.contains("tgt2sub"), "{default}");
+    d.step(&["nvmf_get_subsystems", "-t", "nope"], Expect::Err("nope"));
+    private_call(d, "nvmf_get_targets", None, Expect::Ok(&["\"tgt2\""]));
+    private_call(
+        d,
+        "nvmf_delete_target",
+        Some(serde_json::json!({"name": "tgt2"})),
+        Expect::Ok(&["true"]),
+    );
+    private_call(
+        d,
+        "nvmf_delete_target",
+        Some(serde_json::json!({"name": "tgt2"})),
+        Expect::Err("tgt2"),
+    );
+    // The app thread (id 1) on the main reactor (core 0).
+    d.ok(&["thread_set_cpumask", "-i", "1", "-m", "0x1"]);
+    d.step(
+        &["thread_set_cpumask", "-i", "1", "-m", "0x80"],
+        Expect::Err("names no core with a reactor"),
+    );
+    d.step(&["thread_get_stats"], Expect::Ok(&["\"cpumask\": \"1\""]));
+    let host0 = "nqn.2024-01.io.spdk:host0";
+    // A namespace only the hosts added with nvmf_ns_add_host see.
+    d.ok(&["bdev_malloc_create", "-b", "MallocVis", "8", "512"]);
+    d.ok(&["nvmf_subsystem_add_ns", "-n", "7", "-i", nqn, "MallocVis"]);
+    d.ok(&["nvmf_ns_add_host", nqn, "7", host0]);
+    d.ok(&["nvmf_ns_add_host", nqn, "7", "nqn.2024-01.io.spdk:host1"]);
+    d.ok(&["nvmf_ns_remove_host", nqn, "7", "nqn.2024-01.io.spdk:host1"]);
+    d.step(
+        &["nvmf_ns_add_host", nqn, "1", host0],
+        Expect::Err("no_auto_visible"),
+    );
+    d.step(
+        &["nvmf_ns_add_host", nqn, "9", host0],
+        Expect::Err("nsid 9"),
+    );
+    d.step(
+        &["framework_get_config", "nvmf"],
+        Expect::Ok(&["\"no_auto_visible\": true", "nvmf_ns_add_host", host0]),
+    );
+
+    d.step(
+        &["sock_get_default_impl"],
+        Expect::Ok(&["\"impl_name\": \"posix\""]),
+    );
+    d.ok(&["sock_set_default_impl", "-i", "posix"]);
+    d.step(
+        &["sock_set_default_impl", "-i", "uring"],
+        Expect::Err("io_uring"),
+    );
+    d.ok(&[
+        "sock_impl_set_options",
+        "-i",
+        "posix",
+        "-r",
+        "1048576",
+        "-s",
+        "1048576",
+        "--quickack",
+        "--recv-pipe",
+    ]);
+    d.step(
+        &["sock_impl_get_options", "-i", "posix"],
+        Expect::Ok(&["\"recv_buf_size\": 1048576", "\"enable_quickack\": true"]),
+    );
+    d.step(
+        &["sock_impl_set_options", "-i", "posix", "-p", "2"],
+        Expect::Err("enable_placement_id"),
+    );
+    d.step(
+        &["sock_impl_set_options", "-i", "posix", "--no-recv-pipe"],
+        Expect::Err("enable_recv_pipe"),
+    );
+    d.step(
+        &[
+            "sock_impl_set_options",
+            "-i",
+            "posix",
+            "--zerocopy-send-client",
+        ],
+        Expect::Err("enable_zerocopy_send_client"),
+    );
+    d.step(
+        &["sock_impl_set_options", "-i", "ssl", "--ktls"],
+        Expect::Err("TLS"),
+    );
+    d.step(
+        &["sock_impl_get_options", "-i", "uring"],
+        Expect::Err("uring"),
+    );
+    d.step(
+        &["framework_get_config", "sock"],
+        Expect::Ok(&["sock_set_default_impl", "\"recv_buf_size\": 1048576"]),
     );
 }
 

@@ -154,6 +154,7 @@ fn every_framework_method_answers_with_spdk_shape() {
     assert_eq!(
         ok(s, "framework_get_subsystems", None),
         json!([
+            {"subsystem": "sock", "depends_on": []},
             {"subsystem": "iobuf", "depends_on": []},
             {"subsystem": "bdev", "depends_on": []},
             {"subsystem": "nvmf", "depends_on": ["bdev"]},
@@ -169,7 +170,9 @@ fn every_framework_method_answers_with_spdk_shape() {
         1
     );
     let saved = ok(s, "save_config", None);
-    assert_eq!(saved["subsystems"][0]["subsystem"], json!("iobuf"));
+    // SPDK's order: the sock layer first, then iobuf.
+    assert_eq!(saved["subsystems"][0]["subsystem"], json!("sock"));
+    assert_eq!(saved["subsystems"][1]["subsystem"], json!("iobuf"));
     assert_eq!(
         section(&saved, "iobuf")["config"][0]["method"],
         json!("iobuf_set_options")
@@ -622,4 +625,82 @@ fn scheduler_governor_pci_and_timestamps() {
     let stamped = line_with("Stamped").expect("a log line about Stamped");
     assert!(!plain.trim_start().starts_with("20"), "{plain}");
     assert!(stamped.starts_with("20"), "{stamped}");
+}
+
+/// `thread_set_cpumask` on a two-reactor app: a mask that keeps the
+/// thread's reactor becomes its cpumask (thread_get_stats and
+/// framework_get_reactors show it); a mask that would move it to another
+/// reactor is refused, saying rspdk does not move threads; a mask naming
+/// no reactor of the app, a bad mask and an unknown id are refused.
+#[test]
+fn thread_set_cpumask_on_two_reactors() {
+    let t = Tgt::start(&["-m", "0x3"]);
+    let portal = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The iSCSI portal group starts a poll group thread on each reactor.
+    ok(
+        &t.sock,
+        "iscsi_create_portal_group",
+        Some(json!({"tag": 1, "portals": [{"host": "127.0.0.1", "port": portal.to_string()}]})),
+    );
+    let thread = |name: &str| -> Value {
+        let st = ok(&t.sock, "thread_get_stats", None);
+        st["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|th| th["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no thread {name}: {st}"))
+    };
+    let pg1 = thread("iscsi_poll_group_1");
+    assert_eq!(pg1["cpumask"], "2", "{pg1}");
+    let id = pg1["id"].as_u64().unwrap();
+
+    assert_eq!(
+        ok(
+            &t.sock,
+            "thread_set_cpumask",
+            Some(json!({"id": id, "cpumask": "0x3"}))
+        ),
+        json!(true)
+    );
+    assert_eq!(thread("iscsi_poll_group_1")["cpumask"], "3");
+    let reactors = ok(&t.sock, "framework_get_reactors", None);
+    let on1 = &reactors["reactors"][1];
+    assert_eq!(on1["lcore"], 1);
+    assert!(
+        on1["lw_threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["id"] == id && l["cpumask"] == "3"),
+        "{reactors}"
+    );
+
+    let refused = |mask: &str, id: Value, needle: &str| {
+        let e = rpc(
+            &t.sock,
+            "thread_set_cpumask",
+            Some(json!({"id": id, "cpumask": mask})),
+        )
+        .unwrap_err();
+        assert!(e.message.contains(needle), "{mask}: {}", e.message);
+    };
+    refused("0x1", json!(id), "does not move threads");
+    refused("0x4", json!(id), "names no core with a reactor");
+    refused("0xzz", json!(id), "cpumask '0xzz'");
+    refused("0x1", json!(99_999), "no thread with id 99999");
+    // The refusals changed nothing.
+    assert_eq!(thread("iscsi_poll_group_1")["cpumask"], "3");
+    // The id as a string (SPDK's doc example) works too.
+    ok(
+        &t.sock,
+        "thread_set_cpumask",
+        Some(json!({"id": id.to_string(), "cpumask": "2"})),
+    );
+    assert_eq!(thread("iscsi_poll_group_1")["cpumask"], "2");
 }

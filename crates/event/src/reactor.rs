@@ -318,6 +318,15 @@ impl ReactorSetHandle {
         self.0.reactors.iter().map(|r| r.lcore).collect()
     }
 
+    /// The core of the reactor that runs thread `id`, if it is on one.
+    pub fn thread_core(&self, id: u64) -> Option<u32> {
+        self.0
+            .reactors
+            .iter()
+            .find(|r| lock(&r.lw).iter().any(|(h, _)| h.id() == id))
+            .map(|r| r.lcore)
+    }
+
     /// The main (first) reactor's core.
     pub fn main_core(&self) -> u32 {
         self.0.reactors[0].lcore

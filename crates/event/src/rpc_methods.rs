@@ -12,6 +12,7 @@
 //! | `framework_get_config {name}` | runtime | the subsystem's `config` array (or `null`) |
 //! | `save_config` | runtime | `{"subsystems": [{"subsystem", "config"}]}` (rspdk extension: rpc.py builds this client-side from the two methods above) |
 //! | `thread_get_stats`, `thread_get_pollers`, `thread_get_io_channels` | runtime | `{"tick_rate", "threads": [...]}` |
+//! | `thread_set_cpumask {id, cpumask}` | runtime | `true`; the mask must keep the thread's reactor (no migration), see `set_cpumask` |
 //! | `env_dpdk_get_mem_stats` | runtime | `{"filename", "iova_mode", "heaps"}`, see below |
 //! | `log_set_flag`, `log_clear_flag {flag}`, `log_set_level`, `log_set_print_level {level}` | both | `true` |
 //! | `log_get_flags` | both | `{"flag": bool, ...}` |
@@ -31,7 +32,7 @@ use serde_json::{json, Map, Value};
 
 use rspdk_rpc::{expect_no_params, parse_params, Responder, RpcError, RpcRegistry, StateMask};
 use rspdk_thread::{
-    gather_from_threads, ThreadGetIoChannels, ThreadGetPollers, ThreadGetStats, TICK_RATE,
+    gather_from_threads, CpuSet, ThreadGetIoChannels, ThreadGetPollers, ThreadGetStats, TICK_RATE,
 };
 
 use crate::app::{AppInner, Phase};
@@ -46,6 +47,73 @@ pub const MEM_STATS_FILE: &str = "/tmp/spdk_mem_dump.txt";
 const BOTH: StateMask = StateMask::ALL;
 const RUNTIME: StateMask = StateMask::RUNTIME;
 const STARTUP: StateMask = StateMask::STARTUP;
+
+/// `thread_set_cpumask` params. SPDK's docs show the id both as a number
+/// (rpc.py) and as a string, so both are taken.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetCpumask {
+    id: ThreadIdParam,
+    cpumask: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ThreadIdParam {
+    Num(u64),
+    Text(String),
+}
+
+/// `thread_set_cpumask`: the new mask must name a reactor of the app and
+/// include the core of the reactor the thread runs on. rspdk does not move
+/// threads between reactors (the poll groups of the NVMe-oF and iSCSI
+/// targets keep state local to their reactor's OS thread), so a mask that
+/// would need a move is refused, saying so; otherwise the thread's cpumask
+/// becomes the new one (shown by `thread_get_stats` and
+/// `framework_get_reactors`), as in SPDK, where a thread already on an
+/// allowed core stays there.
+fn set_cpumask(reactors: &crate::ReactorSetHandle, p: &SetCpumask) -> Result<Value, RpcError> {
+    let id = match &p.id {
+        ThreadIdParam::Num(n) => *n,
+        ThreadIdParam::Text(s) => s.trim().parse().map_err(|_| {
+            RpcError::invalid_params(format!(
+                "id '{s}' is not a thread id (thread_get_stats lists them)"
+            ))
+        })?,
+    };
+    let mask = CpuSet::parse(&p.cpumask)
+        .map_err(|e| RpcError::invalid_params(format!("cpumask '{}': {e}", p.cpumask)))?;
+    let cores = reactors.cores();
+    if !cores.iter().any(|c| mask.contains(*c)) {
+        let mut app_mask = CpuSet::new();
+        cores.iter().for_each(|c| app_mask.insert(*c));
+        return Err(RpcError::invalid_params(format!(
+            "cpumask {} names no core with a reactor (this app's reactors run on 0x{}): pass a mask within it",
+            p.cpumask,
+            app_mask.to_hex()
+        )));
+    }
+    let handle = rspdk_thread::thread_by_id(id).ok_or_else(|| {
+        RpcError::invalid_params(format!(
+            "no thread with id {id} (thread_get_stats lists them)"
+        ))
+    })?;
+    let Some(core) = reactors.thread_core(id) else {
+        return Err(RpcError::invalid_params(format!(
+            "thread {id} ({}) is not running on a reactor",
+            handle.name()
+        )));
+    };
+    if !mask.contains(core) {
+        return Err(RpcError::invalid_params(format!(
+            "cpumask {} excludes core {core}, where thread {id} ({}) runs: rspdk does not move threads between reactors (its NVMe-oF and iSCSI poll groups keep per-reactor state); pass a mask that includes core {core}",
+            p.cpumask,
+            handle.name()
+        )));
+    }
+    handle.set_cpumask(mask);
+    Ok(json!(true))
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,6 +198,15 @@ pub(crate) fn register(reg: &RpcRegistry, app: Weak<AppInner>) -> Result<(), rsp
             Some(app) => app.wait_init(r),
             None => r.error(RpcError::internal_error("the app is gone")),
         }
+    })?;
+
+    let a = app.clone();
+    reg.register("thread_set_cpumask", RUNTIME, move |p, r| {
+        let res = parse_params::<SetCpumask>(p).and_then(|p| match a.upgrade() {
+            Some(app) => set_cpumask(&app.reactors, &p),
+            None => Err(RpcError::internal_error("the app is gone")),
+        });
+        r.complete(res)
     })?;
 
     let a = app.clone();

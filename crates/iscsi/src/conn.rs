@@ -463,6 +463,10 @@ impl Conn {
         };
         sock.set_nonblocking(true).map_err(io("set_nonblocking"))?;
         let _ = sock.set_nodelay(true);
+        // sock_impl_set_options (posix): buffer sizes, quick ack.
+        if let Err(e) = rspdk_sock::apply_server(std::os::fd::AsRawFd::as_raw_fd(&sock)) {
+            tracing::warn!(error = %e, "iscsi: cannot apply the sock options to a connection");
+        }
         let peer = sock.peer_addr().map_err(io("peer_addr"))?;
         let local = sock.local_addr().map_err(io("local_addr"))?;
         let (limits, nop) = with_registry(|r| {

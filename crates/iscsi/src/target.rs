@@ -615,6 +615,9 @@ pub fn bind_portal(p: &Portal) -> Result<TcpListener, IscsiError> {
         what: format!("binding {}:{}", p.host, p.port),
         source: e,
     })?;
+    if let Err(e) = rspdk_sock::apply_listener(std::os::fd::AsRawFd::as_raw_fd(&l)) {
+        tracing::warn!(portal = %format!("{}:{}", p.host, p.port), error = %e, "iscsi: cannot apply the sock options to a listener");
+    }
     l.set_nonblocking(true).map_err(|e| IscsiError::Io {
         what: "set_nonblocking".into(),
         source: e,

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use rspdk_nvme::spec::ctrlr_field as cf;
 
-use crate::target::{lock, Controller, Subsystem, TargetState, TransportOpts};
+use crate::target::{lock, Controller, Subsystem, Tgt, TransportOpts};
 
 /// Fields of Identify Controller that `rspdk_nvme::spec` has no name for
 /// (base spec 2.0, figure 275; fabrics 1.1, figure 28).
@@ -138,10 +138,14 @@ pub fn identify_controller(ctrlr: &Controller, opts: &TransportOpts, crdt: [u16;
     b
 }
 
-/// Identify Namespace for `nsid` (all zeroes for an inactive NSID).
-pub fn identify_namespace(s: &Subsystem, nsid: u32) -> Vec<u8> {
+/// Identify Namespace for `nsid` as host `hostnqn` sees it (all zeroes
+/// for an NSID that is inactive, or not visible to that host).
+pub fn identify_namespace(s: &Subsystem, nsid: u32, hostnqn: &str) -> Vec<u8> {
     let mut b = vec![0u8; 4096];
-    if let Some(ns) = lock(&s.namespaces).get(&nsid) {
+    if let Some(ns) = lock(&s.namespaces)
+        .get(&nsid)
+        .filter(|ns| ns.visible_to(hostnqn))
+    {
         let bdev = ns.desc.bdev();
         let n = bdev.num_blocks();
         put(&mut b, ns_field::NSZE, n);
@@ -156,12 +160,14 @@ pub fn identify_namespace(s: &Subsystem, nsid: u32) -> Vec<u8> {
     b
 }
 
-/// Active Namespace ID list: NSIDs above `after`, ascending.
-pub fn active_ns_list(s: &Subsystem, after: u32) -> Vec<u8> {
+/// Active Namespace ID list: NSIDs above `after` that host `hostnqn`
+/// sees, ascending.
+pub fn active_ns_list(s: &Subsystem, after: u32, hostnqn: &str) -> Vec<u8> {
     let mut b = vec![0u8; 4096];
     for (i, id) in lock(&s.namespaces)
-        .keys()
-        .filter(|&&k| k > after)
+        .iter()
+        .filter(|(&k, ns)| k > after && ns.visible_to(hostnqn))
+        .map(|(k, _)| k)
         .take(1024)
         .enumerate()
     {
@@ -170,9 +176,13 @@ pub fn active_ns_list(s: &Subsystem, after: u32) -> Vec<u8> {
     b
 }
 
-/// Namespace Identification Descriptor list (CNS 3), `None` if inactive.
-pub fn ns_id_descriptors(s: &Subsystem, nsid: u32) -> Option<Vec<u8>> {
-    let ns = lock(&s.namespaces).get(&nsid).cloned()?;
+/// Namespace Identification Descriptor list (CNS 3), `None` if inactive
+/// (or not visible to host `hostnqn`).
+pub fn ns_id_descriptors(s: &Subsystem, nsid: u32, hostnqn: &str) -> Option<Vec<u8>> {
+    let ns = lock(&s.namespaces)
+        .get(&nsid)
+        .filter(|ns| ns.visible_to(hostnqn))
+        .cloned()?;
     let mut b = vec![0u8; 4096];
     let mut off = 0;
     let mut add = |t: u8, v: &[u8]| {
@@ -223,7 +233,7 @@ pub fn changed_ns_log(c: &Controller) -> Vec<u8> {
 
 /// The discovery log page (0x70): one entry per listener of each
 /// subsystem `hostnqn` may connect to (NVMe-oF 1.1, figures 38, 39).
-pub fn discovery_log(t: &TargetState, hostnqn: &str, genctr: u64) -> Vec<u8> {
+pub fn discovery_log(t: &Tgt, hostnqn: &str, genctr: u64) -> Vec<u8> {
     let aq = t.transport.as_ref().map_or(128, |o| o.max_aq_depth);
     let mut entries: Vec<[u8; 1024]> = Vec::new();
     for s in t

@@ -166,6 +166,7 @@ pub(crate) fn accept(
     peer: SocketAddr,
     stats: Arc<PollGroupStats>,
     pg_name: String,
+    tgt: String,
 ) {
     let Some(pg) = PG.with(|p| p.borrow().clone()) else {
         return;
@@ -175,7 +176,10 @@ pub(crate) fn accept(
         return;
     }
     let _ = stream.set_nodelay(true);
-    let opts = target().transport.clone();
+    let opts = target()
+        .tgt(Some(&tgt))
+        .ok()
+        .and_then(|t| t.transport.clone());
     let Some(opts) = opts else { return };
     let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
     CONNECTIONS_EVER.fetch_add(1, Ordering::Relaxed);
@@ -183,7 +187,7 @@ pub(crate) fn accept(
     let conn = Rc::new(Conn {
         id,
         inner: RefCell::new(ConnInner::new(
-            id, stream, local, peer, opts, stats, pg_name,
+            id, stream, local, peer, opts, stats, pg_name, tgt,
         )),
     });
     tracing::info!(%peer, %local, conn = id, "nvmf: TCP connection accepted");
@@ -382,6 +386,8 @@ enum HdrStep {
 }
 
 struct ConnInner {
+    /// The NVMe-oF target whose listener accepted the connection.
+    tgt: String,
     id: u64,
     stream: TcpStream,
     local: SocketAddr,
@@ -437,6 +443,7 @@ fn iobuf_module() -> &'static IobufModule {
 }
 
 impl ConnInner {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         id: u64,
         stream: TcpStream,
@@ -445,9 +452,11 @@ impl ConnInner {
         opts: TransportOpts,
         stats: Arc<PollGroupStats>,
         pg_name: String,
+        tgt: String,
     ) -> ConnInner {
         let oncs_masked = opts.oncs_mask();
         ConnInner {
+            tgt,
             oncs_masked,
             id,
             stream,
@@ -1564,7 +1573,11 @@ impl ConnInner {
         if sqsize == 0 || sqsize as u32 >= max_sq {
             return self.connect_fail(slot, sc::CONNECT_INVALID, false, 44);
         }
-        let Some(subsys) = target().find(&subnqn) else {
+        let Some(subsys) = target()
+            .tgt(Some(&self.tgt))
+            .ok()
+            .and_then(|t| t.find(&subnqn))
+        else {
             tracing::warn!(%subnqn, "nvmf: Connect to an unknown subsystem");
             return self.connect_fail(slot, sc::CONNECT_INVALID, true, 256);
         };
@@ -1601,6 +1614,7 @@ impl ConnInner {
                 dead: AtomicBool::new(false),
                 changed_ns: Mutex::new(Vec::new()),
                 aen_pending: AtomicBool::new(false),
+                aec: AtomicU32::new(1 << 8),
                 admin: (t.handle(), self.id),
                 last_keep_alive: AtomicU64::new(rspdk_thread::now_ns()),
             });
@@ -1646,6 +1660,7 @@ impl ConnInner {
         target().qpairs.insert(
             self.id,
             QpairInfo {
+                tgt: self.tgt.clone(),
                 nqn: subnqn.clone(),
                 cntlid: cid,
                 qid,
@@ -1677,7 +1692,7 @@ impl ConnInner {
                 let nsid = sqe.nsid();
                 let data = match cns {
                     1 => {
-                        let crdt = target().crdt;
+                        let crdt = target().tgt(Some(&s.tgt)).map_or([0; 3], |t| t.crdt);
                         admin::identify_controller(&c, &self.opts, crdt)
                     }
                     0 if !s.discovery => {
@@ -1689,15 +1704,15 @@ impl ConnInner {
                         if nsid == 0 || (nsid > nn && nsid != 0xffff_ffff) {
                             return self.complete(slot, sc::INVALID_NS, 0);
                         }
-                        admin::identify_namespace(&s, nsid)
+                        admin::identify_namespace(&s, nsid, &c.hostnqn)
                     }
                     2 if !s.discovery => {
                         if nsid >= 0xffff_fffe {
                             return self.complete(slot, sc::INVALID_NS, 0);
                         }
-                        admin::active_ns_list(&s, nsid)
+                        admin::active_ns_list(&s, nsid, &c.hostnqn)
                     }
-                    3 if !s.discovery => match admin::ns_id_descriptors(&s, nsid) {
+                    3 if !s.discovery => match admin::ns_id_descriptors(&s, nsid, &c.hostnqn) {
                         Some(d) => d,
                         None => return self.complete(slot, sc::INVALID_NS, 0),
                     },
@@ -1716,7 +1731,10 @@ impl ConnInner {
                     0x04 if !s.discovery => admin::changed_ns_log(&c),
                     0x70 if s.discovery => {
                         let g = DISCOVERY_GENCTR.load(Ordering::Acquire);
-                        admin::discovery_log(&target(), &c.hostnqn, g)
+                        match target().tgt(Some(&s.tgt)) {
+                            Ok(t) => admin::discovery_log(t, &c.hostnqn, g),
+                            Err(_) => return self.complete(slot, sc::INVALID_LOG_PAGE, 0),
+                        }
                     }
                     _ => return self.complete(slot, sc::INVALID_LOG_PAGE, 0),
                 };
@@ -1734,7 +1752,7 @@ impl ConnInner {
                         n | (n << 16)
                     }
                     0x0f => c.kato_ms.load(Ordering::Relaxed),
-                    0x0b => 0x100,
+                    0x0b => c.aec.load(Ordering::Relaxed),
                     0x06 => 1,
                     0x04 => 0x0157,
                     0x01 | 0x02 | 0x05 | 0x08 | 0x0a => 0,
@@ -1756,9 +1774,12 @@ impl ConnInner {
                         c.kato_ms.store(dw11, Ordering::Relaxed);
                         self.complete(slot, sc::SUCCESS, 0)
                     }
-                    0x0b | 0x06 | 0x04 | 0x01 | 0x02 | 0x05 | 0x08 => {
+                    0x0b => {
+                        // Only the bits of notices this target sends.
+                        c.aec.store(dw11 & (1 << 8), Ordering::Relaxed);
                         self.complete(slot, sc::SUCCESS, 0)
                     }
+                    0x06 | 0x04 | 0x01 | 0x02 | 0x05 | 0x08 => self.complete(slot, sc::SUCCESS, 0),
                     _ => self.complete(slot, sc::INVALID_FIELD, 0),
                 }
             }
@@ -1793,7 +1814,11 @@ impl ConnInner {
         if g != self.ns_gen || self.ns_missing {
             self.ns.clear();
             self.ns_missing = false;
-            for (id, ns) in lock(&q.ctrlr.subsys.namespaces).iter() {
+            let host = q.ctrlr.hostnqn.as_str();
+            for (id, ns) in lock(&q.ctrlr.subsys.namespaces)
+                .iter()
+                .filter(|(_, ns)| ns.visible_to(host))
+            {
                 match ns.desc.get_io_channel() {
                     Ok(ch) => self.ns.push(NsChan {
                         nsid: *id,
@@ -1815,8 +1840,8 @@ impl ConnInner {
             Some(i) => Ok(Some(i)),
             None if self.ns_missing
                 && lock(&q.ctrlr.subsys.namespaces)
-                    .iter()
-                    .any(|(id, _)| *id == nsid) =>
+                    .get(&nsid)
+                    .is_some_and(|ns| ns.visible_to(&q.ctrlr.hostnqn)) =>
             {
                 Err(())
             }

@@ -2,8 +2,10 @@
 //!
 //! - [`pdu`]: NVMe/TCP PDUs as typed views with parse/emit round trips and
 //!   CRC32C digests; the parser never panics and names the field at fault.
-//! - [`target`]: subsystems (NQN, serial, model, hosts, max namespaces),
-//!   namespaces on bdevs (NSID, UUID, NGUID, EUI64), listeners, controllers
+//! - [`target`]: named targets (`nvmf_tgt` and those of
+//!   `nvmf_create_target`), each with its transport, subsystems (NQN,
+//!   serial, model, hosts, max namespaces), namespaces on bdevs (NSID,
+//!   UUID, NGUID, EUI64, per-host visibility), listeners, controllers
 //!   made per host Connect, the discovery subsystem, poll groups (one
 //!   lightweight thread per reactor core; connections are spread round
 //!   robin).
@@ -67,13 +69,11 @@ impl Subsystem for NvmfSubsystem {
     fn fini(&self, done: SubsystemDone) {
         tcp::close_all();
         let mut t = target::target();
-        for s in &t.subsystems {
-            for c in target::lock(&s.controllers).drain(..) {
-                c.dead.store(true, std::sync::atomic::Ordering::Release);
-            }
-            target::lock(&s.namespaces).clear();
+        for g in &mut t.tgts {
+            g.shut_down();
         }
-        t.subsystems.retain(|s| s.discovery);
+        t.tgts.clear();
+        t.default_tgt();
         done.ok();
     }
 

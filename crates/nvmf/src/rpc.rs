@@ -77,7 +77,6 @@ struct CreateSubsystem {
 impl CreateSubsystem {
     /// Refuses the options rspdk cannot honour yet, by name.
     fn check_supported(&self) -> Result<(), NvmfError> {
-        one_target(&self.tgt_name)?;
         let unsupported = [
             ("ana_reporting", self.ana_reporting, "ANA reporting"),
             (
@@ -121,19 +120,7 @@ fn refuse_set(opts: &[(&str, bool, &str)]) -> Result<(), NvmfError> {
     }
 }
 
-/// rspdk serves one NVMe-oF target (SPDK's default `nvmf_tgt`): a
-/// `tgt_name` naming another is refused rather than ignored.
-fn one_target(tgt_name: &Option<String>) -> Result<(), NvmfError> {
-    match tgt_name.as_deref() {
-        None | Some(DEFAULT_TGT_NAME) => Ok(()),
-        Some(other) => Err(NvmfError::param(format!(
-            "tgt_name '{other}': rspdk serves one NVMe-oF target, '{DEFAULT_TGT_NAME}'; omit tgt_name"
-        ))),
-    }
-}
-
-/// The name of rspdk's one NVMe-oF target (SPDK's default target name).
-pub const DEFAULT_TGT_NAME: &str = "nvmf_tgt";
+pub use crate::target::DEFAULT_TGT_NAME;
 
 fn d_serial() -> String {
     "00000000000000000000".into()
@@ -178,7 +165,6 @@ struct ListenerParams {
 impl ListenerParams {
     /// Refuses the options rspdk cannot honour yet, by name.
     fn check_supported(&self) -> Result<(), NvmfError> {
-        one_target(&self.tgt_name)?;
         if let Some(imp) = self.sock_impl.as_deref() {
             if imp != "posix" {
                 return Err(NvmfError::param(format!(
@@ -244,11 +230,6 @@ impl NsSpec {
             ),
             ("anagrpid", self.anagrpid.is_some(), "ANA groups"),
             (
-                "no_auto_visible",
-                self.no_auto_visible,
-                "per-host namespace visibility (nvmf_ns_add_host)",
-            ),
-            (
                 "hide_metadata",
                 self.hide_metadata,
                 "hiding a bdev's metadata from hosts",
@@ -277,6 +258,34 @@ struct RemoveNs {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct CreateTarget {
+    name: String,
+    #[serde(default)]
+    max_subsystems: Option<u32>,
+    #[serde(default)]
+    discovery_filter: Option<String>,
+    #[serde(default)]
+    dup_host_policy: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteTarget {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NsHostParams {
+    nqn: String,
+    nsid: u32,
+    host: String,
+    #[serde(default)]
+    tgt_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct HostParams {
     nqn: String,
     host: String,
@@ -298,7 +307,6 @@ struct HostParams {
 impl HostParams {
     /// Refuses the options rspdk cannot honour yet, by name.
     fn check_supported(&self) -> Result<(), NvmfError> {
-        one_target(&self.tgt_name)?;
         refuse_set(&[
             ("psk", self.psk.is_some(), "NVMe/TCP TLS (a pre-shared key)"),
             (
@@ -438,7 +446,6 @@ struct ReferralParams {
 impl ReferralParams {
     /// The referral these params name, checked.
     fn referral(&self) -> Result<crate::target::Referral, NvmfError> {
-        one_target(&self.tgt_name)?;
         refuse_set(&[(
             "secure_channel",
             self.secure_channel,
@@ -503,18 +510,18 @@ pub fn register_rpcs(reg: &RpcRegistry) {
                 )));
             }
         }
-        target().config = serde_json::to_value(&p).unwrap_or(Value::Null);
+        target().default_tgt().config = serde_json::to_value(&p).unwrap_or(Value::Null);
         Ok(json!(true))
     });
     method(reg, "nvmf_set_max_subsystems", any, |p: MaxSubsystems| {
         if p.max_subsystems == 0 {
             return Err(NvmfError::param("max_subsystems must be at least 1"));
         }
-        target().max_subsystems = p.max_subsystems;
+        target().default_tgt().max_subsystems = p.max_subsystems;
         Ok(json!(true))
     });
     method(reg, "nvmf_set_crdt", any, |p: Crdt| {
-        target().crdt = [p.crdt1, p.crdt2, p.crdt3];
+        target().default_tgt().crdt = [p.crdt1, p.crdt2, p.crdt3];
         Ok(json!(true))
     });
     method(reg, "nvmf_create_transport", any, |o: TransportOpts| {
@@ -524,22 +531,24 @@ pub fn register_rpcs(reg: &RpcRegistry) {
                 "nvmf_create_transport: {what} has no effect: rspdk's TCP queue pairs own their data buffers, sized by max_queue_depth and max_io_size (iobuf_set_options sizes the shared pools)"
             );
         }
-        let mut t = target();
+        let mut all = target();
+        let t = all.tgt(o.tgt_name.as_deref())?;
         if t.transport.is_some() {
             return Err(NvmfError::Exists {
                 kind: "transport",
-                name: "TCP".into(),
+                name: format!("TCP on target {}", t.name),
             });
         }
         t.transport = Some(TransportOpts {
             trtype: "TCP".into(),
+            tgt_name: None,
             ..o
         });
         Ok(json!(true))
     });
     method(reg, "nvmf_get_transports", any, |p: TgtOnly| {
-        one_target(&p.tgt_name)?;
-        let t = target();
+        let mut all = target();
+        let t = all.tgt(p.tgt_name.as_deref())?;
         if let Some(tt) = &p.trtype {
             if !tt.eq_ignore_ascii_case("tcp") || t.transport.is_none() {
                 return Err(NvmfError::NotFound {
@@ -554,7 +563,7 @@ pub fn register_rpcs(reg: &RpcRegistry) {
     });
     method(reg, "nvmf_create_subsystem", rt, |p: CreateSubsystem| {
         p.check_supported()?;
-        target().create_subsystem(
+        target().tgt(p.tgt_name.as_deref())?.create_subsystem(
             &p.nqn,
             &p.serial_number,
             &p.model_number,
@@ -567,8 +576,9 @@ pub fn register_rpcs(reg: &RpcRegistry) {
         Ok(json!(true))
     });
     method(reg, "nvmf_delete_subsystem", rt, |p: NqnParam| {
-        one_target(&p.tgt_name)?;
-        target().delete_subsystem(&p.nqn)?;
+        target()
+            .tgt(p.tgt_name.as_deref())?
+            .delete_subsystem(&p.nqn)?;
         bump();
         Ok(json!(true))
     });
@@ -578,7 +588,9 @@ pub fn register_rpcs(reg: &RpcRegistry) {
         rt,
         |p: ListenerParams| {
             p.check_supported()?;
-            target().add_listener(&p.nqn, &p.listen_address)?;
+            target()
+                .tgt(p.tgt_name.as_deref())?
+                .add_listener(&p.nqn, &p.listen_address)?;
             bump();
             Ok(json!(true))
         },
@@ -588,14 +600,14 @@ pub fn register_rpcs(reg: &RpcRegistry) {
         "nvmf_subsystem_remove_listener",
         rt,
         |p: ListenerParams| {
-            one_target(&p.tgt_name)?;
-            target().remove_listener(&p.nqn, &p.listen_address)?;
+            target()
+                .tgt(p.tgt_name.as_deref())?
+                .remove_listener(&p.nqn, &p.listen_address)?;
             bump();
             Ok(json!(true))
         },
     );
     method(reg, "nvmf_subsystem_add_ns", rt, |p: AddNs| {
-        one_target(&p.tgt_name)?;
         let n = &p.namespace;
         n.check_supported()?;
         let uuid = n.uuid.as_deref().map(parse_uuid).transpose()?;
@@ -609,17 +621,61 @@ pub fn register_rpcs(reg: &RpcRegistry) {
             .as_deref()
             .map(|s| parse_hex::<8>(s, "eui64", s))
             .transpose()?;
-        let nsid = target().add_ns(&p.nqn, &n.bdev_name, n.nsid, uuid, nguid, eui64)?;
+        let nsid = target().tgt(p.tgt_name.as_deref())?.add_ns(
+            &p.nqn,
+            &n.bdev_name,
+            n.nsid,
+            uuid,
+            nguid,
+            eui64,
+            n.no_auto_visible,
+        )?;
         Ok(json!(nsid))
     });
     method(reg, "nvmf_subsystem_remove_ns", rt, |p: RemoveNs| {
-        one_target(&p.tgt_name)?;
-        target().remove_ns(&p.nqn, p.nsid)?;
+        target()
+            .tgt(p.tgt_name.as_deref())?
+            .remove_ns(&p.nqn, p.nsid)?;
+        Ok(json!(true))
+    });
+    method(reg, "nvmf_create_target", rt, |p: CreateTarget| {
+        if let Some(f) = p.discovery_filter.as_deref().filter(|f| *f != "match_any") {
+            return Err(NvmfError::param(format!(
+                "discovery_filter '{f}': a target's discovery log page lists every listener of the subsystems a host may use (match_any); other filters are not supported by rspdk yet; omit it"
+            )));
+        }
+        if let Some(d) = p.dup_host_policy.as_deref().filter(|d| *d != "allow") {
+            return Err(NvmfError::param(format!(
+                "dup_host_policy '{d}': only 'allow' is supported by rspdk yet; omit it"
+            )));
+        }
+        if p.max_subsystems == Some(0) {
+            return Err(NvmfError::param("max_subsystems must be at least 1"));
+        }
+        target().create_tgt(&p.name, p.max_subsystems.unwrap_or(0))?;
+        Ok(json!(p.name))
+    });
+    method(reg, "nvmf_delete_target", rt, |p: DeleteTarget| {
+        target().delete_tgt(&p.name)?;
+        bump();
+        Ok(json!(true))
+    });
+    reg_get_targets(reg);
+    method(reg, "nvmf_ns_add_host", rt, |p: NsHostParams| {
+        target()
+            .tgt(p.tgt_name.as_deref())?
+            .ns_set_visible(&p.nqn, p.nsid, &p.host, true)?;
+        Ok(json!(true))
+    });
+    method(reg, "nvmf_ns_remove_host", rt, |p: NsHostParams| {
+        target()
+            .tgt(p.tgt_name.as_deref())?
+            .ns_set_visible(&p.nqn, p.nsid, &p.host, false)?;
         Ok(json!(true))
     });
     method(reg, "nvmf_subsystem_add_host", rt, |p: HostParams| {
         p.check_supported()?;
-        let s = target().get(&p.nqn)?;
+        let s = target().tgt(p.tgt_name.as_deref())?.get(&p.nqn)?;
         crate::target::validate_nqn(&p.host)?;
         let mut h = lock(&s.hosts);
         if h.contains(&p.host) {
@@ -634,7 +690,7 @@ pub fn register_rpcs(reg: &RpcRegistry) {
     });
     method(reg, "nvmf_subsystem_remove_host", rt, |p: HostParams| {
         p.check_supported()?;
-        let s = target().get(&p.nqn)?;
+        let s = target().tgt(p.tgt_name.as_deref())?.get(&p.nqn)?;
         let mut h = lock(&s.hosts);
         let n = h.len();
         h.retain(|x| *x != p.host);
@@ -657,15 +713,14 @@ pub fn register_rpcs(reg: &RpcRegistry) {
         Ok(json!(true))
     });
     method(reg, "nvmf_subsystem_allow_any_host", rt, |p: AllowAny| {
-        one_target(&p.tgt_name)?;
-        let s = target().get(&p.nqn)?;
+        let s = target().tgt(p.tgt_name.as_deref())?.get(&p.nqn)?;
         s.allow_any_host.store(p.allow_any_host, Ordering::Release);
         bump();
         Ok(json!(true))
     });
     method(reg, "nvmf_get_subsystems", rt, |p: GetSubsystems| {
-        one_target(&p.tgt_name)?;
-        let t = target();
+        let mut all = target();
+        let t = all.tgt(p.tgt_name.as_deref())?;
         let list: Vec<Value> = match &p.nqn {
             Some(n) => vec![t.get(n)?.info_json()],
             None => t.subsystems.iter().map(|s| s.info_json()).collect(),
@@ -673,8 +728,7 @@ pub fn register_rpcs(reg: &RpcRegistry) {
         Ok(Value::Array(list))
     });
     method(reg, "nvmf_subsystem_get_controllers", rt, |p: NqnParam| {
-        one_target(&p.tgt_name)?;
-        let s = target().get(&p.nqn)?;
+        let s = target().tgt(p.tgt_name.as_deref())?.get(&p.nqn)?;
         let t = target();
         let list: Vec<Value> = lock(&s.controllers)
             .iter()
@@ -682,7 +736,9 @@ pub fn register_rpcs(reg: &RpcRegistry) {
                 let io = t
                     .qpairs
                     .values()
-                    .filter(|q| q.nqn == s.nqn && q.cntlid == c.cntlid && q.qid > 0)
+                    .filter(|q| {
+                        q.tgt == s.tgt && q.nqn == s.nqn && q.cntlid == c.cntlid && q.qid > 0
+                    })
                     .count();
                 json!({
                     "cntlid": c.cntlid,
@@ -695,8 +751,7 @@ pub fn register_rpcs(reg: &RpcRegistry) {
         Ok(Value::Array(list))
     });
     method(reg, "nvmf_subsystem_get_listeners", rt, |p: NqnParam| {
-        one_target(&p.tgt_name)?;
-        let s = target().get(&p.nqn)?;
+        let s = target().tgt(p.tgt_name.as_deref())?.get(&p.nqn)?;
         // Every path is optimized (no ANA reporting): one state per ANA
         // group, and each namespace is its own group, as SPDK numbers them.
         let groups: Vec<Value> = lock(&s.namespaces)
@@ -715,7 +770,8 @@ pub fn register_rpcs(reg: &RpcRegistry) {
         rt,
         |p: ReferralParams| {
             let r = p.referral()?;
-            let mut t = target();
+            let mut all = target();
+            let t = all.tgt(p.tgt_name.as_deref())?;
             if t.referrals.contains(&r) {
                 return Err(NvmfError::Exists {
                     kind: "referral",
@@ -723,7 +779,7 @@ pub fn register_rpcs(reg: &RpcRegistry) {
                 });
             }
             t.referrals.push(r);
-            drop(t);
+            drop(all);
             bump();
             Ok(json!(true))
         },
@@ -734,7 +790,8 @@ pub fn register_rpcs(reg: &RpcRegistry) {
         rt,
         |p: ReferralParams| {
             let r = p.referral()?;
-            let mut t = target();
+            let mut all = target();
+            let t = all.tgt(p.tgt_name.as_deref())?;
             let n = t.referrals.len();
             t.referrals.retain(|x| *x != r);
             if t.referrals.len() == n {
@@ -743,28 +800,26 @@ pub fn register_rpcs(reg: &RpcRegistry) {
                     name: format!("{}:{} ({})", r.address.traddr, r.address.trsvcid, r.subnqn),
                 });
             }
-            drop(t);
+            drop(all);
             bump();
             Ok(json!(true))
         },
     );
     method(reg, "nvmf_discovery_get_referrals", rt, |p: TgtOnly| {
-        one_target(&p.tgt_name)?;
         if p.trtype.is_some() {
             return Err(NvmfError::param(
                 "trtype: not a parameter of nvmf_discovery_get_referrals; omit it",
             ));
         }
-        Ok(json!(target().referrals))
+        Ok(json!(target().tgt(p.tgt_name.as_deref())?.referrals))
     });
     method(reg, "nvmf_subsystem_get_qpairs", rt, |p: NqnParam| {
-        one_target(&p.tgt_name)?;
-        let t = target();
-        let s = t.get(&p.nqn)?;
+        let mut t = target();
+        let s = t.tgt(p.tgt_name.as_deref())?.get(&p.nqn)?;
         let list: Vec<Value> = t
             .qpairs
             .values()
-            .filter(|q| q.nqn == s.nqn)
+            .filter(|q| q.tgt == s.tgt && q.nqn == s.nqn)
             .map(|q| {
                 json!({
                     "cntlid": q.cntlid,
@@ -789,8 +844,11 @@ pub fn register_rpcs(reg: &RpcRegistry) {
         Ok(Value::Array(list))
     });
     method(reg, "nvmf_get_stats", rt, |p: TgtOnly| {
-        one_target(&p.tgt_name)?;
-        let t = target();
+        let mut t = target();
+        // The poll groups serve every target's connections (one per
+        // reactor, as SPDK's per-target groups would be); the name is
+        // checked.
+        t.tgt(p.tgt_name.as_deref())?;
         let groups: Vec<Value> = t
             .poll_groups
             .iter()
@@ -813,9 +871,30 @@ pub fn register_rpcs(reg: &RpcRegistry) {
     });
 }
 
+/// `nvmf_get_targets`: the targets' names (SPDK refuses any params).
+fn reg_get_targets(reg: &RpcRegistry) {
+    let r = reg.register(
+        "nvmf_get_targets",
+        StateMask::RUNTIME,
+        |p: Option<Value>, resp: Responder| {
+            if let Err(e) = rspdk_rpc::expect_no_params("nvmf_get_targets", &p) {
+                return resp.error(e);
+            }
+            let names: Vec<String> = target().tgts.iter().map(|t| t.name.clone()).collect();
+            resp.success(&names)
+        },
+    );
+    if let Err(e) = r {
+        tracing::error!(method = "nvmf_get_targets", error = %e, "RPC method registration failed");
+    }
+}
+
 /// The `nvmf` subsystem's save_config entries.
 pub fn config_json() -> Vec<Value> {
-    let t = target();
+    // As SPDK's nvmf subsystem: the default target only (targets made by
+    // nvmf_create_target are not saved).
+    let mut all = target();
+    let t = all.default_tgt();
     let mut out = Vec::new();
     let mut cfg = match &t.config {
         Value::Object(m) => m.clone(),
@@ -876,10 +955,21 @@ pub fn config_json() -> Vec<Value> {
                     .map(|x| format!("{x:02X}"))
                     .collect::<String>());
             }
+            spec["no_auto_visible"] = json!(!ns.auto_visible);
             out.push(json!({"method": "nvmf_subsystem_add_ns", "params": {
                 "nqn": s.nqn,
                 "namespace": spec,
             }}));
+        }
+    }
+    // As SPDK: the namespaces' hosts once every namespace is there.
+    for s in &t.subsystems {
+        for ns in lock(&s.namespaces).values() {
+            for h in lock(&ns.hosts).iter() {
+                out.push(json!({"method": "nvmf_ns_add_host", "params": {
+                    "nqn": s.nqn, "nsid": ns.nsid, "host": h,
+                }}));
+            }
         }
     }
     out

@@ -145,7 +145,8 @@ pub struct TransportOpts {
     /// vfio-user only: must be false on TCP.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disable_shadow_doorbells: bool,
-    /// Target name (only the default target exists).
+    /// The target to create the transport on (the default one if
+    /// omitted).
     #[serde(default, skip_serializing)]
     pub tgt_name: Option<String>,
 }
@@ -325,11 +326,6 @@ impl TransportOpts {
                 )));
             }
         }
-        if self.tgt_name.is_some() {
-            return Err(NvmfError::param(
-                "tgt_name: rspdk serves one NVMe-oF target; omit tgt_name (-g)",
-            ));
-        }
         Ok(())
     }
 
@@ -467,6 +463,20 @@ pub struct Namespace {
     pub eui64: [u8; 8],
     /// The open bdev, shared with the connections.
     pub desc: Arc<BdevDesc>,
+    /// Visible to every host allowed on the subsystem (SPDK: the
+    /// namespace was added without `no_auto_visible`).
+    pub auto_visible: bool,
+    /// With `auto_visible` off, the hosts that see the namespace
+    /// (`nvmf_ns_add_host`), in the order added.
+    pub hosts: Mutex<Vec<String>>,
+}
+
+impl Namespace {
+    /// True if a controller of `hostnqn` sees this namespace (active in
+    /// its Identify lists, open to its I/O).
+    pub fn visible_to(&self, hostnqn: &str) -> bool {
+        self.auto_visible || lock(&self.hosts).iter().any(|h| h == hostnqn)
+    }
 }
 
 /// A controller (SPDK: `struct spdk_nvmf_ctrlr`): made by an admin queue
@@ -500,6 +510,9 @@ pub struct Controller {
     pub admin: (ThreadHandle, u64),
     /// Last keep alive (or any admin command), ns.
     pub last_keep_alive: AtomicU64,
+    /// Asynchronous Event Configuration (Set Features 0Bh); bit 8:
+    /// namespace attribute notices (on at creation, as SPDK).
+    pub aec: AtomicU32,
 }
 
 impl Controller {
@@ -511,6 +524,8 @@ impl Controller {
 
 /// A subsystem (SPDK: `struct spdk_nvmf_subsystem`).
 pub struct Subsystem {
+    /// The name of its target.
+    pub tgt: String,
     /// NQN.
     pub nqn: String,
     /// True for the discovery subsystem.
@@ -583,13 +598,27 @@ impl Subsystem {
 
     /// Tells every controller that namespace `nsid` changed (AER).
     pub fn notify_ns_change(&self, nsid: u32) {
+        self.notify_ns_change_for(nsid, |_| true);
+    }
+
+    /// Tells the controllers for whose host NQN `affected` holds that
+    /// namespace `nsid` changed: it goes into their changed namespace
+    /// list (log page 04h) and, if they enabled namespace attribute
+    /// notices (Set Features 0Bh bit 8), an AER completes.
+    pub fn notify_ns_change_for(&self, nsid: u32, affected: impl Fn(&str) -> bool) {
         self.ns_generation.fetch_add(1, Ordering::AcqRel);
-        for c in lock(&self.controllers).iter() {
+        for c in lock(&self.controllers)
+            .iter()
+            .filter(|c| affected(&c.hostnqn))
+        {
             {
                 let mut l = lock(&c.changed_ns);
                 if !l.contains(&nsid) && l.len() < 1024 {
                     l.push(nsid);
                 }
+            }
+            if c.aec.load(Ordering::Acquire) & (1 << 8) == 0 {
+                continue;
             }
             c.aen_pending.store(true, Ordering::Release);
             let id = c.admin.1;
@@ -709,6 +738,8 @@ pub struct PollGroupStats {
 /// Queue pair descriptions for `nvmf_subsystem_get_qpairs`.
 #[derive(Debug, Clone)]
 pub struct QpairInfo {
+    /// Its target's name.
+    pub tgt: String,
     /// Subsystem NQN.
     pub nqn: String,
     /// Controller ID.
@@ -723,17 +754,20 @@ pub struct QpairInfo {
     pub peer: SocketAddr,
 }
 
-/// The whole target.
-#[derive(Default)]
-pub struct TargetState {
+/// The name of the default NVMe-oF target (SPDK's `nvmf_tgt`), which
+/// `tgt_name` names when omitted.
+pub const DEFAULT_TGT_NAME: &str = "nvmf_tgt";
+
+/// One NVMe-oF target (SPDK: `struct spdk_nvmf_tgt`): its transport,
+/// subsystems (with their listeners) and discovery service. Connections
+/// belong to the target whose listener accepted them.
+pub struct Tgt {
+    /// Its name (`nvmf_create_target`; the default one is `nvmf_tgt`).
+    pub name: String,
     /// The TCP transport, once created.
     pub transport: Option<TransportOpts>,
     /// Subsystems in creation order (the discovery subsystem first).
     pub subsystems: Vec<Arc<Subsystem>>,
-    /// Poll groups (created with the transport).
-    pub poll_groups: Vec<PollGroupInfo>,
-    /// Live queue pairs, by connection id.
-    pub qpairs: BTreeMap<u64, QpairInfo>,
     /// `nvmf_set_config` (kept as given, written back by save_config).
     pub config: Value,
     /// `nvmf_set_max_subsystems` (0: the default, 1024).
@@ -743,7 +777,119 @@ pub struct TargetState {
     /// `nvmf_discovery_add_referral`: other discovery services (or
     /// subsystems) the discovery log page points hosts to.
     pub referrals: Vec<Referral>,
+}
+
+impl Tgt {
+    /// An empty target named `name`, with its discovery subsystem.
+    pub fn new(name: &str) -> Tgt {
+        Tgt {
+            name: name.to_string(),
+            transport: None,
+            subsystems: vec![Arc::new(new_subsystem(
+                DISCOVERY_NQN,
+                true,
+                "",
+                "",
+                0,
+                1,
+                0xffef,
+                true,
+                name,
+            ))],
+            config: Value::Null,
+            max_subsystems: 0,
+            crdt: [0; 3],
+            referrals: Vec::new(),
+        }
+    }
+
+    /// Ends the target: its controllers' queues close, its listeners and
+    /// namespaces go.
+    pub fn shut_down(&mut self) {
+        for s in std::mem::take(&mut self.subsystems) {
+            for c in lock(&s.controllers).drain(..) {
+                c.dead.store(true, Ordering::Release);
+            }
+            let addrs: Vec<ListenAddress> = lock(&s.listeners).drain(..).collect();
+            for a in addrs {
+                self.release_listener(&a);
+            }
+            lock(&s.namespaces).clear();
+        }
+    }
+}
+
+/// Every NVMe-oF target, and what their connections share.
+pub struct TargetState {
+    /// The targets, the default (`nvmf_tgt`) first.
+    pub tgts: Vec<Tgt>,
+    /// Poll groups (one per reactor, shared by the targets' connections).
+    pub poll_groups: Vec<PollGroupInfo>,
+    /// Live queue pairs, by connection id.
+    pub qpairs: BTreeMap<u64, QpairInfo>,
     next_pg: usize,
+}
+
+impl TargetState {
+    /// The target `tgt_name` names (the default one if `None`), or an
+    /// error naming it.
+    pub fn tgt(&mut self, tgt_name: Option<&str>) -> Result<&mut Tgt> {
+        let name = tgt_name.unwrap_or(DEFAULT_TGT_NAME);
+        self.tgts
+            .iter_mut()
+            .find(|t| t.name == name)
+            .ok_or_else(|| NvmfError::NotFound {
+                kind: "NVMe-oF target",
+                name: format!("{name} (nvmf_get_targets lists them)"),
+            })
+    }
+
+    /// The default target.
+    pub fn default_tgt(&mut self) -> &mut Tgt {
+        if self.tgts.is_empty() {
+            self.tgts.push(Tgt::new(DEFAULT_TGT_NAME));
+        }
+        &mut self.tgts[0]
+    }
+
+    /// `nvmf_create_target`.
+    pub fn create_tgt(&mut self, name: &str, max_subsystems: u32) -> Result<()> {
+        if name.is_empty() || name.len() > 255 {
+            return Err(NvmfError::param(format!(
+                "name '{name}' must be 1 to 255 bytes long"
+            )));
+        }
+        if self.tgts.iter().any(|t| t.name == name) {
+            return Err(NvmfError::Exists {
+                kind: "NVMe-oF target",
+                name: name.to_string(),
+            });
+        }
+        let mut t = Tgt::new(name);
+        t.max_subsystems = max_subsystems;
+        self.tgts.push(t);
+        Ok(())
+    }
+
+    /// `nvmf_delete_target`: its subsystems, listeners and connections end.
+    pub fn delete_tgt(&mut self, name: &str) -> Result<()> {
+        if name == DEFAULT_TGT_NAME {
+            return Err(NvmfError::param(format!(
+                "the default target '{DEFAULT_TGT_NAME}' cannot be deleted (it is the nvmf subsystem's own); delete the targets made by nvmf_create_target"
+            )));
+        }
+        let i = self
+            .tgts
+            .iter()
+            .position(|t| t.name == name)
+            .ok_or_else(|| NvmfError::NotFound {
+                kind: "NVMe-oF target",
+                name: name.to_string(),
+            })?;
+        let mut t = self.tgts.remove(i);
+        t.shut_down();
+        Ok(())
+    }
 }
 
 /// A discovery referral (SPDK: `struct spdk_nvmf_referral`).
@@ -759,21 +905,14 @@ pub struct Referral {
 
 static TARGET: OnceLock<Mutex<TargetState>> = OnceLock::new();
 
-/// The process-wide target, locked.
+/// The process-wide targets, locked.
 pub fn target() -> MutexGuard<'static, TargetState> {
     lock(TARGET.get_or_init(|| {
         Mutex::new(TargetState {
-            subsystems: vec![Arc::new(new_subsystem(
-                DISCOVERY_NQN,
-                true,
-                "",
-                "",
-                0,
-                1,
-                0xffef,
-                true,
-            ))],
-            ..TargetState::default()
+            tgts: vec![Tgt::new(DEFAULT_TGT_NAME)],
+            poll_groups: Vec::new(),
+            qpairs: BTreeMap::new(),
+            next_pg: 0,
         })
     }))
 }
@@ -788,8 +927,10 @@ fn new_subsystem(
     min_cntlid: u16,
     max_cntlid: u16,
     any: bool,
+    tgt: &str,
 ) -> Subsystem {
     Subsystem {
+        tgt: tgt.to_string(),
         nqn: nqn.to_string(),
         discovery,
         serial: serial.to_string(),
@@ -830,7 +971,7 @@ pub fn validate_nqn(nqn: &str) -> Result<()> {
     Ok(())
 }
 
-impl TargetState {
+impl Tgt {
     /// The subsystem named `nqn` (`discovery` names the discovery
     /// subsystem, as in rpc.py).
     pub fn find(&self, nqn: &str) -> Option<Arc<Subsystem>> {
@@ -903,6 +1044,7 @@ impl TargetState {
             min_cntlid,
             max_cntlid,
             allow_any_host,
+            &self.name,
         )));
         Ok(())
     }
@@ -928,6 +1070,7 @@ impl TargetState {
     }
 
     /// `nvmf_subsystem_add_ns`: returns the NSID.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_ns(
         &mut self,
         nqn: &str,
@@ -936,6 +1079,7 @@ impl TargetState {
         uuid: Option<[u8; 16]>,
         nguid: Option<[u8; 16]>,
         eui64: Option<[u8; 8]>,
+        no_auto_visible: bool,
     ) -> Result<u32> {
         let s = self.get(nqn)?;
         if s.discovery {
@@ -971,11 +1115,13 @@ impl TargetState {
             }
             id
         };
-        let (weak_nqn, weak_nsid) = (nqn.to_string(), nsid);
+        let (weak_nqn, weak_nsid, tgt) = (nqn.to_string(), nsid, self.name.clone());
         let desc = bdev_open(bdev, true, move |ev| {
             if let BdevEvent::Remove = ev {
                 tracing::info!(nqn = %weak_nqn, nsid = weak_nsid, "bdev removed: removing the namespace");
-                let _ = target().remove_ns(&weak_nqn, weak_nsid);
+                if let Ok(t) = target().tgt(Some(&tgt)) {
+                    let _ = t.remove_ns(&weak_nqn, weak_nsid);
+                }
             }
         })?;
         let b = desc.bdev();
@@ -992,27 +1138,73 @@ impl TargetState {
             nguid: nguid.unwrap_or(uuid),
             eui64: eui64.unwrap_or([0; 8]),
             desc: Arc::new(desc),
+            auto_visible: !no_auto_visible,
+            hosts: Mutex::new(Vec::new()),
         };
         lock(&s.namespaces).insert(nsid, Arc::new(ns));
-        s.notify_ns_change(nsid);
+        // A namespace no host sees yet changes nothing for the hosts.
+        s.notify_ns_change_for(nsid, |_| !no_auto_visible);
         Ok(nsid)
+    }
+
+    /// `nvmf_ns_add_host` (`visible`) and `nvmf_ns_remove_host`: makes
+    /// namespace `nsid` of `nqn` visible, or no longer, to `host`'s
+    /// controllers, now and future ones. Connected controllers of that host
+    /// get the change in their changed namespace list and an AER.
+    pub fn ns_set_visible(
+        &mut self,
+        nqn: &str,
+        nsid: u32,
+        host: &str,
+        visible: bool,
+    ) -> Result<()> {
+        let s = self.get(nqn)?;
+        validate_nqn(host)?;
+        let ns = lock(&s.namespaces)
+            .get(&nsid)
+            .cloned()
+            .ok_or_else(|| NvmfError::NotFound {
+                kind: "namespace",
+                name: format!("{nqn} nsid {nsid}"),
+            })?;
+        if ns.auto_visible {
+            return Err(NvmfError::param(format!(
+                "namespace {nsid} of {nqn} is visible to every host: per-host visibility needs a namespace added with no_auto_visible (nvmf_subsystem_add_ns --no-auto-visible)"
+            )));
+        }
+        let changed = {
+            let mut h = lock(&ns.hosts);
+            let had = h.iter().any(|x| x == host);
+            if visible && !had {
+                h.push(host.to_string());
+            } else if !visible && had {
+                h.retain(|x| x != host);
+            }
+            had != visible
+        };
+        if changed {
+            s.notify_ns_change_for(nsid, |h| h == host);
+        }
+        Ok(())
     }
 
     /// `nvmf_subsystem_remove_ns`.
     pub fn remove_ns(&mut self, nqn: &str, nsid: u32) -> Result<()> {
         let s = self.get(nqn)?;
-        if lock(&s.namespaces).remove(&nsid).is_none() {
+        let Some(ns) = lock(&s.namespaces).remove(&nsid) else {
             return Err(NvmfError::NotFound {
                 kind: "namespace",
                 name: format!("{nqn} nsid {nsid}"),
             });
-        }
-        s.notify_ns_change(nsid);
+        };
+        // Only the hosts that saw it notice it going.
+        s.notify_ns_change_for(nsid, |h| ns.visible_to(h));
         Ok(())
     }
 
     /// `nvmf_subsystem_add_listener`: opens the socket unless another
-    /// subsystem listens there already.
+    /// subsystem of this target listens there already (another target's
+    /// listener on the same address is refused).
     /// Returns the listener as recorded (port 0 replaced by the bound port).
     pub fn add_listener(&mut self, nqn: &str, addr: &ListenAddress) -> Result<ListenAddress> {
         if self.transport.is_none() {
@@ -1034,7 +1226,7 @@ impl TargetState {
             .transport
             .as_ref()
             .map_or(10_000, |o| u64::from(o.acceptor_poll_rate));
-        let bound = crate::tcp::listen(sa, period_us)?;
+        let bound = crate::tcp::listen(sa, period_us, &self.name)?;
         // Port 0: record the port the kernel chose, so that the listener
         // is reported, saved and removed under its real address.
         addr.trsvcid = bound.port().to_string();
@@ -1068,7 +1260,9 @@ impl TargetState {
             crate::tcp::unlisten(sa);
         }
     }
+}
 
+impl TargetState {
     /// The next poll group, round robin (creating them on first use).
     pub fn next_poll_group(&mut self) -> Option<(ThreadHandle, Arc<PollGroupStats>, String)> {
         if self.poll_groups.is_empty() {
@@ -1088,6 +1282,7 @@ impl TargetState {
         // nvmf_set_config's poll_groups_mask (checked when set) limits the
         // cores that get a poll group.
         let allowed = self
+            .default_tgt()
             .config
             .get("poll_groups_mask")
             .and_then(Value::as_str)
@@ -1138,12 +1333,25 @@ fn derive_id(nqn: &str, bdev: &str, nsid: u32) -> [u8; 16] {
 }
 
 /// Accepts a connection on a listener and hands it to a poll group.
-pub(crate) fn dispatch_connection(stream: TcpStream, local: SocketAddr, peer: SocketAddr) {
+pub(crate) fn dispatch_connection(
+    stream: TcpStream,
+    local: SocketAddr,
+    peer: SocketAddr,
+    tgt: String,
+) {
     let (pg, priority) = {
         let mut t = target();
-        let priority = t.transport.as_ref().map_or(0, |o| o.sock_priority);
+        let priority = t
+            .tgt(Some(&tgt))
+            .ok()
+            .and_then(|g| g.transport.as_ref())
+            .map_or(0, |o| o.sock_priority);
         (t.next_poll_group(), priority)
     };
+    // sock_impl_set_options (posix): buffer sizes, quick ack.
+    if let Err(e) = rspdk_sock::apply_server(stream.as_raw_fd()) {
+        tracing::warn!(%peer, error = %e, "nvmf: cannot apply the sock options to a connection");
+    }
     if let Err(e) = crate::tcp::set_priority(&stream, priority) {
         tracing::warn!(%peer, priority, error = %e, "nvmf: cannot set SO_PRIORITY (sock_priority) on a connection");
     }
@@ -1153,7 +1361,7 @@ pub(crate) fn dispatch_connection(stream: TcpStream, local: SocketAddr, peer: So
     };
     tracing::debug!(%peer, fd = stream.as_raw_fd(), poll_group = %name, "nvmf: new connection");
     if thread
-        .send_msg(move || crate::conn::accept(stream, local, peer, stats, name))
+        .send_msg(move || crate::conn::accept(stream, local, peer, stats, name, tgt))
         .is_err()
     {
         tracing::error!(%peer, "nvmf: poll group has exited; connection dropped");
@@ -1173,19 +1381,20 @@ impl Drop for PollerGuard {
 
 /// The acceptor's view of the listening sockets (kept on the app thread).
 pub(crate) struct Listeners {
-    pub(crate) socks: Vec<(SocketAddr, TcpListener, usize)>,
+    /// Address, socket, users (subsystems listening there), target name.
+    pub(crate) socks: Vec<(SocketAddr, TcpListener, usize, String)>,
 }
 
 /// Busy if anything was accepted.
 pub(crate) fn accept_all(l: &Listeners) -> PollerStatus {
     let mut busy = PollerStatus::Idle;
-    for (local, sock, _) in &l.socks {
+    for (local, sock, _, tgt) in &l.socks {
         loop {
             match sock.accept() {
                 Ok((s, peer)) => {
                     busy = PollerStatus::Busy;
                     let local = s.local_addr().unwrap_or(*local);
-                    dispatch_connection(s, local, peer);
+                    dispatch_connection(s, local, peer, tgt.clone());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {

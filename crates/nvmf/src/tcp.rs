@@ -47,24 +47,37 @@ pub(crate) fn set_priority(stream: &std::net::TcpStream, priority: u32) -> std::
 /// port, and the listener is recorded (and reported) under that port.
 /// `period_us` is how often the acceptor polls in poll mode (the
 /// transport's `acceptor_poll_rate`; the first listener sets it).
-pub(crate) fn listen(addr: SocketAddr, period_us: u64) -> Result<SocketAddr> {
-    let shared = addr.port() != 0
-        && LISTENERS.with(|l| {
+/// Connections accepted there belong to target `tgt`; another target
+/// cannot listen on the same address.
+pub(crate) fn listen(addr: SocketAddr, period_us: u64, tgt: &str) -> Result<SocketAddr> {
+    let shared = if addr.port() == 0 {
+        Ok(false)
+    } else {
+        LISTENERS.with(|l| {
             let mut l = l.borrow_mut();
-            if let Some(e) = l.socks.iter_mut().find(|e| e.0 == addr) {
-                e.2 += 1;
-                true
-            } else {
-                false
+            match l.socks.iter_mut().find(|e| e.0 == addr) {
+                Some(e) if e.3 != tgt => Err(NvmfError::param(format!(
+                    "{addr} is a listener of NVMe-oF target '{}'; a listen address belongs to one target (pick another port)",
+                    e.3
+                ))),
+                Some(e) => {
+                    e.2 += 1;
+                    Ok(true)
+                }
+                None => Ok(false),
             }
-        });
-    if shared {
+        })
+    };
+    if shared? {
         return Ok(addr);
     }
     let sock = TcpListener::bind(addr).map_err(|e| NvmfError::Io {
         what: format!("listen on {addr}"),
         source: e,
     })?;
+    if let Err(e) = rspdk_sock::apply_listener(sock.as_raw_fd()) {
+        tracing::warn!(%addr, error = %e, "nvmf: cannot apply the sock options to a listener");
+    }
     let addr = sock.local_addr().map_err(|e| NvmfError::Io {
         what: format!("read the address of the listener on {addr}"),
         source: e,
@@ -101,7 +114,7 @@ pub(crate) fn listen(addr: SocketAddr, period_us: u64) -> Result<SocketAddr> {
         });
     }
     tracing::info!(%addr, "NVMe/TCP target listening");
-    LISTENERS.with(|l| l.borrow_mut().socks.push((addr, sock, 1)));
+    LISTENERS.with(|l| l.borrow_mut().socks.push((addr, sock, 1, tgt.to_string())));
     Ok(addr)
 }
 

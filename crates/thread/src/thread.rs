@@ -120,7 +120,8 @@ impl ThreadOpts {
 pub(crate) struct Shared {
     id: u64,
     name: String,
-    cpumask: CpuSet,
+    /// Changed by `thread_set_cpumask` (control path only).
+    cpumask: Mutex<CpuSet>,
     ring: Arc<MsgRing>,
     overflow_flag: CachePadded<AtomicBool>,
     overflow: Mutex<VecDeque<Msg>>,
@@ -168,8 +169,16 @@ impl ThreadHandle {
     }
 
     /// The thread's cpumask (empty = any CPU).
-    pub fn cpumask(&self) -> &CpuSet {
-        &self.0.cpumask
+    pub fn cpumask(&self) -> CpuSet {
+        lock(&self.0.cpumask).clone()
+    }
+
+    /// Replaces the thread's cpumask (SPDK: `spdk_thread_set_cpumask`).
+    /// The thread stays on its reactor: whoever calls this checks that the
+    /// new mask includes that reactor's core (rspdk does not move threads
+    /// between reactors).
+    pub fn set_cpumask(&self, mask: CpuSet) {
+        *lock(&self.0.cpumask) = mask;
     }
 
     /// Whether the thread runs in interrupt mode.
@@ -684,7 +693,7 @@ impl PendingThread {
         let shared = Arc::new(Shared {
             id: NEXT_THREAD_ID.fetch_add(1, Ordering::Relaxed),
             name: opts.name,
-            cpumask: opts.cpumask,
+            cpumask: Mutex::new(opts.cpumask),
             ring,
             overflow_flag: CachePadded::new(AtomicBool::new(false)),
             overflow: Mutex::new(VecDeque::new()),
@@ -797,8 +806,8 @@ impl Thread {
     }
 
     /// Thread cpumask.
-    pub fn cpumask(&self) -> &CpuSet {
-        &self.inner.shared.cpumask
+    pub fn cpumask(&self) -> CpuSet {
+        lock(&self.inner.shared.cpumask).clone()
     }
 
     /// Time (ticks = ns) of the poll in progress or of the last poll.

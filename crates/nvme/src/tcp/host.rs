@@ -286,6 +286,10 @@ impl TcpQpair {
             )
         })?;
         let _ = sock.set_nodelay(true);
+        // sock_impl_set_options (posix): buffer sizes, quick ack.
+        if let Err(e) = rspdk_sock::apply_client(std::os::fd::AsRawFd::as_raw_fd(&sock)) {
+            tracing::warn!(%addr, error = %e, "nvme/tcp: cannot apply the sock options to a connection");
+        }
         sock.set_nonblocking(true)
             .map_err(|e| terr(&addr, format!("making the socket non-blocking: {e}")))?;
         let entries = p.size.max(2) as usize;
