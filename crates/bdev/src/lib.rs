@@ -17,18 +17,14 @@
 //! [`BdevIoChannel::forward`] (which hands the I/O back on error, so an
 //! empty pool means "park with `queue_io_wait` and retry", never failure).
 //!
-//! ## The modules ([`mod@modules`], RPC names as SPDK's)
-//! - `malloc` (`bdev_malloc_create`/`_delete`), `null` (`bdev_null_create`/`_delete`/`_resize`);
-//! - `aio` (`bdev_aio_create`/`_delete`/`_rescan`): Linux AIO, one context per
-//!   channel, one `io_submit` per poll, completions reaped from the ring in
-//!   user space; `uring` (`bdev_uring_create`/`_delete`): one io_uring per
-//!   channel, one enter per poll when entries wait, completions polled;
-//!   both O_DIRECT where the filesystem allows;
-//! - `passthru` (`bdev_passthru_create`/`_delete`, deferred until the base
-//!   appears), `delay` (`bdev_delay_create`/`_delete`/`_update_latency`),
-//!   `error` (`bdev_error_create`/`_delete`/`_inject_error`), `split`
-//!   (`bdev_split_create`/`_delete`): virtual bdevs; a base's hot remove
-//!   unregisters what stands on it.
+//! ## The modules
+//! Each lives in its own crate under `modules/bdev/` (`rspdk_bdev_malloc`,
+//! `_null`, `_aio`, `_uring`, `_nvme`, `_passthru`, `_delay`, `_error`,
+//! `_split`) with one [`BdevModule`] that registers its RPC methods, log
+//! flags and save_config entries; the app registers the modules it ships
+//! with [`module_register`]. This crate names none of them. What modules
+//! share: [`mod@rpc`]'s typed method helpers, [`mod@vbdev`] for virtual bdevs,
+//! [`mod@file`] for file-backed ones, [`complete_batch`].
 //!
 //! ## For consumers
 //! [`bdev_open`] gives a [`BdevDesc`] (with an event callback for hot
