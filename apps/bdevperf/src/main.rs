@@ -405,7 +405,9 @@ impl Job {
         let next = buf;
         if !status.is_ok() {
             self.failed.set(self.failed.get() + 1);
-            self.shared.failed.store(self.failed.get(), Ordering::Relaxed);
+            self.shared
+                .failed
+                .store(self.failed.get(), Ordering::Relaxed);
             if self.p.workload == Workload::Verify {
                 *self.error.borrow_mut() = Some(format!(
                     "I/O at block {} failed: {status:?}",
@@ -809,22 +811,6 @@ fn run_tests(
     Ok(())
 }
 
-/// The bdev modules bdevperf ships (SPDK's bdevperf links them all).
-fn register_bdev_modules() {
-    let modules: [Arc<dyn rspdk_bdev::BdevModule>; 9] = [
-        Arc::new(rspdk_bdev_malloc::MallocModule),
-        Arc::new(rspdk_bdev_null::NullModule),
-        Arc::new(rspdk_bdev_nvme::NvmeModule),
-        Arc::new(rspdk_bdev_aio::AioModule),
-        Arc::new(rspdk_bdev_uring::UringModule),
-        Arc::new(rspdk_bdev_passthru::PassthruModule),
-        Arc::new(rspdk_bdev_delay::DelayModule),
-        Arc::new(rspdk_bdev_error::ErrorModule),
-        Arc::new(rspdk_bdev_split::SplitModule),
-    ];
-    modules.into_iter().for_each(rspdk_bdev::module_register);
-}
-
 fn main() {
     let cli = Cli::parse();
     if !cli.wait_for_tests {
@@ -833,7 +819,7 @@ fn main() {
             std::process::exit(2);
         }
     }
-    register_bdev_modules();
+    rspdk_bdev_modules::register_all();
     let app = App::new(cli.app.clone())
         .name("bdevperf")
         .subsystem(BdevSubsystem);

@@ -9,7 +9,6 @@
 //! otherwise it runs on ordinary pages with a warning.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
 use rspdk_bdev::BdevSubsystem;
@@ -85,28 +84,9 @@ struct Cli {
     demo: bool,
 }
 
-/// The bdev modules rspdk_tgt ships, in one list: a new module is its
-/// crate (`modules/bdev/<name>`) plus one line here. Registered before the
-/// framework starts, so that the `bdev` subsystem registers their RPC
-/// methods and log flags and saves their config.
-fn register_bdev_modules() {
-    let modules: [Arc<dyn rspdk_bdev::BdevModule>; 9] = [
-        Arc::new(rspdk_bdev_malloc::MallocModule),
-        Arc::new(rspdk_bdev_null::NullModule),
-        Arc::new(rspdk_bdev_nvme::NvmeModule),
-        Arc::new(rspdk_bdev_aio::AioModule),
-        Arc::new(rspdk_bdev_uring::UringModule),
-        Arc::new(rspdk_bdev_passthru::PassthruModule),
-        Arc::new(rspdk_bdev_delay::DelayModule),
-        Arc::new(rspdk_bdev_error::ErrorModule),
-        Arc::new(rspdk_bdev_split::SplitModule),
-    ];
-    modules.into_iter().for_each(rspdk_bdev::module_register);
-}
-
 fn main() -> ExitCode {
     start_alloc_report();
-    register_bdev_modules();
+    rspdk_bdev_modules::register_all();
     let mut cli = Cli::parse();
     let demo = cli.demo.then(|| {
         // The demo's listener may find port 4420 taken; that must not stop
