@@ -20,42 +20,21 @@ pub fn rpc_error(e: BdevError) -> RpcError {
     RpcError::new(-e.errno(), e.to_string())
 }
 
-/// Registers a method whose params decode into `P` and whose handler
-/// answers at once.
+pub use rspdk_rpc::typed::method_async;
+
+/// [`rspdk_rpc::typed::method`] for handlers that fail with a
+/// [`BdevError`] (which fixes the error type for `?` in closures).
 pub fn method<P, F>(reg: &RpcRegistry, name: &str, states: StateMask, f: F)
 where
     P: DeserializeOwned + 'static,
     F: Fn(P) -> Result<Value, BdevError> + 'static,
 {
-    let r = reg.register(
-        name,
-        states,
-        move |params: Option<Value>, resp: Responder| match parse_params::<P>(params) {
-            Ok(p) => resp.complete(f(p).map_err(rpc_error)),
-            Err(e) => resp.error(e),
-        },
-    );
-    if let Err(e) = r {
-        tracing::error!(method = name, error = %e, "RPC method registration failed");
-    }
+    rspdk_rpc::typed::method(reg, name, states, f)
 }
 
-/// Registers a method whose handler answers later through the responder.
-pub fn method_async<P, F>(reg: &RpcRegistry, name: &str, states: StateMask, f: F)
-where
-    P: DeserializeOwned + 'static,
-    F: Fn(P, Responder) + 'static,
-{
-    let r = reg.register(
-        name,
-        states,
-        move |params: Option<Value>, resp: Responder| match parse_params::<P>(params) {
-            Ok(p) => f(p, resp),
-            Err(e) => resp.error(e),
-        },
-    );
-    if let Err(e) = r {
-        tracing::error!(method = name, error = %e, "RPC method registration failed");
+impl From<BdevError> for RpcError {
+    fn from(e: BdevError) -> RpcError {
+        rpc_error(e)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use rspdk_rpc::{parse_params, Responder, RpcError, RpcRegistry, StateMask};
+use rspdk_rpc::{RpcError, RpcRegistry, StateMask};
 use rspdk_scsi::ScsiDev;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -19,22 +19,14 @@ fn inval(msg: impl Into<String>) -> RpcError {
     RpcError::new(-libc::EINVAL, msg)
 }
 
+/// [`rspdk_rpc::typed::method`] for handlers that fail with an
+/// [`RpcError`] already.
 fn method<P, F>(reg: &RpcRegistry, name: &str, states: StateMask, f: F)
 where
     P: DeserializeOwned + 'static,
     F: Fn(P) -> Result<Value, RpcError> + 'static,
 {
-    let r = reg.register(
-        name,
-        states,
-        move |params: Option<Value>, resp: Responder| match parse_params::<P>(params) {
-            Ok(p) => resp.complete(f(p)),
-            Err(e) => resp.error(e),
-        },
-    );
-    if let Err(e) = r {
-        tracing::error!(method = name, error = %e, "RPC method registration failed");
-    }
+    rspdk_rpc::typed::method(reg, name, states, f)
 }
 
 #[derive(Deserialize)]

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use rspdk_rpc::{parse_params, Responder, RpcError, RpcRegistry, StateMask};
+use rspdk_rpc::{Responder, RpcError, RpcRegistry, StateMask};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -16,27 +16,19 @@ fn rpc_error(e: NvmfError) -> RpcError {
     RpcError::new(-e.errno(), e.to_string())
 }
 
+/// [`rspdk_rpc::typed::method`] for handlers that fail with an
+/// [`NvmfError`].
 fn method<P, F>(reg: &RpcRegistry, name: &str, states: StateMask, f: F)
 where
     P: DeserializeOwned + 'static,
     F: Fn(P) -> Result<Value, NvmfError> + 'static,
 {
-    let r = reg.register(
-        name,
-        states,
-        move |params: Option<Value>, resp: Responder| {
-            let params = match params {
-                None | Some(Value::Null) => Some(json!({})),
-                p => p,
-            };
-            match parse_params::<P>(params) {
-                Ok(p) => resp.complete(f(p).map_err(rpc_error)),
-                Err(e) => resp.error(e),
-            }
-        },
-    );
-    if let Err(e) = r {
-        tracing::error!(method = name, error = %e, "RPC method registration failed");
+    rspdk_rpc::typed::method(reg, name, states, f)
+}
+
+impl From<NvmfError> for RpcError {
+    fn from(e: NvmfError) -> RpcError {
+        rpc_error(e)
     }
 }
 

@@ -90,6 +90,7 @@ pub mod registry;
 pub mod responder;
 pub mod server;
 pub mod session;
+pub mod typed;
 
 pub use client::RpcClient;
 pub use error::{codes, Error, RpcError};
