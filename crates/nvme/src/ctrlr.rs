@@ -623,7 +623,13 @@ impl PcieController {
     /// that arrived (SPDK: `spdk_nvme_ctrlr_process_admin_completions`).
     pub fn process_admin_completions(&self) -> Result<Vec<AsyncEvent>> {
         self.inner.check_health()?;
-        let mut a = lock(&self.inner.admin);
+        // A synchronous admin command (on another thread) holds the queue
+        // and reaps its completions itself: a reactor's poll does not wait.
+        let mut a = match self.inner.admin.try_lock() {
+            Ok(a) => a,
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(Vec::new()),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        };
         self.inner.poll_admin(&mut a);
         Ok(std::mem::take(&mut a.events))
     }

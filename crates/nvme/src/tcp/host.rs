@@ -1412,7 +1412,16 @@ impl TcpCtrlr {
             _ => return Ok(Vec::new()),
         }
         let kato = self.kato_ms.load(Ordering::Relaxed);
-        let mut a = lock(&self.admin);
+        // A synchronous admin command (on a helper thread) holds the queue
+        // and reaps its completions itself: this poll, which runs on a
+        // reactor, must not wait for it. Waiting deadlocked a target whose
+        // NVMe bdev is attached to its own NVMe-oF subsystem: the reactor
+        // that had to answer the command was blocked here.
+        let mut a = match self.admin.try_lock() {
+            Ok(a) => a,
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(Vec::new()),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        };
         let due = kato > 0
             && !a.ka_outstanding
             && a.last_ka.elapsed().as_millis() as u64 >= kato as u64 / 2;
