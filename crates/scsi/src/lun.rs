@@ -649,11 +649,10 @@ impl ScsiLun {
         if u64::from(n) * bs > MAX_TRANSFER_BYTES {
             return done.call(check(Sense::INVALID_FIELD_IN_CDB));
         }
-        let me = self.clone();
-        let desc = desc.clone();
-        DataBuf::dma_then((u64::from(n) * bs) as usize, move |buf| match buf {
+        let len = (u64::from(n) * bs) as usize;
+        let read = move |me: &Arc<Self>, desc: &Arc<BdevDesc>, buf, done: Done| match buf {
             Ok(buf) => me.data_io(
-                &desc,
+                desc,
                 IoType::Read,
                 buf,
                 DataBuf::empty(),
@@ -663,7 +662,16 @@ impl ScsiLun {
                 None,
             ),
             Err(e) => done.call(no_dma(&e)),
-        });
+        };
+        match DataBuf::dma_now(len) {
+            Some(buf) => read(self, desc, buf, done),
+            None => {
+                // iobuf is exhausted: wait for a buffer (only then are the
+                // LUN and descriptor references cloned into the waiter).
+                let (me, desc) = (self.clone(), desc.clone());
+                DataBuf::dma_then(len, move |buf| read(&me, &desc, buf, done));
+            }
+        }
     }
 
     fn write(self: &Arc<Self>, cdb: &Cdb, desc: &Arc<BdevDesc>, data: &[u8], done: Done) {
@@ -693,11 +701,9 @@ impl ScsiLun {
             return done.call(r);
         }
         let src = &data[..(blocks * bs) as usize];
-        let me = self.clone();
-        let desc = desc.clone();
-        let write = move |buf: DataBuf, done: Done| {
+        let write = move |me: &Arc<Self>, desc: &Arc<BdevDesc>, buf: DataBuf, done: Done| {
             me.data_io(
-                &desc,
+                desc,
                 IoType::Write,
                 buf,
                 DataBuf::empty(),
@@ -709,20 +715,22 @@ impl ScsiLun {
         };
         // The initiator's data is borrowed for this call only: copy it into
         // DMA memory now, or (iobuf exhausted) keep a heap copy until a
-        // buffer is free.
+        // buffer is free (only then are the LUN and descriptor references
+        // cloned into the waiter).
         match DataBuf::dma_now(src.len()) {
             Some(Ok(mut buf)) => {
                 buf.copy_from_slice(src);
-                write(buf, done)
+                write(self, desc, buf, done)
             }
             Some(Err(e)) => done.call(no_dma(&e)),
             None => {
                 let held = bufpool::copy_of(src);
+                let (me, desc) = (self.clone(), desc.clone());
                 DataBuf::dma_then(held.len(), move |buf| match buf {
                     Ok(mut buf) => {
                         buf.copy_from_slice(&held);
                         bufpool::put(held);
-                        write(buf, done)
+                        write(&me, &desc, buf, done)
                     }
                     Err(e) => {
                         bufpool::put(held);
