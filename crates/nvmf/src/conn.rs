@@ -509,11 +509,6 @@ impl ConnInner {
         }
     }
 
-    /// Gives a data buffer back (to iobuf, or the env's heap).
-    fn put_buf(&mut self, b: DmaData) {
-        drop(b);
-    }
-
     fn close(&mut self, why: &str) {
         if self.closed {
             return;
@@ -612,7 +607,7 @@ impl ConnInner {
             };
             if done {
                 if let Some(OutSeg::Data { buf, .. }) = self.out.pop_front() {
-                    self.put_buf(buf);
+                    drop(buf); // back to iobuf (or the env heap)
                 }
             }
         }
@@ -716,7 +711,7 @@ impl ConnInner {
                 if dlen <= INLINE_DATA_MAX {
                     self.wbuf.extend_from_slice(&b[..dlen]);
                     pdu::finish_c2h_data(&mut self.wbuf, &b[..dlen], self.digests);
-                    self.put_buf(b);
+                    drop(b); // back to iobuf (or the env heap)
                 } else {
                     // Header, data and digest go out in one `writev` with
                     // the rest of this poll's output; no copy of the data.
@@ -730,7 +725,7 @@ impl ConnInner {
             }
         }
         if let Some(b) = buf {
-            self.put_buf(b);
+            drop(b); // back to iobuf (or the env heap)
         }
         if !skip_resp {
             let (sqhd, sqid) = self.q.as_ref().map_or((0, 0), |q| (q.sqhd, q.qid));
@@ -1498,7 +1493,7 @@ impl ConnInner {
                     let r = &mut self.reqs[slot];
                     r.state = ReqState::Free;
                     if let Some(b) = r.buf.take() {
-                        self.put_buf(b);
+                        drop(b); // back to iobuf (or the env heap)
                     }
                     self.free.push(slot as u16);
                 } else {
@@ -1971,7 +1966,7 @@ impl ConnInner {
                     let r = &mut i.reqs[s];
                     r.state = ReqState::Free;
                     if let Some(b) = r.buf.take() {
-                        i.put_buf(b);
+                        drop(b); // back to iobuf (or the env heap)
                     }
                 }
                 return;
@@ -2105,7 +2100,7 @@ fn io_done(conn: &Rc<Conn>, slot: usize, st: IoStatus) {
         let r = &mut i.reqs[slot];
         r.state = ReqState::Free;
         if let Some(b) = r.buf.take() {
-            i.put_buf(b);
+            drop(b); // back to iobuf (or the env heap)
         }
         return;
     }

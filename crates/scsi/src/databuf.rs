@@ -55,16 +55,6 @@ impl DataBuf {
         DmaData::get_now(module(), len).map(|d| d.map(DataBuf::Dma).map_err(NoDmaMemory))
     }
 
-    /// The bytes, for reading.
-    pub fn as_slice(&self) -> &[u8] {
-        self
-    }
-
-    /// True when this is DMA memory a device may be handed.
-    pub fn is_dma(&self) -> bool {
-        matches!(self, DataBuf::Dma(_))
-    }
-
     /// Shortens the data to `len` bytes (no effect when already shorter).
     pub fn truncate(&mut self, len: usize) {
         match self {
