@@ -38,8 +38,7 @@ fn bdevperf(binary: &str, spdk: bool, config: &std::path::Path, args: &[&str]) -
         .arg(&sock)
         .arg("-m")
         .arg("0x1");
-    // SAFETY: geteuid has no preconditions.
-    if !spdk && unsafe { libc::geteuid() } != 0 {
+    if !spdk && !rspdk_env::sys::is_root() {
         cmd.arg("--no-huge");
     }
     let out = cmd.args(args).output().ok()?;

@@ -489,6 +489,13 @@ pub fn human_size(n: usize) -> String {
     format!("{n} B")
 }
 
+/// Whether the process runs with root's effective uid (hugepage
+/// reservation, device binding and pagemap's physical frames need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,11 +116,7 @@ pub(crate) fn signal_process(sig: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether the process runs with root's effective uid.
-pub(crate) fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+pub(crate) use rspdk_env::sys::is_root;
 
 /// The name of a signal number, for messages.
 pub(crate) fn signal_name(sig: i32) -> &'static str {

@@ -1,5 +1,6 @@
 //! The rspdk_rpc binary against an in-process server.
 
+#[path = "../../../crates/rpc/tests/common/mod.rs"]
 mod common;
 
 use std::io::Write;

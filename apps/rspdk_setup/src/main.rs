@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use rspdk_env::hugepages::{self, parse_size};
 use rspdk_env::pci;
-use rspdk_env::sys::human_size;
+use rspdk_env::sys::{human_size, is_root};
 
 use rspdk_util::outln;
 
@@ -166,11 +166,6 @@ fn page_size_arg(s: &str) -> Result<usize, String> {
         ));
     }
     Ok(bytes)
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 fn config(
