@@ -522,9 +522,7 @@ fn reactor_run(s: &SetShared, r: &ReactorShared) {
     let mut last_busy = false;
     let (mut busy_ns, mut idle_ns) = (0u64, 0u64);
     let mut tokens = [0u64; 32];
-    let mut iters=0u64; let mut busyiters=0u64;
     loop {
-        iters+=1;
         let now = now_ns();
         let d = now.saturating_sub(last);
         if last_busy {
@@ -587,7 +585,7 @@ fn reactor_run(s: &SetShared, r: &ReactorShared) {
                 break;
             }
         }
-        last_busy = busy; if busy {busyiters+=1;}
+        last_busy = busy;
 
         if s.interrupt_mode && !busy && !stop_sent {
             // Sleep only if every thread agrees; undo the ones that did if
@@ -611,6 +609,5 @@ fn reactor_run(s: &SetShared, r: &ReactorShared) {
             }
         }
     }
-    eprintln!("REACTOR ITERS {iters} busy {busyiters}");
     drop(threads);
 }
