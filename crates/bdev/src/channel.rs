@@ -38,7 +38,7 @@ pub(crate) struct ChannelInner {
     backend: RefCell<Box<dyn BackendChannel>>,
     /// Nesting depth of backend `submit` calls on this channel.
     in_submit: Cell<u32>,
-    deferred: RefCell<VecDeque<(Box<IoInner>, IoStatus)>>,
+    deferred: RefCell<VecDeque<Box<IoInner>>>,
     qos_queue: RefCell<VecDeque<Box<IoInner>>>,
     io_wait: RefCell<VecDeque<Callback<()>>>,
     pub stats: RefCell<IoStats>,
@@ -216,7 +216,8 @@ impl ChannelInner {
         let queued = self.deferred.borrow().len();
         for _ in 0..queued {
             let next = self.deferred.borrow_mut().pop_front();
-            let Some((io, status)) = next else { break };
+            let Some(io) = next else { break };
+            let status = io.deferred_status;
             finish(io, status);
             did += 1;
         }
@@ -324,7 +325,7 @@ impl ChannelInner {
 
 /// Called by [`BdevIo::complete`].
 #[inline]
-pub(crate) fn complete_io(io: Box<IoInner>, status: IoStatus) {
+pub(crate) fn complete_io(mut io: Box<IoInner>, status: IoStatus) {
     if let Some(ch) = io.ch.as_ref() {
         if ch.in_submit.get() > 0 {
             // Borrow the channel through a raw pointer: `io` (which holds the
@@ -334,7 +335,8 @@ pub(crate) fn complete_io(io: Box<IoInner>, status: IoStatus) {
             // into belongs to that same channel, so the channel outlives
             // this access; all of it happens on the channel's thread.
             unsafe {
-                (*ch).deferred.borrow_mut().push_back((io, status));
+                io.deferred_status = status;
+                (*ch).deferred.borrow_mut().push_back(io);
                 (*ch).wake();
             }
             return;
@@ -513,7 +515,9 @@ impl BdevIoChannel {
                 )));
             }
         }
-        let mut io = ch.free.get().ok_or(BdevError::NoMemory)?;
+        let Some(mut io) = ch.free.get() else {
+            return Err(BdevError::NoMemory);
+        };
         ch.outstanding.set(ch.outstanding.get() + 1);
         io.ch = Some(ch.clone());
         io.io_type = io_type;

@@ -78,6 +78,11 @@ pub(crate) struct IoInner {
     pub child_status: IoStatus,
     /// Scratch for the module that executes the I/O (e.g. a deadline).
     pub module_ctx: [u64; 4],
+    /// The status of a completion deferred to the channel's poller. It
+    /// travels in the I/O so that the deferred queue holds one pointer per
+    /// entry (a pointer-and-status pair cost a store-forwarding stall per
+    /// I/O).
+    pub deferred_status: IoStatus,
 }
 
 impl IoInner {
@@ -95,6 +100,7 @@ impl IoInner {
             children_left: 0,
             child_status: IoStatus::Success,
             module_ctx: [0; 4],
+            deferred_status: IoStatus::Success,
         }
     }
 }

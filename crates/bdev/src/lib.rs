@@ -62,7 +62,7 @@ pub use bdev::{
     Bdev, BdevBackend, BdevDesc, BdevModule,
 };
 pub use channel::BdevIoChannel;
-pub use histogram::Histogram;
+pub use histogram::{Histogram, DEFAULT_GRANULARITY as HISTOGRAM_DEFAULT_GRANULARITY};
 pub use io::{io_objects_created, io_pool_options, set_io_pool_options, BdevIo};
 pub use module_api::complete_batch;
 pub use qos::QosLimits;
