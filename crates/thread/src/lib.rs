@@ -147,7 +147,7 @@
 // `// SAFETY:` comment: `msg` (inline closure cells), `ring` (the MPSC
 // ring), `current` (current-thread pointer), `clock` (RDTSC), `sys`
 // (eventfd/timerfd/epoll syscalls).
-mod clock;
+
 mod cpuset;
 mod current;
 mod io_channel;

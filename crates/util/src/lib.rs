@@ -11,6 +11,7 @@
 
 mod alloc_count;
 mod callback;
+pub mod clock;
 pub mod stdout;
 
 pub use alloc_count::{allocations, CountingAlloc};

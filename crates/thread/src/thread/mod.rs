@@ -37,7 +37,7 @@ pub const TICK_RATE: u64 = 1_000_000_000;
 /// is 0.
 pub const DEFAULT_MSG_BATCH: u32 = 64;
 
-pub use crate::clock::now_ns;
+pub use rspdk_util::clock::now_ns;
 
 const RUNNING: u8 = 0;
 const EXITING: u8 = 1;
