@@ -38,7 +38,7 @@ pub mod rpc;
 pub mod target;
 mod tcp;
 
-pub use conn::{sc, DISCOVERY};
+pub use conn::DISCOVERY;
 pub use error::{NvmfError, Result};
 
 use rspdk_event::{Subsystem, SubsystemDone};

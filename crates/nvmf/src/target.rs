@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use rspdk_bdev::{bdev_open, BdevDesc, BdevEvent};
+use rspdk_nvme::spec::oncs;
 use rspdk_thread::{Poller, PollerStatus, ThreadHandle, ThreadOpts};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -20,7 +21,7 @@ use serde_json::{json, Value};
 use crate::error::{NvmfError, Result};
 
 /// The well-known discovery subsystem NQN.
-pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
+pub use rspdk_nvme::DISCOVERY_NQN;
 
 /// Options of the TCP transport (SPDK: `struct spdk_nvmf_transport_opts`,
 /// `nvmf_create_transport` params).
@@ -167,14 +168,14 @@ fn d_acceptor_poll_rate() -> u32 {
 /// ONCS bits of SPDK's `masked_oncs` names (NVMe base spec, Identify
 /// Controller ONCS).
 pub const ONCS_NAMES: [(&str, u16); 8] = [
-    ("compare", 1 << 0),
-    ("write_unc", 1 << 1),
-    ("dsm", 1 << 2),
-    ("write_zeroes", 1 << 3),
-    ("set_features_save", 1 << 4),
-    ("reservations", 1 << 5),
-    ("timestamp", 1 << 6),
-    ("copy", 1 << 8),
+    ("compare", oncs::COMPARE),
+    ("write_unc", oncs::WRITE_UNCORRECTABLE),
+    ("dsm", oncs::DSM),
+    ("write_zeroes", oncs::WRITE_ZEROES),
+    ("set_features_save", oncs::SAVE_SELECT),
+    ("reservations", oncs::RESERVATIONS),
+    ("timestamp", oncs::TIMESTAMP),
+    ("copy", oncs::COPY),
 ];
 
 fn d_qd() -> u32 {
