@@ -31,15 +31,18 @@
 //! on.
 
 pub mod admin;
-mod conn;
+mod bdev_bridge;
+pub mod conn;
 pub mod error;
 pub use rspdk_nvme::tcp::pdu;
 pub mod rpc;
 pub mod target;
 mod tcp;
 
-pub use conn::DISCOVERY;
 pub use error::{NvmfError, Result};
+
+/// The discovery NQN, re-exported for users.
+pub const DISCOVERY: &str = target::DISCOVERY_NQN;
 
 use rspdk_event::{Subsystem, SubsystemDone};
 use rspdk_rpc::RpcRegistry;
@@ -61,7 +64,14 @@ impl Subsystem for NvmfSubsystem {
     fn register_rpcs(&self, registry: &RpcRegistry) -> Result<(), rspdk_rpc::Error> {
         // SPDK's log flags of the NVMe-oF target (`-L`, `log_set_flag`).
         rspdk_event::log::register_log_flag("nvmf", &["rspdk_nvmf"]);
-        rspdk_event::log::register_log_flag("nvmf_tcp", &["rspdk_nvmf::tcp", "rspdk_nvmf::conn"]);
+        rspdk_event::log::register_log_flag(
+            "nvmf_tcp",
+            &[
+                "rspdk_nvmf::tcp",
+                "rspdk_nvmf::conn",
+                "rspdk_nvmf::bdev_bridge",
+            ],
+        );
         rpc::register_rpcs(registry);
         Ok(())
     }

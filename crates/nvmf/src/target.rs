@@ -7,14 +7,13 @@
 //! notice changes through a generation counter per subsystem.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use rspdk_bdev::{bdev_open, BdevDesc, BdevEvent};
 use rspdk_nvme::spec::oncs;
-use rspdk_thread::{Poller, PollerStatus, ThreadHandle, ThreadOpts};
+use rspdk_thread::{ThreadHandle, ThreadOpts};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -22,6 +21,9 @@ use crate::error::{NvmfError, Result};
 
 /// The well-known discovery subsystem NQN.
 pub use rspdk_nvme::DISCOVERY_NQN;
+
+/// Discovery log generation counter, bumped on every change.
+pub static DISCOVERY_GENCTR: AtomicU64 = AtomicU64::new(1);
 
 /// Options of the TCP transport (SPDK: `struct spdk_nvmf_transport_opts`,
 /// `nvmf_create_transport` params).
@@ -623,7 +625,10 @@ impl Subsystem {
             }
             c.aen_pending.store(true, Ordering::Release);
             let id = c.admin.1;
-            let _ = c.admin.0.send_msg(move || crate::conn::deliver_aen(id));
+            let _ = c
+                .admin
+                .0
+                .send_msg(move || crate::tcp::poll_group::deliver_aen(id));
         }
     }
 
@@ -1302,7 +1307,7 @@ impl TargetState {
             if let Ok(t) = rspdk_thread::thread_create(opts) {
                 let stats = Arc::new(PollGroupStats::default());
                 let st = stats.clone();
-                let _ = t.send_msg(move || crate::conn::poll_group_init(st));
+                let _ = t.send_msg(move || crate::tcp::poll_group::poll_group_init(st));
                 self.poll_groups.push(PollGroupInfo {
                     thread: t,
                     name,
@@ -1331,79 +1336,4 @@ fn derive_id(nqn: &str, bdev: &str, nsid: u32) -> [u8; 16] {
     out[6] = (out[6] & 0x0f) | 0x40;
     out[8] = (out[8] & 0x3f) | 0x80;
     out
-}
-
-/// Accepts a connection on a listener and hands it to a poll group.
-pub(crate) fn dispatch_connection(
-    stream: TcpStream,
-    local: SocketAddr,
-    peer: SocketAddr,
-    tgt: String,
-) {
-    let (pg, priority) = {
-        let mut t = target();
-        let priority = t
-            .tgt(Some(&tgt))
-            .ok()
-            .and_then(|g| g.transport.as_ref())
-            .map_or(0, |o| o.sock_priority);
-        (t.next_poll_group(), priority)
-    };
-    // sock_impl_set_options (posix): buffer sizes, quick ack.
-    if let Err(e) = rspdk_sock::apply_server(stream.as_raw_fd()) {
-        tracing::warn!(%peer, error = %e, "nvmf: cannot apply the sock options to a connection");
-    }
-    if let Err(e) = crate::tcp::set_priority(&stream, priority) {
-        tracing::warn!(%peer, priority, error = %e, "nvmf: cannot set SO_PRIORITY (sock_priority) on a connection");
-    }
-    let Some((thread, stats, name)) = pg else {
-        tracing::error!(%peer, "nvmf: no poll group for a new connection; closing it");
-        return;
-    };
-    tracing::debug!(%peer, fd = stream.as_raw_fd(), poll_group = %name, "nvmf: new connection");
-    if thread
-        .send_msg(move || crate::conn::accept(stream, local, peer, stats, name, tgt))
-        .is_err()
-    {
-        tracing::error!(%peer, "nvmf: poll group has exited; connection dropped");
-    }
-}
-
-/// Keeps a poller alive in a thread-local list.
-pub(crate) struct PollerGuard(pub Option<Poller>);
-
-impl Drop for PollerGuard {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            p.unregister();
-        }
-    }
-}
-
-/// The acceptor's view of the listening sockets (kept on the app thread).
-pub(crate) struct Listeners {
-    /// Address, socket, users (subsystems listening there), target name.
-    pub(crate) socks: Vec<(SocketAddr, TcpListener, usize, String)>,
-}
-
-/// Busy if anything was accepted.
-pub(crate) fn accept_all(l: &Listeners) -> PollerStatus {
-    let mut busy = PollerStatus::Idle;
-    for (local, sock, _, tgt) in &l.socks {
-        loop {
-            match sock.accept() {
-                Ok((s, peer)) => {
-                    busy = PollerStatus::Busy;
-                    let local = s.local_addr().unwrap_or(*local);
-                    dispatch_connection(s, local, peer, tgt.clone());
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    tracing::warn!(%local, error = %e, "nvmf: accept failed");
-                    break;
-                }
-            }
-        }
-    }
-    busy
 }
