@@ -22,6 +22,7 @@
 //! `crate::tcp::poll_group`; the bdev bridge `crate::bdev_bridge`.
 
 mod ctrlr;
+pub mod harness;
 mod rx;
 #[cfg(test)]
 mod tests;
@@ -275,8 +276,20 @@ impl<B: DataBufs> Conn<B> {
     }
 
     /// The poll group's counters.
-    pub(crate) fn stats(&self) -> &PollGroupStats {
+    pub fn stats(&self) -> &PollGroupStats {
         &self.p.stats
+    }
+
+    /// Bytes the connection holds: its receive and send buffers and the
+    /// data buffers of its requests and output queue.
+    pub fn footprint(&self) -> usize {
+        let bufs: usize = self
+            .reqs
+            .iter()
+            .filter_map(|r| r.buf.as_ref())
+            .map(|b| b.len())
+            .sum();
+        self.rbuf.len() + self.wbuf.capacity() + self.out_data + bufs
     }
 
     /// True once the connection is closed (by the host, a protocol error,
