@@ -65,7 +65,11 @@ impl BdevBridge {
     /// exists without a channel yet, `Ok(None)` for no such namespace.
     fn ns_chan(&mut self, core: &Core, nsid: u32) -> Result<Option<usize>, ()> {
         let Some(ctrlr) = core.controller() else {
-            return Ok(None);
+            // The connection closed in the batch that queued this command
+            // (a Disconnect or a fatal PDU after it): the command runs on
+            // the channels it would have had, as it did when commands were
+            // submitted while their batch was being parsed.
+            return Ok(self.ns.iter().position(|n| n.nsid == nsid));
         };
         let g = ctrlr.subsys.ns_generation.load(Ordering::Acquire);
         if g != self.ns_gen || self.ns_missing {
