@@ -3,22 +3,28 @@
 //! - [`pdu`]: NVMe/TCP PDUs as typed views with parse/emit round trips and
 //!   CRC32C digests; the parser never panics and names the field at fault.
 //! - [`target`]: named targets (`nvmf_tgt` and those of
-//!   `nvmf_create_target`), each with its transport, subsystems (NQN,
-//!   serial, model, hosts, max namespaces), namespaces on bdevs (NSID,
-//!   UUID, NGUID, EUI64, per-host visibility), listeners, controllers
-//!   made per host Connect, the discovery subsystem, poll groups (one
-//!   lightweight thread per reactor core; connections are spread round
-//!   robin).
-//! - `conn`: a queue pair on a non-blocking socket polled by its poll
-//!   group: ICReq/ICResp, command capsules with in-capsule data, R2T and
-//!   H2CData for writes, C2HData for reads (with the SUCCESS flag when the
-//!   host disabled SQ flow control), header and data digests, fabrics
-//!   commands (Connect, Property Get/Set, Disconnect), the admin commands a
-//!   host needs (Identify CNS 0/1/2/3, Get Log Page error / SMART /
-//!   firmware / changed namespaces / discovery, Get/Set Features, Keep
-//!   Alive with the keep-alive timeout enforced, AER with namespace-change
-//!   notices) and NVM commands as bdev I/O (read, write, compare, fused
-//!   compare-and-write, flush, write zeroes, DSM deallocate).
+//!   `nvmf_create_target`), each with its transport ([`transport`]: the
+//!   options), [`subsystem`]s (NQN, serial, model, hosts, max namespaces;
+//!   namespaces on bdevs with NSID, UUID, NGUID, EUI64, per-host
+//!   visibility; listeners; controllers made per host Connect), the
+//!   discovery subsystem, poll groups (one lightweight thread per reactor
+//!   core; connections are spread round robin).
+//! - [`conn`]: the sans-I/O core of a queue pair (SPDK's `tcp.c` protocol
+//!   half and `ctrlr.c`): bytes and time in, bytes and bdev requests out.
+//!   ICReq/ICResp, command capsules with in-capsule data, R2T and H2CData
+//!   for writes, C2HData for reads (with the SUCCESS flag when the host
+//!   disabled SQ flow control), header and data digests, fabrics commands
+//!   (Connect, Property Get/Set, Disconnect), the admin commands a host
+//!   needs (Identify CNS 0/1/2/3, Get Log Page error / SMART / firmware /
+//!   changed namespaces / discovery, Get/Set Features, Keep Alive with the
+//!   keep-alive timeout enforced, AER with namespace-change notices). Unit
+//!   tested in process and fuzzed (`fuzz/fuzz_targets/nvmf_conn.rs`).
+//! - `bdev_bridge` (SPDK's `ctrlr_bdev.c`): NVM commands as bdev I/O
+//!   (read, write, compare, fused compare-and-write, flush, write zeroes,
+//!   DSM deallocate).
+//! - `tcp` (the socket half of SPDK's `tcp.c`): listeners, and the poll
+//!   groups that drive each connection's core on a non-blocking socket
+//!   (`readv` into the buffers the core names, `writev` of its output).
 //! - [`rpc`]: SPDK's `nvmf_*` methods; [`NvmfSubsystem`] is the `nvmf`
 //!   subsystem for `rspdk_event::App` (depends on `bdev`, saved by
 //!   `save_config`).
@@ -31,15 +37,20 @@
 //! on.
 
 pub mod admin;
-mod conn;
+mod bdev_bridge;
+pub mod conn;
 pub mod error;
 pub use rspdk_nvme::tcp::pdu;
 pub mod rpc;
+pub mod subsystem;
 pub mod target;
 mod tcp;
+pub mod transport;
 
-pub use conn::{sc, DISCOVERY};
 pub use error::{NvmfError, Result};
+
+/// The discovery NQN, re-exported for users.
+pub const DISCOVERY: &str = target::DISCOVERY_NQN;
 
 use rspdk_event::{Subsystem, SubsystemDone};
 use rspdk_rpc::RpcRegistry;
@@ -61,7 +72,14 @@ impl Subsystem for NvmfSubsystem {
     fn register_rpcs(&self, registry: &RpcRegistry) -> Result<(), rspdk_rpc::Error> {
         // SPDK's log flags of the NVMe-oF target (`-L`, `log_set_flag`).
         rspdk_event::log::register_log_flag("nvmf", &["rspdk_nvmf"]);
-        rspdk_event::log::register_log_flag("nvmf_tcp", &["rspdk_nvmf::tcp", "rspdk_nvmf::conn"]);
+        rspdk_event::log::register_log_flag(
+            "nvmf_tcp",
+            &[
+                "rspdk_nvmf::tcp",
+                "rspdk_nvmf::conn",
+                "rspdk_nvmf::bdev_bridge",
+            ],
+        );
         rpc::register_rpcs(registry);
         Ok(())
     }

@@ -8,8 +8,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::conn::DISCOVERY_GENCTR;
 use crate::error::NvmfError;
+use crate::target::DISCOVERY_GENCTR;
 use crate::target::{lock, parse_hex, parse_uuid, target, ListenAddress, TransportOpts};
 
 fn rpc_error(e: NvmfError) -> RpcError {

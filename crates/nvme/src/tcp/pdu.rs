@@ -294,19 +294,11 @@ fn le32(b: &[u8]) -> u32 {
 }
 
 fn sqe_from(b: &[u8]) -> Sqe {
-    let mut s = Sqe::default();
-    for (i, d) in s.dw.iter_mut().enumerate() {
-        *d = le32(&b[i * 4..i * 4 + 4]);
-    }
-    s
+    Sqe::from_bytes(b).expect("the caller passes field::SQE, 64 bytes")
 }
 
 fn cqe_from(b: &[u8]) -> Cqe {
-    let mut c = Cqe::default();
-    for (i, d) in c.dw.iter_mut().enumerate() {
-        *d = le32(&b[i * 4..i * 4 + 4]);
-    }
-    c
+    Cqe::from_bytes(b).expect("the caller passes field::CQE, 16 bytes")
 }
 
 fn data_header(b: &[u8]) -> DataHeader {
@@ -316,6 +308,45 @@ fn data_header(b: &[u8]) -> DataHeader {
         datao: le32(&b[field::DATAO]),
         datal: le32(&b[field::DATAL]),
     }
+}
+
+impl DataHeader {
+    /// The data header fields of an H2CData, C2HData or R2T PDU header
+    /// (`None` if `hdr` is shorter than [`DATA_HLEN`]). For a receiver
+    /// that takes the header before the PDU's data has arrived; [`parse`]
+    /// does the same for a whole PDU.
+    pub fn parse(hdr: &[u8]) -> Option<DataHeader> {
+        (hdr.len() >= DATA_HLEN).then(|| data_header(hdr))
+    }
+}
+
+/// The command of a CapsuleCmd PDU header (`None` if `hdr` is shorter than
+/// [`CAPSULE_CMD_HLEN`]), for a receiver that takes the header before the
+/// in-capsule data has arrived.
+pub fn capsule_sqe(hdr: &[u8]) -> Option<Sqe> {
+    Sqe::from_bytes(hdr.get(field::SQE)?)
+}
+
+/// Checks the header digest that follows the `hlen`-byte header at the
+/// start of `pdu` (which must hold both).
+pub fn check_header_digest(pdu: &[u8], hlen: usize) -> Result<(), PduError> {
+    let Some(d) = pdu.get(hlen..hlen + DIGEST_LEN) else {
+        return Err(PduError::pdu(
+            fes::INVALID_HEADER_FIELD,
+            field::HLEN as u32,
+            "header digest past the received bytes",
+        ));
+    };
+    let got = le32(d);
+    let want = crc32c(&pdu[..hlen]);
+    if got != want {
+        return Err(PduError::Digest {
+            kind: "header",
+            got,
+            want,
+        });
+    }
+    Ok(())
 }
 
 /// The fixed header length of each known type, and whether it may carry
@@ -718,9 +749,7 @@ impl Pdu<'_> {
                 h,
                 d,
                 |b| {
-                    for (i, w) in sqe.dw.iter().enumerate() {
-                        b[8 + i * 4..12 + i * 4].copy_from_slice(&w.to_le_bytes());
-                    }
+                    b[field::SQE].copy_from_slice(&sqe.to_bytes());
                 },
             ),
             Pdu::CapsuleResp(cqe) => emit_capsule_resp(out, cqe, digests),
@@ -768,9 +797,7 @@ pub fn emit_capsule_resp(out: &mut Vec<u8>, cqe: &Cqe, digests: Digests) {
         digests.header,
         false,
         |b| {
-            for (i, w) in cqe.dw.iter().enumerate() {
-                b[8 + i * 4..12 + i * 4].copy_from_slice(&w.to_le_bytes());
-            }
+            b[field::CQE].copy_from_slice(&cqe.to_bytes());
         },
     )
 }
@@ -817,5 +844,37 @@ mod tests {
         out[2] = 23;
         let e = parse(&out, Digests::default(), 1 << 20).unwrap_err();
         assert!(e.to_string().contains("HLEN 23"), "{e}");
+    }
+
+    #[test]
+    fn headers_taken_before_their_data() {
+        let dg = Digests {
+            header: true,
+            data: false,
+        };
+        let mut sqe = Sqe::new(0x01, 1);
+        sqe.set_cid(11);
+        let mut out = Vec::new();
+        Pdu::CapsuleCmd { sqe, data: &[5; 8] }.emit(&mut out, dg);
+        assert_eq!(capsule_sqe(&out[..CAPSULE_CMD_HLEN]), Some(sqe));
+        assert_eq!(capsule_sqe(&out[..CAPSULE_CMD_HLEN - 1]), None);
+        assert_eq!(check_header_digest(&out, CAPSULE_CMD_HLEN), Ok(()));
+        out[9] ^= 1;
+        assert!(matches!(
+            check_header_digest(&out, CAPSULE_CMD_HLEN),
+            Err(PduError::Digest { kind: "header", .. })
+        ));
+        assert!(check_header_digest(&out[..CAPSULE_CMD_HLEN + 2], CAPSULE_CMD_HLEN).is_err());
+        let hdr = DataHeader {
+            cccid: 3,
+            ttag: 4,
+            datao: 4096,
+            datal: 512,
+        };
+        let mut out = Vec::new();
+        emit_h2c_data_header(&mut out, &hdr, true, dg);
+        assert_eq!(DataHeader::parse(&out), Some(hdr));
+        assert_eq!(DataHeader::parse(&out[..DATA_HLEN - 1]), None);
+        assert_eq!(check_header_digest(&out, DATA_HLEN), Ok(()));
     }
 }

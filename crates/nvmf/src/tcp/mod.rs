@@ -1,15 +1,18 @@
-//! Listening sockets: non-blocking TCP listeners on the app thread, polled
-//! (or, in interrupt mode, woken by the kernel) and handing each accepted
-//! connection to a poll group.
+//! The TCP transport's sockets (SPDK: `lib/nvmf/tcp.c`): non-blocking
+//! listeners on the app thread, polled (or, in interrupt mode, woken by the
+//! kernel), handing each accepted connection to a poll group
+//! ([`poll_group`], which drives the connection's protocol core).
+
+pub(crate) mod poll_group;
 
 use std::cell::RefCell;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 
-use rspdk_thread::{Interrupt, PollerStatus, Thread};
+use rspdk_thread::{Interrupt, Poller, PollerStatus, Thread};
 
 use crate::error::{NvmfError, Result};
-use crate::target::{accept_all, Listeners, PollerGuard};
+use crate::target::target;
 
 thread_local! {
     static LISTENERS: RefCell<Listeners> = const { RefCell::new(Listeners { socks: Vec::new() }) };
@@ -151,4 +154,79 @@ pub(crate) fn close_all() {
     LISTENERS.with(|l| l.borrow_mut().socks.clear());
     INTRS.with(|v| v.borrow_mut().drain(..).for_each(|(_, i)| i.unregister()));
     ACCEPTOR.with(|a| a.borrow_mut().take());
+}
+
+/// Accepts a connection on a listener and hands it to a poll group.
+pub(crate) fn dispatch_connection(
+    stream: TcpStream,
+    local: SocketAddr,
+    peer: SocketAddr,
+    tgt: String,
+) {
+    let (pg, priority) = {
+        let mut t = target();
+        let priority = t
+            .tgt(Some(&tgt))
+            .ok()
+            .and_then(|g| g.transport.as_ref())
+            .map_or(0, |o| o.sock_priority);
+        (t.next_poll_group(), priority)
+    };
+    // sock_impl_set_options (posix): buffer sizes, quick ack.
+    if let Err(e) = rspdk_sock::apply_server(stream.as_raw_fd()) {
+        tracing::warn!(%peer, error = %e, "nvmf: cannot apply the sock options to a connection");
+    }
+    if let Err(e) = set_priority(&stream, priority) {
+        tracing::warn!(%peer, priority, error = %e, "nvmf: cannot set SO_PRIORITY (sock_priority) on a connection");
+    }
+    let Some((thread, stats, name)) = pg else {
+        tracing::error!(%peer, "nvmf: no poll group for a new connection; closing it");
+        return;
+    };
+    tracing::debug!(%peer, fd = stream.as_raw_fd(), poll_group = %name, "nvmf: new connection");
+    if thread
+        .send_msg(move || poll_group::accept(stream, local, peer, stats, name, tgt))
+        .is_err()
+    {
+        tracing::error!(%peer, "nvmf: poll group has exited; connection dropped");
+    }
+}
+
+/// Keeps a poller alive in a thread-local list.
+pub(crate) struct PollerGuard(pub Option<Poller>);
+
+impl Drop for PollerGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            p.unregister();
+        }
+    }
+}
+
+/// The acceptor's view of the listening sockets (kept on the app thread).
+pub(crate) struct Listeners {
+    /// Address, socket, users (subsystems listening there), target name.
+    pub(crate) socks: Vec<(SocketAddr, TcpListener, usize, String)>,
+}
+
+/// Busy if anything was accepted.
+pub(crate) fn accept_all(l: &Listeners) -> PollerStatus {
+    let mut busy = PollerStatus::Idle;
+    for (local, sock, _, tgt) in &l.socks {
+        loop {
+            match sock.accept() {
+                Ok((s, peer)) => {
+                    busy = PollerStatus::Busy;
+                    let local = s.local_addr().unwrap_or(*local);
+                    dispatch_connection(s, local, peer, tgt.clone());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!(%local, error = %e, "nvmf: accept failed");
+                    break;
+                }
+            }
+        }
+    }
+    busy
 }
