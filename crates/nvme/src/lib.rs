@@ -20,19 +20,21 @@
 
 pub mod ctrlr;
 pub mod error;
+pub mod pcie;
 pub mod prp;
 pub mod qpair;
 mod queue;
 pub mod spec;
 pub mod status;
 pub mod tcp;
+mod transport;
 pub mod trid;
 
 pub use ctrlr::{
-    probe, probe_pcie, AsyncEvent, Controller, ControllerOpts, DiscoveryEntry, Namespace,
-    DEFAULT_HOSTNQN,
+    probe, AsyncEvent, Controller, ControllerOpts, DiscoveryEntry, Namespace, DEFAULT_HOSTNQN,
 };
 pub use error::{NvmeError, Result};
+pub use pcie::probe_pcie;
 pub use qpair::{CmdErrorInjection, IoQpair, QpairOpts, TimeoutAction, TimeoutEvent};
 pub use queue::{Completion, SgeFns};
 pub use status::Status;

@@ -387,9 +387,7 @@ fn drop_admin_poller(name: &str) {
 /// otherwise it stays failed and its I/O fails. A PCIe controller is left
 /// failed (a removed or dead device would only time out again).
 fn reset_once(name: &str, ctrlr: &Controller, health: &Health) -> PollerStatus {
-    if ctrlr.trid().trtype == rspdk_nvme::TransportType::Pcie
-        || health.reset_tried.swap(true, Ordering::AcqRel)
-    {
+    if !ctrlr.is_fabrics() || health.reset_tried.swap(true, Ordering::AcqRel) {
         return PollerStatus::Idle;
     }
     match ctrlr.reset() {
@@ -718,7 +716,7 @@ pub fn attach_finish(plan: AttachPlan, ctrlr: Controller) -> Result<Vec<String>,
         let mut props = BdevProps::new(&name, ns.block_size, ns.num_blocks, "NVMe disk");
         props.write_cache = vwc;
         // Over PCIe the controller reads and writes the buffers itself.
-        props.requires_dma = trid.trtype == rspdk_nvme::TransportType::Pcie;
+        props.requires_dma = ctrlr.requires_dma();
         props.max_transfer_blocks = (max_xfer / ns.block_size as usize) as u64;
         let backend = NvmeBackend(Arc::new(NvmeNs {
             ctrlr: ctrlr.clone(),
@@ -910,7 +908,6 @@ pub fn get_controllers(name: Option<&str>) -> Result<Value, BdevError> {
     let list = ctrlrs();
     let mut out = Vec::new();
     for c in list.iter().filter(|c| name.is_none_or(|n| n == c.name)) {
-        let d = c.ctrlr.data();
         out.push(json!({
             "name": c.name,
             "ctrlrs": [{
@@ -924,7 +921,7 @@ pub fn get_controllers(name: Option<&str>) -> Result<Value, BdevError> {
                     "failed"
                 },
                 "trid": trid_json(c.ctrlr.trid()),
-                "cntlid": if c.ctrlr.is_fabrics() { c.ctrlr.cntlid() } else { d.cntlid() },
+                "cntlid": c.ctrlr.cntlid(),
                 "host": {
                     "nqn": c.params.hostnqn.clone().unwrap_or_default(),
                     "addr": c.params.hostaddr.clone().unwrap_or_default(),
