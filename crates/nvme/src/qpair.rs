@@ -119,6 +119,32 @@ impl CmdTimeouts {
     }
 }
 
+/// A queue whose commands can time out (the PCIe rings, an NVMe/TCP
+/// connection).
+pub(crate) trait TimedQueue {
+    /// The queue id.
+    fn qid(&self) -> u16;
+    /// Calls `f` once for each command in flight for `timeout` or longer
+    /// at `now` (each command once).
+    fn check_timeouts(&mut self, now: Instant, timeout: Duration, f: &mut dyn FnMut(u16, &Request));
+    /// True while command `cid` is in flight.
+    fn in_flight(&self, cid: u16) -> bool;
+}
+
+impl CmdTimeouts {
+    /// Scans `q` when due, asks the callback about its late commands and
+    /// carries out what it wants on the controller `ctrlr` gives.
+    pub(crate) fn run(
+        &mut self,
+        q: &mut impl TimedQueue,
+        ctrlr: impl FnOnce() -> crate::ctrlr::Controller,
+    ) {
+        let qid = q.qid();
+        let actions = self.due(qid, |now, timeout, f| q.check_timeouts(now, timeout, f));
+        actions.carry_out(qid, ctrlr, |cid| q.in_flight(cid));
+    }
+}
+
 impl TimeoutActions {
     /// Carries the actions out on the controller `ctrlr` gives (asked for
     /// only if there is one): an Abort of each command `in_flight` still

@@ -3,12 +3,12 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::PcieCtrlr;
 use crate::ctrlr::{state, Controller, Namespace};
 use crate::error::{NvmeError, Result};
-use crate::qpair::{CmdTimeouts, QpairOpts, TimeoutAction, TimeoutEvent};
+use crate::qpair::{CmdTimeouts, QpairOpts, TimedQueue, TimeoutAction, TimeoutEvent};
 use crate::queue::{Completion, Payload, Queue, Request};
 use crate::spec::{AdminOpcode, Sqe};
 use crate::status::Status;
@@ -277,17 +277,10 @@ impl PcieQpair {
     }
 
     fn run_timeouts(&mut self) {
-        let Some(t) = self.timeouts.as_mut() else {
-            return;
-        };
-        let q = &mut self.q;
-        let actions = t.due(q.qid, |now, timeout, f| q.check_timeouts(now, timeout, f));
-        let ctrlr = &self.ctrlr;
-        actions.carry_out(
-            self.q.qid,
-            || Controller::from_transport(ctrlr.clone()),
-            |cid| self.q.in_flight(cid),
-        );
+        if let Some(t) = self.timeouts.as_mut() {
+            let ctrlr = &self.ctrlr;
+            t.run(&mut self.q, || Controller::from_transport(ctrlr.clone()));
+        }
     }
 
     /// The command id in flight for `ctx` (to abort it).
@@ -324,5 +317,24 @@ impl Drop for PcieQpair {
             }
         }
         self.ctrlr.common.free_qid(self.q.qid);
+    }
+}
+
+impl TimedQueue for Queue {
+    fn qid(&self) -> u16 {
+        self.qid
+    }
+
+    fn check_timeouts(
+        &mut self,
+        now: Instant,
+        timeout: Duration,
+        f: &mut dyn FnMut(u16, &Request),
+    ) {
+        Queue::check_timeouts(self, now, timeout, f)
+    }
+
+    fn in_flight(&self, cid: u16) -> bool {
+        Queue::in_flight(self, cid)
     }
 }

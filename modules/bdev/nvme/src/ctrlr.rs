@@ -449,6 +449,31 @@ pub fn attach_finish(plan: AttachPlan, ctrlr: Controller) -> Result<Vec<String>,
     Ok(names)
 }
 
+/// Runs `run` on a helper OS thread named `name` when called on an SPDK
+/// thread (it blocks: a detach waits for the controller, over TCP maybe
+/// for a target served by this very reactor); off an SPDK thread, or if
+/// no thread can be spawned, runs it here.
+pub(crate) fn off_reactor(name: &str, run: impl FnOnce() + Send + 'static) {
+    if rspdk_thread::get_thread().is_none() {
+        return run();
+    }
+    let slot = Arc::new(Mutex::new(Some(run)));
+    let s2 = slot.clone();
+    if std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            if let Some(r) = s2.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                r()
+            }
+        })
+        .is_err()
+    {
+        if let Some(r) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            r()
+        }
+    }
+}
+
 /// Runs `work` on a helper OS thread (blocking network work: connect,
 /// reset), then `finish` with its result back on this SPDK thread, whose
 /// answer completes `resp`. Off an SPDK thread both run here, in turn.
@@ -509,24 +534,7 @@ pub fn detach(name: &str, done: impl FnOnce() + Send + 'static) -> Result<(), Bd
             }
             done();
         };
-        if rspdk_thread::get_thread().is_none() {
-            return run();
-        }
-        let slot = Arc::new(Mutex::new(Some(run)));
-        let s2 = slot.clone();
-        if std::thread::Builder::new()
-            .name("bdev_nvme_detach".into())
-            .spawn(move || {
-                if let Some(r) = s2.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                    r()
-                }
-            })
-            .is_err()
-        {
-            if let Some(r) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                r()
-            }
-        }
+        off_reactor("bdev_nvme_detach", run);
     };
     if bdevs.is_empty() {
         finish();

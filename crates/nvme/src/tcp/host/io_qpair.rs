@@ -3,13 +3,13 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::queue::TcpQpair;
 use super::TcpCtrlr;
 use crate::ctrlr::{state, Controller, Namespace};
 use crate::error::{NvmeError, Result};
-use crate::qpair::{CmdTimeouts, TimeoutCb};
+use crate::qpair::{CmdTimeouts, TimedQueue, TimeoutCb};
 use crate::queue::{Completion, Request};
 
 /// An NVMe/TCP I/O queue pair with its controller.
@@ -37,17 +37,10 @@ impl TcpIoQpair {
     }
 
     fn run_timeouts(&mut self) {
-        let Some(t) = self.timeouts.as_mut() else {
-            return;
-        };
-        let q = &mut self.q;
-        let actions = t.due(q.qid, |now, timeout, f| q.check_timeouts(now, timeout, f));
-        let ctrlr = &self.ctrlr;
-        actions.carry_out(
-            self.q.qid,
-            || Controller::from_transport(ctrlr.clone()),
-            |cid| self.q.in_flight(cid),
-        );
+        if let Some(t) = self.timeouts.as_mut() {
+            let ctrlr = &self.ctrlr;
+            t.run(&mut self.q, || Controller::from_transport(ctrlr.clone()));
+        }
     }
 
     pub(crate) fn new(
@@ -211,5 +204,24 @@ impl Drop for TcpIoQpair {
     fn drop(&mut self) {
         self.q.shutdown();
         self.ctrlr.common.free_qid(self.q.qid);
+    }
+}
+
+impl TimedQueue for TcpQpair {
+    fn qid(&self) -> u16 {
+        self.qid
+    }
+
+    fn check_timeouts(
+        &mut self,
+        now: Instant,
+        timeout: Duration,
+        f: &mut dyn FnMut(u16, &Request),
+    ) {
+        TcpQpair::check_timeouts(self, now, timeout, f)
+    }
+
+    fn in_flight(&self, cid: u16) -> bool {
+        TcpQpair::in_flight(self, cid)
     }
 }
