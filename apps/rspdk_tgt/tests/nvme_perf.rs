@@ -16,12 +16,46 @@ use serde_json::json;
 
 const NQN: &str = "nqn.2016-06.io.spdk:perf";
 
-/// The `rspdk_nvme_perf` built beside this test's `rspdk_tgt`.
+/// The `rspdk_nvme_perf` built beside this test's `rspdk_tgt`
+/// (`apps/rspdk_nvme_perf`). `cargo test --workspace` builds it; `cargo
+/// test -p rspdk_tgt` builds only this package's binaries, so it is built
+/// here, once, into the same target directory and profile.
 fn perf_bin() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_rspdk_tgt")).with_file_name("rspdk_nvme_perf");
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let tgt = PathBuf::from(env!("CARGO_BIN_EXE_rspdk_tgt"));
+    let p = tgt.with_file_name("rspdk_nvme_perf");
+    BUILT.get_or_init(|| {
+        if p.exists() {
+            return;
+        }
+        let dir = tgt.parent().expect("the binary's directory");
+        let profile = match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(other) => other,
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "rspdk_nvme_perf",
+                "--bin",
+                "rspdk_nvme_perf",
+            ])
+            .args(["--profile", profile])
+            .arg("--manifest-path")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml"))
+            .arg("--target-dir")
+            .arg(dir.parent().expect("the target directory"))
+            .status();
+        if let Err(e) = st {
+            eprintln!("building rspdk_nvme_perf: {e}");
+        }
+    });
     assert!(
         p.exists(),
-        "{} is missing: cargo build -p rspdk_nvme --bins (cargo test --workspace builds it)",
+        "{} is missing: cargo build -p rspdk_nvme_perf (cargo test --workspace builds it)",
         p.display()
     );
     p

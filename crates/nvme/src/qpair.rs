@@ -11,14 +11,13 @@
 //! valid, and untouched by the caller, until the command completes.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::ctrlr::{state, Inner, Namespace};
+use crate::ctrlr::Namespace;
 use crate::error::{NvmeError, Result};
-use crate::queue::{Completion, Payload, Queue, Request, SgeFns};
-use crate::spec::{AdminOpcode, DsmRange, IoOpcode, Sqe};
+use crate::pcie::PcieQpair;
+use crate::queue::{Completion, Payload, Request, SgeFns};
+use crate::spec::{DsmRange, IoOpcode, Sqe};
 use crate::status::Status;
 use crate::tcp::host::TcpIoQpair;
 
@@ -59,29 +58,118 @@ pub struct TimeoutEvent {
 
 pub(crate) type TimeoutCb = Box<dyn FnMut(&TimeoutEvent) -> TimeoutAction + Send>;
 
-/// Asks `cb` about each command `scan` reports as timed out and returns
-/// the actions wanted (at most 8 per scan; further ones wait for the next
-/// scan), for either transport.
-pub(crate) fn collect_timeout_actions(
-    qid: u16,
-    cb: &mut TimeoutCb,
-    scan: impl FnOnce(&mut dyn FnMut(u16, &crate::queue::Request)),
-) -> ([(u16, TimeoutAction); 8], usize) {
-    let mut actions = [(0, TimeoutAction::None); 8];
-    let mut k = 0;
-    scan(&mut |cid, r| {
-        let a = cb(&TimeoutEvent {
-            qid,
-            cid,
-            opcode: r.cmd.opcode(),
-            ctx: r.ctx,
-        });
-        if a != TimeoutAction::None && k < actions.len() {
-            actions[k] = (cid, a);
-            k += 1;
+/// A queue pair's command timeout and its callback (SPDK:
+/// `spdk_nvme_ctrlr_register_timeout_callback`, per queue pair here),
+/// the same for every transport.
+pub(crate) struct CmdTimeouts {
+    timeout: Duration,
+    cb: TimeoutCb,
+    next_scan: Instant,
+}
+
+/// What a timeout callback asked for: (command id, action), at most 8 per
+/// scan (further ones wait for the next scan).
+pub(crate) struct TimeoutActions {
+    list: [(u16, TimeoutAction); 8],
+    len: usize,
+}
+
+impl CmdTimeouts {
+    /// Commands in flight longer than `timeout` are reported to `cb`.
+    pub(crate) fn new(timeout: Duration, cb: TimeoutCb) -> CmdTimeouts {
+        CmdTimeouts {
+            timeout,
+            cb,
+            next_scan: Instant::now(),
         }
-    });
-    (actions, k)
+    }
+
+    /// Asks the callback about each command `scan` reports as in flight
+    /// for the timeout or longer (`scan(now, timeout, report)`; each
+    /// command once), at most every quarter timeout and at least every
+    /// 10 ms; returns the actions wanted.
+    pub(crate) fn due(
+        &mut self,
+        qid: u16,
+        scan: impl FnOnce(Instant, Duration, &mut dyn FnMut(u16, &Request)),
+    ) -> TimeoutActions {
+        let mut out = TimeoutActions {
+            list: [(0, TimeoutAction::None); 8],
+            len: 0,
+        };
+        let now = Instant::now();
+        if now < self.next_scan {
+            return out;
+        }
+        self.next_scan = now + (self.timeout / 4).min(Duration::from_millis(10));
+        let cb = &mut self.cb;
+        scan(now, self.timeout, &mut |cid, r| {
+            let a = cb(&TimeoutEvent {
+                qid,
+                cid,
+                opcode: r.cmd.opcode(),
+                ctx: r.ctx,
+            });
+            if a != TimeoutAction::None && out.len < out.list.len() {
+                out.list[out.len] = (cid, a);
+                out.len += 1;
+            }
+        });
+        out
+    }
+}
+
+/// A queue whose commands can time out (the PCIe rings, an NVMe/TCP
+/// connection).
+pub(crate) trait TimedQueue {
+    /// The queue id.
+    fn qid(&self) -> u16;
+    /// Calls `f` once for each command in flight for `timeout` or longer
+    /// at `now` (each command once).
+    fn check_timeouts(&mut self, now: Instant, timeout: Duration, f: &mut dyn FnMut(u16, &Request));
+    /// True while command `cid` is in flight.
+    fn in_flight(&self, cid: u16) -> bool;
+}
+
+impl CmdTimeouts {
+    /// Scans `q` when due, asks the callback about its late commands and
+    /// carries out what it wants on the controller `ctrlr` gives.
+    pub(crate) fn run(
+        &mut self,
+        q: &mut impl TimedQueue,
+        ctrlr: impl FnOnce() -> crate::ctrlr::Controller,
+    ) {
+        let qid = q.qid();
+        let actions = self.due(qid, |now, timeout, f| q.check_timeouts(now, timeout, f));
+        actions.carry_out(qid, ctrlr, |cid| q.in_flight(cid));
+    }
+}
+
+impl TimeoutActions {
+    /// Carries the actions out on the controller `ctrlr` gives (asked for
+    /// only if there is one): an Abort of each command `in_flight` still
+    /// holds, a reset. A failed action is logged.
+    pub(crate) fn carry_out(
+        &self,
+        qid: u16,
+        ctrlr: impl FnOnce() -> crate::ctrlr::Controller,
+        in_flight: impl Fn(u16) -> bool,
+    ) {
+        if self.len == 0 {
+            return;
+        }
+        let ctrlr = ctrlr();
+        for &(cid, a) in &self.list[..self.len] {
+            let r = match a {
+                TimeoutAction::Abort if in_flight(cid) => ctrlr.abort(qid, cid).map(|_| ()),
+                TimeoutAction::Reset => ctrlr.reset(),
+                _ => Ok(()),
+            };
+            if let Err(e) = r {
+                tracing::warn!(qid, cid, error = %e, "timeout action failed");
+            }
+        }
+    }
 }
 
 /// An I/O queue pair: PCIe queues or an NVMe/TCP connection (SPDK:
@@ -131,340 +219,12 @@ enum Qp {
     Tcp(Box<TcpIoQpair>),
 }
 
-/// A PCIe I/O queue pair.
-pub(crate) struct PcieQpair {
-    q: Queue,
-    ctrlr: Arc<Inner>,
-    generation: u32,
-    namespaces: Vec<Namespace>,
-    delay_doorbell: bool,
-    timeout: Option<(Duration, TimeoutCb)>,
-    next_timeout_scan: Instant,
-    idle_polls: u32,
-    /// Largest transfer one command may move (MDTS, and one PRP list page).
-    max_transfer: usize,
-    /// False after a failure/detach was reported to the caller.
-    connected: bool,
-}
-
 impl std::fmt::Debug for IoQpair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IoQpair")
             .field("qid", &self.qid())
             .field("outstanding", &self.outstanding())
             .finish_non_exhaustive()
-    }
-}
-
-const ABORTED: Status = Status::ABORTED_SQ_DELETION;
-
-impl PcieQpair {
-    pub(crate) fn new(ctrlr: Arc<Inner>, opts: Option<QpairOpts>) -> Result<PcieQpair> {
-        match ctrlr.state.load(Ordering::Acquire) {
-            state::OK => {}
-            _ => return Err(ctrlr.state_error()),
-        }
-        let opts = opts.unwrap_or(QpairOpts {
-            io_queue_size: ctrlr.opts.io_queue_size,
-            io_queue_requests: ctrlr.opts.io_queue_requests,
-            delay_doorbell: true,
-        });
-        let entries = opts
-            .io_queue_size
-            .clamp(2, 4096)
-            .min(ctrlr.cap.mqes().saturating_add(1));
-        let qid = ctrlr.alloc_qid()?;
-        let pending = (opts.io_queue_requests as usize)
-            .saturating_sub(entries as usize - 1)
-            .max(1);
-        let q = match Queue::new(
-            qid,
-            entries,
-            pending,
-            ctrlr.bar.clone(),
-            ctrlr.cap.dstrd(),
-            ctrlr.page,
-            ctrlr.sgl_supported(),
-        ) {
-            Ok(q) => q,
-            Err(e) => {
-                ctrlr.free_qid(qid);
-                return Err(e);
-            }
-        };
-        let max_transfer = ctrlr.max_transfer();
-        let mut qp = PcieQpair {
-            q,
-            generation: ctrlr.generation.load(Ordering::Acquire),
-            namespaces: ctrlr.namespaces(),
-            ctrlr,
-            delay_doorbell: opts.delay_doorbell,
-            timeout: None,
-            next_timeout_scan: Instant::now(),
-            idle_polls: 0,
-            max_transfer,
-            connected: true,
-        };
-        if let Err(e) = qp.create_queues() {
-            // Drop frees the id and must not delete queues never created.
-            qp.connected = false;
-            return Err(e);
-        }
-        Ok(qp)
-    }
-
-    /// Creates the device's CQ and SQ for this queue pair and records the
-    /// controller generation they live in. A reset between the two commands
-    /// (it deletes every queue) starts the pair over.
-    fn create_queues(&mut self) -> Result<()> {
-        let qid = self.q.qid as u32;
-        let size = self.q.entries() as u32 - 1;
-        for _ in 0..8 {
-            let mut c = Sqe::new(AdminOpcode::CreateIoCq.into(), 0);
-            c.set_prp1(self.q.cq_iova());
-            c.dw[10] = (size << 16) | qid;
-            c.dw[11] = 1; // physically contiguous, no interrupts
-            let (_, g1) =
-                self.ctrlr
-                    .admin_sync_gen(c, Payload::None, "Create I/O Completion Queue")?;
-            let mut s = Sqe::new(AdminOpcode::CreateIoSq.into(), 0);
-            s.set_prp1(self.q.sq_iova());
-            s.dw[10] = (size << 16) | qid;
-            s.dw[11] = (qid << 16) | 1;
-            match self
-                .ctrlr
-                .admin_sync_gen(s, Payload::None, "Create I/O Submission Queue")
-            {
-                Ok((_, g2)) if g2 == g1 => {
-                    self.generation = g1;
-                    return Ok(());
-                }
-                // Reset in between: the CQ is gone; start over.
-                Ok(_) => continue,
-                Err(e) => {
-                    if self.ctrlr.generation.load(Ordering::Acquire) == g1 {
-                        let mut d = Sqe::new(AdminOpcode::DeleteIoCq.into(), 0);
-                        d.dw[10] = qid;
-                        let _ =
-                            self.ctrlr
-                                .admin_sync(d, Payload::None, "Delete I/O Completion Queue");
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Err(NvmeError::ControllerFailed {
-            traddr: self.ctrlr.trid.traddr.clone(),
-            reason: "resets keep interrupting the creation of I/O queues".into(),
-        })
-    }
-
-    /// The queue id.
-    pub fn qid(&self) -> u16 {
-        self.q.qid
-    }
-
-    /// Commands the device holds.
-    pub fn outstanding(&self) -> usize {
-        self.q.outstanding
-    }
-
-    /// Commands waiting for a free slot.
-    pub fn queued(&self) -> usize {
-        self.q.pending_len()
-    }
-
-    /// Calls `cb` for commands in flight longer than `timeout` (SPDK:
-    /// `spdk_nvme_ctrlr_register_timeout_callback`, per queue pair here);
-    /// its answer may abort the command or reset the controller.
-    pub fn set_timeout(
-        &mut self,
-        timeout: Duration,
-        cb: impl FnMut(&TimeoutEvent) -> TimeoutAction + Send + 'static,
-    ) {
-        self.timeout = Some((timeout, Box::new(cb)));
-        self.q.stamp_on_submit = true;
-        self.next_timeout_scan = Instant::now();
-    }
-
-    /// Submits a request, honouring the controller's state.
-    pub(crate) fn submit(&mut self, req: Request) -> Result<()> {
-        let st = self.ctrlr.state.load(Ordering::Acquire);
-        match st {
-            state::OK if self.generation == self.ctrlr.generation.load(Ordering::Acquire) => {
-                self.q.submit(req)?;
-                if !self.delay_doorbell {
-                    self.q.ring();
-                }
-                Ok(())
-            }
-            state::OK | state::RESETTING | state::DISABLING => {
-                // Reset or detach in progress, or not yet reconnected: wait
-                // in the queue.
-                self.q.submit_queued(req)
-            }
-            _ => Err(self.ctrlr.state_error()),
-        }
-    }
-
-    /// Aborts everything in flight and waiting, telling `done`.
-    fn abort_all(&mut self, done: &mut dyn FnMut(&Completion)) -> u32 {
-        let mut n = 0;
-        let mut f = |r: Request| {
-            n += 1;
-            done(&Completion {
-                ctx: r.ctx,
-                status: ABORTED,
-                cdw0: 0,
-            });
-        };
-        self.q.abort_in_flight(&mut f);
-        self.q.drain_pending(&mut f);
-        n
-    }
-
-    /// Re-creates the device queues after a controller reset.
-    fn reconnect(&mut self, done: &mut dyn FnMut(&Completion)) -> Result<u32> {
-        let mut n = 0;
-        self.q.reset_rings(&mut |r| {
-            n += 1;
-            done(&Completion {
-                ctx: r.ctx,
-                status: ABORTED,
-                cdw0: 0,
-            })
-        });
-        self.namespaces = self.ctrlr.namespaces();
-        if let Err(e) = self.create_queues() {
-            self.abort_all(done);
-            return Err(e);
-        }
-        tracing::debug!(qid = self.q.qid, "I/O queue pair re-created after reset");
-        Ok(n)
-    }
-
-    /// Reaps up to `max` completions (0: all available), calling `done` for
-    /// each (SPDK: `spdk_nvme_qpair_process_completions`). Returns how many
-    /// completed. If the controller failed or was detached, everything in
-    /// flight and waiting completes with "Command Aborted due to SQ
-    /// Deletion" and the error is returned.
-    pub fn process_completions(
-        &mut self,
-        max: u32,
-        mut done: impl FnMut(&Completion),
-    ) -> Result<u32> {
-        let st = self.ctrlr.state.load(Ordering::Acquire);
-        let gen = self.ctrlr.generation.load(Ordering::Acquire);
-        match st {
-            state::FAILED | state::DETACHED => {
-                // What the controller completed before it stopped is real;
-                // the rest is handed back.
-                let mut n = self.q.reap(0, &mut |_, c| done(&c));
-                n += self.abort_all(&mut done);
-                if n > 0 {
-                    return Ok(n);
-                }
-                return Err(self.ctrlr.state_error());
-            }
-            state::RESETTING => {
-                // The device's queues are going away: give back what was in flight.
-                let mut n = 0;
-                self.q.abort_in_flight(&mut |r| {
-                    n += 1;
-                    done(&Completion {
-                        ctx: r.ctx,
-                        status: ABORTED,
-                        cdw0: 0,
-                    })
-                });
-                return Ok(n);
-            }
-            _ => {}
-        }
-        let mut n = 0;
-        if gen != self.generation {
-            n += self.reconnect(&mut done)?;
-        }
-        if self.timeout.is_some() && self.q.outstanding > 0 {
-            // Before reaping, so a command that is late is seen as late.
-            self.run_timeouts();
-        }
-        n += self.q.poll(max, &mut |_, c| done(&c));
-        if n == 0 && self.q.outstanding > 0 {
-            self.idle_polls += 1;
-            if self.idle_polls % 4096 == 0 {
-                if let Some(why) = self.ctrlr.dead_reason() {
-                    self.ctrlr.fail(why);
-                    return Ok(self.abort_all(&mut done));
-                }
-            }
-        } else {
-            self.idle_polls = 0;
-        }
-        Ok(n)
-    }
-
-    fn run_timeouts(&mut self) {
-        let now = Instant::now();
-        if now < self.next_timeout_scan {
-            return;
-        }
-        let Some((t, cb)) = self.timeout.as_mut() else {
-            return;
-        };
-        // Scan at most every quarter timeout (and at least every 10 ms).
-        self.next_timeout_scan = now + (*t / 4).min(Duration::from_millis(10));
-        let qid = self.q.qid;
-        let (actions, k) = collect_timeout_actions(qid, cb, |f| self.q.check_timeouts(now, *t, f));
-        for &(cid, a) in &actions[..k] {
-            let ctrlr = crate::ctrlr::PcieController {
-                inner: self.ctrlr.clone(),
-            };
-            let r = match a {
-                TimeoutAction::Abort if self.q.in_flight(cid) => ctrlr.abort(qid, cid).map(|_| ()),
-                TimeoutAction::Reset => ctrlr.reset(),
-                _ => Ok(()),
-            };
-            if let Err(e) = r {
-                tracing::warn!(qid, cid, error = %e, "timeout action failed");
-            }
-        }
-    }
-
-    /// The command id in flight for `ctx` (to abort it).
-    pub fn cid_of(&self, ctx: u64) -> Option<u16> {
-        self.q.cid_of(ctx)
-    }
-
-    /// DMA memory this queue pair holds, in bytes.
-    pub fn dma_bytes(&self) -> usize {
-        self.q.dma_bytes()
-    }
-}
-
-impl Drop for PcieQpair {
-    fn drop(&mut self) {
-        let st = self.ctrlr.state.load(Ordering::Acquire);
-        let same = self.generation == self.ctrlr.generation.load(Ordering::Acquire);
-        if st == state::OK && same && self.connected {
-            let qid = self.q.qid as u32;
-            let mut d = Sqe::new(AdminOpcode::DeleteIoSq.into(), 0);
-            d.dw[10] = qid;
-            let r1 = self
-                .ctrlr
-                .admin_sync(d, Payload::None, "Delete I/O Submission Queue");
-            let mut d = Sqe::new(AdminOpcode::DeleteIoCq.into(), 0);
-            d.dw[10] = qid;
-            let r2 = self
-                .ctrlr
-                .admin_sync(d, Payload::None, "Delete I/O Completion Queue");
-            if r1.is_err() || r2.is_err() {
-                // The device may still use the rings: keep the memory.
-                tracing::warn!(qid, "could not delete I/O queues; leaking their memory");
-                self.q.leak_memory();
-            }
-        }
-        self.ctrlr.free_qid(self.q.qid);
     }
 }
 

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{attach_finish, attach_plan, detach, nvme_err, trid_json, AttachParams};
+use crate::ctrlr::off_reactor;
 use rspdk_bdev::rpc::{answer_parked, method, method_async, park, respond_later, rpc_error};
 use rspdk_bdev::BdevError;
 
@@ -475,24 +476,7 @@ fn stop(name: &str, done: impl FnOnce() + Send + 'static) -> Result<(), BdevErro
             let _ = dc.detach();
             done();
         };
-        if rspdk_thread::get_thread().is_none() {
-            return run();
-        }
-        let slot = Arc::new(Mutex::new(Some(run)));
-        let s2 = slot.clone();
-        if std::thread::Builder::new()
-            .name("bdev_nvme_disc".into())
-            .spawn(move || {
-                if let Some(r) = s2.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                    r()
-                }
-            })
-            .is_err()
-        {
-            if let Some(r) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                r()
-            }
-        }
+        off_reactor("bdev_nvme_disc", run);
     };
     let names: Vec<String> = s.attached.into_iter().map(|a| a.1).collect();
     if names.is_empty() {
