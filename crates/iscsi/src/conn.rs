@@ -14,7 +14,10 @@ use std::sync::{Arc, Mutex};
 use rspdk_scsi::{decode_lun, ScsiCommand, ScsiResult};
 use serde::Serialize;
 
-use crate::pdu::{op, reject, Bhs, Parsed, Pdu, BHS_LEN};
+use crate::pdu::{
+    login_response_flags, op, reject, stage, Bhs, LoginRequest, LogoutRequest, Parsed, Pdu,
+    ScsiCmd, TaskMgmtRequest,
+};
 use crate::target::{with_registry, TargetNode};
 use crate::text::{emit_text, negotiate, parse_text, Params, TargetLimits};
 use crate::IscsiError;
@@ -595,8 +598,8 @@ impl Conn {
                     let mut b = Bhs::new(op::ASYNC, 0x80);
                     b.set_lun(0);
                     b.set_itt(NO_TAG);
-                    b.0[36] = 1; // AsyncEvent: the target requests a logout
-                    b.set_u16(42, LOGOUT_REQUEST_TIMEOUT_SECS); // Parameter3
+                    b.set_async_event(1); // the target requests a logout
+                    b.set_parameter3(LOGOUT_REQUEST_TIMEOUT_SECS);
                     self.next_stat_sn(&mut b);
                     self.send(&Pdu::new(b, Vec::new()));
                     self.logout_sent_ns = Some(rspdk_thread::now_ns());
@@ -679,7 +682,7 @@ impl Conn {
                 self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
                 let mut b = Bhs::new(op::NOP_IN, 0x80);
                 b.set_itt(NO_TAG);
-                b.set_u32(20, ttt);
+                b.set_ttt(ttt);
                 self.set_sns(&mut b, false);
                 self.send(&Pdu::new(b, Vec::new()));
                 self.ping = Some((ttt, now));
@@ -793,9 +796,9 @@ impl Conn {
     }
 
     fn set_sns(&self, b: &mut Bhs, advance_stat: bool) -> u32 {
-        b.set_u32(24, self.stat_sn);
-        b.set_u32(28, self.exp_cmd_sn());
-        b.set_u32(32, self.max_cmd_sn());
+        b.set_stat_sn(self.stat_sn);
+        b.set_exp_cmd_sn(self.exp_cmd_sn());
+        b.set_max_cmd_sn(self.max_cmd_sn());
         let s = self.stat_sn;
         let _ = advance_stat;
         s
@@ -808,10 +811,10 @@ impl Conn {
 
     fn send_reject(&mut self, reason: u8, bad: &Bhs) {
         let mut b = Bhs::new(op::REJECT, 0x80);
-        b.0[2] = reason;
+        b.set_reject_reason(reason);
         b.set_itt(NO_TAG);
         self.next_stat_sn(&mut b);
-        self.send(&Pdu::new(b, bad.0.to_vec()));
+        self.send(&Pdu::new(b, bad.as_bytes().to_vec()));
     }
 
     fn process_input(&mut self) -> bool {
@@ -847,22 +850,14 @@ impl Conn {
                 }
                 Err(IscsiError::DataDigest { .. }) => {
                     // Skip the PDU, reject it, go on (ERL 0 lets the task time out).
-                    let mut bhs = Bhs::default();
-                    bhs.0.copy_from_slice(&self.inbuf[pos..pos + BHS_LEN]);
-                    let total = BHS_LEN
-                        + bhs.ahs_len()
-                        + if self.hd { 4 } else { 0 }
-                        + crate::pdu::pad4(bhs.data_len())
-                        + 4;
-                    pos += total;
+                    let bhs = Bhs::parse(&self.inbuf[pos..]).unwrap_or_default();
+                    pos += crate::pdu::wire_len(&bhs, self.hd, true);
                     busy = true;
                     self.send_reject(reject::DATA_DIGEST, &bhs);
                 }
                 Err(e) => {
                     tracing::warn!(peer = %self.peer, error = %e, "closing iSCSI connection");
-                    if let Some(hdr) = self.inbuf.get(pos..pos + BHS_LEN) {
-                        let mut bhs = Bhs::default();
-                        bhs.0.copy_from_slice(hdr);
+                    if let Ok(bhs) = Bhs::parse(&self.inbuf[pos..]) {
                         if self.state == State::FullFeature
                             && !matches!(e, IscsiError::HeaderDigest)
                         {
@@ -910,7 +905,7 @@ impl Conn {
         if b.immediate() {
             return true;
         }
-        let sn = b.sn24();
+        let sn = b.cmd_sn();
         if let Some(sh) = &self.shared {
             let ok = sh.accept(sn);
             if !ok {
@@ -944,19 +939,17 @@ impl Conn {
 
     fn login_response(&mut self, req: &Bhs, flags: u8, class: u8, detail: u8, data: Vec<u8>) {
         let mut b = Bhs::new(op::LOGIN_RESP, flags);
-        b.0[2] = 0;
-        b.0[3] = 0;
-        b.0[8..14].copy_from_slice(&req.0[8..14]);
+        b.set_versions(0, 0);
+        b.set_isid(req.isid());
         let tsih = self.session.as_ref().map(|s| s.tsih).unwrap_or(0);
         if flags & 0x83 == 0x83 {
-            b.set_u16(14, tsih);
+            b.set_tsih(tsih);
         } else {
-            b.set_u16(14, req.tsih());
+            b.set_tsih(req.tsih());
         }
         b.set_itt(req.itt());
         self.next_stat_sn(&mut b);
-        b.0[36] = class;
-        b.0[37] = detail;
+        b.set_login_status(class, detail);
         self.send(&Pdu::new(b, data));
         if class != 0 {
             self.set_state(State::Closing);
@@ -965,18 +958,20 @@ impl Conn {
 
     fn handle_login(&mut self, p: Pdu) {
         let b = p.bhs;
-        let flags = b.flags();
-        let transit = flags & 0x80 != 0;
-        let cont = flags & 0x40 != 0;
-        let csg = (flags >> 2) & 3;
-        let nsg = flags & 3;
+        let Ok(req) = LoginRequest::new_checked(b) else {
+            return self.login_response(&b, 0, 0x02, 0x00, Vec::new());
+        };
+        let transit = req.transit();
+        let cont = req.continues();
+        let csg = req.csg();
+        let nsg = req.nsg();
         if !self.login_started {
             self.login_started = true;
-            self.stat_sn = b.sn28();
-            self.exp_cmd_sn = b.sn24();
-            self.cid = b.u16_at(20);
+            self.stat_sn = b.exp_stat_sn();
+            self.exp_cmd_sn = b.cmd_sn();
+            self.cid = b.cid();
             self.isid = b.isid();
-            if b.0[3] > 0 {
+            if req.version_min() > 0 {
                 // Version-min above ours.
                 return self.login_response(&b, 0, 0x02, 0x05, Vec::new());
             }
@@ -986,7 +981,7 @@ impl Conn {
                 self.join_tsih = Some(b.tsih());
             }
         }
-        self.exp_cmd_sn = b.sn24();
+        self.exp_cmd_sn = b.cmd_sn();
         if (transit && cont)
             || csg == 2
             || (transit && (nsg == 2 || nsg <= csg && nsg != 3))
@@ -1155,9 +1150,8 @@ impl Conn {
             return self.login_response(&b, 0, 0x02, 0x01, Vec::new());
         }
         let transit = transit && (csg != 0 || self.auth_done);
-        let mut out_flags = (csg << 2) | if transit { 0x80 | nsg } else { 0 };
-        if transit && nsg == 3 {
-            out_flags = 0x80 | (csg << 2) | 3;
+        let out_flags = login_response_flags(transit, csg, nsg);
+        if transit && nsg == stage::FULL_FEATURE {
             let target_name = self
                 .target
                 .as_ref()
@@ -1403,7 +1397,7 @@ impl Conn {
         let mut b = Bhs::new(op::NOP_IN, 0x80);
         b.set_lun(p.bhs.lun());
         b.set_itt(p.bhs.itt());
-        b.set_u32(20, NO_TAG);
+        b.set_ttt(NO_TAG);
         self.next_stat_sn(&mut b);
         let mut data = p.data;
         data.truncate(self.params.send_dsl as usize);
@@ -1441,7 +1435,7 @@ impl Conn {
         let mut b = Bhs::new(op::TEXT_RESP, 0x80);
         b.set_lun(p.bhs.lun());
         b.set_itt(p.bhs.itt());
-        b.set_u32(20, NO_TAG);
+        b.set_ttt(NO_TAG);
         self.next_stat_sn(&mut b);
         self.send(&Pdu::new(b, emit_text(&resp)));
     }
@@ -1453,8 +1447,8 @@ impl Conn {
         if !self.accept_cmd_sn(&p.bhs) {
             return;
         }
-        let reason = p.bhs.flags() & 0x7f;
-        let cid = p.bhs.u16_at(20);
+        let reason = LogoutRequest::new_unchecked_view(p.bhs).reason();
+        let cid = p.bhs.cid();
         let mut response = 0;
         let mut close_self = true;
         if let Some(sh) = &self.shared {
@@ -1482,7 +1476,7 @@ impl Conn {
         }
         let mut b = Bhs::new(op::LOGOUT_RESP, 0x80);
         b.set_itt(p.bhs.itt());
-        b.0[2] = response;
+        b.set_response(response);
         self.next_stat_sn(&mut b);
         self.send(&Pdu::new(b, Vec::new()));
         if close_self {
@@ -1494,9 +1488,10 @@ impl Conn {
         if !self.accept_cmd_sn(&p.bhs) {
             return;
         }
-        let func = p.bhs.flags() & 0x7f;
-        let lun = decode_lun(p.bhs.lun());
-        let rtt = p.bhs.ttt();
+        let req = TaskMgmtRequest::new_unchecked_view(p.bhs);
+        let func = req.tmf_function();
+        let lun = decode_lun(req.lun());
+        let rtt = req.ref_task_tag();
         let target = self.target.clone();
         let lun_exists = target.as_ref().and_then(|t| t.dev.lun(lun)).is_some();
         let (response, scope) = match func {
@@ -1504,7 +1499,7 @@ impl Conn {
                 // ABORT TASK. If no connection has the task: "function
                 // complete" if its CmdSN was never received, else "task
                 // does not exist".
-                let ref_sn = p.bhs.u32_at(32);
+                let ref_sn = req.ref_cmd_sn();
                 let r = if ref_sn.wrapping_sub(self.exp_cmd_sn()) < 0x8000_0000 {
                     0
                 } else {
@@ -1654,7 +1649,7 @@ impl Conn {
                 tmf.response
             };
             let mut b = Bhs::new(op::TMF_RESP, 0x80);
-            b.0[2] = response;
+            b.set_response(response);
             b.set_itt(tmf.itt);
             self.next_stat_sn(&mut b);
             self.send(&Pdu::new(b, Vec::new()));
@@ -1707,13 +1702,13 @@ impl Conn {
             return;
         }
         let itt = b.itt();
-        if !self.pre_aborted.is_empty() && self.drop_pre_aborted(itt, b.sn24()) {
+        if !self.pre_aborted.is_empty() && self.drop_pre_aborted(itt, b.cmd_sn()) {
             return;
         }
-        let flags = b.flags();
-        let read = flags & 0x40 != 0;
-        let write = flags & 0x20 != 0;
-        let edtl = b.ttt();
+        let cmd = ScsiCmd::new_unchecked_view(b);
+        let read = cmd.read();
+        let write = cmd.write();
+        let edtl = cmd.edtl();
         // A CDB buffer from the connection's free list: no allocation per
         // command in steady state.
         let mut cdb = self.cdb_pool.pop().unwrap_or_default();
@@ -1843,11 +1838,11 @@ impl Conn {
             let mut b = Bhs::new(op::R2T, 0x80);
             b.set_lun(rspdk_scsi::encode_lun(lun));
             b.set_itt(itt);
-            b.set_u32(20, ttt);
+            b.set_ttt(ttt);
             self.set_sns(&mut b, false);
-            b.set_u32(36, sn);
-            b.set_u32(40, off);
-            b.set_u32(44, len);
+            b.set_data_sn(sn); // R2TSN
+            b.set_buffer_offset(off);
+            b.set_desired_len(len);
             self.send(&Pdu::new(b, Vec::new()));
         }
     }
@@ -2030,17 +2025,17 @@ impl Conn {
                 let mut b = Bhs::new(op::DATA_IN, if last { 0x80 | 0x01 | flags_res } else { 0 });
                 b.set_lun(lun);
                 b.set_itt(itt);
-                b.set_u32(20, NO_TAG);
+                b.set_ttt(NO_TAG);
                 if last {
-                    b.0[3] = r.status;
+                    b.set_status(r.status);
                     self.next_stat_sn(&mut b);
-                    b.set_u32(44, resid);
+                    b.set_residual_count(resid);
                 } else {
-                    b.set_u32(28, self.exp_cmd_sn());
-                    b.set_u32(32, self.max_cmd_sn());
+                    b.set_exp_cmd_sn(self.exp_cmd_sn());
+                    b.set_max_cmd_sn(self.max_cmd_sn());
                 }
-                b.set_u32(36, data_sn);
-                b.set_u32(40, off as u32);
+                b.set_data_sn(data_sn);
+                b.set_buffer_offset(off as u32);
                 // Straight from the read buffer: no copy per PDU.
                 crate::pdu::emit_parts(
                     &b,
@@ -2084,12 +2079,12 @@ impl Conn {
             residual(edtl as usize, transferred as usize)
         };
         let mut b = Bhs::new(op::SCSI_RESP, 0x80 | flags_res);
-        b.0[2] = 0;
-        b.0[3] = r.status;
+        b.set_response(0);
+        b.set_status(r.status);
         b.set_itt(itt);
         self.next_stat_sn(&mut b);
-        b.set_u32(36, exp_data_sn);
-        b.set_u32(44, resid);
+        b.set_data_sn(exp_data_sn); // ExpDataSN
+        b.set_residual_count(resid);
         let data = match &r.sense {
             Some(s) => {
                 let sd = s.fixed();
