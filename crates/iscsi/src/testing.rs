@@ -140,7 +140,7 @@ pub struct Loopback {
 
 impl Loopback {
     /// A connection from 10.0.0.2 on portal group `pg_tag`, with default
-    /// limits and no NOP-In pings, and an 8 MiB LUN of 512-byte blocks.
+    /// limits and no NOP-In pings, and a 64 KiB LUN of 512-byte blocks.
     pub fn new(pg_tag: u32) -> Loopback {
         Loopback::with_limits(pg_tag, TargetLimits::default(), 0, 0)
     }
@@ -164,7 +164,7 @@ impl Loopback {
         };
         Loopback {
             core: ConnCore::new(cfg, 1),
-            lun: MemLun::new(16384, 512),
+            lun: MemLun::new(128, 512),
             now_ns: 1,
             hold_tasks: false,
             held: Vec::new(),
