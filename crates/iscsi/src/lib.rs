@@ -5,11 +5,17 @@
 //! - [`target`]: options, portal groups (listening sockets), initiator
 //!   groups (names and netmasks), target nodes (a [`rspdk_scsi::ScsiDev`]
 //!   with LUNs backed by bdevs).
-//! - `conn`: connections — login (security and operational stages, discovery
-//!   and normal sessions, session reinstatement), SCSI commands with
-//!   immediate/unsolicited data, R2T/Data-Out with R2TSN/DataSN checks,
-//!   Data-In with phase collapse and residuals, NOP, task management,
-//!   text (SendTargets), logout.
+//! - [`conn`]: connections. [`conn::ConnCore`] is the protocol without
+//!   I/O (bytes and time in; bytes, SCSI tasks out; task results back in),
+//!   split along SPDK's seams: PDU I/O, login and negotiation (security and
+//!   operational stages, CHAP, discovery and normal sessions, session
+//!   reinstatement, MC/S), the full feature phase dispatcher (NOP, text
+//!   with SendTargets, logout), SCSI tasks (immediate/unsolicited data,
+//!   R2T/Data-Out with R2TSN/DataSN checks, Data-In with phase collapse and
+//!   residuals) and task management. [`Conn`] drives it on a socket.
+//! - [`testing`]: a target registered without sockets, an in-memory LUN and
+//!   a loopback driver, for the core's unit tests and the `iscsi_conn`
+//!   fuzz target.
 //! - [`rpc`]: SPDK's `iscsi_*` methods and the save_config section.
 //!
 //! ## Threads
@@ -25,6 +31,7 @@ pub mod conn;
 pub mod pdu;
 pub mod rpc;
 pub mod target;
+pub mod testing;
 pub mod text;
 
 use std::cell::RefCell;

@@ -108,6 +108,56 @@ mod tests {
         assert_eq!(r6.lba_len(), Some((0x1f0102, 256)));
     }
 
+    #[test]
+    fn lengths_by_group() {
+        for (op, len) in [
+            (0x00, 6),
+            (0x12, 6),
+            (0x28, 10),
+            (0x5a, 10),
+            (0xa0, 12),
+            (0x88, 16),
+            (0x9e, 16),
+        ] {
+            assert_eq!(cdb_len(op), Some(len), "{op:#04x}");
+        }
+        assert_eq!(cdb_len(0x60), None, "reserved group 3");
+        assert_eq!(cdb_len(0xc0), None, "vendor specific");
+        assert_eq!(Cdb::new(&[0xc0; 16]).unwrap_err(), Sense::INVALID_OPCODE);
+        assert_eq!(Cdb::new(&[]).unwrap_err(), Sense::INVALID_OPCODE);
+        assert_eq!(
+            Cdb::new(&[0x88; 15]).unwrap_err(),
+            Sense::INVALID_FIELD_IN_CDB
+        );
+        // Extra bytes (a 16-byte iSCSI CDB field) are cut to the implied length.
+        assert_eq!(Cdb::new(&[0x28; 16]).unwrap().bytes().len(), 10);
+    }
+
+    #[test]
+    fn lba_and_length_of_each_size() {
+        let r12 = [0xa8, 0, 0, 0, 0x10, 0, 0, 0, 0, 0x20, 0, 0];
+        assert_eq!(Cdb::new(&r12).unwrap().lba_len(), Some((0x1000, 0x20)));
+        let mut r16 = [0u8; 16];
+        r16[0] = 0x88;
+        r16[2..10].copy_from_slice(&0x0102_0304_0506_0708u64.to_be_bytes());
+        r16[10..14].copy_from_slice(&9u32.to_be_bytes());
+        let c = Cdb::new(&r16).unwrap();
+        assert_eq!(c.lba_len(), Some((0x0102_0304_0506_0708, 9)));
+        assert_eq!(
+            (c.u8(40), c.u32(14), c.u64(12)),
+            (0, 0, 9 << 48),
+            "zero past the end"
+        );
+        let w6 = Cdb::new(&[0x0a, 0, 0, 5, 0, 0]).unwrap();
+        assert_eq!(
+            w6.lba_len(),
+            Some((5, 256)),
+            "length 0 of a 6-byte CDB is 256"
+        );
+        let sa = Cdb::new(&[0x9e, 0xf0 | 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+        assert_eq!(sa.service_action(), 0x10);
+    }
+
     proptest! {
         #[test]
         fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..20)) {

@@ -1,10 +1,15 @@
-//! RFC 7143 PDUs: the 48-byte Basic Header Segment as a typed view, and
-//! framing (AHS, data segment, padding, CRC32C digests).
+//! RFC 7143 PDUs: the 48-byte Basic Header Segment as a typed view
+//! ([`Bhs`], in `bhs.rs`), and framing (AHS, data segment, padding, CRC32C
+//! digests from the `crc32c` crate).
 
 use crate::IscsiError;
 
-/// Length of the Basic Header Segment.
-pub const BHS_LEN: usize = 48;
+mod bhs;
+
+pub use bhs::{
+    field, login_flags, login_response_flags, stage, Bhs, BhsError, DataOut, LoginRequest,
+    LogoutRequest, ScsiCmd, TaskMgmtRequest, BHS_LEN,
+};
 
 /// Opcodes (RFC 7143 10.2.1.2).
 pub mod op {
@@ -70,136 +75,6 @@ pub mod reject {
     pub const WAITING_FOR_LOGOUT: u8 = 0x0c;
 }
 
-/// The Basic Header Segment, owned, with typed accessors for the fields
-/// every PDU shares and the opcode-specific ones we use.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Bhs(pub [u8; BHS_LEN]);
-
-impl std::fmt::Debug for Bhs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Bhs(op {:#04x}, flags {:#04x}, itt {:#x}, dsl {})",
-            self.opcode(),
-            self.flags(),
-            self.itt(),
-            self.data_len()
-        )
-    }
-}
-
-impl Default for Bhs {
-    fn default() -> Self {
-        Bhs([0; BHS_LEN])
-    }
-}
-
-impl Bhs {
-    /// A header with `opcode` and `flags` set, everything else zero.
-    pub fn new(opcode: u8, flags: u8) -> Bhs {
-        let mut b = Bhs::default();
-        b.0[0] = opcode & 0x3f;
-        b.0[1] = flags;
-        b
-    }
-
-    /// Opcode (6 bits).
-    pub fn opcode(&self) -> u8 {
-        self.0[0] & 0x3f
-    }
-    /// The Immediate bit.
-    pub fn immediate(&self) -> bool {
-        self.0[0] & 0x40 != 0
-    }
-    /// Byte 1 (F bit and opcode-specific flags).
-    pub fn flags(&self) -> u8 {
-        self.0[1]
-    }
-    /// The Final bit.
-    pub fn final_bit(&self) -> bool {
-        self.0[1] & 0x80 != 0
-    }
-    /// TotalAHSLength in bytes.
-    pub fn ahs_len(&self) -> usize {
-        usize::from(self.0[4]) * 4
-    }
-    /// DataSegmentLength.
-    pub fn data_len(&self) -> usize {
-        u32::from_be_bytes([0, self.0[5], self.0[6], self.0[7]]) as usize
-    }
-    /// Sets DataSegmentLength (24 bits).
-    pub fn set_data_len(&mut self, n: usize) {
-        let b = (n as u32).to_be_bytes();
-        self.0[5..8].copy_from_slice(&b[1..4]);
-    }
-    /// Big-endian u32 at byte `i` (callers use fixed in-range offsets).
-    pub fn u32_at(&self, i: usize) -> u32 {
-        u32::from_be_bytes([self.0[i], self.0[i + 1], self.0[i + 2], self.0[i + 3]])
-    }
-    /// Stores a big-endian u32 at byte `i`.
-    pub fn set_u32(&mut self, i: usize, v: u32) {
-        self.0[i..i + 4].copy_from_slice(&v.to_be_bytes());
-    }
-    /// Big-endian u16 at byte `i`.
-    pub fn u16_at(&self, i: usize) -> u16 {
-        u16::from_be_bytes([self.0[i], self.0[i + 1]])
-    }
-    /// Stores a big-endian u16 at byte `i`.
-    pub fn set_u16(&mut self, i: usize, v: u16) {
-        self.0[i..i + 2].copy_from_slice(&v.to_be_bytes());
-    }
-    /// LUN field (bytes 8..16).
-    pub fn lun(&self) -> u64 {
-        (u64::from(self.u32_at(8)) << 32) | u64::from(self.u32_at(12))
-    }
-    /// Sets the LUN field.
-    pub fn set_lun(&mut self, v: u64) {
-        self.0[8..16].copy_from_slice(&v.to_be_bytes());
-    }
-    /// Initiator Task Tag.
-    pub fn itt(&self) -> u32 {
-        self.u32_at(16)
-    }
-    /// Sets the Initiator Task Tag.
-    pub fn set_itt(&mut self, v: u32) {
-        self.set_u32(16, v)
-    }
-    /// Bytes 20..24: Target Transfer Tag / EDTL / CID / RTT.
-    pub fn ttt(&self) -> u32 {
-        self.u32_at(20)
-    }
-    /// CmdSN (requests) / StatSN (responses), bytes 24..28.
-    pub fn sn24(&self) -> u32 {
-        self.u32_at(24)
-    }
-    /// ExpStatSN (requests) / ExpCmdSN (responses), bytes 28..32.
-    pub fn sn28(&self) -> u32 {
-        self.u32_at(28)
-    }
-    /// DataSN / R2TSN (bytes 36..40).
-    pub fn data_sn(&self) -> u32 {
-        self.u32_at(36)
-    }
-    /// Buffer Offset (bytes 40..44).
-    pub fn buffer_offset(&self) -> u32 {
-        self.u32_at(40)
-    }
-    /// The 16-byte CDB of a SCSI Command.
-    pub fn cdb(&self) -> &[u8] {
-        &self.0[32..48]
-    }
-    /// ISID of a login request (6 bytes).
-    pub fn isid(&self) -> [u8; 6] {
-        let mut i = [0; 6];
-        i.copy_from_slice(&self.0[8..14]);
-        i
-    }
-    /// TSIH of a login request.
-    pub fn tsih(&self) -> u16 {
-        self.u16_at(14)
-    }
-}
-
 /// A whole PDU.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pdu {
@@ -226,6 +101,17 @@ pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
 /// Pads `n` to a multiple of 4.
 pub fn pad4(n: usize) -> usize {
     (n + 3) & !3
+}
+
+/// Bytes the PDU headed by `bhs` takes on the wire: BHS, AHS, header
+/// digest, padded data segment and data digest (none for no data).
+pub fn wire_len<T: AsRef<[u8]>>(bhs: &Bhs<T>, header_digest: bool, data_digest: bool) -> usize {
+    let dlen = bhs.data_len();
+    BHS_LEN
+        + bhs.ahs_len()
+        + if header_digest { 4 } else { 0 }
+        + pad4(dlen)
+        + if data_digest && dlen > 0 { 4 } else { 0 }
 }
 
 /// What [`Pdu::parse`] found.
@@ -259,8 +145,9 @@ impl Pdu {
         if buf.len() < BHS_LEN {
             return Ok(Parsed::Incomplete(BHS_LEN));
         }
-        let mut bhs = Bhs::default();
-        bhs.0.copy_from_slice(&buf[..BHS_LEN]);
+        let Ok(bhs) = Bhs::parse(buf) else {
+            return Ok(Parsed::Incomplete(BHS_LEN));
+        };
         let ahs = bhs.ahs_len();
         let dlen = bhs.data_len();
         if dlen > max_data {
@@ -271,7 +158,7 @@ impl Pdu {
         }
         let hd = if header_digest { 4 } else { 0 };
         let dd = if data_digest && dlen > 0 { 4 } else { 0 };
-        let total = BHS_LEN + ahs + hd + pad4(dlen) + dd;
+        let total = wire_len(&bhs, header_digest, data_digest);
         if buf.len() < total {
             return Ok(Parsed::Incomplete(total));
         }
@@ -328,10 +215,10 @@ pub fn emit_parts(
     data_digest: bool,
 ) {
     let mut bhs = *bhs;
-    bhs.0[4] = (pad4(ahs.len()) / 4) as u8;
+    bhs.set_ahs_len(ahs.len());
     bhs.set_data_len(data.len());
     let start = out.len();
-    out.extend_from_slice(&bhs.0);
+    out.extend_from_slice(bhs.as_bytes());
     out.extend_from_slice(ahs);
     out.resize(start + BHS_LEN + pad4(ahs.len()), 0);
     if header_digest {
