@@ -148,3 +148,73 @@ fn bad_flags_and_sizes_get_clear_errors() {
     );
     assert!(!out.status.success());
 }
+
+/// `-e bdev`: every I/O's BDEV_IO_START and BDEV_IO_DONE land in the
+/// process's trace file, which stays after exit for rspdk_trace.
+#[test]
+fn tracepoints_record_every_io_into_the_trace_file() {
+    let dir = tmpdir("trace");
+    let out = bdevperf(
+        &dir,
+        &[
+            "-q",
+            "4",
+            "-o",
+            "4096",
+            "-w",
+            "randread",
+            "-t",
+            "1",
+            "-T",
+            "Null0",
+            "-e",
+            "bdev",
+            "--num-trace-entries",
+            "1048576",
+            "-i",
+            &format!("{}", std::process::id() % 100_000),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = format!("/dev/shm/bdevperf_trace.{}", std::process::id() % 100_000);
+    let bytes = std::fs::read(&path).expect("the trace file stays after exit when it has events");
+    std::fs::remove_file(&path).unwrap();
+    let t = rspdk_trace::Trace::parse(&bytes).unwrap();
+    assert_eq!(t.app_name, "bdevperf");
+    let start = rspdk_bdev::trace::IO_START;
+    let done = rspdk_bdev::trace::IO_DONE;
+    assert_eq!(t.tpoint(start).unwrap().name, "BDEV_IO_START");
+    let starts = t.events.iter().filter(|e| e.tpoint == start).count();
+    let dones = t.events.iter().filter(|e| e.tpoint == done).count();
+    let (written, lost) = t.ring_counts[0];
+    // A second of null I/O at QD 4 is far more than a thousand events; the
+    // ring was large enough to keep them all, and each I/O started once and
+    // finished once (the last four may still have been in flight at exit).
+    assert!(starts > 1000, "{starts} starts");
+    assert_eq!(lost, 0, "{written} written");
+    assert!(
+        starts >= dones && starts - dones <= 4,
+        "{starts} starts, {dones} dones"
+    );
+    // Every done follows a start of the same I/O object.
+    let mut open = std::collections::HashSet::new();
+    for e in &t.events {
+        if e.tpoint == start {
+            assert!(
+                open.insert(e.object_id),
+                "I/O {:#x} started twice",
+                e.object_id
+            );
+        } else if e.tpoint == done {
+            assert!(
+                open.remove(&e.object_id),
+                "I/O {:#x} done without a start",
+                e.object_id
+            );
+        }
+    }
+}

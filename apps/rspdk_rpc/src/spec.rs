@@ -29,6 +29,8 @@ pub(crate) enum Output {
 pub(crate) enum Kind {
     Str,
     Int,
+    /// An integer given in hex (rpc.py's `int(x, 16)`), e.g. a mask.
+    Hex,
     #[allow(
         dead_code,
         reason = "first used by later methods (e.g. timeouts in seconds)"
@@ -224,6 +226,7 @@ pub(crate) fn build_arg(spec: &ArgSpec) -> Vec<Arg> {
                 .value_parser(value_parser!(i64))
                 .allow_negative_numbers(true)
         }
+        Kind::Hex => arg = arg.value_parser(parse_hex),
         Kind::Float => arg = arg.value_parser(value_parser!(f64)),
     }
     vec![arg.required(spec.required).action(ArgAction::Set)]
@@ -247,6 +250,7 @@ pub(crate) fn collect_params(spec: &MethodSpec, matches: &ArgMatches) -> Map<Str
             }
             Kind::Str => matches.get_one::<String>(arg.key).map(|s| json!(s)),
             Kind::Int => matches.get_one::<i64>(arg.key).map(|n| json!(n)),
+            Kind::Hex => matches.get_one::<u64>(arg.key).map(|n| json!(n)),
             Kind::Float => matches.get_one::<f64>(arg.key).map(|n| json!(n)),
         };
         if let Some(value) = value.or_else(|| arg.default.clone()) {
@@ -275,4 +279,13 @@ pub(crate) fn build_cli(table: &[MethodSpec]) -> Command {
         cli = cli.subcommand(sub);
     }
     cli
+}
+
+/// A hex integer with or without `0x` (rpc.py: `int(x, 16)`).
+fn parse_hex(s: &str) -> Result<u64, String> {
+    let digits = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    u64::from_str_radix(digits, 16).map_err(|e| format!("'{s}' is not a hex number: {e}"))
 }

@@ -230,6 +230,36 @@ fn spdk_rpc_drives_every_method() {
         &["log_set_flag", "no_such_flag"],
         Expect::Err("no_such_flag"),
     );
+    // Tracepoints: SPDK's trace RPCs on SPDK's group names.
+    d.step(
+        &["trace_get_info"],
+        Expect::Ok(&["\"tpoint_shm_path\": \"/dev/shm/", "\"bdev\""]),
+    );
+    d.ok(&["trace_enable_tpoint_group", "bdev"]);
+    d.step(
+        &["trace_get_tpoint_group_mask"],
+        Expect::Ok(&[
+            "\"tpoint_group_mask\": \"0x8\"",
+            "\"tpoint_mask\": \"0xffffffffffffffff\"",
+        ]),
+    );
+    d.ok(&["trace_clear_tpoint_mask", "bdev", "0xfffffffffffffffc"]);
+    d.step(
+        &["trace_get_info"],
+        Expect::Ok(&["\"tpoint_mask\": \"0x3\""]),
+    );
+    d.ok(&["trace_disable_tpoint_group", "bdev"]);
+    d.ok(&["trace_set_tpoint_mask", "thread", "0x1"]);
+    d.step(
+        &["trace_get_tpoint_group_mask"],
+        Expect::Ok(&["\"tpoint_group_mask\": \"0x400\""]),
+    );
+    d.ok(&["trace_clear_tpoint_mask", "thread", "0x1"]);
+    d.ok(&["trace_clear"]);
+    d.step(
+        &["trace_enable_tpoint_group", "no_such_group"],
+        Expect::Err("unknown tracepoint group 'no_such_group'"),
+    );
     d.ok(&["log_enable_timestamps", "--no-timestamps"]);
     d.ok(&["log_enable_timestamps", "--timestamps"]);
     d.step(

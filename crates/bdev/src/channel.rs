@@ -61,6 +61,11 @@ pub(crate) struct ChannelInner {
     hist_types: Cell<u32>,
 }
 
+/// The lightweight thread's id, for the channel tracepoints (SPDK's `tid`).
+fn current_thread_id() -> u64 {
+    rspdk_thread::get_thread().map_or(0, |t| t.id())
+}
+
 pub(crate) fn register_io_device(
     key: IoDeviceKey,
     shared: &Arc<BdevShared>,
@@ -72,6 +77,10 @@ pub(crate) fn register_io_device(
         &format!("bdev_{name}"),
         move || {
             let bdev = weak.upgrade().ok_or(libc::ENODEV)?;
+            crate::trace::register();
+            if rspdk_trace::enabled(crate::trace::IOCH_CREATE) {
+                rspdk_trace::record(crate::trace::IOCH_CREATE, 0, &[current_thread_id()]);
+            }
             let backend = bdev.backend.create_channel().map_err(|e| {
                 tracing::error!(bdev = %bdev.props.name, error = %e, "backend channel creation failed");
                 e.errno()
@@ -105,6 +114,9 @@ pub(crate) fn register_io_device(
             Ok(ChannelCtx { inner })
         },
         |ctx: &ChannelCtx| {
+            if rspdk_trace::enabled(crate::trace::IOCH_DESTROY) {
+                rspdk_trace::record(crate::trace::IOCH_DESTROY, 0, &[current_thread_id()]);
+            }
             if let Some(p) = ctx.inner.poller.borrow_mut().take() {
                 p.unregister();
             }
@@ -359,6 +371,14 @@ fn finish(mut io: Box<IoInner>, status: IoStatus) {
         0
     };
     let latency = now.saturating_sub(io.submit_ns);
+    if matches!(io.completion, Completion::User(_)) {
+        rspdk_trace::record_tsc(
+            crate::trace::IO_DONE,
+            now,
+            &*io as *const IoInner as u64,
+            &[u64::from(!status.is_ok()), ch.outstanding.get()],
+        );
+    }
     ch.stats
         .borrow_mut()
         .record(io.io_type, bytes, latency, status.is_ok());
@@ -554,6 +574,17 @@ impl BdevIoChannel {
             io.iovs.push(IoVec::new(buf.as_mut_ptr(), buf.len()));
             io.bounce = Some(Bounce { buf, user_iovs });
         }
+        rspdk_trace::record_tsc(
+            crate::trace::IO_START,
+            io.submit_ns,
+            &*io as *const IoInner as u64,
+            &[
+                io_type.index() as u64,
+                offset_blocks,
+                num_blocks,
+                ch.outstanding.get(),
+            ],
+        );
         if needs_split(&bdev.props, offset_blocks, num_blocks) && io_type.has_data() {
             return self.submit_split(io);
         }

@@ -53,6 +53,7 @@ mod qos;
 pub mod rpc;
 mod stats;
 mod subsystem;
+pub mod trace;
 mod types;
 pub mod vbdev;
 

@@ -79,6 +79,9 @@ pub enum AppError {
     /// Signal handling could not be set up.
     #[error("signals: {0}")]
     Signals(std::io::Error),
+    /// The trace file or `-e`.
+    #[error("trace: {0}")]
+    Trace(String),
 }
 
 type StartFn = Box<dyn FnOnce(&AppContext) + Send>;
@@ -198,11 +201,7 @@ impl App {
     ) -> Result<i32, AppError> {
         let opts = self.opts.clone();
         init_logging(&opts.log_flags)?;
-        if let Some(group) = &opts.tpoint_group {
-            tracing::warn!(
-                "-e {group}: tracepoints are not implemented yet; the option is accepted and ignored"
-            );
-        }
+        init_trace(&opts, &self.name)?;
         let config = match (&opts.json_config, &self.default_config) {
             (Some(path), _) => Some(JsonConfig::from_file(path)?),
             (None, Some(v)) => Some(JsonConfig::from_value(v, "(embedded default)")?),
@@ -271,8 +270,35 @@ impl App {
         let result = wait_until_finished(&shared, signal_fd.as_ref(), &app_thread, id);
         reactors.stop();
         drop(signal_fd);
+        // A trace file with events stays for rspdk_trace; an empty one goes.
+        rspdk_trace::cleanup();
         result
     }
+}
+
+/// Creates the trace file (one ring per core id up to the highest reactor
+/// core) and applies `-e`.
+fn init_trace(opts: &AppOpts, app_name: &str) -> Result<(), AppError> {
+    let rings = opts.cpumask.iter().max().map_or(1, |c| c + 1);
+    let trace_opts = rspdk_trace::TraceOpts {
+        app_name: app_name.to_string(),
+        shm_id: opts.shm_id,
+        rings,
+        entries: opts.num_trace_entries,
+    };
+    match rspdk_trace::init(&trace_opts) {
+        Ok(path) => tracing::debug!(path = %path.display(), "trace file"),
+        // Tracing is optional: without /dev/shm the app still runs, but
+        // asking for tracepoints then is an error.
+        Err(e) if opts.tpoint_group.is_none() => {
+            tracing::warn!("{e}; tracepoints are unavailable");
+        }
+        Err(e) => return Err(AppError::Trace(e.to_string())),
+    }
+    if let Some(spec) = &opts.tpoint_group {
+        rspdk_trace::apply_spec(spec).map_err(|e| AppError::Trace(format!("-e: {e}")))?;
+    }
+    Ok(())
 }
 
 /// What the main thread shares with the app thread.

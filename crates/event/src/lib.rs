@@ -80,6 +80,7 @@ mod sock_subsystem;
 mod stats;
 pub mod subsystem;
 mod sys;
+mod trace_rpc;
 
 pub use app::{App, AppContext, AppError, AppStopper};
 pub use config::{ConfigError, JsonConfig};

@@ -75,10 +75,20 @@ pub struct AppOpts {
     #[arg(short = 'L', long = "logflag", value_name = "FLAG")]
     pub log_flags: Vec<String>,
 
-    /// Tracepoint group mask (accepted for compatibility; tracing is not
-    /// implemented yet, so it only logs a warning).
+    /// Tracepoints to enable: group names (`bdev,nvmf_tcp`), a group mask
+    /// (`0x8`), `group:tpoint_mask` (`bdev:0x3`) or `all`; read the trace
+    /// with `rspdk_trace -s APP -p PID`.
     #[arg(short = 'e', long = "tpoint-group", value_name = "GROUP")]
     pub tpoint_group: Option<String>,
+
+    /// Shared memory id: the trace file is `/dev/shm/<app>_trace.<ID>`
+    /// instead of `.pid<PID>`.
+    #[arg(short = 'i', long = "shm-id", value_name = "ID")]
+    pub shm_id: Option<i32>,
+
+    /// Trace entries per core (rounded up to a power of two).
+    #[arg(long = "num-trace-entries", value_name = "N", default_value_t = rspdk_trace::DEFAULT_ENTRIES)]
+    pub num_trace_entries: u64,
 
     /// Run reactors in interrupt mode: idle reactors sleep (about 0% CPU)
     /// instead of polling.
@@ -104,6 +114,8 @@ impl Default for AppOpts {
             iova_mode: IovaMode::Auto,
             log_flags: Vec::new(),
             tpoint_group: None,
+            shm_id: None,
+            num_trace_entries: rspdk_trace::DEFAULT_ENTRIES,
             interrupt_mode: false,
         }
     }

@@ -212,6 +212,8 @@ impl ReactorSet {
                         }
                     }
                     r.tid.store(sys::gettid(), Ordering::Release);
+                    // Tracepoints of this core's threads go to its ring.
+                    rspdk_trace::bind_core(lcore);
                     let _ = tx.send(Ok(()));
                     reactor_run(&s, &r);
                 })

@@ -13,6 +13,19 @@ pub(super) fn methods() -> Vec<MethodSpec> {
         method("rpc_get_methods", "Get list of supported RPC methods")
             .opt(Some('c'), "current", Flag, "Return only RPC methods callable in the current state. Default: false")
             .opt(Some('i'), "include-aliases", Flag, "Include deprecated method aliases in the result. Default: false"),
+        method("trace_enable_tpoint_group", "enable trace on a specific tpoint group")
+            .pos("name", Str, "trace group name we want to enable in tpoint_group_mask.").output(Nothing),
+        method("trace_disable_tpoint_group", "disable trace on a specific tpoint group")
+            .pos("name", Str, "trace group name we want to disable in tpoint_group_mask.").output(Nothing),
+        method("trace_set_tpoint_mask", "enable tracepoint mask on a specific tpoint group")
+            .pos("name", Str, "trace group name we want to enable in tpoint_group_mask.")
+            .pos("tpoint_mask", Hex, "tracepoints to be enabled inside a given trace group.").output(Nothing),
+        method("trace_clear_tpoint_mask", "disable tracepoint mask on a specific tpoint group")
+            .pos("name", Str, "trace group name we want to disable in tpoint_group_mask.")
+            .pos("tpoint_mask", Hex, "tracepoints to be disabled inside a given trace group.").output(Nothing),
+        method("trace_get_tpoint_group_mask", "get trace point group mask"),
+        method("trace_get_info", "get name of shared memory file and list of the available trace point groups"),
+        method("trace_clear", "clear the trace (every core's events)").output(Nothing),
         method("spdk_kill_instance", "Send signal to instance")
             .pos_choice("sig_name", SIGNALS, "Signal to send")
             .output(Nothing)
