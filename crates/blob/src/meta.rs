@@ -399,3 +399,137 @@ impl BlobMeta {
         Ok(pages)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(m: &BlobMeta) -> BlobMeta {
+        let mut next = 100u32;
+        let pages = m
+            .to_pages(|| {
+                next += 1;
+                Some(next)
+            })
+            .unwrap();
+        // Through bytes, as on disk.
+        let pages: Vec<(u32, MdPage)> = pages
+            .into_iter()
+            .map(|(i, p)| {
+                let mut buf = vec![0u8; wire::PAGE_SIZE];
+                p.emit(&mut buf).unwrap();
+                (i, MdPage::parse(&buf).unwrap())
+            })
+            .collect();
+        BlobMeta::from_pages(m.id, &pages, &|_| None, 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn long_chains_round_trip() {
+        let mut m = BlobMeta::new(wire::page_to_blobid(3), true);
+        // A fragmented thin map: thousands of runs, several pages of RLE.
+        m.clusters = (0..5000u32)
+            .map(|i| if i % 3 == 0 { 0 } else { 7 + i * 2 })
+            .collect();
+        m.xattrs = (0..5).map(|i| (format!("k{i}"), vec![i; 2000])).collect();
+        m.internal_xattrs = vec![(wire::XATTR_SNAPSHOT.into(), 9u64.to_le_bytes().to_vec())];
+        m.set_clear_method(BlobClearMethod::Unmap);
+        let back = round_trip(&m);
+        assert!(back.chain.len() > 5, "{} pages", back.chain.len());
+        assert_eq!(back.clusters, m.clusters);
+        assert_eq!(back.xattrs, m.xattrs);
+        assert_eq!(back.internal_xattrs, m.internal_xattrs);
+        assert_eq!(back.clear_method(), BlobClearMethod::Unmap);
+        assert_eq!(
+            back.invalid_flags,
+            invalid_flags::THIN_PROV | invalid_flags::INTERNAL_XATTR
+        );
+    }
+
+    #[test]
+    fn unknown_invalid_flags_refuse_the_blob_and_unknown_ro_flags_make_it_read_only() {
+        let id = wire::page_to_blobid(1);
+        let page = |invalid, data_ro, md_ro| {
+            vec![(
+                1u32,
+                MdPage {
+                    id,
+                    sequence_num: 0,
+                    descriptors: vec![Descriptor::Flags {
+                        invalid,
+                        data_ro,
+                        md_ro,
+                    }],
+                    next: INVALID_MD_PAGE,
+                },
+            )]
+        };
+        let e = BlobMeta::from_pages(id, &page(1 << 9, 0, 0), &|_| None, 10).unwrap_err();
+        assert!(
+            matches!(e, BlobError::UnknownFlags { flags: 512, .. }),
+            "{e}"
+        );
+        let m = BlobMeta::from_pages(id, &page(0, 1 << 5, 0), &|_| None, 10).unwrap();
+        assert!(m.data_ro() && m.md_ro());
+        let m = BlobMeta::from_pages(id, &page(0, 0, 1 << 4), &|_| None, 10).unwrap();
+        assert!(!m.data_ro() && m.md_ro());
+    }
+
+    #[test]
+    fn corrupt_chains_are_named() {
+        let id = wire::page_to_blobid(1);
+        let mk = |descriptors| {
+            vec![(
+                1u32,
+                MdPage {
+                    id,
+                    sequence_num: 0,
+                    descriptors,
+                    next: INVALID_MD_PAGE,
+                },
+            )]
+        };
+        let flags = Descriptor::Flags {
+            invalid: 0,
+            data_ro: 0,
+            md_ro: 0,
+        };
+        // A thick blob with a hole.
+        let e = BlobMeta::from_pages(
+            id,
+            &mk(vec![flags.clone(), Descriptor::ExtentRle(vec![(0, 2)])]),
+            &|_| None,
+            10,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unallocated"), "{e}");
+        // Clusters past the device.
+        let e = BlobMeta::from_pages(
+            id,
+            &mk(vec![flags.clone(), Descriptor::ExtentRle(vec![(8, 5)])]),
+            &|_| None,
+            10,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("past the device"), "{e}");
+        // A huge run is refused before it is allocated.
+        let e = BlobMeta::from_pages(
+            id,
+            &mk(vec![
+                Descriptor::Flags {
+                    invalid: invalid_flags::THIN_PROV,
+                    data_ro: 0,
+                    md_ro: 0,
+                },
+                Descriptor::ExtentRle(vec![(0, u32::MAX)]),
+            ]),
+            &|_| None,
+            10,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
+        // No flags at all.
+        let e = BlobMeta::from_pages(id, &mk(vec![]), &|_| None, 10).unwrap_err();
+        assert!(e.to_string().contains("no flags"), "{e}");
+    }
+}

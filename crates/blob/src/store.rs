@@ -902,6 +902,21 @@ impl Blobstore {
             id,
             Box::new(move |r| match r {
                 Ok(meta) => {
+                    // Every cluster the blob names must be marked used: one
+                    // that is not means the masks and the metadata disagree.
+                    let unowned = {
+                        let st = s.st.borrow();
+                        meta.clusters
+                            .iter()
+                            .find(|&&c| c != 0 && !st.used_clusters.get(c as u64))
+                            .copied()
+                    };
+                    if let Some(c) = unowned {
+                        return done(Err(BlobError::Corrupt {
+                            id,
+                            why: format!("cluster {c} is not marked used in the cluster mask"),
+                        }));
+                    }
                     // A second open may have finished first.
                     let existing = s.st.borrow().open.get(&id).cloned();
                     let shared = existing.unwrap_or_else(|| {
