@@ -40,6 +40,7 @@ pub mod admin;
 mod bdev_bridge;
 pub mod conn;
 pub mod error;
+mod trace;
 pub use rspdk_nvme::tcp::pdu;
 pub mod rpc;
 pub mod subsystem;

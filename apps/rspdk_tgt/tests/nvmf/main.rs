@@ -69,7 +69,8 @@ mod io;
 mod pdus;
 mod robustness;
 mod rpc;
+mod trace;
 
 // Helpers defined beside the tests that first needed them, shared by all.
 #[allow(unused_imports)]
-use {hosts::*, io::*, pdus::*, robustness::*, rpc::*};
+use {hosts::*, io::*, pdus::*, robustness::*, rpc::*, trace::*};

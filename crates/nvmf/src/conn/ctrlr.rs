@@ -492,6 +492,12 @@ impl<B: DataBufs> Conn<B> {
         if self.oncs_masked & oncs_bit != 0 {
             return self.complete(slot, generic::INVALID_OPCODE, 0);
         }
+        rspdk_trace::record_tsc(
+            crate::trace::REQ_READY_TO_EXECUTE,
+            self.now,
+            crate::trace::req_id(self.id(), slot),
+            &[self.id()],
+        );
         self.requests.push_back(Request::Io { slot });
     }
 }

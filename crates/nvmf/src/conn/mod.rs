@@ -237,6 +237,7 @@ pub struct Conn<B: DataBufs> {
 impl<B: DataBufs> Conn<B> {
     /// A connection accepted at `now` (ns), before its ICReq.
     pub fn new(p: ConnParams, bufs: B, now: u64) -> Self {
+        crate::trace::register();
         let oncs_masked = p.opts.oncs_mask();
         Conn {
             p,
@@ -411,6 +412,11 @@ impl<B: DataBufs> Conn<B> {
     /// The bdev bridge submitted request `slot`'s I/O (one completion to
     /// come through [`Conn::io_done`]).
     pub fn io_submitted(&mut self, slot: usize) {
+        rspdk_trace::record(
+            crate::trace::REQ_EXECUTING,
+            crate::trace::req_id(self.id(), slot),
+            &[self.id()],
+        );
         self.reqs[slot].pending = 1;
         self.p.stats.pending_bdev_io.fetch_add(1, Ordering::Relaxed);
     }
@@ -419,6 +425,11 @@ impl<B: DataBufs> Conn<B> {
     /// completes the command (the first failure is its status). On a
     /// closed connection the slot is only freed.
     pub fn io_done(&mut self, slot: usize, st: Status) {
+        rspdk_trace::record(
+            crate::trace::REQ_EXECUTED,
+            crate::trace::req_id(self.id(), slot),
+            &[self.id(), u64::from(st != generic::SUCCESS)],
+        );
         let Some(r) = self.reqs.get_mut(slot) else {
             return;
         };

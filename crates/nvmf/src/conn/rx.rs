@@ -508,6 +508,12 @@ impl<B: DataBufs> Conn<B> {
             q.sqhd = if q.sqhd >= q.sqsize { 0 } else { q.sqhd + 1 };
         }
         let cid = sqe.cid();
+        rspdk_trace::record_tsc(
+            crate::trace::REQ_NEW,
+            self.now,
+            crate::trace::req_id(self.id(), slot),
+            &[self.id(), cid as u64, sqe.opcode() as u64],
+        );
         {
             let r = &mut self.reqs[slot];
             r.state = ReqState::Exec;

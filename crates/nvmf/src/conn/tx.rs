@@ -142,6 +142,11 @@ impl<B: DataBufs> Conn<B> {
     /// Queues the response of request `slot` (and its C2H data) and frees
     /// the slot.
     pub fn complete(&mut self, slot: usize, status: Status, dw0: u32) {
+        rspdk_trace::record(
+            crate::trace::REQ_COMPLETED,
+            crate::trace::req_id(self.id(), slot),
+            &[self.id(), u64::from(status != generic::SUCCESS)],
+        );
         let (cid, c2h, len) = {
             let r = &self.reqs[slot];
             (r.cid, r.c2h, r.len)
