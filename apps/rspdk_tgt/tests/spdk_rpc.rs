@@ -230,6 +230,32 @@ fn spdk_rpc_drives_every_method() {
         &["log_set_flag", "no_such_flag"],
         Expect::Err("no_such_flag"),
     );
+    // Notifications: the bdevs registered so far, then one more and its
+    // deletion, read from the last id seen.
+    d.step(
+        &["notify_get_types"],
+        Expect::Ok(&["\"bdev_register\"", "\"bdev_unregister\""]),
+    );
+    let seen: Vec<serde_json::Value> =
+        serde_json::from_str(&d.ok(&["notify_get_notifications"])).unwrap();
+    let next = seen
+        .last()
+        .map_or(0, |e| e["id"].as_u64().unwrap() + 1)
+        .to_string();
+    d.ok(&["bdev_null_create", "NotifyNull", "8", "512"]);
+    d.ok(&["bdev_null_delete", "NotifyNull"]);
+    let new: Vec<serde_json::Value> =
+        serde_json::from_str(&d.ok(&["notify_get_notifications", "-i", &next, "-n", "10"]))
+            .unwrap();
+    assert_eq!(
+        new.iter()
+            .map(|e| (e["type"].as_str().unwrap(), e["ctx"].as_str().unwrap()))
+            .collect::<Vec<_>>(),
+        [
+            ("bdev_register", "NotifyNull"),
+            ("bdev_unregister", "NotifyNull")
+        ]
+    );
     // Tracepoints: SPDK's trace RPCs on SPDK's group names.
     d.step(
         &["trace_get_info"],

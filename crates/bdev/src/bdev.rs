@@ -244,6 +244,7 @@ pub fn bdev_register(
         bdev
     };
     tracing::info!(bdev = %bdev.name(), module, "bdev registered");
+    rspdk_event::notify::send("bdev_register", bdev.name());
     if auto_examine() || lock(&EXAMINE_ALLOW).iter().any(|n| n == bdev.name()) {
         for m in modules() {
             m.examine(&bdev);
@@ -418,6 +419,7 @@ fn finish_unregister(bdev: &Bdev) {
     let name = bdev.name().to_string();
     let run = move || {
         tracing::info!(bdev = %name, "bdev unregistered");
+        rspdk_event::notify::send("bdev_unregister", &name);
         for cb in callbacks {
             cb();
         }

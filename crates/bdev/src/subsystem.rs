@@ -21,6 +21,9 @@ impl Subsystem for BdevSubsystem {
         // SPDK's log flags (`-L FLAG`, `log_set_flag`) of the layer and of
         // each registered module, each enabling debug logs of its code.
         rspdk_event::log::register_log_flag("bdev", &["rspdk_bdev"]);
+        // The notification types the layer sends (SPDK's bdev does too).
+        rspdk_event::notify::register_type("bdev_register");
+        rspdk_event::notify::register_type("bdev_unregister");
         for m in crate::modules() {
             for (flag, target) in m.log_flags() {
                 rspdk_event::log::register_log_flag(flag, &[target]);

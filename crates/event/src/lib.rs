@@ -70,6 +70,7 @@ pub mod config;
 mod iobuf_subsystem;
 mod local;
 pub mod log;
+pub mod notify;
 pub mod opts;
 mod reactor;
 pub mod rpc_methods;

@@ -328,6 +328,7 @@ pub(crate) fn register(reg: &RpcRegistry, app: Weak<AppInner>) -> Result<(), rsp
 
     register_log_methods(reg)?;
     crate::trace_rpc::register(reg)?;
+    crate::notify::register_rpcs(reg)?;
     crate::rpc_scheduler::register(reg)?;
 
     let a = app;

@@ -26,6 +26,10 @@ pub(super) fn methods() -> Vec<MethodSpec> {
         method("trace_get_tpoint_group_mask", "get trace point group mask"),
         method("trace_get_info", "get name of shared memory file and list of the available trace point groups"),
         method("trace_clear", "clear the trace (every core's events)").output(Nothing),
+        method("notify_get_types", "List available notifications that user can subscribe to."),
+        method("notify_get_notifications", "Get notifications")
+            .opt(Some('i'), "id", Int, "First ID to start fetching from")
+            .opt(Some('n'), "max", Int, "Maximum number of notifications to return in response"),
         method("spdk_kill_instance", "Send signal to instance")
             .pos_choice("sig_name", SIGNALS, "Signal to send")
             .output(Nothing)
