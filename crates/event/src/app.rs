@@ -286,17 +286,13 @@ fn init_trace(opts: &AppOpts, app_name: &str) -> Result<(), AppError> {
         rings,
         entries: opts.num_trace_entries,
     };
-    match rspdk_trace::init(&trace_opts) {
-        Ok(path) => tracing::debug!(path = %path.display(), "trace file"),
-        // Tracing is optional: without /dev/shm the app still runs, but
-        // asking for tracepoints then is an error.
-        Err(e) if opts.tpoint_group.is_none() => {
-            tracing::warn!("{e}; tracepoints are unavailable");
-        }
-        Err(e) => return Err(AppError::Trace(e.to_string())),
-    }
+    // The file is made when a tracepoint is first enabled (here by -e, or
+    // later by an RPC): an app that never traces leaves no file behind.
+    rspdk_trace::configure(trace_opts);
     if let Some(spec) = &opts.tpoint_group {
         rspdk_trace::apply_spec(spec).map_err(|e| AppError::Trace(format!("-e: {e}")))?;
+        let path = rspdk_trace::ensure_file().map_err(|e| AppError::Trace(e.to_string()))?;
+        tracing::info!(path = %path.display(), "tracepoints enabled: -e {spec}");
     }
     Ok(())
 }

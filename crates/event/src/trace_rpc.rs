@@ -118,10 +118,9 @@ pub(crate) fn register(reg: &RpcRegistry) -> Result<(), rspdk_rpc::Error> {
         let Some(r) = no_params("trace_get_info", &p, r) else {
             return;
         };
-        let Some(path) = rspdk_trace::shm_path() else {
-            return r.error(RpcError::internal_error(
-                "no trace file: /dev/shm was not writable at start (see the app's log)",
-            ));
+        let path = match rspdk_trace::ensure_file() {
+            Ok(p) => p,
+            Err(e) => return r.error(RpcError::internal_error(e.to_string())),
         };
         let mut out = Map::new();
         out.insert("tpoint_shm_path".into(), json!(path.display().to_string()));

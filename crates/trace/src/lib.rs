@@ -158,8 +158,13 @@ static SHM: OnceLock<shm::Shm> = OnceLock::new();
 static DEFS: Mutex<Vec<TpointDef>> = Mutex::new(Vec::new());
 static RECORDED: AtomicBool = AtomicBool::new(false);
 
+/// Where the file goes once something asks for it ([`configure`]).
+static CONFIG: OnceLock<TraceOpts> = OnceLock::new();
+
 thread_local! {
     static RING: Cell<Option<shm::RingWriter>> = const { Cell::new(None) };
+    /// The core this OS thread records for ([`bind_core`]).
+    static CORE: Cell<Option<u32>> = const { Cell::new(None) };
 }
 
 /// Whether tracepoint `id` is enabled: one relaxed load and a bit test.
@@ -190,6 +195,12 @@ pub fn record_tsc(id: u16, tsc: u64, object_id: u64, args: &[u64]) {
 #[inline(never)]
 fn record_at(id: u16, tsc: u64, object_id: u64, args: &[u64]) {
     RING.with(|r| {
+        if r.get().is_none() {
+            // The file was made after this thread was bound (the first
+            // tracepoint was enabled later): bind to its ring now.
+            let core = CORE.with(|c| c.get());
+            r.set(core.and_then(|c| SHM.get().and_then(|s| s.ring(c))));
+        }
         if let Some(ring) = r.get() {
             ring.push(tsc, id, object_id, args);
             if !RECORDED.load(Ordering::Relaxed) {
@@ -303,8 +314,38 @@ pub fn init(opts: &TraceOpts) -> Result<PathBuf, TraceError> {
 /// Binds the calling OS thread (a reactor) to ring `core`; its events go
 /// there. No-op without a trace file or past the last ring.
 pub fn bind_core(core: u32) {
+    CORE.with(|c| c.set(Some(core)));
     let ring = SHM.get().and_then(|s| s.ring(core));
     RING.with(|r| r.set(ring));
+}
+
+/// Says where the trace file goes, without making it: it is made when a
+/// tracepoint is first enabled or its path is asked for ([`ensure_file`]),
+/// so an app that never traces leaves nothing in `/dev/shm`.
+pub fn configure(opts: TraceOpts) {
+    let _ = CONFIG.set(opts);
+}
+
+/// The trace file, made now if [`configure`]d and not made yet.
+pub fn ensure_file() -> Result<PathBuf, TraceError> {
+    if let Some(s) = SHM.get() {
+        return Ok(s.path().to_path_buf());
+    }
+    match CONFIG.get() {
+        Some(opts) => init(opts),
+        None => Err(TraceError::Create {
+            path: "/dev/shm".into(),
+            reason: "tracing was not configured by the app".into(),
+        }),
+    }
+}
+
+/// Makes the file if a tracepoint is now enabled.
+fn file_if_enabled() -> Result<(), TraceError> {
+    if group_mask() != 0 && SHM.get().is_none() && CONFIG.get().is_some() {
+        ensure_file()?;
+    }
+    Ok(())
 }
 
 /// The trace file's path, once made.
@@ -351,7 +392,7 @@ pub fn set_tpoint_mask(name: &str, mask: u64) -> Result<(), TraceError> {
     let g = group_id(name)?;
     MASKS[g as usize].fetch_or(mask, Ordering::Relaxed);
     mirror_masks();
-    Ok(())
+    file_if_enabled()
 }
 
 /// Clears bits of group `name`'s tracepoint mask (`trace_clear_tpoint_mask`).
@@ -381,7 +422,7 @@ fn set_group(name: &str, mask: u64) -> Result<(), TraceError> {
         MASKS[group_id(name)? as usize].store(mask, Ordering::Relaxed);
     }
     mirror_masks();
-    Ok(())
+    file_if_enabled()
 }
 
 /// Group `id`'s tracepoint mask.
