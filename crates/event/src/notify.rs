@@ -35,9 +35,14 @@ fn state() -> std::sync::MutexGuard<'static, Notify> {
 /// Registers an event type (idempotent); `notify_get_types` lists them in
 /// registration order.
 pub fn register_type(name: &str) {
-    let mut s = state();
-    if !s.types.iter().any(|t| t == name) {
-        s.types.push(name.to_string());
+    state().add_type(name);
+}
+
+impl Notify {
+    fn add_type(&mut self, name: &str) {
+        if !self.types.iter().any(|t| t == name) {
+            self.types.push(name.to_string());
+        }
     }
 }
 
@@ -45,9 +50,7 @@ pub fn register_type(name: &str) {
 /// is new); returns its id.
 pub fn send(type_name: &str, ctx: &str) -> u64 {
     let mut s = state();
-    if !s.types.iter().any(|t| t == type_name) {
-        s.types.push(type_name.to_string());
-    }
+    s.add_type(type_name);
     let id = s.next_id;
     s.next_id += 1;
     if s.events.len() == MAX_EVENTS {

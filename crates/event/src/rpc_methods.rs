@@ -144,7 +144,8 @@ struct KillParam {
     sig_name: String,
 }
 
-fn no_params(method: &'static str, params: &Option<Value>, r: Responder) -> Option<Responder> {
+/// Answers the error and returns None unless `params` is absent or empty.
+pub(crate) fn no_params(method: &str, params: &Option<Value>, r: Responder) -> Option<Responder> {
     match expect_no_params(method, params) {
         Ok(()) => Some(r),
         Err(e) => {

@@ -5,7 +5,9 @@
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use rspdk_rpc::{expect_no_params, parse_params, Responder, RpcError, RpcRegistry, StateMask};
+use rspdk_rpc::{parse_params, RpcError, RpcRegistry, StateMask};
+
+use crate::rpc_methods::no_params;
 use rspdk_trace::group;
 
 #[derive(Deserialize)]
@@ -23,16 +25,6 @@ struct MaskParam {
 
 fn invalid(e: rspdk_trace::TraceError) -> RpcError {
     RpcError::invalid_params(format!("invalid params: {e}"))
-}
-
-fn no_params(method: &str, p: &Option<Value>, r: Responder) -> Option<Responder> {
-    match expect_no_params(method, p) {
-        Ok(()) => Some(r),
-        Err(e) => {
-            r.error(e);
-            None
-        }
-    }
 }
 
 /// `{group: {mask, tpoint_mask}}` for every group, as SPDK's

@@ -17,7 +17,7 @@ mod shm;
 
 use std::cell::Cell;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use thiserror::Error;
@@ -156,7 +156,6 @@ static MASKS: [AtomicU64; MAX_GROUPS] = [const { AtomicU64::new(0) }; MAX_GROUPS
 static SHM: OnceLock<shm::Shm> = OnceLock::new();
 /// Descriptions registered so far (written to the file when it is made).
 static DEFS: Mutex<Vec<TpointDef>> = Mutex::new(Vec::new());
-static RECORDED: AtomicBool = AtomicBool::new(false);
 
 /// Where the file goes once something asks for it ([`configure`]).
 static CONFIG: OnceLock<TraceOpts> = OnceLock::new();
@@ -203,9 +202,6 @@ fn record_at(id: u16, tsc: u64, object_id: u64, args: &[u64]) {
         }
         if let Some(ring) = r.get() {
             ring.push(tsc, id, object_id, args);
-            if !RECORDED.load(Ordering::Relaxed) {
-                RECORDED.store(true, Ordering::Relaxed);
-            }
         }
     });
 }
@@ -357,8 +353,7 @@ pub fn shm_path() -> Option<PathBuf> {
 /// rule: a file with events stays for `rspdk_trace` after the app is gone).
 pub fn cleanup() {
     if let Some(s) = SHM.get() {
-        let any = RECORDED.load(Ordering::Relaxed)
-            || (0..s.rings()).any(|c| s.ring(c).is_some_and(|r| r.count() > 0));
+        let any = (0..s.rings()).any(|c| s.ring(c).is_some_and(|r| r.count() > 0));
         if !any {
             let _ = std::fs::remove_file(s.path());
         }
